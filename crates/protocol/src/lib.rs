@@ -1,0 +1,1 @@
+//! The ttRPC API between the host runtime and the guest agent.
