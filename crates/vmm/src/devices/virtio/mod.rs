@@ -7,6 +7,8 @@
 //! threads of their own, woken by the queue notification eventfds (KVM
 //! ioeventfds), and raise interrupts through [`Interrupt`].
 
+pub mod vsock;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
