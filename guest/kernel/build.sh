@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Build the nacre guest kernel: an uncompressed ELF `vmlinux` for direct boot,
+# from Debian's linux-source-6.1 + `make tinyconfig` + nacre.config +
+# patches/*.patch.
+#
+# Needs, on Debian 12 as root:
+#   apt-get install linux-source-6.1 build-essential bc bison flex \
+#       libelf-dev libssl-dev cpio
+#
+# Usage: guest/kernel/build.sh [DEST]
+#   Progress goes to stderr; the last stdout line is the cached vmlinux path.
+#   With DEST, the vmlinux is also copied (atomically) to DEST.
+#
+# Cache: ${NACRE_CACHE:-/var/cache/nacre}/kernel/<key>/ holds vmlinux, config,
+#   System.map and build.log, where <key> is the sha256 of the linux-source
+#   package version, nacre.config, patches/* and this script. A rerun with
+#   nothing changed only hashes those files. <key>/linux is the patched source
+#   tree with the object tree in <key>/linux/build; a new key takes that tree
+#   over from the most recent previous key, so changing a patch or the config
+#   rebuilds incrementally.
+#
+# Environment: NACRE_CACHE (cache root), NACRE_JOBS (make -j, default nproc),
+#   NACRE_KERNEL_TARBALL (default /usr/src/linux-source-6.1.tar.xz).
+set -euo pipefail
+
+readonly pkg=linux-source-6.1
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly here
+readonly tarball=${NACRE_KERNEL_TARBALL:-/usr/src/${pkg}.tar.xz}
+readonly cache_root=${NACRE_CACHE:-/var/cache/nacre}/kernel
+readonly jobs=${NACRE_JOBS:-$(nproc)}
+readonly fragment=$here/nacre.config
+readonly kmake=(make ARCH=x86_64)
+
+log() { printf 'kernel: %s\n' "$*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+# Copy the cached artifact to DEST (if given) and print its path.
+finish() {
+	local vmlinux=$1 dest=${2:-}
+	if [[ -n $dest ]]; then
+		mkdir -p "$(dirname "$dest")"
+		cp -f "$vmlinux" "$dest.tmp.$$"
+		mv -f "$dest.tmp.$$" "$dest"
+		log "copied to $dest"
+	fi
+	printf '%s\n' "$vmlinux"
+}
+
+# Files a patch modifies, relative to the source root.
+patched_files() {
+	sed -n 's|^+++ b/\([^[:space:]]*\).*|\1|p' "$@" | sort -u
+}
+
+# --- cache key ---------------------------------------------------------------
+version=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null) ||
+	die "$pkg is not installed (apt-get install $pkg)"
+[[ -f $tarball ]] || die "missing $tarball"
+shopt -s nullglob
+patches=("$here"/patches/*.patch)
+shopt -u nullglob
+key=$(
+	{
+		printf '%s %s\n' "$pkg" "$version"
+		for f in "$fragment" "${patches[@]}" "$here/build.sh"; do
+			printf '== %s\n' "${f#"$here"/}"
+			cat "$f"
+		done
+	} | sha256sum | cut -d' ' -f1
+)
+readonly out=$cache_root/$key
+dest=${1:-}
+
+if [[ -f $out/vmlinux ]]; then
+	log "up to date: $out"
+	finish "$out/vmlinux" "$dest"
+	exit 0
+fi
+
+# --- one build at a time per cache ---------------------------------------------
+mkdir -p "$cache_root"
+exec 9>"$cache_root/.lock"
+log "waiting for the cache lock" && flock 9
+if [[ -f $out/vmlinux ]]; then
+	log "built meanwhile: $out"
+	finish "$out/vmlinux" "$dest"
+	exit 0
+fi
+mkdir -p "$out"
+readonly tree=$out/linux obj=$out/linux/build
+readonly ready_stamp=.nacre-ready patched_list=.nacre-patched
+
+# --- stage 1: patched source tree --------------------------------------------
+if [[ ! -f $tree/$ready_stamp ]]; then
+	rm -rf "$tree" "$tree.tmp"
+	# Take over the tree of the newest finished build of the same package
+	# version, so that kbuild only recompiles what changed.
+	seed=
+	for d in $(ls -td "$cache_root"/*/ 2>/dev/null); do
+		d=${d%/}
+		if [[ $d != "$out" && -f $d/linux/$ready_stamp && -f $d/vmlinux ]] &&
+			[[ $(cat "$d/source-version" 2>/dev/null) == "$pkg $version" ]]; then
+			seed=$d
+			break
+		fi
+	done
+	if [[ -n $seed ]]; then
+		log "stage 1/4: reusing the source and object tree of $seed"
+		mv "$seed/linux" "$tree.tmp"
+		rm -f "$tree.tmp/$ready_stamp"
+		mapfile -t old < "$tree.tmp/$patched_list"
+		if ((${#old[@]})); then
+			log "restoring ${#old[@]} previously patched files from $tarball"
+			tar -xJf "$tarball" -C "$tree.tmp" --strip-components=1 \
+				"${old[@]/#/$pkg/}"
+		fi
+	else
+		log "stage 1/4: extracting $tarball"
+		mkdir -p "$tree.tmp"
+		tar -xJf "$tarball" -C "$tree.tmp" --strip-components=1
+		old=()
+	fi
+	for p in "${patches[@]}"; do
+		log "applying ${p#"$here"/}"
+		patch -d "$tree.tmp" -p1 --forward --batch --quiet <"$p" ||
+			die "patch ${p#"$here"/} does not apply"
+	done
+	mapfile -t new < <(if ((${#patches[@]})); then patched_files "${patches[@]}"; fi)
+	# Newer than every object: make recompiles files patched now or before.
+	for f in "${old[@]}" "${new[@]}"; do
+		if [[ -e $tree.tmp/$f ]]; then touch "$tree.tmp/$f"; fi
+	done
+	printf '%s\n' "${new[@]}" >"$tree.tmp/$patched_list"
+	touch "$tree.tmp/$ready_stamp"
+	mv "$tree.tmp" "$tree"
+	printf '%s %s\n' "$pkg" "$version" >"$out/source-version"
+else
+	log "stage 1/4: source tree ready"
+fi
+
+# --- stage 2: configuration ----------------------------------------------------
+log "stage 2/4: tinyconfig + nacre.config"
+mkdir -p "$obj"
+"${kmake[@]}" -C "$tree" O=build tinyconfig >"$out/config.log" 2>&1 ||
+	die "make tinyconfig failed, see $out/config.log"
+cat "$fragment" >>"$obj/.config"
+"${kmake[@]}" -C "$tree" O=build olddefconfig >>"$out/config.log" 2>&1 ||
+	die "make olddefconfig failed, see $out/config.log"
+
+missing=()
+while IFS= read -r line; do
+	case $line in
+	CONFIG_*=*)
+		grep -qxF -- "$line" "$obj/.config" || missing+=("$line (got: $(
+			grep -E "^(# )?${line%%=*}[= ]" "$obj/.config" || echo unset
+		))")
+		;;
+	"# CONFIG_"*" is not set")
+		sym=${line#\# }
+		sym=${sym%% *}
+		if grep -qE "^$sym=" "$obj/.config"; then
+			missing+=("$line (got: $(grep -E "^$sym=" "$obj/.config"))")
+		fi
+		;;
+	esac
+done <"$fragment"
+if ((${#missing[@]})); then
+	log "error: nacre.config symbols that did not survive olddefconfig:"
+	printf '  %s\n' "${missing[@]}" >&2
+	exit 1
+fi
+log "all $(grep -cE '^(CONFIG_|# CONFIG_.* is not set)' "$fragment") nacre.config symbols as requested"
+
+# --- stage 3: compile ------------------------------------------------------------
+log "stage 3/4: make -j$jobs vmlinux (log: $out/build.log)"
+start=$SECONDS
+set +e
+"${kmake[@]}" -C "$tree" O=build -j"$jobs" vmlinux 2>&1 |
+	tee "$out/build.log" |
+	awk '/^  [A-Z]/ { n++; printf "kernel: [%5d] %s\n", n, substr($0, 3); fflush(); next }
+	     /^make(\[[0-9]+\])?: (Entering|Leaving)/ { next }
+	     { print; fflush() }' >&2
+status=${PIPESTATUS[0]}
+set -e
+((status == 0)) || die "make vmlinux failed (exit $status), see $out/build.log"
+log "compiled in $((SECONDS - start)) s"
+
+# --- stage 4: publish ----------------------------------------------------------
+log "stage 4/4: publishing to $out"
+cp -f "$obj/.config" "$out/config.tmp" && mv -f "$out/config.tmp" "$out/config"
+cp -f "$obj/System.map" "$out/System.map.tmp" && mv -f "$out/System.map.tmp" "$out/System.map"
+cp -f "$obj/vmlinux" "$out/vmlinux.tmp" && mv -f "$out/vmlinux.tmp" "$out/vmlinux"
+finish "$out/vmlinux" "$dest"
