@@ -1,38 +1,32 @@
 //! virtio-vsock served in user space as "hybrid vsock": the host side of
 //! every guest socket is a Unix socket.
 //!
-//! Placeholder: the device is being written; see `Vsock::new` for the
-//! constructor the VMM calls.
+//! - Host → guest: a host client connects to the Unix socket at
+//!   `uds_path` and writes `CONNECT <port>\n`; once the guest accepted on
+//!   vsock port `<port>` it reads `OK <host port>\n`, then the stream.
+//! - Guest → host: a guest connection to CID 2 port `P` is connected to the
+//!   Unix listener at `<uds_path>_<P>`, which the host side owns; if none
+//!   listens there the guest gets a reset.
+//!
+//! Only stream sockets are served. Everything the guest puts in the queues
+//! is untrusted: malformed packets are dropped, connections that break the
+//! protocol are reset, and the device never blocks on a host socket.
+//!
+//! Files: `packet` (the header and descriptor chains), `credit` (flow
+//! control), `handshake` (the `CONNECT` line), `connection` (one stream's
+//! state machine), `muxer` (the Unix sockets), `worker` (the device thread),
+//! `device` (the [`VirtioDevice`](super::VirtioDevice) itself).
 
-use std::path::PathBuf;
+mod connection;
+mod credit;
+mod device;
+mod handshake;
+mod muxer;
+mod packet;
+mod worker;
 
-/// Errors creating the vsock device.
-#[derive(Debug, thiserror::Error)]
-pub enum VsockError {
-    #[error("binding hybrid vsock socket {path}: {source}")]
-    Bind {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
+#[cfg(test)]
+mod tests;
 
-/// The virtio-vsock device.
-#[derive(Debug)]
-pub struct Vsock {
-    #[allow(dead_code)]
-    guest_cid: u64,
-    #[allow(dead_code)]
-    uds_path: PathBuf,
-}
-
-impl Vsock {
-    /// Creates the device for guest CID `guest_cid`; host clients connect to
-    /// the Unix socket at `uds_path` (bound here) and write `CONNECT <port>\n`.
-    pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Self, VsockError> {
-        Ok(Self {
-            guest_cid,
-            uds_path,
-        })
-    }
-}
+pub use device::{Vsock, VsockError, QUEUE_SIZE, VSOCK_DEVICE_TYPE};
+pub use muxer::listener_path;

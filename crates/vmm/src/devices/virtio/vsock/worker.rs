@@ -1,0 +1,246 @@
+//! The device thread: one epoll loop over the queue notifications, the
+//! kill eventfd and the muxer's sockets. Guest tx packets go to the muxer;
+//! the muxer's packets fill guest rx buffers.
+
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tracing::{debug, error, warn};
+use virtio_queue::{QueueOwnedT, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::super::{ActiveQueue, GuestMemory, Interrupt};
+use super::muxer::Muxer;
+use super::packet::{read_packet, RxBuffer, MAX_PAYLOAD};
+
+const KILL_TOKEN: u64 = 0;
+const RX_TOKEN: u64 = 1;
+const TX_TOKEN: u64 = 2;
+const EVENT_TOKEN: u64 = 3;
+
+/// Malformed guest packets logged at warn before switching to debug.
+const WARN_BUDGET: u32 = 16;
+
+pub struct Worker {
+    mem: GuestMemory,
+    interrupt: Arc<Interrupt>,
+    rx: ActiveQueue,
+    tx: ActiveQueue,
+    event: ActiveQueue,
+    kill: EventFd,
+    muxer: Muxer,
+    payload: Vec<u8>,
+    warnings_left: u32,
+}
+
+/// A running worker thread.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    kill: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Err(e) = self.kill.write(1) {
+            error!("vsock: signalling the worker to stop: {e}");
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                error!("vsock: the worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop_inner();
+        }
+    }
+}
+
+impl Worker {
+    /// Builds a worker over the rx, tx and event queues (in that order).
+    pub fn new(
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        queues: [ActiveQueue; 3],
+        muxer: Muxer,
+    ) -> std::io::Result<Self> {
+        let [rx, tx, event] = queues;
+        let kill = EventFd::new(libc::EFD_NONBLOCK)?;
+        let epoll = muxer.epoll();
+        for (fd, token) in [
+            (kill.as_raw_fd(), KILL_TOKEN),
+            (rx.notify.as_raw_fd(), RX_TOKEN),
+            (tx.notify.as_raw_fd(), TX_TOKEN),
+            (event.notify.as_raw_fd(), EVENT_TOKEN),
+        ] {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
+        Ok(Self {
+            mem,
+            interrupt,
+            rx,
+            tx,
+            event,
+            kill,
+            muxer,
+            payload: Vec::with_capacity(MAX_PAYLOAD),
+            warnings_left: WARN_BUDGET,
+        })
+    }
+
+    /// Starts the thread.
+    pub fn spawn(self) -> std::io::Result<WorkerHandle> {
+        let kill = self.kill.try_clone()?;
+        let thread = std::thread::Builder::new()
+            .name("vsock".into())
+            .spawn(move || self.run())?;
+        Ok(WorkerHandle {
+            kill,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(mut self) {
+        let mut events = vec![EpollEvent::default(); 64];
+        // The driver may have queued packets before the device started.
+        self.process();
+        loop {
+            let timeout = match self.muxer.next_deadline() {
+                None => -1,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    // Round up so the deadline has passed on wake-up.
+                    i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
+                }
+            };
+            let n = match self.muxer.epoll().wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => 0,
+                Err(e) => {
+                    error!("vsock: epoll_wait failed, stopping the device: {e}");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            for ev in &events[..n] {
+                match ev.data() {
+                    KILL_TOKEN => {
+                        debug!("vsock: worker stopping");
+                        return;
+                    }
+                    RX_TOKEN => drain(&self.rx.notify),
+                    TX_TOKEN => drain(&self.tx.notify),
+                    EVENT_TOKEN => drain(&self.event.notify),
+                    token => self.muxer.handle_event(token, ev.event_set(), now),
+                }
+            }
+            self.muxer.handle_timeouts(Instant::now());
+            self.process();
+        }
+    }
+
+    /// Moves packets both ways until neither direction makes progress,
+    /// then interrupts the guest once if any buffer was used.
+    fn process(&mut self) {
+        let mut used = false;
+        loop {
+            let tx = self.process_tx();
+            let rx = self.process_rx();
+            if tx == 0 && rx == 0 {
+                break;
+            }
+            used = true;
+        }
+        if used {
+            if let Err(e) = self.interrupt.signal_used_queue() {
+                error!("vsock: interrupting the guest: {e}");
+            }
+        }
+    }
+
+    /// Handles guest→host packets; returns how many chains were used.
+    fn process_tx(&mut self) -> usize {
+        let mut count = 0;
+        while !self.muxer.control_backlog_full() {
+            let Some(chain) = self.tx.queue.pop_descriptor_chain(&self.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            match read_packet(&self.mem, chain, &mut self.payload) {
+                Ok(hdr) => self.muxer.handle_guest_packet(&hdr, &self.payload),
+                Err(e) => {
+                    if self.warnings_left > 0 {
+                        self.warnings_left -= 1;
+                        warn!("vsock: dropping a malformed tx packet: {e}");
+                    } else {
+                        debug!("vsock: dropping a malformed tx packet: {e}");
+                    }
+                }
+            }
+            if let Err(e) = self.tx.queue.add_used(&self.mem, head, 0) {
+                warn!("vsock: returning a tx buffer: {e}");
+            }
+            count += 1;
+        }
+        count
+    }
+
+    /// Fills guest rx buffers; returns how many chains were used.
+    fn process_rx(&mut self) -> usize {
+        let mut count = 0;
+        while self.muxer.has_rx_work() {
+            let Some(chain) = self.rx.queue.pop_descriptor_chain(&self.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let written = match RxBuffer::new(&self.mem, chain) {
+                Ok(buf) => match self.muxer.fill_rx(buf) {
+                    Some(n) => n,
+                    None => {
+                        self.rx.queue.go_to_previous_position();
+                        break;
+                    }
+                },
+                Err(e) => {
+                    if self.warnings_left > 0 {
+                        self.warnings_left -= 1;
+                        warn!("vsock: unusable rx buffer: {e}");
+                    }
+                    0
+                }
+            };
+            if let Err(e) = self.rx.queue.add_used(&self.mem, head, written) {
+                warn!("vsock: returning an rx buffer: {e}");
+            }
+            count += 1;
+        }
+        count
+    }
+}
+
+/// Clears a queue notification eventfd.
+fn drain(evt: &EventFd) {
+    match evt.read() {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        Err(e) => warn!("vsock: reading a queue notification: {e}"),
+    }
+}
