@@ -1,9 +1,31 @@
 //! nacre-vmm: the virtual machine monitor of nacre.
 //!
 //! One process runs one VM. The library boots a Linux guest on KVM, serves
-//! its devices in user space (8250 serial, i8042 reset, virtio-mmio vsock)
-//! and answers a control socket. It never needs root once started beyond
-//! access to `/dev/kvm`, and it never touches container state: that is the
-//! runtime's job.
+//! its devices in user space (8250 serial, i8042 reset, CMOS clock,
+//! virtio-mmio vsock) and answers a control socket. It never needs root
+//! once started beyond access to `/dev/kvm`, and it never touches container
+//! state: that is the runtime's job.
+//!
+//! Entry point: [`run`] with a [`VmConfig`]; it returns the [`ExitEvent`]
+//! that stopped the VM, and [`error::exit_code_for`] /
+//! [`VmmError::exit_code`] give the process exit code (see [`error`] for
+//! the table).
 
+pub mod api;
+pub mod arch;
+pub mod cleanup;
+pub mod cmdline;
+pub mod config;
 pub mod devices;
+pub mod error;
+pub mod events;
+pub mod memory;
+pub mod signals;
+pub mod vcpu;
+pub mod vm;
+mod vmm;
+
+pub use config::{VmConfig, VsockConfig};
+pub use error::{exit_code, exit_code_for, VmmError};
+pub use events::ExitEvent;
+pub use vmm::run;

@@ -1,1 +1,144 @@
-fn main() {}
+//! `nacre-vmm`: boots one Linux guest on KVM. A thin shell over the
+//! `nacre_vmm` library: parse arguments, set up logging, run, map the
+//! result to an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use nacre_vmm::{exit_code, exit_code_for, VmConfig, VsockConfig};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    the guest shut down or reset (e.g. reboot), or `shutdown` on the API
+  64   bad configuration (vcpus or memory out of range, malformed arguments)
+  66   kernel or initrd missing, unreadable or not a valid ELF
+  69   /dev/kvm unavailable (missing or no permission)
+  70   VMM or guest failure (KVM internal error, device failure)
+  128+N  stopped by signal N (SIGINT 130, SIGTERM 143)
+
+API socket: one JSON request per line, one JSON response per line:
+  {\"op\":\"status\"} {\"op\":\"pause\"} {\"op\":\"resume\"} {\"op\":\"shutdown\"}";
+
+/// Boots an uncompressed Linux vmlinux with an initrd on KVM.
+#[derive(Debug, Parser)]
+#[command(name = "nacre-vmm", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Uncompressed ELF kernel image (vmlinux).
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initrd (an uncompressed cpio archive boots fastest).
+    #[arg(long, value_name = "PATH")]
+    initrd: PathBuf,
+    /// Extra kernel command-line arguments, appended to the VMM's own.
+    #[arg(long, value_name = "ARGS", default_value = "")]
+    cmdline: String,
+    /// Number of vCPUs (1-32).
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "M", default_value_t = 256)]
+    memory_mib: u64,
+    /// Append the guest console (ttyS0) to this file.
+    #[arg(long, value_name = "PATH")]
+    serial_log: Option<PathBuf>,
+    /// Also copy the guest console to stdout.
+    #[arg(long)]
+    serial_stdout: bool,
+    /// Host-side Unix socket of the hybrid vsock device.
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// Guest CID of the vsock device (needs --vsock-uds).
+    #[arg(long, value_name = "CID", default_value_t = 3, requires = "vsock_uds")]
+    vsock_cid: u64,
+    /// Control socket (JSON lines; see below).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Do not add the PVM host's kernel command-line workarounds.
+    #[arg(long)]
+    no_host_quirks: bool,
+    /// Log level or filter (error, warn, info, debug, trace, or an
+    /// env-filter directive).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+impl Cli {
+    fn into_config(self) -> VmConfig {
+        let mut config = VmConfig::new(self.kernel);
+        config.initrd = Some(self.initrd);
+        config.cmdline_extra = self.cmdline;
+        config.vcpus = self.vcpus;
+        config.memory_mib = self.memory_mib;
+        config.serial_log = self.serial_log;
+        config.serial_stdout = self.serial_stdout;
+        config.vsock = self.vsock_uds.map(|uds_path| VsockConfig {
+            cid: self.vsock_cid,
+            uds_path,
+        });
+        config.api_socket = self.api_socket;
+        config.host_quirks = !self.no_host_quirks;
+        config
+    }
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    Ok(())
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(u8::MAX))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                code(exit_code::CONFIG)
+            } else {
+                // --help, --version
+                code(exit_code::OK)
+            };
+        }
+    };
+    if let Err(e) = init_logging(&cli.log_level) {
+        eprintln!("nacre-vmm: {e:#}");
+        return code(exit_code::CONFIG);
+    }
+    let config = cli.into_config();
+    match nacre_vmm::run(&config) {
+        Ok(event) => {
+            let c = exit_code_for(&event);
+            tracing::info!(?event, exit_code = c, "nacre-vmm exiting");
+            code(c)
+        }
+        Err(e) => {
+            eprintln!("nacre-vmm: {}", error_chain(&e));
+            code(e.exit_code())
+        }
+    }
+}
+
+/// The error with its sources, as one line.
+fn error_chain(e: &nacre_vmm::VmmError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}

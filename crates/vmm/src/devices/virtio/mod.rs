@@ -7,7 +7,10 @@
 //! threads of their own, woken by the queue notification eventfds (KVM
 //! ioeventfds), and raise interrupts through [`Interrupt`].
 
+pub mod mmio;
 pub mod vsock;
+
+pub use mmio::MmioTransport;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

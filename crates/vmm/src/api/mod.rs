@@ -1,0 +1,251 @@
+//! The control socket: a Unix stream socket carrying one JSON request per
+//! line and answering one JSON response per line.
+//!
+//! ```text
+//! {"op":"status"}   -> {"ok":true,"state":"running"|"paused","pid":N,"vcpus":N,"memory_mib":N}
+//! {"op":"pause"}    -> {"ok":true,"state":"paused"}
+//! {"op":"resume"}   -> {"ok":true,"state":"running"}
+//! {"op":"shutdown"} -> {"ok":true}, then the VMM stops the VM and exits 0
+//! anything else     -> {"ok":false,"error":"..."}
+//! ```
+//!
+//! Parsing and dispatch are independent of KVM: [`handle_line`] runs a
+//! request against any [`VmControl`].
+
+mod server;
+
+pub use server::{ApiServer, ApiServerError};
+
+use serde::{Deserialize, Serialize};
+
+/// One request.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Pause,
+    Resume,
+    Shutdown,
+}
+
+/// The run state as the API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Running,
+    Paused,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmStatus {
+    pub state: State,
+    pub pid: u32,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+}
+
+/// One response line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    fn ok() -> Self {
+        Self {
+            ok: true,
+            ..Self::default()
+        }
+    }
+
+    fn with_state(state: State) -> Self {
+        Self {
+            state: Some(state),
+            ..Self::ok()
+        }
+    }
+
+    /// A failure response.
+    pub fn error(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(message.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The response as one JSON line, newline included.
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"ok":false,"error":"response encoding"}"#.to_string());
+        line.push('\n');
+        line
+    }
+}
+
+/// What the API can do to the VM.
+pub trait VmControl: Send + Sync {
+    fn status(&self) -> VmStatus;
+    fn pause(&self) -> Result<(), String>;
+    fn resume(&self) -> Result<(), String>;
+    /// Asks the VMM to stop the VM and exit. Returns at once.
+    fn shutdown(&self);
+}
+
+/// Parses one request line.
+pub fn parse(line: &str) -> Result<Request, String> {
+    serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}"))
+}
+
+/// Whether a request ends the connection's usefulness (the VMM exits).
+pub fn is_shutdown(req: &Request) -> bool {
+    matches!(req, Request::Shutdown)
+}
+
+/// Runs `req` against `ctl`. Shutdown is only acknowledged here; the
+/// caller calls [`VmControl::shutdown`] once the response is written.
+pub fn dispatch(req: &Request, ctl: &dyn VmControl) -> Response {
+    match req {
+        Request::Status => {
+            let s = ctl.status();
+            Response {
+                state: Some(s.state),
+                pid: Some(s.pid),
+                vcpus: Some(s.vcpus),
+                memory_mib: Some(s.memory_mib),
+                ..Response::ok()
+            }
+        }
+        Request::Pause => match ctl.pause() {
+            Ok(()) => Response::with_state(State::Paused),
+            Err(e) => Response::error(format!("pause: {e}")),
+        },
+        Request::Resume => match ctl.resume() {
+            Ok(()) => Response::with_state(State::Running),
+            Err(e) => Response::error(format!("resume: {e}")),
+        },
+        Request::Shutdown => Response::ok(),
+    }
+}
+
+/// Parses and runs one line; returns the response and whether the VM
+/// should shut down once it is sent.
+pub fn handle_line(line: &str, ctl: &dyn VmControl) -> (Response, bool) {
+    match parse(line) {
+        Ok(req) => (dispatch(&req, ctl), is_shutdown(&req)),
+        Err(e) => (Response::error(e), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[derive(Default)]
+    struct Fake {
+        paused: AtomicBool,
+        shutdown: AtomicBool,
+    }
+
+    impl VmControl for Fake {
+        fn status(&self) -> VmStatus {
+            VmStatus {
+                state: if self.paused.load(Ordering::SeqCst) {
+                    State::Paused
+                } else {
+                    State::Running
+                },
+                pid: 42,
+                vcpus: 2,
+                memory_mib: 256,
+            }
+        }
+        fn pause(&self) -> Result<(), String> {
+            if self.paused.swap(true, Ordering::SeqCst) {
+                return Err("already paused".into());
+            }
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), String> {
+            self.paused.store(false, Ordering::SeqCst);
+            Ok(())
+        }
+        fn shutdown(&self) {
+            self.shutdown.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn parses_ops() {
+        assert_eq!(parse(r#"{"op":"status"}"#), Ok(Request::Status));
+        assert_eq!(parse(" {\"op\":\"pause\"}\n"), Ok(Request::Pause));
+        assert_eq!(parse(r#"{"op":"resume"}"#), Ok(Request::Resume));
+        assert_eq!(parse(r#"{"op":"shutdown"}"#), Ok(Request::Shutdown));
+        assert!(parse(r#"{"op":"reboot"}"#).is_err());
+        assert!(parse("not json").is_err());
+        assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn status_response_shape() {
+        let f = Fake::default();
+        let (resp, stop) = handle_line(r#"{"op":"status"}"#, &f);
+        assert!(!stop);
+        assert_eq!(
+            resp.to_line(),
+            "{\"ok\":true,\"state\":\"running\",\"pid\":42,\"vcpus\":2,\"memory_mib\":256}\n"
+        );
+    }
+
+    #[test]
+    fn pause_resume_cycle() {
+        let f = Fake::default();
+        let (r, _) = handle_line(r#"{"op":"pause"}"#, &f);
+        assert_eq!(r.to_line(), "{\"ok\":true,\"state\":\"paused\"}\n");
+        assert_eq!(
+            handle_line(r#"{"op":"status"}"#, &f).0.state,
+            Some(State::Paused)
+        );
+        let (r, _) = handle_line(r#"{"op":"pause"}"#, &f);
+        assert_eq!(
+            r.to_line(),
+            "{\"ok\":false,\"error\":\"pause: already paused\"}\n"
+        );
+        let (r, _) = handle_line(r#"{"op":"resume"}"#, &f);
+        assert_eq!(r.state, Some(State::Running));
+    }
+
+    #[test]
+    fn shutdown_is_acknowledged_not_run() {
+        let f = Fake::default();
+        let (r, stop) = handle_line(r#"{"op":"shutdown"}"#, &f);
+        assert!(stop);
+        assert_eq!(r.to_line(), "{\"ok\":true}\n");
+        assert!(!f.shutdown.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn errors_are_json() {
+        let f = Fake::default();
+        let (r, stop) = handle_line("{", &f);
+        assert!(!stop);
+        assert!(!r.ok);
+        let v: serde_json::Value = serde_json::from_str(r.to_line().trim()).unwrap_or_default();
+        assert_eq!(v["ok"], false);
+        assert!(v["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("bad request")));
+    }
+}

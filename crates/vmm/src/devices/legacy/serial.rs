@@ -1,0 +1,147 @@
+//! The 8250 UART at 0x3f8 (IRQ 4): the guest console. Output goes to a log
+//! file and/or stdout; there is no input. vm-superio flushes after every
+//! byte, so output is effectively unbuffered: a write per byte costs far
+//! less than the guest's own trip through the emulated 8250 driver.
+
+use std::fs::File;
+use std::io::{self, Write};
+
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::BusDevice;
+
+/// The COM1 base port.
+pub const COM1_BASE: u64 = 0x3f8;
+/// The COM1 IRQ.
+pub const COM1_IRQ: u32 = 4;
+/// The number of UART registers.
+pub const SERIAL_LEN: u64 = 8;
+
+const FLUSH_AT: usize = 4096;
+
+/// Raises the UART's IRQ through an eventfd registered as a KVM irqfd.
+#[derive(Debug)]
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = io::Error;
+
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Where the guest console goes: an optional log file and optionally stdout.
+#[derive(Debug, Default)]
+pub struct SerialOutput {
+    log: Option<File>,
+    stdout: bool,
+    line: Vec<u8>,
+}
+
+impl SerialOutput {
+    /// Output to `log` (if any) and to stdout when `stdout` is set.
+    pub fn new(log: Option<File>, stdout: bool) -> Self {
+        Self {
+            log,
+            stdout,
+            line: Vec::new(),
+        }
+    }
+
+    fn emit(&mut self) -> io::Result<()> {
+        if self.line.is_empty() {
+            return Ok(());
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.write_all(&self.line)?;
+        }
+        if self.stdout {
+            let mut out = io::stdout().lock();
+            out.write_all(&self.line)?;
+            out.flush()?;
+        }
+        self.line.clear();
+        Ok(())
+    }
+}
+
+impl Write for SerialOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        if buf.contains(&b'\n') || self.line.len() >= FLUSH_AT {
+            self.emit()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.emit()
+    }
+}
+
+impl Drop for SerialOutput {
+    fn drop(&mut self) {
+        let _ = self.emit();
+    }
+}
+
+/// The UART on the port bus.
+pub struct SerialDevice(Serial<IrqTrigger, NoEvents, SerialOutput>);
+
+impl SerialDevice {
+    /// A UART raising `irq` and writing to `out`.
+    pub fn new(irq: EventFd, out: SerialOutput) -> Self {
+        Self(Serial::new(IrqTrigger(irq), out))
+    }
+
+    /// Writes out any partial line (e.g. at exit).
+    pub fn flush(&mut self) {
+        let _ = self.0.writer_mut().flush();
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(first) = data.first_mut() {
+            *first = self.0.read(offset as u8);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some(&value) = data.first() {
+            if let Err(e) = self.0.write(offset as u8, value) {
+                tracing::debug!("serial write: {e:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn output_reaches_the_log() {
+        let path = std::env::temp_dir().join(format!("nacre-serial-test-{}", std::process::id()));
+        let file = File::create(&path).ok();
+        assert!(file.is_some());
+        let irq = EventFd::new(libc::EFD_NONBLOCK).ok();
+        let Some(irq) = irq else {
+            panic!("eventfd");
+        };
+        let mut dev = SerialDevice::new(irq, SerialOutput::new(file, false));
+        for b in b"hello\nwor" {
+            dev.write(0, &[*b]);
+        }
+        dev.flush();
+        let mut s = String::new();
+        let _ = File::open(&path).and_then(|mut f| f.read_to_string(&mut s));
+        assert_eq!(s, "hello\nwor");
+        let _ = std::fs::remove_file(&path);
+    }
+}

@@ -1,0 +1,92 @@
+//! The KVM VM: `/dev/kvm`, the VM file descriptor, the in-kernel irqchip
+//! (PIC + IOAPIC + local APICs) and PIT, and guest RAM registration.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::memory::GuestRam;
+
+/// Where KVM puts the TSS it needs (three pages just below the BIOS area).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Errors setting up the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("/dev/kvm is not usable: {0}")]
+    KvmUnavailable(#[source] kvm_ioctls::Error),
+    #[error("/dev/kvm lacks a required capability: {0}")]
+    MissingCap(&'static str),
+    #[error("{what}: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("guest RAM region {0} has no host mapping")]
+    RegionMapping(usize),
+}
+
+fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// Opens `/dev/kvm`.
+pub fn open_kvm() -> Result<Kvm, VmError> {
+    let kvm = Kvm::new().map_err(VmError::KvmUnavailable)?;
+    for (cap, name) in [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCap(name));
+        }
+    }
+    Ok(kvm)
+}
+
+/// Creates the VM with its irqchip and PIT, and maps `ram` into it.
+pub fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, VmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    if kvm.check_extension(Cap::Pit2) {
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        if let Err(e) = vm.create_pit2(pit) {
+            // Linux calibrates against kvmclock or the TSC without it.
+            tracing::warn!("KVM_CREATE_PIT2 failed, going on without a PIT: {e}");
+        }
+    } else {
+        tracing::info!("no in-kernel PIT on this host");
+    }
+    for (slot, region) in ram.mem.iter().enumerate() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|_| VmError::RegionMapping(slot))?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the mapping behind `host` is owned by `ram.mem`, which the
+        // caller keeps alive for as long as the VM exists (the Vmm holds both
+        // until the process exits); the region does not overlap another slot.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(vm)
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    kvm(what)
+}

@@ -1,0 +1,301 @@
+//! Building and running one VM: the order of setup, and the wait for the
+//! first reason to stop.
+
+use std::fs::OpenOptions;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::api::{self, ApiServer, VmControl, VmStatus};
+use crate::arch::x86_64::layout::{
+    e820_map, mmio_slot_addr, FIRST_VIRTIO_IRQ, MMIO_DEVICE_SIZE, MPTABLE_START,
+};
+use crate::arch::x86_64::{boot, cpuid, mptable, regs};
+use crate::cleanup::Cleanup;
+use crate::cmdline::{self, MmioDeviceDecl};
+use crate::config::{host_memory_bytes, VmConfig};
+use crate::devices::legacy::{cmos, i8042, serial, Cmos, SerialDevice, SerialOutput, I8042};
+use crate::devices::virtio::mmio::REG_QUEUE_NOTIFY;
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::{MmioTransport, VirtioDevice};
+use crate::devices::Bus;
+use crate::error::VmmError;
+use crate::events::{self, ExitEvent, ExitSender};
+use crate::memory::{self, GuestRam};
+use crate::vcpu::{self, RunState, Vcpu, VcpuControl};
+use crate::vm;
+
+/// How long pause waits for the vCPUs to stop.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Io { what, source }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+/// Boots the VM described by `config` and runs it until it stops. Returns
+/// why it stopped; files the VMM created are removed on every path.
+pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
+    config.validate(host_memory_bytes())?;
+    boot::preflight(&config.kernel, config.initrd.as_deref())?;
+
+    // Before any thread exists, so every thread inherits the mask.
+    crate::signals::block_termination_signals().map_err(io_err("blocking signals"))?;
+    let mut cleanup = Cleanup::default();
+    let (exit_tx, exit_rx) = mpsc::channel();
+    crate::signals::spawn_signal_thread(exit_tx.clone())
+        .map_err(io_err("starting the signal thread"))?;
+
+    let kvm = vm::open_kvm()?;
+    let api_server = match &config.api_socket {
+        Some(path) => {
+            let server = ApiServer::bind(path)?;
+            cleanup.add_socket(server.path());
+            Some(server)
+        }
+        None => None,
+    };
+
+    let ram = memory::create(config.memory_bytes())?;
+    let vm = vm::create_vm(&kvm, &ram)?;
+    let kernel = boot::load_kernel(&ram.mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(boot::load_initrd(
+            &ram.mem,
+            ram.size,
+            path,
+            kernel.kernel_end,
+        )?),
+        None => None,
+    };
+
+    let mut io_bus = Bus::new();
+    let mut mmio_bus = Bus::new();
+    let serial = serial_device(&vm, config)?;
+    io_bus.insert(serial::COM1_BASE, serial::SERIAL_LEN, serial.clone())?;
+    io_bus.insert(
+        i8042::I8042_BASE,
+        i8042::I8042_LEN,
+        Arc::new(Mutex::new(I8042::new(exit_tx.clone()))),
+    )?;
+    io_bus.insert(
+        cmos::CMOS_BASE,
+        cmos::CMOS_LEN,
+        Arc::new(Mutex::new(Cmos::default())),
+    )?;
+
+    let mut decls = Vec::new();
+    if let Some(vsock) = &config.vsock {
+        let device = Vsock::new(vsock.cid, vsock.uds_path.clone())?;
+        cleanup.add_vsock_uds(&vsock.uds_path);
+        let decl = add_virtio_device(&vm, &ram, &mut mmio_bus, Box::new(device), decls.len())?;
+        decls.push(decl);
+    }
+
+    let quirks = config.host_quirks && cmdline::host_is_pvm();
+    let line = cmdline::build(quirks, &decls, &config.cmdline_extra);
+    tracing::info!(cmdline = %line, "kernel command line");
+    boot::write_cmdline(&ram.mem, &line)?;
+    let e820 = e820_map(ram.size, decls.len() as u64);
+    boot::write_zero_page(&ram.mem, &boot::zero_page(line.len(), initrd, &e820)?)?;
+    mptable::write(&ram.mem, MPTABLE_START, config.vcpus)?;
+    regs::write_boot_structures(&ram.mem).map_err(|source| VmmError::Regs { id: 0, source })?;
+
+    let control = Arc::new(VcpuControl::default());
+    let vcpus = create_vcpus(
+        &kvm,
+        &vm,
+        &ram,
+        config,
+        kernel.kernel_load.0,
+        Arc::new(io_bus),
+        Arc::new(mmio_bus),
+        &control,
+        &exit_tx,
+    )?;
+    vcpu::install_kick_handler().map_err(|e| VmmError::Io {
+        what: "installing the vCPU kick handler",
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    })?;
+    for v in vcpus {
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{}", v.id))
+            .spawn(move || v.run())
+            .map_err(io_err("starting a vCPU thread"))?;
+        control.add_thread(handle);
+    }
+    tracing::info!(
+        vcpus = config.vcpus,
+        memory_mib = config.memory_mib,
+        "guest started"
+    );
+
+    if let Some(server) = api_server {
+        let handle = Arc::new(VmHandle {
+            control: control.clone(),
+            exit: exit_tx.clone(),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+        });
+        server.spawn(handle)?;
+    }
+
+    // The channel cannot close: this function holds a sender.
+    let event = exit_rx
+        .recv()
+        .unwrap_or(ExitEvent::DeviceFailure("exit channel closed".into()));
+    match &event {
+        ExitEvent::VcpuFailure { vcpu, reason } => {
+            tracing::error!(vcpu, "vCPU failure: {reason}");
+        }
+        ExitEvent::DeviceFailure(reason) => tracing::error!("device failure: {reason}"),
+        other => tracing::info!(?other, "VM stopping"),
+    }
+    // Stop the guest before tearing anything down.
+    let _ = control.pause(Duration::from_secs(1));
+    serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    cleanup.run();
+    Ok(event)
+}
+
+fn serial_device(vm: &VmFd, config: &VmConfig) -> Result<Arc<Mutex<SerialDevice>>, VmmError> {
+    let log = match &config.serial_log {
+        Some(path) => Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| VmmError::SerialLog {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("creating the serial eventfd"))?;
+    vm.register_irqfd(&irq, serial::COM1_IRQ)
+        .map_err(kvm_err("KVM_IRQFD for the serial port"))?;
+    let out = SerialOutput::new(log, config.serial_stdout);
+    Ok(Arc::new(Mutex::new(SerialDevice::new(irq, out))))
+}
+
+/// Puts `device` behind a virtio-mmio transport in slot `slot`, with its
+/// irqfd and ioeventfds; returns its command-line declaration.
+fn add_virtio_device(
+    vm: &VmFd,
+    ram: &GuestRam,
+    mmio_bus: &mut Bus,
+    device: Box<dyn VirtioDevice>,
+    slot: usize,
+) -> Result<MmioDeviceDecl, VmmError> {
+    let addr = mmio_slot_addr(slot as u64);
+    let irq = FIRST_VIRTIO_IRQ + slot as u32;
+    let irq_evt =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("creating a virtio irq eventfd"))?;
+    vm.register_irqfd(&irq_evt, irq)
+        .map_err(kvm_err("KVM_IRQFD for a virtio device"))?;
+    let transport = MmioTransport::new(ram.mem.clone(), device, irq_evt)?;
+    for (index, evt) in transport.queue_evts().iter().enumerate() {
+        vm.register_ioevent(
+            evt,
+            &IoEventAddress::Mmio(addr + REG_QUEUE_NOTIFY),
+            index as u32,
+        )
+        .map_err(kvm_err("KVM_IOEVENTFD for a virtio queue"))?;
+    }
+    tracing::debug!(
+        device = transport.device_type(),
+        addr = format_args!("{addr:#x}"),
+        irq,
+        "virtio-mmio device"
+    );
+    mmio_bus.insert(addr, MMIO_DEVICE_SIZE, Arc::new(Mutex::new(transport)))?;
+    Ok(MmioDeviceDecl {
+        addr,
+        size: MMIO_DEVICE_SIZE,
+        irq,
+    })
+}
+
+#[allow(clippy::too_many_arguments, reason = "one-shot setup helper")]
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    ram: &GuestRam,
+    config: &VmConfig,
+    entry: u64,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    control: &Arc<VcpuControl>,
+    exit: &ExitSender,
+) -> Result<Vec<Vcpu>, VmmError> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vcpus = Vec::new();
+    for id in 0..config.vcpus {
+        let vcpu_err = |what| move |source| VmmError::Vcpu { id, what, source };
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(vcpu_err("KVM_CREATE_VCPU"))?;
+        let mut cpuid = supported.clone();
+        cpuid::fixup(cpuid.as_mut_slice(), id, config.vcpus);
+        fd.set_cpuid2(&cpuid).map_err(vcpu_err("KVM_SET_CPUID2"))?;
+        regs::setup_common(&fd).map_err(|source| VmmError::Regs { id, source })?;
+        if id == 0 {
+            regs::setup_boot_vcpu(&fd, entry).map_err(|source| VmmError::Regs { id, source })?;
+        }
+        vcpus.push(Vcpu {
+            id,
+            fd,
+            io_bus: io_bus.clone(),
+            mmio_bus: mmio_bus.clone(),
+            control: control.clone(),
+            exit: exit.clone(),
+            mem: ram.mem.clone(),
+        });
+    }
+    Ok(vcpus)
+}
+
+/// What the control socket acts on.
+struct VmHandle {
+    control: Arc<VcpuControl>,
+    exit: ExitSender,
+    vcpus: u8,
+    memory_mib: u64,
+}
+
+impl VmControl for VmHandle {
+    fn status(&self) -> VmStatus {
+        VmStatus {
+            state: match self.control.target() {
+                RunState::Running => api::State::Running,
+                RunState::Paused => api::State::Paused,
+            },
+            pid: std::process::id(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+        }
+    }
+
+    fn pause(&self) -> Result<(), String> {
+        self.control.pause(PAUSE_TIMEOUT)
+    }
+
+    fn resume(&self) -> Result<(), String> {
+        self.control.resume();
+        Ok(())
+    }
+
+    fn shutdown(&self) {
+        events::send(&self.exit, ExitEvent::ApiShutdown);
+    }
+}
