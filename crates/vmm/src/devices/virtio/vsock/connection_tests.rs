@@ -5,9 +5,9 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use super::*;
 use super::super::credit::BUF_ALLOC;
 use super::super::packet::MAX_PAYLOAD;
+use super::*;
 
 const GUEST_CID: u64 = 3;
 const KEY: ConnKey = ConnKey {
@@ -283,10 +283,7 @@ fn client_half_close_sends_shutdown_send() {
     assert_eq!(&got, b"reply");
     // Then the client leaves for good.
     drop(client);
-    assert_eq!(
-        conn.on_socket_event(true, false, true),
-        Verdict::Disconnect
-    );
+    assert_eq!(conn.on_socket_event(true, false, true), Verdict::Disconnect);
 }
 
 #[test]

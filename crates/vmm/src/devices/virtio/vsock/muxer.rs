@@ -143,11 +143,18 @@ impl Muxer {
     /// Handles a packet the guest sent.
     pub fn handle_guest_packet(&mut self, hdr: &Header, payload: &[u8]) {
         if hdr.src_cid != self.guest_cid {
-            debug!(src_cid = hdr.src_cid, "vsock: dropping a packet with a foreign source CID");
+            debug!(
+                src_cid = hdr.src_cid,
+                "vsock: dropping a packet with a foreign source CID"
+            );
             return;
         }
         if hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
-            debug!(dst_cid = hdr.dst_cid, type_ = hdr.type_, "vsock: refusing a packet");
+            debug!(
+                dst_cid = hdr.dst_cid,
+                type_ = hdr.type_,
+                "vsock: refusing a packet"
+            );
             self.reply_rst(hdr);
             return;
         }
