@@ -359,6 +359,10 @@ impl Muxer {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    if self.clients.len() >= MAX_CONNECTIONS {
+                        warn!("vsock: too many pending host clients, refusing one");
+                        continue;
+                    }
                     let registered = stream
                         .set_nonblocking(true)
                         .and_then(|()| self.register(&stream));
@@ -469,3 +473,7 @@ fn write_rx(rx: RxBuffer<'_>, hdr: Header, payload: &[u8]) -> u32 {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "muxer_tests.rs"]
+mod tests;
