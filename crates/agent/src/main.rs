@@ -1,0 +1,47 @@
+//! `nacre-agent`: see the library docs. Parses arguments, runs, maps the
+//! outcome to an exit code (or, as PID 1, to a VM reset).
+
+use std::process::ExitCode;
+
+use nacre_agent::{log::ConsoleLogger, Command, Config, Mode};
+
+fn main() -> ExitCode {
+    let mode = Mode::detect();
+    let config = match mode {
+        // The kernel passes init unknown parameters as arguments: ignore
+        // them, the settings come from /proc/cmdline.
+        Mode::Init => match nacre_agent::init_config() {
+            Ok(config) => config,
+            Err(e) => fatal_init(&e),
+        },
+        Mode::Process => match Config::from_args(std::env::args().skip(1)) {
+            Ok(Command::Run(config)) => config,
+            Ok(Command::Help) => {
+                print!("{}", nacre_agent::config::USAGE);
+                return ExitCode::SUCCESS;
+            }
+            Ok(Command::Version) => {
+                println!("nacre-agent {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("nacre-agent: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    ConsoleLogger::install(config.log_level);
+    match nacre_agent::run(&config, mode) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if mode == Mode::Init => fatal_init(&e),
+        Err(e) => {
+            eprintln!("nacre-agent: fatal: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fatal_init(e: &dyn std::fmt::Display) -> ! {
+    eprintln!("nacre-agent: fatal: {e}; rebooting");
+    nacre_agent::reboot_after_fatal()
+}

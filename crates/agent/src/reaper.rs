@@ -1,0 +1,229 @@
+//! Reaping of child processes.
+//!
+//! As PID 1 the agent inherits every orphan of the guest and must reap it,
+//! but it will also wait for the processes it starts itself (containers,
+//! exec'd commands). A plain `waitpid(-1)` loop would steal those exit
+//! statuses, so the reaper records the status of every *registered* pid
+//! and discards the others.
+//!
+//! Usage: call [`Reaper::start`] on the main thread before any other
+//! thread exists (it blocks SIGCHLD, and threads inherit the mask), start
+//! children through [`Reaper::spawn`] (which registers the pid before the
+//! reaper can see it exit), and wait for them with [`Reaper::wait`], never
+//! with `std::process::Child::wait`.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use crate::sys;
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// Decodes a `waitpid` status. `None` for stop/continue reports.
+    #[must_use]
+    pub fn from_wait_status(status: libc::c_int) -> Option<ExitStatus> {
+        if libc::WIFEXITED(status) {
+            Some(ExitStatus::Exited(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(ExitStatus::Signaled(libc::WTERMSIG(status)))
+        } else {
+            None
+        }
+    }
+
+    /// The shell's convention: the code, or 128 + the signal.
+    #[must_use]
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(code) => code,
+            ExitStatus::Signaled(signal) => 128 + signal,
+        }
+    }
+}
+
+/// The statuses of watched children; `None` while one still runs.
+#[derive(Debug, Default)]
+pub struct ReapTable {
+    watched: HashMap<libc::pid_t, Option<ExitStatus>>,
+}
+
+impl ReapTable {
+    /// Registers `pid`, whose status will be kept until taken.
+    pub fn watch(&mut self, pid: libc::pid_t) {
+        self.watched.insert(pid, None);
+    }
+
+    /// Records a reaped child. Returns false (and keeps nothing) for a pid
+    /// nobody watches, e.g. an orphan reparented to PID 1.
+    pub fn record(&mut self, pid: libc::pid_t, status: ExitStatus) -> bool {
+        match self.watched.get_mut(&pid) {
+            Some(slot) => {
+                *slot = Some(status);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes the status of `pid` if it has ended; it is then forgotten.
+    pub fn take(&mut self, pid: libc::pid_t) -> Option<ExitStatus> {
+        let status = (*self.watched.get(&pid)?)?;
+        self.watched.remove(&pid);
+        Some(status)
+    }
+
+    /// Whether `pid` is watched.
+    #[must_use]
+    pub fn is_watched(&self, pid: libc::pid_t) -> bool {
+        self.watched.contains_key(&pid)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    table: Mutex<ReapTable>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, ReapTable> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How often the reaper polls even without a SIGCHLD (a signal can be lost
+/// to a thread that did not block it, e.g. in tests).
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Handle to the reaper thread; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Reaper {
+    shared: Arc<Shared>,
+}
+
+impl Reaper {
+    /// Blocks SIGCHLD in the calling thread and starts the reaper thread.
+    /// Call it before any other thread is created.
+    pub fn start() -> io::Result<Reaper> {
+        sys::block_sigchld()?;
+        let shared = Arc::new(Shared::default());
+        let worker = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || reap_loop(&worker))?;
+        Ok(Reaper { shared })
+    }
+
+    /// Runs `start` (which forks a child and returns its pid) with the table
+    /// locked, then watches the pid: the reaper cannot record the child's
+    /// exit before it is registered.
+    pub fn spawn<T>(&self, start: impl FnOnce() -> io::Result<(libc::pid_t, T)>) -> io::Result<T> {
+        let mut table = self.shared.lock();
+        let (pid, value) = start()?;
+        table.watch(pid);
+        Ok(value)
+    }
+
+    /// Blocks until the watched `pid` ends and returns its status; `None` if
+    /// `pid` is not watched.
+    pub fn wait(&self, pid: libc::pid_t) -> Option<ExitStatus> {
+        let mut table = self.shared.lock();
+        loop {
+            if !table.is_watched(pid) {
+                return None;
+            }
+            if let Some(status) = table.take(pid) {
+                return Some(status);
+            }
+            table = self
+                .shared
+                .changed
+                .wait(table)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+fn reap_loop(shared: &Shared) {
+    loop {
+        reap_all(shared);
+        if let Err(err) = sys::wait_sigchld(POLL_INTERVAL) {
+            tracing::error!("waiting for SIGCHLD: {err}");
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+/// Reaps every child that has ended, recording watched ones.
+fn reap_all(shared: &Shared) {
+    let mut table = shared.lock();
+    let mut any = false;
+    loop {
+        match sys::reap_any() {
+            Ok(Some((pid, raw))) => {
+                let Some(status) = ExitStatus::from_wait_status(raw) else {
+                    continue;
+                };
+                if table.record(pid, status) {
+                    any = true;
+                    tracing::debug!(pid, ?status, "child exited");
+                } else {
+                    tracing::debug!(pid, ?status, "reaped orphan");
+                }
+            }
+            Ok(None) => break,
+            Err(err) => {
+                tracing::error!("waitpid: {err}");
+                break;
+            }
+        }
+    }
+    if any {
+        shared.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_wait_status() {
+        assert_eq!(
+            ExitStatus::from_wait_status(3 << 8),
+            Some(ExitStatus::Exited(3))
+        );
+        assert_eq!(
+            ExitStatus::from_wait_status(libc::SIGKILL),
+            Some(ExitStatus::Signaled(libc::SIGKILL))
+        );
+        assert_eq!(ExitStatus::Signaled(9).code(), 137);
+        assert_eq!(ExitStatus::Exited(2).code(), 2);
+        // Stopped (0x7f in the low byte): not an exit.
+        assert_eq!(ExitStatus::from_wait_status(0x137f), None);
+    }
+
+    #[test]
+    fn keeps_watched_statuses_only() {
+        let mut table = ReapTable::default();
+        table.watch(10);
+        assert_eq!(table.take(10), None, "still running");
+        assert!(!table.record(11, ExitStatus::Exited(0)), "orphan dropped");
+        assert!(!table.is_watched(11));
+        assert!(table.record(10, ExitStatus::Exited(5)));
+        assert_eq!(table.take(10), Some(ExitStatus::Exited(5)));
+        assert!(!table.is_watched(10), "taken once");
+        assert_eq!(table.take(10), None);
+    }
+}

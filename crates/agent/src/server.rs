@@ -1,0 +1,46 @@
+//! The ttRPC server: both services on one listener.
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use nacre_protocol::ttrpc;
+use nacre_protocol::{agent_ttrpc, health_ttrpc};
+
+use crate::config::ListenAddr;
+use crate::service::{AgentService, Event, HealthService};
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("serving ttRPC on {addr}: {source}")]
+pub struct ServeError {
+    /// Where it tried to listen.
+    pub addr: String,
+    /// ttrpc's error.
+    #[source]
+    pub source: ttrpc::Error,
+}
+
+/// Binds `addr`, registers the services and starts serving in background
+/// threads. A stale Unix socket file at the path is replaced.
+pub fn start(addr: &ListenAddr, events: Sender<Event>) -> Result<ttrpc::Server, ServeError> {
+    let err = |source| ServeError {
+        addr: addr.to_string(),
+        source,
+    };
+    if let ListenAddr::Unix(path) = addr {
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::debug!("removed stale socket {path}"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(ttrpc::Error::Others(format!("removing {path}: {e}")))),
+        }
+    }
+    let health = health_ttrpc::create_health(Arc::new(HealthService));
+    let agent = agent_ttrpc::create_agent(Arc::new(AgentService::new(events)));
+    let mut server = ttrpc::Server::new()
+        .bind(&addr.to_string())
+        .map_err(err)?
+        .register_service(health)
+        .register_service(agent);
+    server.start().map_err(err)?;
+    Ok(server)
+}
