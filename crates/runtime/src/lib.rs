@@ -1,1 +1,3 @@
 //! Host side of nacre.
+
+pub mod agent;
