@@ -1,3 +1,12 @@
-//! Host side of nacre.
+//! Host side of nacre: locating the guest image, running a `nacre-vmm`
+//! process per sandbox, and talking to the guest agent.
+//!
+//! This crate never enters a VM itself: everything that runs in the guest is
+//! the agent's, everything about vCPUs and devices is the VMM's.
 
 pub mod agent;
+pub mod host;
+pub mod image;
+pub mod sandbox;
+pub mod testing;
+pub mod vm;

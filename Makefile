@@ -1,0 +1,90 @@
+# nacre: build, guest image, tests, benchmarks.
+#
+#   make demo    fresh Debian 12 machine, as root: packages, build, guest
+#                image, install, then boot a VM and talk to its agent
+#   make test    everything above but install, then all test tiers
+#   make guest   the guest image alone (kernel + initrd)
+#   make bench   benchmarks: writes target/bench/report.md and report.json
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+CARGO ?= cargo
+PREFIX ?= /usr/local
+NACRE_CACHE ?= /var/cache/nacre
+GUEST_DIR := target/guest
+GUEST_TARGET := x86_64-unknown-linux-gnu
+GUEST_TARGET_DIR := target/guest-build
+AGENT_BIN := $(GUEST_TARGET_DIR)/$(GUEST_TARGET)/guest/nacre-agent
+KERNEL := $(GUEST_DIR)/vmlinux
+INITRD := $(GUEST_DIR)/initrd.cpio
+
+# Debian packages every target needs (the Rust toolchain comes with the
+# machine). Kernel build, initrd, QEMU comparison, container tools.
+APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio \
+	linux-source-6.1 busybox-static qemu-system-x86 protobuf-compiler \
+	iproute2 procps
+
+export NACRE_CACHE
+
+.PHONY: all deps build guest kernel agent initrd install demo test lint \
+	unit vm-tests bench clean
+
+all: build guest
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo ">> installing Debian packages:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	else echo ">> Debian packages present"; fi
+
+build:
+	@echo ">> building host binaries (release)"
+	$(CARGO) build --release --workspace --bins
+
+kernel:
+	@mkdir -p $(GUEST_DIR)
+	guest/kernel/build.sh $(KERNEL)
+
+agent:
+	@echo ">> building the guest agent (static, size-optimised)"
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile guest \
+		-p nacre-agent --bin nacre-agent --target $(GUEST_TARGET) \
+		--target-dir $(GUEST_TARGET_DIR)
+
+initrd: agent
+	@mkdir -p $(GUEST_DIR)
+	guest/initrd/build.sh $(AGENT_BIN) $(INITRD)
+
+guest: deps kernel initrd
+	@ls -l $(KERNEL) $(INITRD)
+
+install: build guest
+	install -D -m 0755 target/release/nacre-vmm $(PREFIX)/bin/nacre-vmm
+	install -D -m 0755 target/release/nacre $(PREFIX)/bin/nacre
+	install -D -m 0644 $(KERNEL) $(PREFIX)/share/nacre/vmlinux
+	install -D -m 0644 $(INITRD) $(PREFIX)/share/nacre/initrd.cpio
+
+demo: deps install
+	@echo ">> booting a VM and asking its agent (tens of seconds on hosts without VT-x/AMD-V)"
+	$(PREFIX)/bin/nacre check --boot
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# All tiers. VM tests are required here: they fail, never skip, when
+# /dev/kvm, root or the guest image is missing.
+test: deps guest lint
+	NACRE_REQUIRE_VM=1 NACRE_KERNEL=$(abspath $(KERNEL)) NACRE_INITRD=$(abspath $(INITRD)) \
+		$(CARGO) test --workspace
+
+bench: deps guest build
+	NACRE_KERNEL=$(abspath $(KERNEL)) NACRE_INITRD=$(abspath $(INITRD)) \
+		target/release/nacre-bench --out target/bench
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,234 @@
+//! Boot a guest under a VMM and time it to the agent's ready line.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nacre_runtime::host::{kernel_mode, KernelMode};
+use nacre_runtime::image::GuestImage;
+
+use crate::memory::{self, Memory};
+
+/// The line the guest agent prints on the console once it listens.
+pub const READY_MARKER: &str = "nacre-agent: ready";
+
+/// Kernel command line both VMMs boot with (the VMM adds its own device
+/// declarations; QEMU's microvm adds its own too).
+pub fn guest_cmdline() -> String {
+    let mut cmdline =
+        String::from("console=ttyS0 reboot=k panic=-1 nokaslr pty.legacy_count=0 quiet");
+    if kernel_mode() == KernelMode::Emulated {
+        cmdline.push_str(" mitigations=off noxsave clearcpuid=cx16,smap,smep,popcnt");
+    }
+    cmdline
+}
+
+/// A VMM to boot the guest image with.
+#[derive(Debug, Clone)]
+pub enum Vmm {
+    /// nacre's own VMM, with its hybrid vsock device.
+    Nacre { binary: PathBuf },
+    /// QEMU's microvm machine from Debian's qemu-system-x86.
+    QemuMicrovm { binary: PathBuf },
+}
+
+impl Vmm {
+    /// A short name for reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Vmm::Nacre { .. } => "nacre-vmm",
+            Vmm::QemuMicrovm { .. } => "qemu-microvm",
+        }
+    }
+
+    fn command(&self, image: &GuestImage, memory_mib: u32, scratch: &Path) -> Command {
+        match self {
+            Vmm::Nacre { binary } => {
+                let mut cmd = Command::new(binary);
+                cmd.arg("--kernel")
+                    .arg(&image.kernel)
+                    .arg("--initrd")
+                    .arg(&image.initrd)
+                    .arg("--memory-mib")
+                    .arg(memory_mib.to_string())
+                    .arg("--serial-stdout")
+                    .arg("--vsock-uds")
+                    .arg(scratch.join("vsock.sock"))
+                    .arg("--api-socket")
+                    .arg(scratch.join("api.sock"));
+                cmd
+            }
+            Vmm::QemuMicrovm { binary } => {
+                let mut cmd = Command::new(binary);
+                cmd.args(["-machine", "microvm,accel=kvm", "-cpu", "qemu64,+x2apic"])
+                    .args(["-m", &memory_mib.to_string(), "-smp", "1"])
+                    .args(["-nodefaults", "-no-user-config", "-nographic"])
+                    .args(["-serial", "stdio", "-no-reboot"])
+                    .arg("-kernel")
+                    .arg(&image.kernel)
+                    .arg("-initrd")
+                    .arg(&image.initrd)
+                    .arg("-append")
+                    .arg(guest_cmdline());
+                cmd
+            }
+        }
+    }
+}
+
+/// What one boot measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BootSample {
+    pub vmm: &'static str,
+    /// Seconds from spawning the VMM to the agent's ready line.
+    pub ready_secs: f64,
+    /// Seconds from spawning the VMM to the first console byte.
+    pub first_output_secs: f64,
+    /// The VMM process's memory when the agent was ready.
+    pub memory: Memory,
+}
+
+/// Errors booting a guest for a benchmark or a test.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("starting {vmm}: {source}")]
+    Spawn {
+        vmm: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("scratch directory {path}: {source}")]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{vmm}: no `{READY_MARKER}` within {timeout:?}; console:\n{console}")]
+    Timeout {
+        vmm: &'static str,
+        timeout: Duration,
+        console: String,
+    },
+    #[error("{vmm} exited before the agent was ready; console:\n{console}")]
+    Exited { vmm: &'static str, console: String },
+}
+
+/// Boots `image` under `vmm`, waits for the ready line, samples the VMM's
+/// memory, then kills the VMM. Nothing is left running or on disk.
+pub fn boot_to_ready(
+    vmm: &Vmm,
+    image: &GuestImage,
+    memory_mib: u32,
+    timeout: Duration,
+) -> Result<BootSample, BootError> {
+    let scratch =
+        std::env::temp_dir().join(format!("nacre-bench-{}-{}", std::process::id(), vmm.name()));
+    std::fs::create_dir_all(&scratch).map_err(|source| BootError::Scratch {
+        path: scratch.clone(),
+        source,
+    })?;
+    let result = boot_in(vmm, image, memory_mib, timeout, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn boot_in(
+    vmm: &Vmm,
+    image: &GuestImage,
+    memory_mib: u32,
+    timeout: Duration,
+    scratch: &Path,
+) -> Result<BootSample, BootError> {
+    let mut cmd = vmm.command(image, memory_mib, scratch);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let start = Instant::now();
+    let mut child = cmd.spawn().map_err(|source| BootError::Spawn {
+        vmm: vmm.name().into(),
+        source,
+    })?;
+    let guard = KillOnDrop(&mut child);
+    let (tx, rx) = mpsc::channel();
+    if let Some(stdout) = guard.0.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut console = String::new();
+    let mut first_output = None;
+    let deadline = start + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((at, line)) => {
+                first_output.get_or_insert(at);
+                let line = String::from_utf8_lossy(&line);
+                console.push_str(&line);
+                console.push('\n');
+                if line.contains(READY_MARKER) {
+                    let memory = memory::of_pid(guard.0.id()).unwrap_or_default();
+                    return Ok(BootSample {
+                        vmm: vmm.name(),
+                        ready_secs: (at - start).as_secs_f64(),
+                        first_output_secs: (first_output.unwrap_or(at) - start).as_secs_f64(),
+                        memory,
+                    });
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(BootError::Timeout {
+                    vmm: vmm.name(),
+                    timeout,
+                    console,
+                })
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(BootError::Exited {
+                    vmm: vmm.name(),
+                    console,
+                })
+            }
+        }
+    }
+}
+
+struct KillOnDrop<'a>(&'a mut Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_has_console_and_reset() {
+        let c = guest_cmdline();
+        assert!(c.contains("console=ttyS0"));
+        assert!(c.contains("reboot=k"));
+    }
+
+    #[test]
+    fn missing_binary_is_a_spawn_error() {
+        let vmm = Vmm::QemuMicrovm {
+            binary: "/nonexistent/qemu".into(),
+        };
+        let image = GuestImage {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+        };
+        let err = boot_to_ready(&vmm, &image, 64, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, BootError::Spawn { .. }), "{err}");
+    }
+}

@@ -1,0 +1,9 @@
+//! The pieces of nacre's benchmarks: start a VM under some VMM, watch its
+//! serial console for the agent's ready line, measure the host process.
+//!
+//! Timings are only ever reported, never asserted: tests check behaviour,
+//! `make bench` measures.
+
+pub mod boot;
+pub mod memory;
+pub mod report;

@@ -1,0 +1,142 @@
+//! `nacre-bench`: runs the benchmark suite and writes the report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use nacre_bench::boot::{boot_to_ready, BootSample, Vmm};
+use nacre_bench::report::{HostInfo, Report, Section};
+use nacre_runtime::image::{locate_vmm, GuestImage};
+
+#[derive(Parser)]
+#[command(version, about = "nacre benchmarks: writes report.md and report.json")]
+struct Args {
+    /// Output directory.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Boots per VMM (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Guest memory in MiB for every VM.
+    #[arg(long, default_value_t = 256)]
+    memory_mib: u32,
+    /// QEMU binary for the comparison.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// Per-boot time limit in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let image = GuestImage::locate().context("guest image")?;
+    let vmms = [
+        Vmm::Nacre {
+            binary: locate_vmm().context("nacre-vmm")?,
+        },
+        Vmm::QemuMicrovm {
+            binary: args.qemu.clone(),
+        },
+    ];
+    let mut samples: Vec<BootSample> = Vec::new();
+    let total = vmms.len() * args.runs;
+    for (i, (vmm, run)) in vmms
+        .iter()
+        .flat_map(|v| (0..args.runs).map(move |r| (v, r)))
+        .enumerate()
+    {
+        eprintln!(
+            "[{}/{total}] booting under {} (run {})...",
+            i + 1,
+            vmm.name(),
+            run + 1
+        );
+        let s = boot_to_ready(
+            vmm,
+            &image,
+            args.memory_mib,
+            Duration::from_secs(args.timeout),
+        )
+        .with_context(|| format!("boot under {}", vmm.name()))?;
+        eprintln!(
+            "    agent ready after {:.2} s, VMM RSS {} MiB",
+            s.ready_secs,
+            s.memory.rss_kib / 1024
+        );
+        samples.push(s);
+    }
+    let report = Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        host: HostInfo::current(),
+        sections: vec![boot_section(&samples, &vmms, args.memory_mib)],
+    };
+    report.write(&args.out).context("writing the report")?;
+    print!("{}", report.markdown());
+    eprintln!("report written to {}", args.out.display());
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn boot_section(samples: &[BootSample], vmms: &[Vmm], memory_mib: u32) -> Section {
+    fn of<'a>(samples: &'a [BootSample], name: &'a str) -> impl Iterator<Item = &'a BootSample> {
+        samples.iter().filter(move |s| s.vmm == name)
+    }
+    let nacre_ready = median(of(samples, "nacre-vmm").map(|s| s.ready_secs).collect());
+    let rows = vmms
+        .iter()
+        .map(|v| {
+            let ready = median(of(samples, v.name()).map(|s| s.ready_secs).collect());
+            let first = median(of(samples, v.name()).map(|s| s.first_output_secs).collect());
+            let rss = median(
+                of(samples, v.name())
+                    .map(|s| s.memory.rss_kib as f64)
+                    .collect(),
+            );
+            let pss = median(
+                of(samples, v.name())
+                    .map(|s| s.memory.pss_kib as f64)
+                    .collect(),
+            );
+            vec![
+                v.name().to_string(),
+                format!("{first:.2}"),
+                format!("{ready:.2}"),
+                format!("{:.2}", ready / nacre_ready),
+                format!("{:.1}", rss / 1024.0),
+                format!("{:.1}", pss / 1024.0),
+            ]
+        })
+        .collect();
+    Section {
+        title: "Cold boot to agent ready".into(),
+        columns: [
+            "VMM",
+            "first console output (s)",
+            "`nacre-agent: ready` (s)",
+            "ratio to nacre-vmm",
+            "VMM RSS (MiB)",
+            "VMM PSS (MiB)",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+        notes: vec![format!(
+            "Same vmlinux, initrd and kernel command line; 1 vCPU, {memory_mib} MiB; \
+             median of {} boots each, timed from process spawn to the console line.",
+            samples.len() / vmms.len().max(1)
+        )],
+        data: serde_json::to_value(samples).unwrap_or_default(),
+    }
+}

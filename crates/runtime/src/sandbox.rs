@@ -1,0 +1,167 @@
+//! A sandbox: one VM (a `nacre-vmm` process) and the agent inside it.
+//!
+//! [`Sandbox::boot`] starts the VMM and returns once the agent answers;
+//! [`Sandbox::shutdown`] asks the agent to power the VM off and waits for
+//! the VMM to exit. Dropping a sandbox in any state kills the VMM and
+//! removes its run directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::agent::{AgentClient, AgentClientError, ClientOptions, Endpoint, TtrpcAgentClient};
+use crate::host::{kernel_mode, KernelMode};
+use crate::vm::{VmError, VmProcess, VmSpec};
+
+/// How long a boot may take before the agent answers.
+pub fn default_boot_timeout() -> Duration {
+    match kernel_mode() {
+        // Guest kernel code is interpreted: tens of seconds per boot.
+        KernelMode::Emulated => Duration::from_secs(300),
+        KernelMode::Hardware => Duration::from_secs(30),
+    }
+}
+
+/// Errors booting, driving or stopping a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("the VMM exited ({status}) before the agent answered\n--- VMM log ---\n{vmm_log}\n--- console (tail) ---\n{console}")]
+    VmmExited {
+        status: std::process::ExitStatus,
+        vmm_log: String,
+        console: String,
+    },
+    #[error(
+        "the agent did not answer within {timeout:?}: {last}\n--- console (tail) ---\n{console}"
+    )]
+    BootTimeout {
+        timeout: Duration,
+        last: AgentClientError,
+        console: String,
+    },
+    #[error(transparent)]
+    Agent(#[from] AgentClientError),
+    #[error("the VMM (pid {pid}) did not exit within {timeout:?} after shutdown; killed")]
+    ShutdownTimeout { pid: u32, timeout: Duration },
+    #[error("the VMM exited with {0} after shutdown")]
+    ShutdownStatus(std::process::ExitStatus),
+}
+
+/// A booted VM whose agent answers.
+#[derive(Debug)]
+pub struct Sandbox {
+    vm: VmProcess,
+    agent: TtrpcAgentClient,
+    boot_time: Duration,
+}
+
+impl Sandbox {
+    /// Starts a VM in the run directory `dir` (created here, must not
+    /// exist) and waits up to `timeout` for its agent.
+    pub fn boot(
+        vmm: &Path,
+        spec: &VmSpec,
+        dir: &Path,
+        timeout: Duration,
+    ) -> Result<Self, SandboxError> {
+        let start = Instant::now();
+        let mut vm = VmProcess::spawn(vmm, spec, dir)?;
+        let deadline = start + timeout;
+        let endpoint = Endpoint::agent_vsock(vm.vsock_socket());
+        // Short connect rounds, so a VMM that dies is noticed quickly.
+        let round = ClientOptions {
+            connect_timeout: Duration::from_secs(2),
+            ..ClientOptions::default()
+        };
+        loop {
+            let last = match TtrpcAgentClient::connect(endpoint.clone(), round) {
+                Ok(agent) => {
+                    let boot_time = start.elapsed();
+                    tracing::info!(pid = vm.pid(), ?boot_time, "sandbox agent answers");
+                    return Ok(Self {
+                        vm,
+                        agent,
+                        boot_time,
+                    });
+                }
+                Err(e) => e,
+            };
+            if let Some(status) = vm.try_wait()? {
+                return Err(SandboxError::VmmExited {
+                    status,
+                    vmm_log: vm.vmm_log(),
+                    console: tail(&vm.console(), 40),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(SandboxError::BootTimeout {
+                    timeout,
+                    last,
+                    console: tail(&vm.console(), 40),
+                });
+            }
+        }
+    }
+
+    /// The agent of this sandbox.
+    pub fn agent(&self) -> &dyn AgentClient {
+        &self.agent
+    }
+
+    /// The VMM process.
+    pub fn vm(&self) -> &VmProcess {
+        &self.vm
+    }
+
+    /// Time from spawning the VMM to the agent's first answer.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// Asks the agent to power the VM off and waits up to `timeout` for the
+    /// VMM to exit; kills it if it does not. The run directory is removed
+    /// in every case. Returns the sockets the VMM failed to remove itself
+    /// (none when it exits properly), which are removed with the directory.
+    pub fn shutdown(mut self, timeout: Duration) -> Result<Vec<PathBuf>, SandboxError> {
+        let asked = self.agent.shutdown();
+        let status = match self.vm.wait_timeout(timeout)? {
+            Some(status) => status,
+            None => {
+                let pid = self.vm.pid();
+                self.vm.kill()?;
+                asked?;
+                return Err(SandboxError::ShutdownTimeout { pid, timeout });
+            }
+        };
+        asked?;
+        if !status.success() {
+            return Err(SandboxError::ShutdownStatus(status));
+        }
+        let leftovers: Vec<PathBuf> = [self.vm.vsock_socket(), self.vm.api_socket()]
+            .into_iter()
+            .filter(|p| p.exists())
+            .collect();
+        if !leftovers.is_empty() {
+            tracing::warn!(?leftovers, "the VMM left sockets behind");
+        }
+        Ok(leftovers)
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+        assert_eq!(tail("", 5), "");
+    }
+}

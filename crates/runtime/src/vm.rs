@@ -1,0 +1,294 @@
+//! One `nacre-vmm` process and the run directory it owns.
+//!
+//! The run directory holds everything the VM has on the host: the control
+//! socket, the hybrid vsock socket, the serial console log and the VMM's own
+//! log. Dropping a [`VmProcess`] kills the VMM if it still runs and removes
+//! the directory, so no failure path leaves a VM or a socket behind.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::image::GuestImage;
+
+/// The shape of a VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub image: GuestImage,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// Appended to the kernel command line (e.g. `nacre.hostname=pod1`).
+    pub extra_cmdline: Option<String>,
+}
+
+impl VmSpec {
+    /// One vCPU and 256 MiB: the default sandbox shape.
+    pub fn new(image: GuestImage) -> Self {
+        Self {
+            image,
+            vcpus: 1,
+            memory_mib: 256,
+            extra_cmdline: None,
+        }
+    }
+}
+
+/// Errors starting or driving a VMM process.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("run directory {path}: {source}")]
+    RunDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting {vmm}: {source}")]
+    Spawn {
+        vmm: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for the VMM (pid {pid}): {source}")]
+    Wait {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {source}")]
+    Api {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: bad reply {reply:?}")]
+    ApiReply { path: PathBuf, reply: String },
+}
+
+/// A running (or exited) `nacre-vmm` process.
+#[derive(Debug)]
+pub struct VmProcess {
+    child: Child,
+    dir: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl VmProcess {
+    /// Creates `dir` (which must not exist) and starts the VMM in it.
+    pub fn spawn(vmm: &Path, spec: &VmSpec, dir: &Path) -> Result<Self, VmError> {
+        let run_dir_err = |source| VmError::RunDir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent).map_err(run_dir_err)?;
+        }
+        fs::create_dir(dir).map_err(run_dir_err)?;
+        let vmm_log = File::create(dir.join("vmm.log")).map_err(|source| {
+            let _ = fs::remove_dir_all(dir);
+            run_dir_err(source)
+        })?;
+        let mut cmd = Command::new(vmm);
+        cmd.arg("--kernel")
+            .arg(&spec.image.kernel)
+            .arg("--initrd")
+            .arg(&spec.image.initrd)
+            .arg("--vcpus")
+            .arg(spec.vcpus.to_string())
+            .arg("--memory-mib")
+            .arg(spec.memory_mib.to_string())
+            .arg("--serial-log")
+            .arg(dir.join("console.log"))
+            .arg("--vsock-uds")
+            .arg(dir.join("vsock.sock"))
+            .arg("--api-socket")
+            .arg(dir.join("api.sock"));
+        if let Some(extra) = &spec.extra_cmdline {
+            cmd.arg("--cmdline").arg(extra);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(vmm_log));
+        tracing::debug!(?cmd, "starting VMM");
+        match cmd.spawn() {
+            Ok(child) => Ok(Self {
+                child,
+                dir: dir.to_path_buf(),
+                exited: None,
+            }),
+            Err(source) => {
+                let _ = fs::remove_dir_all(dir);
+                Err(VmError::Spawn {
+                    vmm: vmm.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// The VMM's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The hybrid vsock socket (host side of the guest's vsock).
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+
+    /// The VMM control socket.
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+
+    /// The guest's serial console log.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// The guest console so far (lossy UTF-8; empty if none yet).
+    pub fn console(&self) -> String {
+        fs::read(self.console_log())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The VMM's own log so far.
+    pub fn vmm_log(&self) -> String {
+        fs::read(self.dir.join("vmm.log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Returns the exit status if the VMM has exited.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, VmError> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().map_err(|source| VmError::Wait {
+                pid: self.child.id(),
+                source,
+            })?;
+        }
+        Ok(self.exited)
+    }
+
+    /// Waits up to `timeout` for the VMM to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the VMM (SIGKILL) and reaps it.
+    pub fn kill(&mut self) -> Result<ExitStatus, VmError> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        let pid = self.child.id();
+        let _ = self.child.kill();
+        let status = self
+            .child
+            .wait()
+            .map_err(|source| VmError::Wait { pid, source })?;
+        self.exited = Some(status);
+        Ok(status)
+    }
+
+    /// Sends one request to the control socket and returns the JSON reply.
+    pub fn api(&self, request: &serde_json::Value) -> Result<serde_json::Value, VmError> {
+        let path = self.api_socket();
+        let api_err = |source| VmError::Api {
+            path: path.clone(),
+            source,
+        };
+        let mut stream = UnixStream::connect(&path).map_err(api_err)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(api_err)?;
+        writeln!(stream, "{request}").map_err(api_err)?;
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .map_err(api_err)?;
+        serde_json::from_str(&line).map_err(|_| VmError::ApiReply {
+            path: path.clone(),
+            reply: line,
+        })
+    }
+}
+
+impl Drop for VmProcess {
+    fn drop(&mut self) {
+        if let Err(e) = self.kill() {
+            tracing::warn!("killing VMM: {e}");
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {}: {e}", self.dir.display());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> GuestImage {
+        GuestImage {
+            kernel: "/nonexistent/vmlinux".into(),
+            initrd: "/nonexistent/initrd".into(),
+        }
+    }
+
+    #[test]
+    fn spawn_failure_removes_run_dir() {
+        let dir = std::env::temp_dir().join(format!("nacre-vm-test-{}", std::process::id()));
+        let err = VmProcess::spawn(
+            Path::new("/nonexistent/nacre-vmm"),
+            &VmSpec::new(image()),
+            &dir,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/nacre-vmm"), "{err}");
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn existing_run_dir_is_refused() {
+        let dir = std::env::temp_dir();
+        let err = VmProcess::spawn(Path::new("/bin/true"), &VmSpec::new(image()), &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("run directory"), "{err}");
+    }
+
+    #[test]
+    fn drop_kills_process_and_removes_dir() {
+        // A shell script that ignores the VMM's flags stands in for it.
+        let dir = std::env::temp_dir().join(format!("nacre-vm-drop-{}", std::process::id()));
+        let script = std::env::temp_dir().join(format!("nacre-fake-vmm-{}", std::process::id()));
+        fs::write(&script, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+        fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let vm = VmProcess::spawn(&script, &VmSpec::new(image()), &dir).unwrap();
+        let pid = vm.pid();
+        assert!(dir.is_dir());
+        drop(vm);
+        fs::remove_file(&script).unwrap();
+        assert!(!dir.exists());
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+}

@@ -1,0 +1,60 @@
+//! VM tier: boot a real guest with nacre-vmm, talk to its agent over the
+//! hybrid vsock, shut it down, and check nothing is left behind.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nacre_runtime::agent::HealthStatus;
+use nacre_runtime::host;
+use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
+use nacre_runtime::testing::vm_prereqs;
+use nacre_runtime::vm::VmSpec;
+
+#[test]
+fn boot_health_details_shutdown_leaves_nothing() {
+    let Some(p) = vm_prereqs("boot_health_details_shutdown_leaves_nothing") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("nacre-vm-boot-{}", std::process::id()));
+    let spec = VmSpec {
+        memory_mib: 256,
+        ..VmSpec::new(p.image.clone())
+    };
+    let sandbox = Sandbox::boot(&p.vmm, &spec, &dir, default_boot_timeout())
+        .unwrap_or_else(|e| panic!("boot: {e}"));
+    let pid = sandbox.vm().pid();
+    eprintln!(
+        "agent answered {:.1} s after the VMM started",
+        sandbox.boot_time().as_secs_f64()
+    );
+
+    assert_eq!(sandbox.agent().health().unwrap(), HealthStatus::Serving);
+    let details = sandbox.agent().guest_details().unwrap();
+    eprintln!("guest details: {details:?}");
+    assert!(
+        details.kernel_release.starts_with("6.1."),
+        "guest kernel {} is not 6.1.x",
+        details.kernel_release
+    );
+    assert_ne!(details.kernel_release, host::kernel_release());
+    assert_eq!(details.cpus, 1);
+    assert!(sandbox.vm().console().contains("nacre-agent: ready"));
+
+    let status = sandbox
+        .vm()
+        .api(&serde_json::json!({"op": "status"}))
+        .unwrap();
+    assert_eq!(status["ok"], true, "{status}");
+    assert_eq!(status["state"], "running", "{status}");
+
+    let leftovers = sandbox
+        .shutdown(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+
+    assert!(leftovers.is_empty(), "the VMM left {leftovers:?} behind");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "VMM still running"
+    );
+    assert!(!dir.exists(), "run directory left behind");
+}
