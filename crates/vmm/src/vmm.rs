@@ -54,14 +54,6 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
         .map_err(io_err("starting the signal thread"))?;
 
     let kvm = vm::open_kvm()?;
-    let api_server = match &config.api_socket {
-        Some(path) => {
-            let server = ApiServer::bind(path)?;
-            cleanup.add_socket(server.path());
-            Some(server)
-        }
-        None => None,
-    };
 
     let ram = memory::create(config.memory_bytes())?;
     let vm = vm::create_vm(&kvm, &ram)?;
@@ -120,10 +112,24 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
         &control,
         &exit_tx,
     )?;
+    // Bound last, so the socket appearing means the VM is set up.
+    let api_server = match &config.api_socket {
+        Some(path) => {
+            let server = ApiServer::bind(path)?;
+            cleanup.add_socket(server.path());
+            Some(server)
+        }
+        None => None,
+    };
     vcpu::install_kick_handler().map_err(|e| VmmError::Io {
         what: "installing the vCPU kick handler",
         source: std::io::Error::from_raw_os_error(e.errno()),
     })?;
+    tracing::info!(
+        vcpus = config.vcpus,
+        memory_mib = config.memory_mib,
+        "starting the guest"
+    );
     for v in vcpus {
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{}", v.id))

@@ -1,0 +1,99 @@
+//! The binary's exit codes and messages for bad input; no KVM needed.
+
+mod common;
+
+use std::process::Command;
+
+use common::{reset_kernel, scratch, vmm_bin};
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(vmm_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running nacre-vmm: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn missing_kernel_is_66_and_named() {
+    let dir = scratch("cli-missing");
+    let initrd = dir.join("initrd");
+    std::fs::write(&initrd, b"x").unwrap_or_default();
+    let (code, err) = run(&[
+        "--kernel",
+        "/x/vmlinux",
+        "--initrd",
+        initrd.to_str().unwrap_or(""),
+    ]);
+    assert_eq!(code, 66, "{err}");
+    assert!(
+        err.contains("kernel image /x/vmlinux: No such file or directory"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn non_elf_kernel_is_66() {
+    let dir = scratch("cli-nonelf");
+    let f = dir.join("bzImage");
+    std::fs::write(&f, b"MZ not an elf").unwrap_or_default();
+    let p = f.to_str().unwrap_or("");
+    let (code, err) = run(&["--kernel", p, "--initrd", p]);
+    assert_eq!(code, 66, "{err}");
+    assert!(err.contains("not an ELF"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn missing_initrd_is_66() {
+    let dir = scratch("cli-initrd");
+    let k = dir.join("vmlinux");
+    std::fs::write(&k, reset_kernel()).unwrap_or_default();
+    let (code, err) = run(&[
+        "--kernel",
+        k.to_str().unwrap_or(""),
+        "--initrd",
+        "/nope/initrd",
+    ]);
+    assert_eq!(code, 66, "{err}");
+    assert!(err.contains("initrd /nope/initrd"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_configuration_is_64() {
+    let dir = scratch("cli-config");
+    let k = dir.join("vmlinux");
+    std::fs::write(&k, reset_kernel()).unwrap_or_default();
+    let k = k.to_str().unwrap_or("");
+    for extra in [
+        &["--vcpus", "0"][..],
+        &["--memory-mib", "0"],
+        &["--memory-mib", "999999999"],
+        &["--vcpus", "abc"],
+        &["--no-such-flag"],
+        &["--vsock-cid", "5"],
+    ] {
+        let mut args = vec!["--kernel", k, "--initrd", k];
+        args.extend_from_slice(extra);
+        let (code, err) = run(&args);
+        assert_eq!(code, 64, "{extra:?}: {err}");
+        assert!(!err.is_empty());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    let out = Command::new(vmm_bin()).arg("--help").output();
+    let out = out.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--kernel", "--api-socket", "Exit codes", "69", "/dev/kvm"] {
+        assert!(text.contains(needle), "help lacks {needle}");
+    }
+}
