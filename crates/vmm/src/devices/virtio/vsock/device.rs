@@ -46,6 +46,7 @@ pub struct Vsock {
     listener: UnixListener,
     acked_features: u64,
     worker: Option<WorkerHandle>,
+    transport_reset: bool,
 }
 
 impl Vsock {
@@ -78,6 +79,7 @@ impl Vsock {
             listener,
             acked_features: 0,
             worker: None,
+            transport_reset: false,
         })
     }
 
@@ -89,6 +91,14 @@ impl Vsock {
     /// Where host clients connect.
     pub fn uds_path(&self) -> &std::path::Path {
         &self.uds_path
+    }
+
+    /// Makes the next activation start with a TRANSPORT_RESET event, which
+    /// tells the guest that every vsock connection it had is gone. For a
+    /// device restored from a snapshot: the host side of the guest's
+    /// connections did not survive.
+    pub fn request_transport_reset(&mut self) {
+        self.transport_reset = true;
     }
 
     fn stop_worker(&mut self) {
@@ -144,7 +154,9 @@ impl VirtioDevice for Vsock {
         let listener = self.listener.try_clone().map_err(ActivateError::Worker)?;
         let muxer = Muxer::new(self.guest_cid, self.uds_path.clone(), listener)
             .map_err(ActivateError::Worker)?;
-        let worker = Worker::new(mem, interrupt, queues, muxer).map_err(ActivateError::Worker)?;
+        let transport_reset = std::mem::take(&mut self.transport_reset);
+        let worker = Worker::new(mem, interrupt, queues, muxer, transport_reset)
+            .map_err(ActivateError::Worker)?;
         self.worker = Some(worker.spawn().map_err(ActivateError::Worker)?);
         debug!(guest_cid = self.guest_cid, "vsock: activated");
         Ok(())

@@ -123,8 +123,10 @@ struct Guest<'a> {
     mem: &'a GuestMemory,
     rxq: Ring<'a>,
     txq: Ring<'a>,
+    evq: Ring<'a>,
     rx_kick: EventFd,
     tx_kick: EventFd,
+    ev_kick: EventFd,
     irq_status: Arc<AtomicU32>,
     rx_avail: u16,
     rx_used: u16,
@@ -159,6 +161,7 @@ impl<'a> Guest<'a> {
             .collect();
         let rx_kick = queues[0].notify.try_clone().unwrap();
         let tx_kick = queues[1].notify.try_clone().unwrap();
+        let ev_kick = queues[2].notify.try_clone().unwrap();
         let irq_status = Arc::new(AtomicU32::new(0));
         let interrupt = Arc::new(Interrupt::new(irq_status.clone(), notify()));
         device.set_acked_features(device.avail_features());
@@ -167,8 +170,10 @@ impl<'a> Guest<'a> {
             mem,
             rxq,
             txq,
+            evq,
             rx_kick,
             tx_kick,
+            ev_kick,
             irq_status,
             rx_avail: 0,
             rx_used: 0,
@@ -497,6 +502,37 @@ fn assert_closed(client: &mut UnixStream) {
         // Closed with some of our bytes unread.
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
     }
+}
+
+#[test]
+fn transport_reset_event_after_restore() {
+    let dir = temp_dir("transport-reset");
+    let mem = new_memory();
+    let mut device = Vsock::new(GUEST_CID, dir.join("v.sock")).unwrap();
+    device.request_transport_reset();
+    let g = Guest::with_device(&mem, device);
+    // The driver posts its event buffer after the device started.
+    const EV_BUF: u64 = 0xf0_0000;
+    g.mem
+        .write_obj(0xffff_ffffu32, GuestAddress(EV_BUF))
+        .unwrap();
+    g.evq.set_desc(0, EV_BUF, 8, VRING_DESC_F_WRITE, 0);
+    g.evq.push_avail(0, 0);
+    g.ev_kick.write(1).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while g.evq.used_idx() == 0 {
+        assert!(Instant::now() < deadline, "no transport reset event");
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(g.evq.used_elem(0), (0, 4));
+    let id: u32 = g.mem.read_obj(GuestAddress(EV_BUF)).unwrap();
+    assert_eq!(id, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+    // Only once.
+    g.evq.set_desc(1, EV_BUF, 8, VRING_DESC_F_WRITE, 0);
+    g.evq.push_avail(1, 1);
+    g.ev_kick.write(1).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(g.evq.used_idx(), 1);
 }
 
 #[test]

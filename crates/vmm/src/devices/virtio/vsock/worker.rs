@@ -2,14 +2,14 @@
 //! kill eventfd and the muxer's sockets. Guest tx packets go to the muxer;
 //! the muxer's packets fill guest rx buffers.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tracing::{debug, error, warn};
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT, Writer};
 use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -21,6 +21,9 @@ const KILL_TOKEN: u64 = 0;
 const RX_TOKEN: u64 = 1;
 const TX_TOKEN: u64 = 2;
 const EVENT_TOKEN: u64 = 3;
+
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// Malformed guest packets logged at warn before switching to debug.
 const WARN_BUDGET: u32 = 16;
@@ -35,6 +38,8 @@ pub struct Worker {
     muxer: Muxer,
     payload: Vec<u8>,
     warnings_left: u32,
+    /// A TRANSPORT_RESET event still to give the guest.
+    pending_reset_event: bool,
 }
 
 /// A running worker thread.
@@ -77,6 +82,7 @@ impl Worker {
         interrupt: Arc<Interrupt>,
         queues: [ActiveQueue; 3],
         muxer: Muxer,
+        transport_reset: bool,
     ) -> std::io::Result<Self> {
         let [rx, tx, event] = queues;
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -103,6 +109,7 @@ impl Worker {
             muxer,
             payload: Vec::with_capacity(MAX_PAYLOAD),
             warnings_left: WARN_BUDGET,
+            pending_reset_event: transport_reset,
         })
     }
 
@@ -120,6 +127,9 @@ impl Worker {
 
     fn run(mut self) {
         let mut events = vec![EpollEvent::default(); 64];
+        if self.pending_reset_event {
+            self.send_reset_event();
+        }
         // The driver may have queued packets before the device started.
         self.process();
         loop {
@@ -148,7 +158,12 @@ impl Worker {
                     }
                     RX_TOKEN => drain(&self.rx.notify),
                     TX_TOKEN => drain(&self.tx.notify),
-                    EVENT_TOKEN => drain(&self.event.notify),
+                    EVENT_TOKEN => {
+                        drain(&self.event.notify);
+                        if self.pending_reset_event {
+                            self.send_reset_event();
+                        }
+                    }
                     token => self.muxer.handle_event(token, ev.event_set(), now),
                 }
             }
@@ -233,6 +248,38 @@ impl Worker {
             count += 1;
         }
         count
+    }
+}
+
+impl Worker {
+    /// Tells the guest its connections are gone (after a restore): a
+    /// `struct virtio_vsock_event` with id VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+    /// in the first event buffer; if none is posted yet, on the next kick.
+    fn send_reset_event(&mut self) {
+        let Some(chain) = self.event.queue.pop_descriptor_chain(&self.mem) else {
+            return;
+        };
+        let head = chain.head_index();
+        let written = match Writer::new(&self.mem, chain) {
+            Ok(mut w) => match w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()) {
+                Ok(()) => 4,
+                Err(e) => {
+                    warn!("vsock: writing the transport reset event: {e}");
+                    0
+                }
+            },
+            Err(e) => {
+                warn!("vsock: unusable event buffer: {e}");
+                0
+            }
+        };
+        self.pending_reset_event = false;
+        if let Err(e) = self.event.queue.add_used(&self.mem, head, written) {
+            warn!("vsock: returning an event buffer: {e}");
+        }
+        if let Err(e) = self.interrupt.signal_used_queue() {
+            error!("vsock: interrupting the guest: {e}");
+        }
     }
 }
 
