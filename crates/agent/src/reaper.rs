@@ -102,9 +102,11 @@ impl Shared {
     }
 }
 
-/// How often the reaper polls even without a SIGCHLD (a signal can be lost
-/// to a thread that did not block it, e.g. in tests).
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the reaper polls even without a SIGCHLD. In the agent every
+/// thread blocks SIGCHLD, so this is only a safety net (and each wake-up
+/// costs emulated kernel time in the guest); a process whose other threads
+/// do not block it (a test harness) can lose signals and wants it shorter.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Handle to the reaper thread; cheap to clone.
 #[derive(Debug, Clone)]
@@ -113,15 +115,21 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    /// Blocks SIGCHLD in the calling thread and starts the reaper thread.
-    /// Call it before any other thread is created.
+    /// Blocks SIGCHLD in the calling thread and starts the reaper thread,
+    /// which also polls every [`DEFAULT_POLL_INTERVAL`]. Call it before any
+    /// other thread is created.
     pub fn start() -> io::Result<Reaper> {
+        Reaper::start_with_poll(DEFAULT_POLL_INTERVAL)
+    }
+
+    /// [`Reaper::start`] with another poll interval.
+    pub fn start_with_poll(poll_interval: Duration) -> io::Result<Reaper> {
         sys::block_sigchld()?;
         let shared = Arc::new(Shared::default());
         let worker = Arc::clone(&shared);
         thread::Builder::new()
             .name("reaper".into())
-            .spawn(move || reap_loop(&worker))?;
+            .spawn(move || reap_loop(&worker, poll_interval))?;
         Ok(Reaper { shared })
     }
 
@@ -155,12 +163,12 @@ impl Reaper {
     }
 }
 
-fn reap_loop(shared: &Shared) {
+fn reap_loop(shared: &Shared, poll_interval: Duration) {
     loop {
         reap_all(shared);
-        if let Err(err) = sys::wait_sigchld(POLL_INTERVAL) {
+        if let Err(err) = sys::wait_sigchld(poll_interval) {
             tracing::error!("waiting for SIGCHLD: {err}");
-            thread::sleep(POLL_INTERVAL);
+            thread::sleep(poll_interval);
         }
     }
 }

@@ -192,3 +192,82 @@ fn bad_arguments_exit_2() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("--listen"));
 }
+
+/// A stand-in for the VMM's hybrid vsock socket: accepts one client, checks
+/// its `CONNECT 1024` line, answers `OK`, then splices the stream to the
+/// agent's Unix socket.
+fn fake_hybrid_vsock(dir: &Path, agent_socket: PathBuf) -> PathBuf {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    let path = dir.join("vsock.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        let (mut host, _) = listener.accept().unwrap();
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while byte[0] != b'\n' {
+            host.read_exact(&mut byte).unwrap();
+            line.push(byte[0]);
+        }
+        assert_eq!(line, b"CONNECT 1024\n");
+        let guest = UnixStream::connect(agent_socket).unwrap();
+        host.write_all(b"OK 1073741824\n").unwrap();
+        let splice = |mut from: UnixStream, mut to: UnixStream| {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(std::net::Shutdown::Write);
+            })
+        };
+        splice(host.try_clone().unwrap(), guest.try_clone().unwrap());
+        splice(guest, host);
+    });
+    path
+}
+
+#[test]
+fn guest_details_through_the_hybrid_vsock_handshake() {
+    let agent = Agent::start("hybrid");
+    let vsock = fake_hybrid_vsock(&agent.dir, agent.socket.clone());
+    let client = TtrpcAgentClient::connect(Endpoint::agent_vsock(vsock), options()).unwrap();
+    assert_eq!(client.health().unwrap(), HealthStatus::Serving);
+    let details = client.guest_details().unwrap();
+    assert_eq!(details.kernel_release, host_kernel_release());
+}
+
+#[test]
+fn silent_agent_times_out_per_call() {
+    use std::os::unix::net::UnixListener;
+
+    let dir = std::env::temp_dir().join(format!("nacre-agent-test-{}-silent", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("silent.sock");
+    // Accepts and reads, never answers.
+    let listener = UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let _ = std::io::copy(&mut stream, &mut std::io::sink());
+    });
+    let client = TtrpcAgentClient::connect(
+        Endpoint::unix(&socket),
+        ClientOptions {
+            call_timeout: Duration::from_millis(200),
+            ..options()
+        },
+    )
+    .unwrap();
+    let start = Instant::now();
+    let err = client.guest_details().unwrap_err();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        matches!(
+            err,
+            AgentClientError::Timeout {
+                rpc: "Agent.GetGuestDetails",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
