@@ -6,29 +6,54 @@
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
-/// Logs events up to `max_level` to stderr.
-#[derive(Debug)]
-pub struct ConsoleLogger {
-    max_level: Level,
+/// The most verbose level logged, shared by every `ConsoleLogger` so that
+/// it can change once the settings are known.
+static MAX_LEVEL: AtomicU8 = AtomicU8::new(level_to_u8(Level::WARN));
+
+const fn level_to_u8(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 1,
+        Level::WARN => 2,
+        Level::INFO => 3,
+        Level::DEBUG => 4,
+        Level::TRACE => 5,
+    }
 }
 
-impl ConsoleLogger {
-    /// A logger for events at `max_level` or more severe.
-    #[must_use]
-    pub fn new(max_level: Level) -> Self {
-        ConsoleLogger { max_level }
+fn max_level() -> Level {
+    match MAX_LEVEL.load(Ordering::Relaxed) {
+        1 => Level::ERROR,
+        2 => Level::WARN,
+        3 => Level::INFO,
+        4 => Level::DEBUG,
+        _ => Level::TRACE,
     }
+}
 
+/// Logs events up to the level set with [`set_level`] (default: warn) to
+/// stderr.
+#[derive(Debug, Default)]
+pub struct ConsoleLogger;
+
+impl ConsoleLogger {
     /// Installs the logger as the global default; a no-op if one is set.
-    pub fn install(max_level: Level) {
+    pub fn install() {
         // A second install (tests) keeps the first logger.
-        let _ = tracing::subscriber::set_global_default(ConsoleLogger::new(max_level));
+        let _ = tracing::subscriber::set_global_default(ConsoleLogger);
     }
+}
+
+/// Changes the most verbose level logged.
+pub fn set_level(level: Level) {
+    MAX_LEVEL.store(level_to_u8(level), Ordering::Relaxed);
+    // tracing caches each call site's interest: recompute it.
+    tracing::callsite::rebuild_interest_cache();
 }
 
 /// Collects an event's fields as `message key=value ...`.
@@ -66,13 +91,11 @@ pub fn format_event(event: &Event<'_>) -> String {
 
 impl Subscriber for ConsoleLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        *metadata.level() <= self.max_level
+        *metadata.level() <= max_level()
     }
 
     fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        Some(tracing::level_filters::LevelFilter::from_level(
-            self.max_level,
-        ))
+        Some(tracing::level_filters::LevelFilter::from_level(max_level()))
     }
 
     fn new_span(&self, _span: &Attributes<'_>) -> Id {
@@ -93,4 +116,24 @@ impl Subscriber for ConsoleLogger {
     fn enter(&self, _span: &Id) {}
 
     fn exit(&self, _span: &Id) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_round_trips() {
+        for level in [
+            Level::ERROR,
+            Level::WARN,
+            Level::INFO,
+            Level::DEBUG,
+            Level::TRACE,
+        ] {
+            MAX_LEVEL.store(level_to_u8(level), Ordering::Relaxed);
+            assert_eq!(max_level(), level);
+        }
+        MAX_LEVEL.store(level_to_u8(Level::WARN), Ordering::Relaxed);
+    }
 }

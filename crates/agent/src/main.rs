@@ -3,9 +3,12 @@
 
 use std::process::ExitCode;
 
-use nacre_agent::{log::ConsoleLogger, Command, Config, Mode};
+use nacre_agent::log::{self, ConsoleLogger};
+use nacre_agent::{Command, Config, Mode};
 
 fn main() -> ExitCode {
+    // At the default level until the settings are read.
+    ConsoleLogger::install();
     let mode = Mode::detect();
     let config = match mode {
         // The kernel passes init unknown parameters as arguments: ignore
@@ -30,7 +33,7 @@ fn main() -> ExitCode {
             }
         },
     };
-    ConsoleLogger::install(config.log_level);
+    log::set_level(config.log_level);
     match nacre_agent::run(&config, mode) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if mode == Mode::Init => fatal_init(&e),
