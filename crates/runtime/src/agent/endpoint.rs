@@ -106,16 +106,18 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
-    /// Whether trying again may succeed.
+    /// Whether trying again may succeed: the guest may still be booting
+    /// (the VMM gives up on a guest that does not answer a connection
+    /// request, and an emulated guest can be slow to answer).
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            HandshakeError::Closed => true,
+            HandshakeError::Closed | HandshakeError::TimedOut(_) => true,
             HandshakeError::Io(e) => matches!(
                 e.kind(),
                 io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
             ),
-            HandshakeError::TimedOut(_) | HandshakeError::BadReply(_) => false,
+            HandshakeError::BadReply(_) => false,
         }
     }
 }
