@@ -137,11 +137,6 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
             .map_err(io_err("starting a vCPU thread"))?;
         control.add_thread(handle);
     }
-    tracing::info!(
-        vcpus = config.vcpus,
-        memory_mib = config.memory_mib,
-        "guest started"
-    );
 
     if let Some(server) = api_server {
         let handle = Arc::new(VmHandle {
