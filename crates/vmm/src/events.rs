@@ -28,3 +28,52 @@ pub type ExitSender = Sender<ExitEvent>;
 pub fn send(sender: &ExitSender, event: ExitEvent) {
     let _ = sender.send(event);
 }
+
+/// Starts a thread named `name` running `f`. A panic in it becomes an
+/// [`ExitEvent::DeviceFailure`], so the VMM exits (with cleanup) instead of
+/// running on with a dead thread.
+pub fn spawn_guarded<F>(
+    name: String,
+    exit: ExitSender,
+    f: F,
+) -> std::io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            if let Err(panic) = result {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(ToString::to_string)
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                send(
+                    &exit,
+                    ExitEvent::DeviceFailure(format!("thread {name} panicked: {what}")),
+                );
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::panic, reason = "the test is about a panicking thread")]
+    fn panicking_thread_reports_failure() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = spawn_guarded("boom".into(), tx, || panic!("on purpose"));
+        assert!(h.is_ok());
+        let event = rx.recv_timeout(std::time::Duration::from_secs(5)).ok();
+        assert_eq!(
+            event,
+            Some(ExitEvent::DeviceFailure(
+                "thread boom panicked: on purpose".into()
+            ))
+        );
+    }
+}

@@ -89,6 +89,8 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // A closed stderr must not panic the thread that logs.
+        .log_internal_errors(false)
         .init();
     Ok(())
 }

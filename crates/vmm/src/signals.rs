@@ -35,19 +35,18 @@ pub fn block_termination_signals() -> io::Result<()> {
 
 /// Starts the thread that turns SIGTERM/SIGINT into exit events.
 pub fn spawn_signal_thread(exit: ExitSender) -> io::Result<()> {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let set = termination_set();
-            loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `set` is initialized and `sig` is a valid out pointer.
-                let rc = unsafe { libc::sigwait(&set, &mut sig) };
-                if rc == 0 {
-                    tracing::info!(signal = sig, "termination signal received");
-                    events::send(&exit, ExitEvent::Signal(sig));
-                }
+    let sender = exit.clone();
+    events::spawn_guarded("signals".into(), sender, move || {
+        let set = termination_set();
+        loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is initialized and `sig` is a valid out pointer.
+            let rc = unsafe { libc::sigwait(&set, &mut sig) };
+            if rc == 0 {
+                tracing::info!(signal = sig, "termination signal received");
+                events::send(&exit, ExitEvent::Signal(sig));
             }
-        })?;
+        }
+    })?;
     Ok(())
 }

@@ -140,6 +140,13 @@ impl VcpuControl {
         self.cond.notify_all();
     }
 
+    /// Called by a vCPU thread that will never run the guest again: it
+    /// counts as parked from now on.
+    fn mark_stopped(&self) {
+        self.lock().parked += 1;
+        self.cond.notify_all();
+    }
+
     /// Called by a vCPU thread before entering the guest: blocks while the
     /// VM is paused.
     fn park_while_paused(&self) {
@@ -182,6 +189,7 @@ impl Vcpu {
         IMMEDIATE_EXIT.with(|c| c.set(immediate_exit));
         let event = self.run_loop();
         IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+        self.control.mark_stopped();
         events::send(&self.exit, event);
         // Park for good: the process exits soon; keeping the thread (and its
         // kvm_run mapping) alive keeps kicks harmless.

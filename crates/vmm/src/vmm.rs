@@ -131,10 +131,9 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
         "starting the guest"
     );
     for v in vcpus {
-        let handle = std::thread::Builder::new()
-            .name(format!("vcpu{}", v.id))
-            .spawn(move || v.run())
-            .map_err(io_err("starting a vCPU thread"))?;
+        let handle =
+            events::spawn_guarded(format!("vcpu{}", v.id), exit_tx.clone(), move || v.run())
+                .map_err(io_err("starting a vCPU thread"))?;
         control.add_thread(handle);
     }
 

@@ -43,7 +43,7 @@ fn guest_reset_exits_zero_with_console_output() {
         log.to_str().unwrap_or(""),
         "--serial-stdout",
     ]);
-    let status = wait_timeout(&mut child, Duration::from_secs(30));
+    let status = wait_timeout(&mut child.0, Duration::from_secs(30));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(text, TEST_KERNEL_MESSAGE);
@@ -93,7 +93,7 @@ fn api_pause_resume_shutdown_and_cleanup() {
     assert_eq!(status["state"], "running");
     assert_eq!(status["vcpus"], 2);
     assert_eq!(status["memory_mib"], 64);
-    assert_eq!(status["pid"], child.id());
+    assert_eq!(status["pid"], child.0.id());
 
     let r = request(&mut stream, &mut reader, r#"{"op":"pause"}"#);
     assert_eq!(r["state"], "paused", "{r}");
@@ -107,7 +107,7 @@ fn api_pause_resume_shutdown_and_cleanup() {
     let r = request(&mut stream, &mut reader, r#"{"op":"shutdown"}"#);
     assert_eq!(r["ok"], true);
 
-    let status = wait_timeout(&mut child, Duration::from_secs(10));
+    let status = wait_timeout(&mut child.0, Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
     assert!(!api.exists(), "api socket left behind");
     assert!(!vsock.exists(), "vsock socket left behind");
@@ -134,9 +134,9 @@ fn sigterm_exits_143_and_cleans_up() {
     ]);
     assert!(wait_for_path(&api, Duration::from_secs(10)));
     // SAFETY: plain kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let rc = unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
-    let status = wait_timeout(&mut child, Duration::from_secs(10));
+    let status = wait_timeout(&mut child.0, Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(143));
     assert!(!api.exists(), "api socket left behind");
     let _ = std::fs::remove_dir_all(dir);

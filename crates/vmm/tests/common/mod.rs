@@ -139,14 +139,27 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
     }
 }
 
-/// Starts the VMM with `args`, stdout and stderr captured.
-pub fn spawn_vmm(args: &[&str]) -> Child {
-    Command::new(vmm_bin())
+/// A running VMM, killed when dropped so a failing test leaves no VM behind.
+pub struct VmmProcess(pub Child);
+
+impl Drop for VmmProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts the VMM with `args`; stdout is discarded, stderr inherited.
+pub fn spawn_vmm(args: &[&str]) -> VmmProcess {
+    let child = Command::new(vmm_bin())
         .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawning {}: {e}", vmm_bin()))
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", vmm_bin()));
+    VmmProcess(child)
 }
 
 /// Waits for `path` to appear.
