@@ -22,7 +22,7 @@ INITRD := $(GUEST_DIR)/initrd.cpio
 # Debian packages every target needs (the Rust toolchain comes with the
 # machine). Kernel build, initrd, QEMU comparison, container tools.
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio \
-	linux-source-6.1 busybox-static qemu-system-x86 protobuf-compiler \
+	linux-source-6.1 busybox-static qemu-system-x86 \
 	iproute2 procps
 
 export NACRE_CACHE
@@ -51,7 +51,7 @@ kernel:
 
 agent:
 	@echo ">> building the guest agent (static, size-optimised)"
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile guest \
+	RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" $(CARGO) build --profile guest \
 		-p nacre-agent --bin nacre-agent --target $(GUEST_TARGET) \
 		--target-dir $(GUEST_TARGET_DIR)
 
