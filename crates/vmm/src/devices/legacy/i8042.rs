@@ -2,6 +2,8 @@
 //! writing 0xFE (pulse the reset line) to port 0x64 resets the guest, which
 //! this VMM turns into a clean exit.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use vm_superio::{I8042Device, Trigger};
 
 use crate::devices::BusDevice;
@@ -12,16 +14,22 @@ pub const I8042_BASE: u64 = 0x60;
 /// The span of ports from the base.
 pub const I8042_LEN: u64 = 5;
 
-/// Sends [`ExitEvent::GuestReset`] when the guest pulses the reset line.
+/// Sends [`ExitEvent::GuestReset`] when the guest pulses the reset line
+/// (once: Linux pulses it again and again until the reset happens).
 #[derive(Debug)]
-pub struct ResetTrigger(ExitSender);
+pub struct ResetTrigger {
+    exit: ExitSender,
+    fired: AtomicBool,
+}
 
 impl Trigger for ResetTrigger {
     type E = std::convert::Infallible;
 
     fn trigger(&self) -> Result<(), Self::E> {
-        tracing::info!("guest requested a reset through the i8042");
-        events::send(&self.0, ExitEvent::GuestReset);
+        if !self.fired.swap(true, Ordering::SeqCst) {
+            tracing::info!("guest requested a reset through the i8042");
+            events::send(&self.exit, ExitEvent::GuestReset);
+        }
         Ok(())
     }
 }
@@ -32,7 +40,10 @@ pub struct I8042(I8042Device<ResetTrigger>);
 impl I8042 {
     /// A controller whose reset line sends to `exit`.
     pub fn new(exit: ExitSender) -> Self {
-        Self(I8042Device::new(ResetTrigger(exit)))
+        Self(I8042Device::new(ResetTrigger {
+            exit,
+            fired: AtomicBool::new(false),
+        }))
     }
 }
 
@@ -67,5 +78,7 @@ mod tests {
         assert!(rx.try_recv().is_err(), "0xFE to the data port is no reset");
         dev.write(4, &[0xfe]);
         assert_eq!(rx.try_recv().ok(), Some(ExitEvent::GuestReset));
+        dev.write(4, &[0xfe]);
+        assert!(rx.try_recv().is_err(), "reported once");
     }
 }
