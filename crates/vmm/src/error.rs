@@ -6,7 +6,8 @@
 //! | 64   | bad configuration (vcpus, memory, paths, arguments)             |
 //! | 66   | kernel or initrd missing, unreadable or not a valid ELF         |
 //! | 69   | `/dev/kvm` unavailable (missing, no permission, no capability)  |
-//! | 70   | VMM or guest failure (KVM internal error, device failure, ...)  |
+//! | 70   | VMM or guest failure (KVM internal error, guest kernel panic,   |
+//! |      | device failure, ...)                                            |
 //! | 128+N| stopped by signal N (SIGTERM: 143, SIGINT: 130)                 |
 
 use crate::api::ApiServerError;
@@ -124,7 +125,9 @@ pub fn exit_code_for(event: &ExitEvent) -> i32 {
     match event {
         ExitEvent::GuestReset | ExitEvent::GuestShutdown | ExitEvent::ApiShutdown => exit_code::OK,
         ExitEvent::Signal(sig) => exit_code::SIGNAL_BASE + sig,
-        ExitEvent::VcpuFailure { .. } | ExitEvent::DeviceFailure(_) => exit_code::FAILURE,
+        ExitEvent::GuestPanic | ExitEvent::VcpuFailure { .. } | ExitEvent::DeviceFailure(_) => {
+            exit_code::FAILURE
+        }
     }
 }
 
@@ -218,6 +221,7 @@ mod tests {
     fn exit_events_map_to_codes() {
         assert_eq!(exit_code_for(&ExitEvent::GuestReset), 0);
         assert_eq!(exit_code_for(&ExitEvent::ApiShutdown), 0);
+        assert_eq!(exit_code_for(&ExitEvent::GuestPanic), 70);
         assert_eq!(exit_code_for(&ExitEvent::Signal(libc::SIGTERM)), 143);
         assert_eq!(
             exit_code_for(&ExitEvent::VcpuFailure {

@@ -11,6 +11,8 @@ pub enum ExitEvent {
     GuestReset,
     /// The guest asked KVM to power off (KVM system event).
     GuestShutdown,
+    /// The guest kernel panicked (seen on its console) and then reset.
+    GuestPanic,
     /// `{"op":"shutdown"}` on the control socket.
     ApiShutdown,
     /// SIGTERM or SIGINT.

@@ -14,7 +14,7 @@ Exit codes:
   64   bad configuration (vcpus or memory out of range, malformed arguments)
   66   kernel or initrd missing, unreadable or not a valid ELF
   69   /dev/kvm unavailable (missing or no permission)
-  70   VMM or guest failure (KVM internal error, device failure)
+  70   VMM or guest failure (KVM internal error, guest kernel panic, device failure)
   128+N  stopped by signal N (SIGINT 130, SIGTERM 143)
 
 API socket: one JSON request per line, one JSON response per line:

@@ -71,6 +71,10 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
     let mut io_bus = Bus::new();
     let mut mmio_bus = Bus::new();
     let serial = serial_device(&vm, config)?;
+    let guest_panicked = serial
+        .lock()
+        .map(|s| s.panic_flag())
+        .unwrap_or_else(|p| p.into_inner().panic_flag());
     io_bus.insert(serial::COM1_BASE, serial::SERIAL_LEN, serial.clone())?;
     io_bus.insert(
         i8042::I8042_BASE,
@@ -148,14 +152,18 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
     }
 
     // The channel cannot close: this function holds a sender.
-    let event = exit_rx
+    let mut event = exit_rx
         .recv()
         .unwrap_or(ExitEvent::DeviceFailure("exit channel closed".into()));
+    if event == ExitEvent::GuestReset && guest_panicked.load(std::sync::atomic::Ordering::SeqCst) {
+        event = ExitEvent::GuestPanic;
+    }
     match &event {
         ExitEvent::VcpuFailure { vcpu, reason } => {
             tracing::error!(vcpu, "vCPU failure: {reason}");
         }
         ExitEvent::DeviceFailure(reason) => tracing::error!("device failure: {reason}"),
+        ExitEvent::GuestPanic => tracing::error!("the guest kernel panicked (see its console)"),
         other => tracing::info!(?other, "VM stopping"),
     }
     // Stop the guest before tearing anything down.

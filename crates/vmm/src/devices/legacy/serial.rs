@@ -5,6 +5,8 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
@@ -33,12 +35,21 @@ impl Trigger for IrqTrigger {
     }
 }
 
+/// What Linux prints when it panics; with `panic=-1` a reset follows, which
+/// must not pass for a clean shutdown.
+pub const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
+const SCAN_MAX: usize = 256;
+
 /// Where the guest console goes: an optional log file and optionally stdout.
+/// Also watches for the kernel's panic message.
 #[derive(Debug, Default)]
 pub struct SerialOutput {
     log: Option<File>,
     stdout: bool,
     line: Vec<u8>,
+    scan: Vec<u8>,
+    panicked: Arc<AtomicBool>,
+    failed_once: bool,
 }
 
 impl SerialOutput {
@@ -48,43 +59,78 @@ impl SerialOutput {
             log,
             stdout,
             line: Vec::new(),
+            scan: Vec::new(),
+            panicked: Arc::new(AtomicBool::new(false)),
+            failed_once: false,
         }
     }
 
-    fn emit(&mut self) -> io::Result<()> {
-        if self.line.is_empty() {
-            return Ok(());
+    /// Set once the guest printed a kernel panic.
+    pub fn panic_flag(&self) -> Arc<AtomicBool> {
+        self.panicked.clone()
+    }
+
+    fn scan(&mut self, buf: &[u8]) {
+        for &b in buf {
+            if b == b'\n' {
+                if self
+                    .scan
+                    .windows(PANIC_MARKER.len())
+                    .any(|w| w == PANIC_MARKER)
+                {
+                    self.panicked.store(true, Ordering::SeqCst);
+                }
+                self.scan.clear();
+            } else if self.scan.len() < SCAN_MAX {
+                self.scan.push(b);
+            }
         }
+    }
+
+    /// Writes out the pending bytes. A sink that fails loses them (and is
+    /// reported once); the other sink still gets them.
+    fn emit(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let mut result = Ok(());
         if let Some(log) = self.log.as_mut() {
-            log.write_all(&self.line)?;
+            result = log.write_all(&self.line);
         }
         if self.stdout {
             let mut out = io::stdout().lock();
-            out.write_all(&self.line)?;
-            out.flush()?;
+            let r = out.write_all(&self.line).and_then(|()| out.flush());
+            result = result.and(r);
+        }
+        if let Err(e) = result {
+            if !self.failed_once {
+                self.failed_once = true;
+                tracing::warn!("guest console output lost: {e}");
+            }
         }
         self.line.clear();
-        Ok(())
     }
 }
 
 impl Write for SerialOutput {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.scan(buf);
         self.line.extend_from_slice(buf);
         if buf.contains(&b'\n') || self.line.len() >= FLUSH_AT {
-            self.emit()?;
+            self.emit();
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.emit()
+        self.emit();
+        Ok(())
     }
 }
 
 impl Drop for SerialOutput {
     fn drop(&mut self) {
-        let _ = self.emit();
+        self.emit();
     }
 }
 
@@ -95,6 +141,11 @@ impl SerialDevice {
     /// A UART raising `irq` and writing to `out`.
     pub fn new(irq: EventFd, out: SerialOutput) -> Self {
         Self(Serial::new(IrqTrigger(irq), out))
+    }
+
+    /// Set once the guest printed a kernel panic.
+    pub fn panic_flag(&self) -> Arc<AtomicBool> {
+        self.0.writer().panic_flag()
     }
 
     /// Writes out any partial line (e.g. at exit).
@@ -143,5 +194,18 @@ mod tests {
         let _ = File::open(&path).and_then(|mut f| f.read_to_string(&mut s));
         assert_eq!(s, "hello\nwor");
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn kernel_panic_is_noticed() {
+        let mut out = SerialOutput::new(None, false);
+        let flag = out.panic_flag();
+        let _ = out.write(b"[    1.0] Kernel panic - not sync");
+        assert!(!flag.load(Ordering::SeqCst), "not before the line ends");
+        let _ = out.write(b"ing: VFS: Unable to mount root fs\n");
+        assert!(flag.load(Ordering::SeqCst));
+        let mut calm = SerialOutput::new(None, false);
+        let _ = calm.write(b"all good\nKernel panic? no\n");
+        assert!(!calm.panic_flag().load(Ordering::SeqCst));
     }
 }
