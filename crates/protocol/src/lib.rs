@@ -26,6 +26,9 @@ pub use generated::health;
 /// ttRPC client, server trait and registration of the `Health` service.
 pub use generated::health_ttrpc;
 
+/// Messages of `container.proto` (the container RPCs of `Agent`).
+pub use generated::container;
+
 /// Messages of `agent.proto`.
 pub use generated::agent;
 /// ttRPC client, server trait and registration of the `Agent` service.
@@ -44,7 +47,7 @@ pub const GUEST_CID: u32 = 3;
 /// Version of the API in `proto/`, reported by the agent in
 /// `GetGuestDetailsResponse.protocol_version`. Bump when RPCs or fields are
 /// added, so a host can tell what an agent supports.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Fully qualified ttRPC service names (for logs and error messages).
 pub mod service {

@@ -11,9 +11,12 @@ use nacre_protocol::health::CheckRequest;
 use nacre_protocol::health_ttrpc::HealthClient as HealthStub;
 use nacre_protocol::ttrpc::{self, context};
 
+use super::container::{ContainerState, ContainerStats, ContainerStatus, ProcessExit};
 use super::endpoint::Endpoint;
 use super::error::AgentClientError;
 use super::{AgentClient, GuestDetails, HealthStatus};
+
+use nacre_protocol::container as pb;
 
 /// Timeouts of a [`TtrpcAgentClient`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +118,14 @@ impl TtrpcAgentClient {
         context::with_duration(self.options.call_timeout)
     }
 
+    /// The context of the calls that block until a process acts (wait,
+    /// read, write): no deadline (`timeout_nano` 0 makes the sync ttrpc
+    /// client wait for the answer without a timer). They end with the
+    /// process or the connection.
+    fn blocking_ctx() -> context::Context {
+        context::with_timeout(0)
+    }
+
     fn map(&self, rpc: &'static str) -> impl FnOnce(ttrpc::Error) -> AgentClientError {
         let timeout = self.options.call_timeout;
         move |e| AgentClientError::from_rpc(rpc, timeout, e)
@@ -173,5 +184,327 @@ impl AgentClient for TtrpcAgentClient {
             }
             Err(e) => Err(self.map("Agent.Shutdown")(e)),
         }
+    }
+
+    fn create_container(
+        &self,
+        container_id: &str,
+        oci_spec_json: &[u8],
+    ) -> Result<u32, AgentClientError> {
+        let req = container_req(|r: &mut pb::CreateContainerRequest| {
+            r.container_id = container_id.to_owned();
+            r.oci_spec_json = oci_spec_json.to_vec();
+        });
+        let resp = self
+            .agent
+            .create_container(self.ctx(), &req)
+            .map_err(self.map("Agent.CreateContainer"))?;
+        Ok(resp.pid)
+    }
+
+    fn start_container(&self, container_id: &str) -> Result<(), AgentClientError> {
+        let req = container_req(|r: &mut pb::StartContainerRequest| {
+            r.container_id = container_id.to_owned();
+        });
+        self.agent
+            .start_container(self.ctx(), &req)
+            .map_err(self.map("Agent.StartContainer"))?;
+        Ok(())
+    }
+
+    fn exec_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process_json: &[u8],
+    ) -> Result<u32, AgentClientError> {
+        let req = container_req(|r: &mut pb::ExecProcessRequest| {
+            r.container_id = container_id.to_owned();
+            r.exec_id = exec_id.to_owned();
+            r.process_json = process_json.to_vec();
+        });
+        let resp = self
+            .agent
+            .exec_process(self.ctx(), &req)
+            .map_err(self.map("Agent.ExecProcess"))?;
+        Ok(resp.pid)
+    }
+
+    fn wait_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+    ) -> Result<ProcessExit, AgentClientError> {
+        let req = container_req(|r: &mut pb::WaitProcessRequest| {
+            r.container_id = container_id.to_owned();
+            r.exec_id = exec_id.to_owned();
+        });
+        let resp = self
+            .agent
+            .wait_process(Self::blocking_ctx(), &req)
+            .map_err(self.map("Agent.WaitProcess"))?;
+        Ok(ProcessExit {
+            status: resp.exit_status,
+            exited_at: UNIX_EPOCH + Duration::from_millis(resp.exited_at_unix_ms),
+        })
+    }
+
+    fn signal_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), AgentClientError> {
+        let req = container_req(|r: &mut pb::SignalProcessRequest| {
+            r.container_id = container_id.to_owned();
+            r.exec_id = exec_id.to_owned();
+            r.signal = signal;
+            r.all = all;
+        });
+        self.agent
+            .signal_process(self.ctx(), &req)
+            .map_err(self.map("Agent.SignalProcess"))?;
+        Ok(())
+    }
+
+    fn write_stdin(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        data: &[u8],
+    ) -> Result<usize, AgentClientError> {
+        let req = container_req(|r: &mut pb::WriteStdinRequest| {
+            r.container_id = container_id.to_owned();
+            r.exec_id = exec_id.to_owned();
+            r.data = data.to_vec();
+        });
+        let resp = self
+            .agent
+            .write_stdin(Self::blocking_ctx(), &req)
+            .map_err(self.map("Agent.WriteStdin"))?;
+        Ok(resp.written as usize)
+    }
+
+    fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<(), AgentClientError> {
+        let req = container_req(|r: &mut pb::CloseStdinRequest| {
+            r.container_id = container_id.to_owned();
+            r.exec_id = exec_id.to_owned();
+        });
+        self.agent
+            .close_stdin(self.ctx(), &req)
+            .map_err(self.map("Agent.CloseStdin"))?;
+        Ok(())
+    }
+
+    fn read_stdout(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        max_len: u32,
+    ) -> Result<Vec<u8>, AgentClientError> {
+        let req = container_req(|r: &mut pb::ReadStdoutRequest| {
+            r.container_id = container_id.to_owned();
+            r.exec_id = exec_id.to_owned();
+            r.max_len = max_len;
+        });
+        let resp = self
+            .agent
+            .read_stdout(Self::blocking_ctx(), &req)
+            .map_err(self.map("Agent.ReadStdout"))?;
+        Ok(resp.data)
+    }
+
+    fn read_stderr(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        max_len: u32,
+    ) -> Result<Vec<u8>, AgentClientError> {
+        let req = container_req(|r: &mut pb::ReadStderrRequest| {
+            r.container_id = container_id.to_owned();
+            r.exec_id = exec_id.to_owned();
+            r.max_len = max_len;
+        });
+        let resp = self
+            .agent
+            .read_stderr(Self::blocking_ctx(), &req)
+            .map_err(self.map("Agent.ReadStderr"))?;
+        Ok(resp.data)
+    }
+
+    fn resize_tty(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<(), AgentClientError> {
+        let req = container_req(|r: &mut pb::ResizeTtyRequest| {
+            r.container_id = container_id.to_owned();
+            r.exec_id = exec_id.to_owned();
+            r.rows = rows;
+            r.cols = cols;
+        });
+        self.agent
+            .resize_tty(self.ctx(), &req)
+            .map_err(self.map("Agent.ResizeTty"))?;
+        Ok(())
+    }
+
+    fn list_processes(&self, container_id: &str) -> Result<Vec<u32>, AgentClientError> {
+        let req = container_req(|r: &mut pb::ListProcessesRequest| {
+            r.container_id = container_id.to_owned();
+        });
+        let resp = self
+            .agent
+            .list_processes(self.ctx(), &req)
+            .map_err(self.map("Agent.ListProcesses"))?;
+        Ok(resp.pids)
+    }
+
+    fn pause_container(&self, container_id: &str) -> Result<(), AgentClientError> {
+        let req = container_req(|r: &mut pb::PauseContainerRequest| {
+            r.container_id = container_id.to_owned();
+        });
+        self.agent
+            .pause_container(self.ctx(), &req)
+            .map_err(self.map("Agent.PauseContainer"))?;
+        Ok(())
+    }
+
+    fn resume_container(&self, container_id: &str) -> Result<(), AgentClientError> {
+        let req = container_req(|r: &mut pb::ResumeContainerRequest| {
+            r.container_id = container_id.to_owned();
+        });
+        self.agent
+            .resume_container(self.ctx(), &req)
+            .map_err(self.map("Agent.ResumeContainer"))?;
+        Ok(())
+    }
+
+    fn update_container(
+        &self,
+        container_id: &str,
+        resources_json: &[u8],
+    ) -> Result<(), AgentClientError> {
+        let req = container_req(|r: &mut pb::UpdateContainerRequest| {
+            r.container_id = container_id.to_owned();
+            r.resources_json = resources_json.to_vec();
+        });
+        self.agent
+            .update_container(self.ctx(), &req)
+            .map_err(self.map("Agent.UpdateContainer"))?;
+        Ok(())
+    }
+
+    fn stats_container(&self, container_id: &str) -> Result<ContainerStats, AgentClientError> {
+        let req = container_req(|r: &mut pb::StatsContainerRequest| {
+            r.container_id = container_id.to_owned();
+        });
+        let resp = self
+            .agent
+            .stats_container(self.ctx(), &req)
+            .map_err(self.map("Agent.StatsContainer"))?;
+        Ok(stats_from(&resp))
+    }
+
+    fn state_container(&self, container_id: &str) -> Result<ContainerState, AgentClientError> {
+        let req = container_req(|r: &mut pb::StateContainerRequest| {
+            r.container_id = container_id.to_owned();
+        });
+        let resp = self
+            .agent
+            .state_container(self.ctx(), &req)
+            .map_err(self.map("Agent.StateContainer"))?;
+        state_from("Agent.StateContainer", &resp)
+    }
+
+    fn remove_container(&self, container_id: &str) -> Result<(), AgentClientError> {
+        let req = container_req(|r: &mut pb::RemoveContainerRequest| {
+            r.container_id = container_id.to_owned();
+        });
+        self.agent
+            .remove_container(self.ctx(), &req)
+            .map_err(self.map("Agent.RemoveContainer"))?;
+        Ok(())
+    }
+}
+
+fn container_req<T: Default>(set: impl FnOnce(&mut T)) -> T {
+    let mut req = T::default();
+    set(&mut req);
+    req
+}
+
+fn stats_from(resp: &pb::StatsContainerResponse) -> ContainerStats {
+    let limit = |v: u64| (v != 0).then_some(v);
+    ContainerStats {
+        cpu_usage_usec: resp.cpu_usage_usec,
+        cpu_user_usec: resp.cpu_user_usec,
+        cpu_system_usec: resp.cpu_system_usec,
+        memory_usage_bytes: resp.memory_usage_bytes,
+        memory_limit_bytes: limit(resp.memory_limit_bytes),
+        pids_current: resp.pids_current,
+        pids_limit: limit(resp.pids_limit),
+        io_read_bytes: resp.io_read_bytes,
+        io_write_bytes: resp.io_write_bytes,
+    }
+}
+
+fn state_from(
+    rpc: &'static str,
+    resp: &pb::StateContainerResponse,
+) -> Result<ContainerState, AgentClientError> {
+    let status: ContainerStatus =
+        resp.status
+            .parse()
+            .map_err(|e: super::UnknownStatus| AgentClientError::BadResponse {
+                rpc,
+                message: e.to_string(),
+            })?;
+    Ok(ContainerState {
+        status,
+        pid: resp.pid,
+        exit_status: (status == ContainerStatus::Stopped).then_some(resp.exit_status),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_limits_are_none() {
+        let mut resp = pb::StatsContainerResponse::new();
+        resp.memory_usage_bytes = 10;
+        resp.pids_limit = 4;
+        let stats = stats_from(&resp);
+        assert_eq!(stats.memory_limit_bytes, None);
+        assert_eq!(stats.pids_limit, Some(4));
+        assert_eq!(stats.memory_usage_bytes, 10);
+    }
+
+    #[test]
+    fn state_maps_status_and_exit() {
+        let mut resp = pb::StateContainerResponse::new();
+        resp.status = "running".into();
+        resp.pid = 7;
+        resp.exit_status = 3;
+        let state = state_from("Agent.StateContainer", &resp).unwrap();
+        assert_eq!(state.status, ContainerStatus::Running);
+        assert_eq!(state.exit_status, None);
+        resp.status = "stopped".into();
+        assert_eq!(
+            state_from("Agent.StateContainer", &resp)
+                .unwrap()
+                .exit_status,
+            Some(3)
+        );
+        resp.status = "weird".into();
+        assert!(matches!(
+            state_from("Agent.StateContainer", &resp),
+            Err(AgentClientError::BadResponse { .. })
+        ));
     }
 }

@@ -79,6 +79,14 @@ pub enum AgentClientError {
         /// The agent's message.
         message: String,
     },
+    /// The agent's answer does not make sense to this client.
+    #[error("{rpc}: bad answer from the agent: {message}")]
+    BadResponse {
+        /// The RPC.
+        rpc: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The connection failed during the RPC.
     #[error("{rpc}: connection to the agent failed: {source}")]
     Transport {

@@ -9,6 +9,7 @@
 //! This module does not start VMs or agents; it only talks to one.
 
 mod client;
+mod container;
 mod endpoint;
 mod error;
 pub mod fake;
@@ -16,6 +17,9 @@ pub mod fake;
 use std::time::{Duration, SystemTime};
 
 pub use client::{ClientOptions, TtrpcAgentClient};
+pub use container::{
+    ContainerState, ContainerStats, ContainerStatus, ProcessExit, UnknownStatus, INIT_EXEC_ID,
+};
 pub use endpoint::{hybrid_vsock_handshake, Endpoint, HandshakeError};
 pub use error::AgentClientError;
 
@@ -51,8 +55,17 @@ pub struct GuestDetails {
 
 /// A connection to one guest agent.
 ///
-/// Every call is bounded by the client's call timeout. Errors name the RPC
-/// that failed.
+/// Every call is bounded by the client's call timeout, except the calls
+/// that block by design until a process acts: `wait_process`,
+/// `read_stdout`, `read_stderr` and `write_stdin` have no deadline (they
+/// end when the process exits, writes, reads, or the connection closes).
+/// Errors name the RPC that failed; agent-side failures come back as
+/// [`AgentClientError::Status`] with the codes listed in `container.proto`
+/// (NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT, FAILED_PRECONDITION,
+/// INTERNAL).
+///
+/// In every container call, `exec_id` [`INIT_EXEC_ID`] (`""`) names the
+/// container's init process.
 pub trait AgentClient: Send + Sync {
     /// `Health.Check`.
     fn health(&self) -> Result<HealthStatus, AgentClientError>;
@@ -67,4 +80,108 @@ pub trait AgentClient: Send + Sync {
     /// exits 0). Returns once the agent acknowledged, or once the connection
     /// closed after the request was sent (the guest went down first).
     fn shutdown(&self) -> Result<(), AgentClientError>;
+
+    /// `Agent.CreateContainer`: sets the container up from `oci_spec_json`
+    /// (config.json whose `root.path` and bind sources are guest paths) and
+    /// leaves its init process before execve. Returns the init's guest pid.
+    fn create_container(
+        &self,
+        container_id: &str,
+        oci_spec_json: &[u8],
+    ) -> Result<u32, AgentClientError>;
+
+    /// `Agent.StartContainer`: lets the init process execve.
+    fn start_container(&self, container_id: &str) -> Result<(), AgentClientError>;
+
+    /// `Agent.ExecProcess`: starts the OCI `process` object
+    /// `process_json` in the running container. Returns its guest pid.
+    fn exec_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        process_json: &[u8],
+    ) -> Result<u32, AgentClientError>;
+
+    /// `Agent.WaitProcess`: blocks (no deadline) until the process exits.
+    fn wait_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+    ) -> Result<ProcessExit, AgentClientError>;
+
+    /// `Agent.SignalProcess`: sends `signal` to the process, or with `all`
+    /// to every process of the container.
+    fn signal_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), AgentClientError>;
+
+    /// `Agent.WriteStdin`: writes `data` to the process's stdin (no
+    /// deadline: blocks while the pipe is full). Returns the bytes written.
+    fn write_stdin(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        data: &[u8],
+    ) -> Result<usize, AgentClientError>;
+
+    /// `Agent.CloseStdin`: the process reads EOF on stdin.
+    fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<(), AgentClientError>;
+
+    /// `Agent.ReadStdout`: blocks (no deadline) until output is available
+    /// and returns at most `max_len` bytes (0: the agent's maximum). An
+    /// empty result is the end of the stream. With a terminal all output
+    /// comes here.
+    fn read_stdout(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        max_len: u32,
+    ) -> Result<Vec<u8>, AgentClientError>;
+
+    /// `Agent.ReadStderr`: as [`AgentClient::read_stdout`], for stderr.
+    fn read_stderr(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        max_len: u32,
+    ) -> Result<Vec<u8>, AgentClientError>;
+
+    /// `Agent.ResizeTty`: sets the window size of the process's terminal.
+    fn resize_tty(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<(), AgentClientError>;
+
+    /// `Agent.ListProcesses`: guest pids in the container's cgroup.
+    fn list_processes(&self, container_id: &str) -> Result<Vec<u32>, AgentClientError>;
+
+    /// `Agent.PauseContainer`: freezes the container's cgroup.
+    fn pause_container(&self, container_id: &str) -> Result<(), AgentClientError>;
+
+    /// `Agent.ResumeContainer`: thaws the container's cgroup.
+    fn resume_container(&self, container_id: &str) -> Result<(), AgentClientError>;
+
+    /// `Agent.UpdateContainer`: applies an OCI `linux.resources` object.
+    fn update_container(
+        &self,
+        container_id: &str,
+        resources_json: &[u8],
+    ) -> Result<(), AgentClientError>;
+
+    /// `Agent.StatsContainer`: resource usage of the container's cgroup.
+    fn stats_container(&self, container_id: &str) -> Result<ContainerStats, AgentClientError>;
+
+    /// `Agent.StateContainer`: status and init pid.
+    fn state_container(&self, container_id: &str) -> Result<ContainerState, AgentClientError>;
+
+    /// `Agent.RemoveContainer`: kills what is left of the container and
+    /// removes its cgroup and mounts.
+    fn remove_container(&self, container_id: &str) -> Result<(), AgentClientError>;
 }
