@@ -141,3 +141,25 @@ fn sigterm_exits_143_and_cleans_up() {
     assert!(!api.exists(), "api socket left behind");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn guest_panic_then_reset_exits_70() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch("kvm-panic");
+    let (_, _, initrd) = write_kernels(&dir);
+    let kernel = dir.join("panic.elf");
+    std::fs::write(&kernel, panicking_kernel()).unwrap_or_default();
+    let mut child = spawn_vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap_or(""),
+        "--initrd",
+        &initrd,
+        "--memory-mib",
+        "64",
+    ]);
+    let status = wait_timeout(&mut child.0, Duration::from_secs(30));
+    assert_eq!(status.and_then(|s| s.code()), Some(70));
+    let _ = std::fs::remove_dir_all(dir);
+}

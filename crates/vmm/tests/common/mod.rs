@@ -94,7 +94,7 @@ pub fn elf_with_code(code: &[u8]) -> Vec<u8> {
 /// The message the test kernels print.
 pub const TEST_KERNEL_MESSAGE: &str = "nacre-test-kernel: long mode\n";
 
-fn print_then(tail: [u8; 5]) -> Vec<u8> {
+fn print_then(message: &str, tail: [u8; 5]) -> Vec<u8> {
     let mut code = vec![
         0x48, 0x8d, 0x35, 0x11, 0x00, 0x00, 0x00, // lea msg(%rip), %rsi
         0x66, 0xba, 0xf8, 0x03, // mov $0x3f8, %dx
@@ -105,7 +105,7 @@ fn print_then(tail: [u8; 5]) -> Vec<u8> {
         0xeb, 0xf8, // jmp 1b
     ];
     code.extend_from_slice(&tail); // 2:
-    code.extend_from_slice(TEST_KERNEL_MESSAGE.as_bytes());
+    code.extend_from_slice(message.as_bytes());
     code.push(0);
     code
 }
@@ -114,13 +114,19 @@ fn print_then(tail: [u8; 5]) -> Vec<u8> {
 /// then resets through the i8042 like Linux's `reboot=k`.
 pub fn reset_kernel() -> Vec<u8> {
     // mov $0xfe, %al; out %al, $0x64; hlt
-    elf_with_code(&print_then([0xb0, 0xfe, 0xe6, 0x64, 0xf4]))
+    elf_with_code(&print_then(
+        TEST_KERNEL_MESSAGE,
+        [0xb0, 0xfe, 0xe6, 0x64, 0xf4],
+    ))
 }
 
 /// A "kernel" that prints [`TEST_KERNEL_MESSAGE`] and spins forever.
 pub fn spinning_kernel() -> Vec<u8> {
     // jmp .; nop; nop; nop
-    elf_with_code(&print_then([0xeb, 0xfe, 0x90, 0x90, 0x90]))
+    elf_with_code(&print_then(
+        TEST_KERNEL_MESSAGE,
+        [0xeb, 0xfe, 0x90, 0x90, 0x90],
+    ))
 }
 
 /// Waits up to `timeout` for `child`; kills it on timeout.
@@ -172,4 +178,12 @@ pub fn wait_for_path(path: &Path, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// A "kernel" that prints a Linux panic line, then resets like `panic=-1`.
+pub fn panicking_kernel() -> Vec<u8> {
+    elf_with_code(&print_then(
+        "Kernel panic - not syncing: test\n",
+        [0xb0, 0xfe, 0xe6, 0x64, 0xf4],
+    ))
 }
