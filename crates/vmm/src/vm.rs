@@ -27,7 +27,7 @@ pub enum VmError {
     RegionMapping(usize),
 }
 
-fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
@@ -85,8 +85,4 @@ pub fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, VmError> {
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(vm)
-}
-
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
-    kvm(what)
 }
