@@ -114,6 +114,11 @@ impl Sandbox {
         &self.vm
     }
 
+    /// The VMM process, to poll or wait for it.
+    pub fn vm_mut(&mut self) -> &mut VmProcess {
+        &mut self.vm
+    }
+
     /// Time from spawning the VMM to the agent's first answer.
     pub fn boot_time(&self) -> Duration {
         self.boot_time

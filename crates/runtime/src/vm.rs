@@ -22,6 +22,9 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Appended to the kernel command line (e.g. `nacre.hostname=pod1`).
     pub extra_cmdline: Option<String>,
+    /// Host directories served to the guest over virtio-fs, as (tag, path)
+    /// (`nacre-vmm --shared-dir TAG=PATH`).
+    pub shared_dirs: Vec<(String, PathBuf)>,
 }
 
 impl VmSpec {
@@ -32,6 +35,7 @@ impl VmSpec {
             vcpus: 1,
             memory_mib: 256,
             extra_cmdline: None,
+            shared_dirs: Vec::new(),
         }
     }
 }
@@ -108,16 +112,28 @@ impl VmProcess {
         if let Some(extra) = &spec.extra_cmdline {
             cmd.arg("--cmdline").arg(extra);
         }
+        for (tag, path) in &spec.shared_dirs {
+            let mut arg = std::ffi::OsString::from(format!("{tag}="));
+            arg.push(path);
+            cmd.arg("--shared-dir").arg(arg);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(vmm_log));
         tracing::debug!(?cmd, "starting VMM");
         match cmd.spawn() {
-            Ok(child) => Ok(Self {
-                child,
-                dir: dir.to_path_buf(),
-                exited: None,
-            }),
+            Ok(child) => {
+                // Lets a later process find (and kill) a VMM whose owner
+                // died without cleaning up.
+                if let Err(e) = fs::write(dir.join("vmm.pid"), child.id().to_string()) {
+                    tracing::warn!("writing {}: {e}", dir.join("vmm.pid").display());
+                }
+                Ok(Self {
+                    child,
+                    dir: dir.to_path_buf(),
+                    exited: None,
+                })
+            }
             Err(source) => {
                 let _ = fs::remove_dir_all(dir);
                 Err(VmError::Spawn {
@@ -131,6 +147,11 @@ impl VmProcess {
     /// The VMM's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The file holding the VMM's pid, written right after it starts.
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("vmm.pid")
     }
 
     /// The run directory.

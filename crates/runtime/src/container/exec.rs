@@ -1,0 +1,237 @@
+//! `exec`: a new process in a running container, in the foreground (this
+//! process relays its stdio and exits with its status) or detached under
+//! a small exec monitor of its own.
+
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::agent::AgentClient;
+
+use super::launch::Reporter;
+use super::monitor::{connect_agent, console_io, write_pid_file};
+use super::ops::load;
+use super::paths::ContainerPaths;
+use super::relay::{start_relay, HostIo};
+use super::state::Status;
+use super::ContainerError;
+
+/// What the command line says about the process, beside `--process`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOverrides {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<String>,
+    /// `uid[:gid]`.
+    pub user: Option<String>,
+    pub tty: bool,
+}
+
+/// The OCI `process` object to run: the `--process` file as given, or the
+/// container's own process with the command line's args, env, cwd, user
+/// and terminal applied.
+pub fn build_process(
+    process_file: Option<&Path>,
+    container_process: Option<&Value>,
+    o: &ExecOverrides,
+) -> Result<Value, ContainerError> {
+    let bad = |reason: String| ContainerError::BadConfig {
+        path: process_file.map_or_else(|| "exec".into(), Path::to_path_buf),
+        reason,
+    };
+    let mut p = if let Some(file) = process_file {
+        let bytes = std::fs::read(file).map_err(|source| ContainerError::ReadConfig {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice::<Value>(&bytes).map_err(|source| ContainerError::ParseConfig {
+            path: file.to_path_buf(),
+            source,
+        })?
+    } else {
+        if o.args.is_empty() {
+            return Err(bad(
+                "no command given (args after the id, or --process)".into()
+            ));
+        }
+        let mut base = container_process
+            .cloned()
+            .unwrap_or_else(|| json!({"cwd": "/"}));
+        base["args"] = json!(o.args);
+        base
+    };
+    if !p.is_object() {
+        return Err(bad("the process is not a JSON object".into()));
+    }
+    if o.tty {
+        p["terminal"] = json!(true);
+    } else if process_file.is_none() {
+        p["terminal"] = json!(false);
+    }
+    if let Some(cwd) = &o.cwd {
+        p["cwd"] = json!(cwd);
+    }
+    if !o.env.is_empty() {
+        let mut env: Vec<Value> = p
+            .get("env")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        env.extend(o.env.iter().map(|e| json!(e)));
+        p["env"] = Value::Array(env);
+    }
+    if let Some(user) = &o.user {
+        let (uid, gid) = user.split_once(':').unwrap_or((user.as_str(), "0"));
+        let uid: u32 = uid
+            .parse()
+            .map_err(|_| bad(format!("bad --user {user:?}: want uid[:gid]")))?;
+        let gid: u32 = gid
+            .parse()
+            .map_err(|_| bad(format!("bad --user {user:?}: want uid[:gid]")))?;
+        p["user"] = json!({"uid": uid, "gid": gid});
+    }
+    if p.get("cwd").is_none() {
+        p["cwd"] = json!("/");
+    }
+    match p.get("args").and_then(Value::as_array) {
+        Some(a) if !a.is_empty() => Ok(p),
+        _ => Err(bad("the process has no args".into())),
+    }
+}
+
+/// The container's own `process`, from its bundle.
+pub fn container_process(paths: &ContainerPaths) -> Result<Option<Value>, ContainerError> {
+    let state = load(paths)?;
+    let status = state.effective_status();
+    if !matches!(status, Status::Running | Status::Created) {
+        return Err(ContainerError::WrongStatus {
+            id: state.id,
+            status: status.as_str(),
+            reason: "exec needs a created or running container",
+        });
+    }
+    let path = state.bundle.join("config.json");
+    let spec: Value = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    Ok(spec.get("process").cloned())
+}
+
+/// A fresh exec id.
+pub fn new_exec_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!("exec-{}-{nanos:x}", std::process::id())
+}
+
+/// Starts the process and relays its stdio until it exits; returns its
+/// exit status. `reporter` hears once the process started.
+pub fn run_exec(
+    paths: &ContainerPaths,
+    exec_id: &str,
+    process: &Value,
+    console_socket: Option<&Path>,
+    pid_file: Option<&Path>,
+    reporter: &mut Reporter,
+) -> Result<i32, ContainerError> {
+    let started = (|| {
+        let agent = Arc::new(connect_agent(paths)?);
+        let json =
+            serde_json::to_vec(process).map_err(|e| ContainerError::Monitor(e.to_string()))?;
+        let io = console_io(console_socket)?;
+        agent.exec_process(paths.id(), exec_id, &json)?;
+        if let Some(pid_file) = pid_file {
+            write_pid_file(pid_file, std::process::id())?;
+        }
+        Ok::<_, ContainerError>((agent, io))
+    })();
+    let (agent, io) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            reporter.fail(&e.to_string());
+            return Err(e);
+        }
+    };
+    reporter.ok();
+    let terminal = process.get("terminal").and_then(Value::as_bool) == Some(true);
+    let client: Arc<dyn AgentClient> = agent;
+    let relay = start_relay(Arc::clone(&client), paths.id(), exec_id, io, terminal);
+    let (tx, rx) = mpsc::channel();
+    {
+        let (client, id, exec) = (
+            Arc::clone(&client),
+            paths.id().to_string(),
+            exec_id.to_string(),
+        );
+        std::thread::spawn(move || {
+            let _ = tx.send(client.wait_process(&id, &exec));
+        });
+    }
+    let exit = rx
+        .recv()
+        .map_err(|_| ContainerError::Monitor("the wait thread ended".into()))??;
+    relay.finish(Duration::from_secs(5));
+    Ok(exit.status)
+}
+
+/// Whether the process was asked to run on a terminal without a host one
+/// to relay (the caller must then give a console socket).
+pub fn needs_console(process: &Value, console_socket: Option<&Path>, detach: bool) -> bool {
+    process.get("terminal").and_then(Value::as_bool) == Some(true)
+        && console_socket.is_none()
+        && detach
+}
+
+/// For callers that relay their own stdio.
+pub fn inherited() -> HostIo {
+    HostIo::Inherited
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_replace_the_container_process() {
+        let base = json!({"args": ["sh"], "env": ["A=1"], "cwd": "/home", "terminal": true});
+        let o = ExecOverrides {
+            args: vec!["ls".into(), "-l".into()],
+            env: vec!["B=2".into()],
+            user: Some("1000:100".into()),
+            ..Default::default()
+        };
+        let p = build_process(None, Some(&base), &o).unwrap();
+        assert_eq!(p["args"], json!(["ls", "-l"]));
+        assert_eq!(p["env"], json!(["A=1", "B=2"]));
+        assert_eq!(p["cwd"], "/home");
+        assert_eq!(p["terminal"], false);
+        assert_eq!(p["user"], json!({"uid": 1000, "gid": 100}));
+    }
+
+    #[test]
+    fn process_file_and_errors() {
+        let path = std::env::temp_dir().join(format!("nacre-exec-{}.json", std::process::id()));
+        std::fs::write(&path, r#"{"args": ["true"], "terminal": true}"#).unwrap();
+        let p = build_process(Some(&path), None, &ExecOverrides::default()).unwrap();
+        assert_eq!(p["terminal"], true);
+        assert_eq!(p["cwd"], "/");
+        std::fs::write(&path, "{").unwrap();
+        let err = build_process(Some(&path), None, &ExecOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&*path.to_string_lossy()), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(build_process(None, None, &ExecOverrides::default()).is_err());
+        let o = ExecOverrides {
+            args: vec!["x".into()],
+            user: Some("bob".into()),
+            ..Default::default()
+        };
+        assert!(build_process(None, None, &o).is_err());
+    }
+}

@@ -1,0 +1,268 @@
+//! The host-side monitor of one container: the process whose pid the
+//! caller's `--pid-file` names and whose exit status is the container's.
+//!
+//! It boots the VM (the VMM is its child), has the agent create the
+//! container, reports to `nacre create`, relays the init process's stdio,
+//! waits for it, records the exit status, shuts the VM down, unmounts the
+//! shared directory and exits with the container's status. It notices a
+//! VMM that dies under it, and SIGTERM (from `nacre delete`) makes it kill
+//! the VM and clean up.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime};
+
+use crate::agent::{AgentClient, ClientOptions, Endpoint, TtrpcAgentClient, INIT_EXEC_ID};
+use crate::image::GuestImage;
+use crate::sandbox::{default_boot_timeout, Sandbox};
+use crate::vm::VmSpec;
+
+use super::console::{open_pty, send_console};
+use super::launch::Reporter;
+use super::lock::DirLock;
+use super::mounts::teardown_shared;
+use super::paths::{ContainerPaths, SHARED_TAG};
+use super::relay::{start_relay, HostIo};
+use super::spec::Bundle;
+use super::state::{rfc3339, write_atomic, State, Status};
+use super::ContainerError;
+
+/// Exit status recorded when the VM died under the container.
+pub const VM_LOST_STATUS: i32 = 255;
+
+/// What the monitor of one container needs.
+#[derive(Debug, Clone)]
+pub struct MonitorOptions {
+    pub paths: ContainerPaths,
+    pub bundle_dir: PathBuf,
+    pub vmm: PathBuf,
+    pub image: GuestImage,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    /// Serve the shared directory over virtio-fs (`--shared-dir`).
+    pub shared_fs: bool,
+}
+
+static TERMINATE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_terminate(_: libc::c_int) {
+    TERMINATE.store(true, Ordering::Relaxed);
+}
+
+fn install_signal_handlers() {
+    let handler = on_terminate as extern "C" fn(libc::c_int);
+    // SAFETY: the handler only stores to an atomic, which is
+    // async-signal-safe; SIG_IGN for SIGHUP is always valid.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
+/// Connects a client for the container RPCs (blocking ones have no
+/// deadline; see [`AgentClient`]).
+pub fn connect_agent(paths: &ContainerPaths) -> Result<TtrpcAgentClient, ContainerError> {
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    Ok(TtrpcAgentClient::connect(
+        Endpoint::agent_vsock(paths.vsock_socket()),
+        options,
+    )?)
+}
+
+/// Writes `pid` into `path` (atomically), as runc does for `--pid-file`.
+pub fn write_pid_file(path: &std::path::Path, pid: u32) -> Result<(), ContainerError> {
+    write_atomic(path, pid.to_string().as_bytes())
+}
+
+/// Sends a pty master to the console socket, returning the slave side.
+pub fn console_io(console_socket: Option<&std::path::Path>) -> Result<HostIo, ContainerError> {
+    let Some(socket) = console_socket else {
+        return Ok(HostIo::Inherited);
+    };
+    let pty = open_pty()?;
+    let name = std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&pty.slave)
+    ))
+    .map(|p| p.display().to_string())
+    .unwrap_or_else(|_| "/dev/ptmx".into());
+    send_console(socket, &name, std::os::fd::AsRawFd::as_raw_fd(&pty.master))?;
+    drop(pty.master);
+    Ok(HostIo::Pty(pty.slave))
+}
+
+struct Running {
+    sandbox: Sandbox,
+    agent: Arc<TtrpcAgentClient>,
+    io: HostIo,
+    terminal: bool,
+}
+
+fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
+    let paths = &opts.paths;
+    let bundle = Bundle::load(&opts.bundle_dir)?;
+    let io = console_io(opts.console_socket.as_deref())?;
+    let mut cmdline = Vec::new();
+    let mut spec = VmSpec {
+        vcpus: opts.vcpus,
+        memory_mib: opts.memory_mib,
+        ..VmSpec::new(opts.image.clone())
+    };
+    if opts.shared_fs {
+        cmdline.push(format!("nacre.shared={SHARED_TAG}"));
+        spec.shared_dirs
+            .push((SHARED_TAG.to_string(), paths.shared_dir()));
+    }
+    if let Some(h) = bundle.hostname.as_deref().filter(|h| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    }) {
+        cmdline.push(format!("nacre.hostname={h}"));
+    }
+    if !cmdline.is_empty() {
+        spec.extra_cmdline = Some(cmdline.join(" "));
+    }
+    let sandbox = Sandbox::boot(&opts.vmm, &spec, &paths.vm_dir(), default_boot_timeout())?;
+    let agent = Arc::new(connect_agent(paths)?);
+    if let Err(e) = agent.set_time(SystemTime::now()) {
+        tracing::warn!("setting the guest clock: {e}");
+    }
+    let guest_spec = serde_json::to_vec(&bundle.guest_spec(paths)).map_err(|source| {
+        ContainerError::BadState {
+            path: opts.bundle_dir.join("config.json"),
+            source,
+        }
+    })?;
+    let guest_pid = agent.create_container(paths.id(), &guest_spec)?;
+    tracing::info!(id = paths.id(), guest_pid, "container created in the guest");
+    let me = std::process::id();
+    let state = State {
+        id: paths.id().to_string(),
+        oci_version: bundle.oci_version.clone(),
+        status: Status::Created,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: rfc3339(SystemTime::now()),
+        owner: String::new(),
+        annotations: bundle.annotations.clone(),
+        monitor_pid: me,
+        vmm_pid: sandbox.vm().pid(),
+        exit_status: None,
+        terminal: bundle.terminal,
+    };
+    // `nacre create` holds the lock while the monitor sets up.
+    state.save(&paths.state_file())?;
+    if let Some(pid_file) = &opts.pid_file {
+        write_pid_file(pid_file, me)?;
+    }
+    Ok(Running {
+        sandbox,
+        agent,
+        io,
+        terminal: bundle.terminal,
+    })
+}
+
+/// Runs the monitor to the end; returns the exit status to exit with.
+pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
+    install_signal_handlers();
+    let Running {
+        mut sandbox,
+        agent,
+        io,
+        terminal,
+    } = match setup(opts) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("creating container {}: {e}", opts.paths.id());
+            reporter.fail(&e.to_string());
+            return 1;
+        }
+    };
+    reporter.ok();
+    let id = opts.paths.id().to_string();
+    let client: Arc<dyn AgentClient> = agent.clone();
+    let relay = start_relay(Arc::clone(&client), &id, INIT_EXEC_ID, io, terminal);
+
+    let (tx, rx) = mpsc::channel();
+    {
+        let (client, id) = (Arc::clone(&client), id.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(client.wait_process(&id, INIT_EXEC_ID));
+        });
+    }
+    let mut vm_alive = true;
+    let status = loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(exit)) => break exit.status,
+            Ok(Err(e)) => {
+                // Usually the VM went away; give the VMM a moment to exit.
+                if let Ok(Some(st)) = sandbox.vm_mut().wait_timeout(Duration::from_secs(2)) {
+                    vm_alive = false;
+                    tracing::warn!("the VMM exited ({st}) under container {id}");
+                    break vm_lost_status(st);
+                }
+                tracing::error!("WaitProcess for container {id}: {e}");
+                break VM_LOST_STATUS;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break VM_LOST_STATUS,
+        }
+        if let Ok(Some(st)) = sandbox.vm_mut().try_wait() {
+            vm_alive = false;
+            tracing::warn!("the VMM exited ({st}) under container {id}");
+            break vm_lost_status(st);
+        }
+        if TERMINATE.load(Ordering::Relaxed) {
+            tracing::info!("monitor of {id} terminated: stopping the VM");
+            break 128 + libc::SIGKILL;
+        }
+    };
+    if vm_alive && !TERMINATE.load(Ordering::Relaxed) {
+        relay.finish(Duration::from_secs(5));
+    } else {
+        relay.finish(Duration::ZERO);
+    }
+    record_exit(&opts.paths, status);
+    if vm_alive && !TERMINATE.load(Ordering::Relaxed) {
+        if let Err(e) = sandbox.shutdown(Duration::from_secs(15)) {
+            tracing::warn!("shutting the VM of {id} down: {e}");
+        }
+    } else {
+        drop(sandbox);
+    }
+    teardown_shared(&opts.paths);
+    status
+}
+
+fn vm_lost_status(st: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    st.signal().map_or(VM_LOST_STATUS, |sig| 128 + sig)
+}
+
+/// Records the exit in `state.json` (best effort: `delete` may be removing
+/// the directory).
+fn record_exit(paths: &ContainerPaths, status: i32) {
+    let Ok(_lock) = DirLock::acquire_timeout(&paths.dir(), paths.id(), Duration::from_secs(3))
+    else {
+        return;
+    };
+    match State::load(&paths.state_file()) {
+        Ok(mut state) => {
+            state.status = Status::Stopped;
+            state.exit_status = Some(status);
+            if let Err(e) = state.save(&paths.state_file()) {
+                tracing::debug!("recording the exit: {e}");
+            }
+        }
+        Err(e) => tracing::debug!("recording the exit: {e}"),
+    }
+}

@@ -1,0 +1,249 @@
+//! The container operations behind the runc-style commands. Each takes the
+//! state directory's lock for its read-modify-write of `state.json`.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use crate::agent::{AgentClient, ContainerStats, INIT_EXEC_ID};
+
+use super::launch::launch_detached;
+use super::lock::DirLock;
+use super::monitor::connect_agent;
+use super::mounts::{setup_shared, teardown_shared};
+use super::paths::ContainerPaths;
+use super::process::{kill_if_runs, pid_alive, send_signal, wait_dead};
+use super::spec::Bundle;
+use super::state::{State, Status};
+use super::ContainerError;
+
+/// The executable name of the monitor (the `nacre` binary itself).
+pub const MONITOR_EXE: &str = "nacre";
+/// The VMM's executable name.
+pub const VMM_EXE: &str = "nacre-vmm";
+
+/// `create`: checks the bundle, makes the state and shared directories,
+/// then starts the monitor (`monitor`, a prepared `nacre monitor ...`
+/// command; `--sync-fd N` is appended) and waits for its report. On any
+/// failure nothing is left behind. Returns the monitor, running detached.
+pub fn create(
+    paths: &ContainerPaths,
+    bundle_dir: &Path,
+    monitor: Command,
+) -> Result<Child, ContainerError> {
+    let dir = paths.dir();
+    if dir.exists() {
+        return Err(ContainerError::Exists(paths.id().into()));
+    }
+    let bundle = Bundle::load(bundle_dir)?;
+    fs::create_dir_all(paths.root()).map_err(ContainerError::io("creating", paths.root()))?;
+    if let Err(e) = fs::create_dir(&dir) {
+        return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+            ContainerError::Exists(paths.id().into())
+        } else {
+            ContainerError::Io {
+                what: "creating",
+                path: dir,
+                source: e,
+            }
+        });
+    }
+    let result = (|| {
+        let _lock = DirLock::acquire(&dir, paths.id())?;
+        setup_shared(paths, &bundle)?;
+        launch_detached(monitor)
+    })();
+    if result.is_err() {
+        if let Err(e) = destroy(paths) {
+            tracing::error!("cleaning up after the failed create: {e}");
+        }
+    }
+    result
+}
+
+/// Reads the state of an existing container.
+pub fn load(paths: &ContainerPaths) -> Result<State, ContainerError> {
+    let file = paths.state_file();
+    if !paths.dir().is_dir() {
+        return Err(ContainerError::NotFound(paths.id().into()));
+    }
+    if !file.exists() {
+        return Err(ContainerError::WrongStatus {
+            id: paths.id().into(),
+            status: "creating",
+            reason: "it is still being created",
+        });
+    }
+    State::load(&file)
+}
+
+fn wrong(state: &State, status: Status, reason: &'static str) -> ContainerError {
+    ContainerError::WrongStatus {
+        id: state.id.clone(),
+        status: status.as_str(),
+        reason,
+    }
+}
+
+/// Locks the container and loads its state.
+fn locked(paths: &ContainerPaths) -> Result<(DirLock, State), ContainerError> {
+    let lock = DirLock::acquire(&paths.dir(), paths.id())?;
+    let state = load(paths)?;
+    Ok((lock, state))
+}
+
+/// `start`: lets the created container's init process run.
+pub fn start(paths: &ContainerPaths) -> Result<(), ContainerError> {
+    let (_lock, mut state) = locked(paths)?;
+    let status = state.effective_status();
+    if status != Status::Created {
+        return Err(wrong(
+            &state,
+            status,
+            "only a created container can be started",
+        ));
+    }
+    connect_agent(paths)?.start_container(paths.id())?;
+    state.status = Status::Running;
+    state.save(&paths.state_file())
+}
+
+/// `kill`: signals the init process (`all`: every process).
+pub fn kill(paths: &ContainerPaths, signal: i32, all: bool) -> Result<(), ContainerError> {
+    let (_lock, state) = locked(paths)?;
+    let status = state.effective_status();
+    if status == Status::Stopped {
+        return Err(wrong(&state, status, "the container is not running"));
+    }
+    let signal =
+        u32::try_from(signal).map_err(|_| ContainerError::UnknownSignal(signal.to_string()))?;
+    connect_agent(paths)?.signal_process(paths.id(), INIT_EXEC_ID, signal, all)?;
+    Ok(())
+}
+
+/// `pause` / `resume`.
+pub fn set_paused(paths: &ContainerPaths, pause: bool) -> Result<(), ContainerError> {
+    let (_lock, mut state) = locked(paths)?;
+    let status = state.effective_status();
+    let agent = connect_agent(paths);
+    match (pause, status) {
+        (true, Status::Running) => {
+            agent?.pause_container(paths.id())?;
+            state.status = Status::Paused;
+        }
+        (false, Status::Paused) => {
+            agent?.resume_container(paths.id())?;
+            state.status = Status::Running;
+        }
+        (true, s) => return Err(wrong(&state, s, "only a running container can be paused")),
+        (false, s) => return Err(wrong(&state, s, "only a paused container can be resumed")),
+    }
+    state.save(&paths.state_file())
+}
+
+fn live_agent(paths: &ContainerPaths) -> Result<impl AgentClient, ContainerError> {
+    let state = load(paths)?;
+    let status = state.effective_status();
+    if status == Status::Stopped {
+        return Err(wrong(&state, status, "the container is not running"));
+    }
+    connect_agent(paths)
+}
+
+/// `update`: applies an OCI `linux.resources` object.
+pub fn update(paths: &ContainerPaths, resources: &serde_json::Value) -> Result<(), ContainerError> {
+    let _lock = DirLock::acquire(&paths.dir(), paths.id())?;
+    let json =
+        serde_json::to_vec(resources).map_err(|e| ContainerError::BadResources(e.to_string()))?;
+    live_agent(paths)?.update_container(paths.id(), &json)?;
+    Ok(())
+}
+
+/// `ps`: the container's guest pids.
+pub fn processes(paths: &ContainerPaths) -> Result<Vec<u32>, ContainerError> {
+    Ok(live_agent(paths)?.list_processes(paths.id())?)
+}
+
+/// `events --stats`: resource usage.
+pub fn stats(paths: &ContainerPaths) -> Result<ContainerStats, ContainerError> {
+    Ok(live_agent(paths)?.stats_container(paths.id())?)
+}
+
+/// `delete`: stops what runs (with `force`, even a running container) and
+/// removes every trace: monitor, VMM, mounts, state directory.
+pub fn delete(paths: &ContainerPaths, force: bool) -> Result<(), ContainerError> {
+    let _lock = DirLock::acquire(&paths.dir(), paths.id())?;
+    match load(paths) {
+        Ok(state) => {
+            let status = state.effective_status();
+            if matches!(status, Status::Running | Status::Paused) && !force {
+                return Err(wrong(
+                    &state,
+                    status,
+                    "cannot delete a running container (stop it first or use --force)",
+                ));
+            }
+        }
+        // A broken or half-made container: nothing to protect.
+        Err(e) => tracing::debug!("deleting {}: {e}", paths.id()),
+    }
+    destroy(paths)
+}
+
+/// Kills the monitor and the VMM if they still run, unmounts the shared
+/// directory and removes the state directory. Does not take the lock.
+pub fn destroy(paths: &ContainerPaths) -> Result<(), ContainerError> {
+    let state = State::load(&paths.state_file()).ok();
+    if let Some(state) = &state {
+        let monitor = state.monitor_pid;
+        if monitor != std::process::id() && super::process::pid_runs(monitor, MONITOR_EXE) {
+            // The monitor kills the VM and unmounts on SIGTERM.
+            send_signal(monitor, libc::SIGTERM);
+            if !wait_dead(monitor, Duration::from_secs(10)) {
+                kill_if_runs(monitor, MONITOR_EXE);
+            }
+        }
+    }
+    let recorded = fs::read_to_string(paths.vmm_pid_file())
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    for pid in [state.map(|s| s.vmm_pid), recorded].into_iter().flatten() {
+        kill_if_runs(pid, VMM_EXE);
+    }
+    if !teardown_shared(paths) {
+        return Err(ContainerError::Io {
+            what: "unmounting",
+            path: paths.shared_dir(),
+            source: std::io::Error::from(std::io::ErrorKind::ResourceBusy),
+        });
+    }
+    let dir = paths.dir();
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ContainerError::Io {
+            what: "removing",
+            path: dir,
+            source: e,
+        }),
+    }
+}
+
+/// `list`: the states of all containers under `root`, sorted by id.
+pub fn list(root: &Path) -> Vec<State> {
+    let Ok(entries) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut states: Vec<State> = entries
+        .flatten()
+        .filter_map(|e| State::load(&e.path().join("state.json")).ok())
+        .collect();
+    states.sort_by(|a, b| a.id.cmp(&b.id));
+    states
+}
+
+/// Whether the container's monitor still runs.
+pub fn monitor_alive(state: &State) -> bool {
+    pid_alive(state.monitor_pid)
+}

@@ -1,0 +1,115 @@
+//! Host processes of a container (monitor, VMM) by pid: liveness, identity
+//! and killing, with a check against pid reuse.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Whether `pid` names a live process (a zombie counts as dead).
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(raw) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(raw, 0) };
+    if rc != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    // `/proc/<pid>/stat` is "pid (comm) S ...": the state follows the last ')'.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// Whether `pid` is alive and runs the executable named `name` (guards
+/// against killing an unrelated process that got a recycled pid).
+pub fn pid_runs(pid: u32, name: &str) -> bool {
+    if !pid_alive(pid) {
+        return false;
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let by_exe = exe
+        .as_deref()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.trim_end_matches(" (deleted)") == name);
+    let by_cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|c| {
+            c.split(|b| *b == 0)
+                .next()
+                .map(|arg0| String::from_utf8_lossy(arg0).into_owned())
+        })
+        .is_some_and(|arg0| Path::new(&arg0).file_name().and_then(|n| n.to_str()) == Some(name));
+    by_exe || by_cmdline
+}
+
+/// Sends `signal` to `pid`; false if it could not be delivered.
+pub fn send_signal(pid: u32, signal: i32) -> bool {
+    let Ok(raw) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) with a positive pid has no memory effects.
+    unsafe { libc::kill(raw, signal) == 0 }
+}
+
+/// Waits up to `timeout` for `pid` to die; true if it did.
+pub fn wait_dead(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !pid_alive(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills `pid` with SIGKILL if it still runs `name`, and waits for it.
+pub fn kill_if_runs(pid: u32, name: &str) {
+    if pid_runs(pid, name) {
+        tracing::debug!(pid, name, "killing leftover process");
+        send_signal(pid, libc::SIGKILL);
+        wait_dead(pid, Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_is_alive_and_impossible_pid_is_not() {
+        assert!(pid_alive(std::process::id()));
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(0x3fff_fff0));
+    }
+
+    #[test]
+    fn identity_and_kill() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(pid_runs(pid, "sleep"));
+        assert!(!pid_runs(pid, "nacre-vmm"));
+        kill_if_runs(pid, "nacre-vmm");
+        assert!(pid_alive(pid));
+        kill_if_runs(pid, "sleep");
+        // A zombie until reaped, which counts as dead.
+        assert!(!pid_alive(pid));
+        child.wait().unwrap();
+    }
+}

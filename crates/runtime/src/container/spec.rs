@@ -1,0 +1,303 @@
+//! The bundle's `config.json`: loading it, finding what the guest needs
+//! from the host (the rootfs, bind mount sources), and rewriting it so the
+//! guest sees only the shared directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::paths::ContainerPaths;
+use super::ContainerError;
+
+/// A bundle, loaded and checked.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The bundle directory (absolute).
+    pub dir: PathBuf,
+    /// The spec as written (unknown fields kept).
+    pub spec: Value,
+    /// The rootfs on the host (absolute).
+    pub rootfs: PathBuf,
+    /// `root.readonly`.
+    pub readonly: bool,
+    /// The spec's bind mounts.
+    pub binds: Vec<BindMount>,
+    pub oci_version: String,
+    pub annotations: BTreeMap<String, String>,
+    pub hostname: Option<String>,
+    /// `process.terminal`.
+    pub terminal: bool,
+}
+
+/// A bind mount of the spec, which the guest reaches through the shared
+/// directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Index in the spec's `mounts`.
+    pub index: usize,
+    /// The host source (absolute).
+    pub source: PathBuf,
+    /// `ro` among its options.
+    pub readonly: bool,
+}
+
+/// The parts of the spec nacre reads; deserializing into it checks types.
+#[derive(Deserialize)]
+struct SpecView {
+    #[serde(rename = "ociVersion")]
+    oci_version: String,
+    root: Option<RootView>,
+    #[serde(default)]
+    mounts: Vec<MountView>,
+    process: Option<ProcessView>,
+    hostname: Option<String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct RootView {
+    path: String,
+    #[serde(default)]
+    readonly: bool,
+}
+
+#[derive(Deserialize)]
+struct MountView {
+    #[allow(dead_code, reason = "checked for presence and type only")]
+    destination: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    source: Option<String>,
+    #[serde(default)]
+    options: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ProcessView {
+    #[serde(default)]
+    terminal: bool,
+}
+
+impl MountView {
+    fn is_bind(&self) -> bool {
+        self.kind.as_deref() == Some("bind")
+            || self.options.iter().any(|o| o == "bind" || o == "rbind")
+    }
+}
+
+impl Bundle {
+    /// Loads `<dir>/config.json` and checks that the rootfs and the bind
+    /// mount sources exist.
+    pub fn load(dir: &Path) -> Result<Self, ContainerError> {
+        let dir = std::path::absolute(dir).map_err(ContainerError::io("resolving", dir))?;
+        let path = dir.join("config.json");
+        let bytes = std::fs::read(&path).map_err(|source| ContainerError::ReadConfig {
+            path: path.clone(),
+            source,
+        })?;
+        let parse_err = |source| ContainerError::ParseConfig {
+            path: path.clone(),
+            source,
+        };
+        let view: SpecView = serde_json::from_slice(&bytes).map_err(parse_err)?;
+        let spec: Value = serde_json::from_slice(&bytes).map_err(parse_err)?;
+        let root = view.root.ok_or_else(|| ContainerError::BadConfig {
+            path: path.clone(),
+            reason: "no root.path".into(),
+        })?;
+        let rootfs = dir.join(&root.path);
+        if !rootfs.is_dir() {
+            return Err(ContainerError::NoRootfs(rootfs));
+        }
+        let mut binds = Vec::new();
+        for (index, m) in view.mounts.iter().enumerate() {
+            if !m.is_bind() {
+                continue;
+            }
+            let source = m
+                .source
+                .as_deref()
+                .ok_or_else(|| ContainerError::BadConfig {
+                    path: path.clone(),
+                    reason: format!("bind mount {index} has no source"),
+                })?;
+            let source = dir.join(source);
+            if !source.exists() {
+                return Err(ContainerError::NoMountSource(source));
+            }
+            binds.push(BindMount {
+                index,
+                source,
+                readonly: m.options.iter().any(|o| o == "ro"),
+            });
+        }
+        Ok(Self {
+            dir,
+            spec,
+            rootfs,
+            readonly: root.readonly,
+            binds,
+            oci_version: view.oci_version,
+            annotations: view.annotations,
+            hostname: view.hostname,
+            terminal: view.process.is_some_and(|p| p.terminal),
+        })
+    }
+
+    /// The spec as the guest gets it: rootfs and bind sources moved into
+    /// the shared directory, host-only parts (hooks, namespace paths, the
+    /// host's cgroup path) removed.
+    pub fn guest_spec(&self, paths: &ContainerPaths) -> Value {
+        guest_spec(&self.spec, &self.binds, paths)
+    }
+}
+
+fn guest_spec(spec: &Value, binds: &[BindMount], paths: &ContainerPaths) -> Value {
+    let mut spec = spec.clone();
+    if let Some(root) = spec.get_mut("root").and_then(Value::as_object_mut) {
+        root.insert("path".into(), Value::String(paths.guest_rootfs()));
+    }
+    if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
+        for b in binds {
+            if let Some(m) = mounts.get_mut(b.index).and_then(Value::as_object_mut) {
+                m.insert("source".into(), Value::String(paths.guest_mount(b.index)));
+            }
+        }
+    }
+    if let Some(obj) = spec.as_object_mut() {
+        // Hooks are host programs; they have no meaning in the guest.
+        obj.remove("hooks");
+    }
+    if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
+        linux.insert(
+            "cgroupsPath".into(),
+            Value::String(format!("/nacre/{}", paths.id())),
+        );
+        if let Some(nss) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
+            for ns in nss.iter_mut().filter_map(Value::as_object_mut) {
+                // A path names a host namespace the guest cannot join.
+                ns.remove("path");
+            }
+        }
+    }
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn bundle_dir(config: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "nacre-spec-{}-{:x}",
+            std::process::id(),
+            config.len() * 31 + config.bytes().map(usize::from).sum::<usize>()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        dir
+    }
+
+    const CONFIG: &str = r#"{
+        "ociVersion": "1.0.2",
+        "process": {"terminal": true, "args": ["sh"], "cwd": "/"},
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "box",
+        "annotations": {"a": "b"},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind", "ro"]},
+            {"destination": "/etc/hostname", "source": "/etc/hostname", "options": ["bind"]}
+        ],
+        "hooks": {"prestart": [{"path": "/bin/true"}]},
+        "linux": {
+            "cgroupsPath": "system.slice:libpod:x",
+            "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}],
+            "unknownField": 1
+        }
+    }"#;
+
+    #[test]
+    fn loads_and_rewrites_for_the_guest() {
+        let dir = bundle_dir(CONFIG);
+        let b = Bundle::load(&dir).unwrap();
+        assert_eq!(b.rootfs, dir.join("rootfs"));
+        assert!(b.readonly && b.terminal);
+        assert_eq!(b.hostname.as_deref(), Some("box"));
+        assert_eq!(b.annotations["a"], "b");
+        assert_eq!(
+            b.binds,
+            vec![
+                BindMount {
+                    index: 1,
+                    source: dir.join("data"),
+                    readonly: true
+                },
+                BindMount {
+                    index: 2,
+                    source: "/etc/hostname".into(),
+                    readonly: false
+                },
+            ]
+        );
+        let paths = ContainerPaths::new(Path::new("/run/nacre"), "c1").unwrap();
+        let g = b.guest_spec(&paths);
+        assert_eq!(
+            g["root"],
+            json!({"path": "/run/nacre/shared/c1/rootfs", "readonly": true})
+        );
+        assert_eq!(g["mounts"][0]["source"], "proc");
+        assert_eq!(g["mounts"][1]["source"], "/run/nacre/shared/c1/mounts/1");
+        assert_eq!(g["mounts"][1]["options"], json!(["rbind", "ro"]));
+        assert_eq!(g["mounts"][2]["source"], "/run/nacre/shared/c1/mounts/2");
+        assert!(g.get("hooks").is_none());
+        assert_eq!(g["linux"]["cgroupsPath"], "/nacre/c1");
+        assert_eq!(
+            g["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "network"}])
+        );
+        assert_eq!(g["linux"]["unknownField"], 1);
+        assert_eq!(g["process"]["args"], json!(["sh"]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn malformed_config_names_file_and_error() {
+        let dir = bundle_dir(r#"{"ociVersion": "1.0.2", "root": {"path": 5}}"#);
+        let err = Bundle::load(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains(&*dir.join("config.json").to_string_lossy()),
+            "{err}"
+        );
+        assert!(err.contains("invalid type"), "{err}");
+        std::fs::write(dir.join("config.json"), "{not json").unwrap();
+        let err = Bundle::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_rootfs_and_sources_are_named() {
+        let dir = bundle_dir(r#"{"ociVersion": "1.0.2", "root": {"path": "nope"}}"#);
+        let err = Bundle::load(&dir).unwrap_err().to_string();
+        assert!(err.contains(&*dir.join("nope").to_string_lossy()), "{err}");
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                "mounts": [{"destination": "/x", "type": "bind", "source": "/nonexistent/src"}]}"#,
+        )
+        .unwrap();
+        let err = Bundle::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/src"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = Bundle::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("config.json"), "{err}");
+    }
+}
