@@ -1,0 +1,300 @@
+//! Bad input and failure paths of the runc-style commands: a clear error,
+//! a non-zero exit, and nothing left behind (no state directory, no mount,
+//! no VMM). These need root (the shared directory's bind mounts) but no
+//! VM: the one that gets as far as starting a VMM uses a stand-in that
+//! fails.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+
+#[test]
+fn malformed_config_names_file_and_error() {
+    if !require_root("malformed_config_names_file_and_error") {
+        return;
+    }
+    let s = Scratch::new("malformed");
+    let root = s.path().join("root");
+    let b = bundle(
+        s.path(),
+        r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "mounts": 7}"#,
+    );
+    let o = nacre()
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "-b"])
+        .arg(&b)
+        .arg("c1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&*b.join("config.json").to_string_lossy()),
+        "{err}"
+    );
+    assert!(err.contains("invalid type"), "{err}");
+    assert_nothing_left(&root, "c1");
+
+    std::fs::write(b.join("config.json"), "{\"ociVersion\": ").unwrap();
+    let o = nacre()
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "-b"])
+        .arg(&b)
+        .arg("c1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("EOF while parsing"), "{}", stderr(&o));
+    assert_nothing_left(&root, "c1");
+}
+
+#[test]
+fn missing_rootfs_and_mount_source_are_named() {
+    if !require_root("missing_rootfs_and_mount_source_are_named") {
+        return;
+    }
+    let s = Scratch::new("norootfs");
+    let root = s.path().join("root");
+    let b = bundle(s.path(), &config(&["true"], ""));
+    std::fs::remove_dir(b.join("rootfs")).unwrap();
+    let o = nacre()
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle"])
+        .arg(&b)
+        .arg("c2")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&*b.join("rootfs").to_string_lossy()), "{err}");
+    assert_nothing_left(&root, "c2");
+
+    std::fs::create_dir(b.join("rootfs")).unwrap();
+    let extra = r#", {"destination": "/data", "type": "bind", "source": "/nonexistent/nacre-src", "options": ["rbind"]}"#;
+    std::fs::write(b.join("config.json"), config(&["true"], extra)).unwrap();
+    let o = nacre()
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle"])
+        .arg(&b)
+        .arg("c2")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/nacre-src"),
+        "{}",
+        stderr(&o)
+    );
+    assert_nothing_left(&root, "c2");
+}
+
+#[test]
+fn unknown_id_is_reported_by_every_command() {
+    let s = Scratch::new("unknown");
+    let root = s.path().join("root");
+    for args in [
+        vec!["state", "ghost"],
+        vec!["start", "ghost"],
+        vec!["kill", "ghost", "KILL"],
+        vec!["delete", "ghost"],
+        vec!["pause", "ghost"],
+        vec!["resume", "ghost"],
+        vec!["ps", "ghost"],
+        vec!["exec", "ghost", "true"],
+        vec!["update", "--pids-limit", "5", "ghost"],
+        vec!["events", "--stats", "ghost"],
+    ] {
+        let o = nacre()
+            .arg("--root")
+            .arg(&root)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            stderr(&o).contains("container ghost does not exist"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    // runc: a forced delete of a missing container succeeds.
+    let o = nacre()
+        .arg("--root")
+        .arg(&root)
+        .args(["delete", "-f", "ghost"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!root.join("ghost").exists());
+}
+
+#[test]
+fn bad_signal_and_bad_id() {
+    let s = Scratch::new("badsig");
+    let root = s.path().join("root");
+    let o = nacre()
+        .arg("--root")
+        .arg(&root)
+        .args(["kill", "c", "FOO"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unknown signal FOO"), "{}", stderr(&o));
+    let o = nacre()
+        .arg("--root")
+        .arg(&root)
+        .args(["state", "../etc"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("invalid container id"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn duplicate_id_is_refused_and_the_existing_one_kept() {
+    if !require_root("duplicate_id_is_refused_and_the_existing_one_kept") {
+        return;
+    }
+    let s = Scratch::new("dup");
+    let root = s.path().join("root");
+    std::fs::create_dir_all(root.join("d1")).unwrap();
+    std::fs::write(root.join("d1/marker"), "x").unwrap();
+    let b = bundle(s.path(), &config(&["true"], ""));
+    let o = nacre()
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "-b"])
+        .arg(&b)
+        .arg("d1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("container d1 already exists"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        root.join("d1/marker").exists(),
+        "the existing container was touched"
+    );
+}
+
+#[test]
+fn vmm_failure_after_mounting_leaves_nothing() {
+    if !require_root("vmm_failure_after_mounting_leaves_nothing") {
+        return;
+    }
+    let s = Scratch::new("vmmfail");
+    let root = s.path().join("root");
+    let data = s.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let extra = format!(
+        r#", {{"destination": "/data", "type": "bind", "source": "{}", "options": ["rbind", "ro"]}}"#,
+        data.display()
+    );
+    let b = bundle(s.path(), &config(&["true"], &extra));
+    std::fs::write(b.join("rootfs/keep"), "precious").unwrap();
+    let vmm = s.path().join("fake-vmm");
+    std::fs::write(
+        &vmm,
+        "#!/bin/sh\necho 'fake VMM: no KVM here' >&2\nexit 69\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kernel = s.path().join("vmlinux");
+    std::fs::write(&kernel, "k").unwrap();
+    let log = s.path().join("log.json");
+    let o = nacre()
+        .env("NACRE_VMM", &vmm)
+        .env("NACRE_KERNEL", &kernel)
+        .env("NACRE_INITRD", &kernel)
+        .env("NACRE_SHARED_FS", "0")
+        .arg("--root")
+        .arg(&root)
+        .arg("--log")
+        .arg(&log)
+        .args(["--log-format", "json", "create", "-b"])
+        .arg(&b)
+        .arg("c3")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("VMM exited"), "{err}");
+    assert!(err.contains("fake VMM: no KVM here"), "{err}");
+    assert_nothing_left(&root, "c3");
+    // The bundle is untouched.
+    assert_eq!(
+        std::fs::read_to_string(b.join("rootfs/keep")).unwrap(),
+        "precious"
+    );
+    // containerd's shim reads the last error from the JSON log.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let last: serde_json::Value = serde_json::from_str(logged.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "error", "{logged}");
+    assert!(
+        last["msg"].as_str().unwrap().contains("VMM exited"),
+        "{logged}"
+    );
+}
+
+#[test]
+fn spec_features_and_version() {
+    let s = Scratch::new("spec");
+    let o = nacre()
+        .args(["spec", "--bundle"])
+        .arg(s.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(spec["root"]["path"], "rootfs");
+    let o = nacre()
+        .args(["spec", "--bundle"])
+        .arg(s.path())
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "an existing config.json is not overwritten"
+    );
+    let o = nacre()
+        .args(["--rootless", "spec", "-b"])
+        .arg(s.path().join("r"))
+        .output();
+    assert!(
+        !o.unwrap().status.success(),
+        "missing bundle dir is an error"
+    );
+
+    let o = nacre().arg("features").output().unwrap();
+    let f: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(f["ociVersionMax"], "1.0.2");
+
+    let o = nacre().arg("--version").output().unwrap();
+    let v = stdout(&o);
+    assert!(v.starts_with("nacre version "), "{v}");
+    assert!(v.contains("spec: 1.0.2"), "{v}");
+    assert!(v.contains("runtime: nacre (KVM VM per container)"), "{v}");
+
+    let o = nacre()
+        .args(["list", "--root"])
+        .arg(s.path().join("none"))
+        .args(["-f", "json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o).trim(), "[]");
+}
