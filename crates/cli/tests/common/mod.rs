@@ -1,6 +1,10 @@
 //! Shared helpers of the CLI's integration tests.
 #![allow(dead_code, reason = "each test file uses a different subset")]
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers: a failure is a test failure")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failure is a test failure"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,416 @@
+//! VM tier: real containers in real VMs through the `nacre` binary. Each
+//! test boots one VM (~30 s on hosts whose guest kernel mode is emulated),
+//! so the checks are grouped: one foreground `run`, one long-running
+//! container that serves the lifecycle, exec, mount and pids checks, and
+//! one terminal container that ends with its VMM killed under it.
+//!
+//! Needs /dev/kvm, root and the guest image (NACRE_KERNEL, NACRE_INITRD);
+//! under CI / `make test` a missing prerequisite fails the test.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failure is a test failure"
+)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::symlink;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nacre_runtime::container::console::recv_fd;
+use nacre_runtime::testing::{vm_prereqs, VmPrereqs};
+use serde_json::Value;
+
+/// One VM at a time: boots are CPU-bound on emulated hosts.
+static ONE_VM: Mutex<()> = Mutex::new(());
+
+const APPLETS: &[&str] = &[
+    "sh", "uname", "echo", "cat", "sleep", "seq", "ls", "true", "false", "hostname", "mkdir",
+    "touch", "id", "tty", "stty", "wc", "head", "ps", "kill",
+];
+
+/// A bundle whose rootfs is busybox-static and its applet links.
+fn busybox_bundle(dir: &Path, config: &str) -> PathBuf {
+    let b = bundle(dir, config);
+    let rootfs = b.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "data", "etc", "root"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for a in APPLETS {
+        symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    b
+}
+
+struct Vm {
+    _guard: std::sync::MutexGuard<'static, ()>,
+    p: VmPrereqs,
+    scratch: Scratch,
+    root: PathBuf,
+}
+
+impl Vm {
+    fn new(test: &str) -> Option<Vm> {
+        let p = vm_prereqs(test)?;
+        if !require_root(test) {
+            return None;
+        }
+        let guard = ONE_VM
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let scratch = Scratch::new(test);
+        let root = scratch.path().join("root");
+        Some(Vm {
+            _guard: guard,
+            p,
+            scratch,
+            root,
+        })
+    }
+
+    fn nacre(&self) -> Command {
+        let mut c = nacre();
+        c.env("NACRE_VMM", &self.p.vmm)
+            .env("NACRE_KERNEL", &self.p.image.kernel)
+            .env("NACRE_INITRD", &self.p.image.initrd)
+            .arg("--root")
+            .arg(&self.root);
+        c
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self
+            .nacre()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "nacre {args:?}: {}\n{}",
+            o.status,
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.nacre()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn state(&self, id: &str) -> Value {
+        serde_json::from_str(&self.ok(&["state", id])).unwrap()
+    }
+
+    /// `create` with its stdio away from the test's pipes (the monitor
+    /// keeps them, as a container's init would).
+    fn create(&self, id: &str, bundle: &Path, extra: &[&str]) {
+        let err = self.scratch.path().join(format!("{id}.create.err"));
+        let status = self
+            .nacre()
+            .args(["create", "--bundle"])
+            .arg(bundle)
+            .args(extra)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "create {id}: {}",
+            std::fs::read_to_string(&err).unwrap()
+        );
+    }
+}
+
+/// Makes this process the reaper of orphans, as containerd's shim is, so
+/// the monitor (whose parent `nacre create` exits) can be waited for.
+fn become_subreaper() {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(rc, 0);
+}
+
+/// Waits for the monitor `pid` and returns its exit code.
+fn wait_monitor(pid: i32, timeout: Duration) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into our local.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert!(
+            rc >= 0,
+            "waitpid({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        if rc == pid {
+            if libc::WIFEXITED(status) {
+                return libc::WEXITSTATUS(status);
+            }
+            return 128 + libc::WTERMSIG(status);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "monitor {pid} still runs after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn guest_release(out: &str) -> String {
+    let release = out.lines().next().unwrap_or_default().trim().to_string();
+    assert!(
+        release.starts_with("6.1."),
+        "guest kernel {release:?} is not 6.1.x"
+    );
+    assert_ne!(
+        release,
+        nacre_runtime::host::kernel_release(),
+        "uname -r ran on the host"
+    );
+    release
+}
+
+#[test]
+fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
+    let Some(vm) = Vm::new("vm_run_prints_guest_kernel") else {
+        return;
+    };
+    let b = busybox_bundle(
+        vm.scratch.path(),
+        &config(&["sh", "-c", "uname -r; echo to-stderr >&2; exit 7"], ""),
+    );
+    let t = Instant::now();
+    let o = vm
+        .nacre()
+        .args(["run", "-b"])
+        .arg(&b)
+        .arg("run1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    eprintln!(
+        "nacre run took {:.1} s; stderr: {}",
+        t.elapsed().as_secs_f64(),
+        stderr(&o)
+    );
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    guest_release(&stdout(&o));
+    assert!(stderr(&o).contains("to-stderr"), "{}", stderr(&o));
+    assert_nothing_left(&vm.root, "run1");
+}
+
+#[test]
+fn vm_lifecycle_exec_readonly_mount_pids_limit() {
+    let Some(vm) = Vm::new("vm_lifecycle") else {
+        return;
+    };
+    become_subreaper();
+    let data = vm.scratch.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("hello.txt"), "hello from the host\n").unwrap();
+    let mounts = format!(
+        r#", {{"destination": "/data", "type": "bind", "source": "{}", "options": ["rbind", "ro"]}}"#,
+        data.display()
+    );
+    let mut spec: Value = serde_json::from_str(&config(&["sleep", "100000"], &mounts)).unwrap();
+    spec["linux"]["resources"] = serde_json::json!({"pids": {"limit": 12}});
+    let b = busybox_bundle(vm.scratch.path(), &spec.to_string());
+    let pid_file = vm.scratch.path().join("life.pid");
+    let id = "life";
+
+    let t = Instant::now();
+    vm.create(id, &b, &["--pid-file", pid_file.to_str().unwrap()]);
+    eprintln!("create took {:.1} s", t.elapsed().as_secs_f64());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let s = vm.state(id);
+    assert_eq!(s["status"], "created", "{s}");
+    assert_eq!(s["id"], id);
+    assert_eq!(s["pid"], pid, "{s}");
+    assert_eq!(s["ociVersion"], "1.0.2");
+    assert_eq!(s["bundle"], b.to_str().unwrap());
+    assert_eq!(s["rootfs"], b.join("rootfs").to_str().unwrap());
+    assert!(s["created"].as_str().unwrap().ends_with('Z'), "{s}");
+    let listed: Value = serde_json::from_str(&vm.ok(&["list", "-f", "json"])).unwrap();
+    assert_eq!(listed[0]["id"], id, "{listed}");
+
+    vm.ok(&["start", id]);
+    assert_eq!(vm.state(id)["status"], "running");
+    let o = vm.run(&["start", id]);
+    assert!(!o.status.success(), "a second start must fail");
+
+    // exec: output, exit codes, the guest kernel.
+    guest_release(&vm.ok(&["exec", id, "uname", "-r"]));
+    let o = vm.run(&["exec", id, "sh", "-c", "echo out; echo err >&2; exit 5"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "out\n");
+    assert!(stderr(&o).contains("err"), "{}", stderr(&o));
+    assert_eq!(
+        vm.ok(&[
+            "exec",
+            "-e",
+            "GREETING=hi",
+            id,
+            "sh",
+            "-c",
+            "echo $GREETING"
+        ]),
+        "hi\n"
+    );
+
+    // The read-only bind mount: readable, not writable.
+    assert_eq!(
+        vm.ok(&["exec", id, "cat", "/data/hello.txt"]),
+        "hello from the host\n"
+    );
+    let o = vm.run(&["exec", id, "sh", "-c", "echo x > /data/new"]);
+    assert!(
+        !o.status.success(),
+        "writing a ro mount succeeded: {}",
+        stderr(&o)
+    );
+    assert!(!data.join("new").exists());
+    // The rootfs itself is writable and reaches the host's bundle.
+    vm.ok(&["exec", id, "sh", "-c", "echo y > /tmp/written"]);
+    assert_eq!(
+        std::fs::read_to_string(b.join("rootfs/tmp/written")).unwrap(),
+        "y\n"
+    );
+
+    // The pids limit holds in the guest.
+    let o = vm.run(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 20 ]; do sleep 1000 & i=$((i+1)); done; echo spawned",
+    ]);
+    let text = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        text.contains("fork") || text.contains("Resource temporarily unavailable"),
+        "20 processes started under a pids limit of 12: {text}"
+    );
+
+    let ps: Value = serde_json::from_str(&vm.ok(&["ps", "-f", "json", id])).unwrap();
+    assert!(ps.as_array().is_some_and(|a| !a.is_empty()), "{ps}");
+
+    // Pause and resume.
+    vm.ok(&["pause", id]);
+    assert_eq!(vm.state(id)["status"], "paused");
+    let o = vm.run(&["delete", id]);
+    assert!(
+        !o.status.success(),
+        "delete of a paused container must need --force"
+    );
+    vm.ok(&["resume", id]);
+    assert_eq!(vm.state(id)["status"], "running");
+
+    // Kill: the monitor exits with 128+9, the state turns stopped.
+    vm.ok(&["kill", id, "KILL"]);
+    assert_eq!(wait_monitor(pid, Duration::from_secs(120)), 137);
+    let s = vm.state(id);
+    assert_eq!(s["status"], "stopped", "{s}");
+    assert_eq!(s["pid"], 0, "{s}");
+    let o = vm.run(&["kill", id, "KILL"]);
+    assert!(!o.status.success(), "kill of a stopped container must fail");
+    vm.ok(&["delete", id]);
+    assert_nothing_left(&vm.root, id);
+}
+
+#[test]
+fn vm_terminal_over_console_socket_and_vmm_killed_under_it() {
+    let Some(vm) = Vm::new("vm_terminal") else {
+        return;
+    };
+    become_subreaper();
+    let mut spec: Value = serde_json::from_str(&config(&["sh"], "")).unwrap();
+    spec["process"]["terminal"] = Value::Bool(true);
+    spec["process"]["env"] = serde_json::json!(["PATH=/bin", "TERM=xterm", "PS1=$ "]);
+    let b = busybox_bundle(vm.scratch.path(), &spec.to_string());
+    let sock = vm.scratch.path().join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        recv_fd(&stream).unwrap()
+    });
+    let pid_file = vm.scratch.path().join("tty.pid");
+    let id = "tty";
+    vm.create(
+        id,
+        &b,
+        &[
+            "--console-socket",
+            sock.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ],
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (_name, master) = receiver.join().unwrap();
+    let mut master = std::fs::File::from(master);
+    vm.ok(&["start", id]);
+
+    let mut reader = master.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut expect = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !seen.contains(what) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Err(_) => panic!("no {what:?} on the terminal; saw {seen:?}"),
+            }
+        }
+    };
+    master.write_all(b"echo tty-$((40+2))\n").unwrap();
+    expect("tty-42");
+    master
+        .write_all(b"tty; test -t 0 && echo is-a-tty\n")
+        .unwrap();
+    expect("is-a-tty");
+
+    // The VMM dies under the container: the monitor notices, records the
+    // container as stopped and exits with 128+9.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(vm.root.join(id).join("state.json")).unwrap())
+            .unwrap();
+    let vmm_pid = state["vmm_pid"].as_u64().unwrap();
+    // SAFETY: kill(2) of the VMM this test started.
+    unsafe { libc::kill(i32::try_from(vmm_pid).unwrap(), libc::SIGKILL) };
+    assert_eq!(wait_monitor(pid, Duration::from_secs(60)), 137);
+    assert_eq!(vm.state(id)["status"], "stopped");
+    vm.ok(&["delete", id]);
+    assert_nothing_left(&vm.root, id);
+}
