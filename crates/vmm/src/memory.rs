@@ -64,7 +64,7 @@ pub fn create(size: u64) -> Result<GuestRam, MemoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+    use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
     #[test]
     fn memfd_backed_ram_is_usable() {

@@ -184,7 +184,7 @@ pub fn zero_page(
     for (slot, entry) in params.e820_table.iter_mut().zip(e820) {
         slot.addr = entry.addr;
         slot.size = entry.size;
-        slot.r#type = entry.kind;
+        slot.type_ = entry.kind;
     }
     params.e820_entries = e820.len() as u8;
     Ok(ZeroPage(params))
