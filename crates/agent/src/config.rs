@@ -104,7 +104,19 @@ pub struct Config {
     pub log_level: tracing::Level,
     /// Host name to set (PID 1 only).
     pub hostname: Option<String>,
+    /// The cgroup v2 hierarchy containers get their cgroups in
+    /// (`<root>/nacre/<id>`).
+    pub cgroup_root: String,
+    /// The virtio-fs tag of the directory the host shares, mounted at
+    /// [`SHARED_DIR`] (PID 1 only; `nacre.shared=TAG`).
+    pub shared_tag: Option<String>,
 }
+
+/// The default cgroup v2 mount point.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Where the host's shared directory is mounted in the guest.
+pub const SHARED_DIR: &str = "/run/nacre/shared";
 
 impl Default for Config {
     fn default() -> Self {
@@ -112,6 +124,8 @@ impl Default for Config {
             listen: ListenAddr::default(),
             log_level: tracing::Level::WARN,
             hostname: None,
+            cgroup_root: DEFAULT_CGROUP_ROOT.to_owned(),
+            shared_tag: None,
         }
     }
 }
@@ -129,16 +143,21 @@ pub enum Command {
 
 /// The `--help` text.
 pub const USAGE: &str = "\
-usage: nacre-agent [--listen ADDR] [--log LEVEL]
+usage: nacre-agent [--listen ADDR] [--log LEVEL] [--cgroup-root DIR]
        nacre-agent --help | --version
 
 nacre's guest agent. As PID 1 it sets up the guest and reads its settings
 from the kernel command line (nacre.hostname=NAME nacre.log=LEVEL
-nacre.listen=ADDR); otherwise it only serves ttRPC (for host tests).
+nacre.listen=ADDR nacre.shared=VIRTIOFS_TAG); otherwise it only serves
+ttRPC (for host tests).
 
   --listen ADDR   unix:///path/to/sock or vsock://CID:PORT
                   (default vsock://-1:1024, -1 = any CID)
   --log LEVEL     error, warn (default), info, debug, trace
+  --cgroup-root DIR
+                  cgroup v2 hierarchy for container cgroups
+                  (default /sys/fs/cgroup; /sys/fs/cgroup/unified on
+                  hybrid hosts)
 ";
 
 impl Config {
@@ -165,6 +184,7 @@ impl Config {
                 "-V" | "--version" => return Ok(Command::Version),
                 "--listen" => config.listen = value()?.parse()?,
                 "--log" => config.log_level = parse_level(&value()?)?,
+                "--cgroup-root" => config.cgroup_root = value()?,
                 _ => return Err(ConfigError::UnknownArgument(arg)),
             }
         }
@@ -182,6 +202,7 @@ impl Config {
                 "nacre.hostname" if !value.is_empty() => config.hostname = Some(value.to_owned()),
                 "nacre.log" => config.log_level = parse_level(value)?,
                 "nacre.listen" => config.listen = value.parse()?,
+                "nacre.shared" if !value.is_empty() => config.shared_tag = Some(value.to_owned()),
                 _ => {}
             }
         }
@@ -249,7 +270,7 @@ mod tests {
         let expected = Config {
             listen: ListenAddr::Unix("/tmp/a.sock".into()),
             log_level: tracing::Level::DEBUG,
-            hostname: None,
+            ..Config::default()
         };
         assert_eq!(
             args(&["--listen", "unix:///tmp/a.sock", "--log", "debug"]).unwrap(),
@@ -263,6 +284,12 @@ mod tests {
             panic!("not run");
         };
         assert_eq!(config.listen, ListenAddr::Vsock { cid: 3, port: 5000 });
+        let Command::Run(config) = args(&["--cgroup-root", "/sys/fs/cgroup/unified"]).unwrap()
+        else {
+            panic!("not run");
+        };
+        assert_eq!(config.cgroup_root, "/sys/fs/cgroup/unified");
+        assert_eq!(Config::default().cgroup_root, DEFAULT_CGROUP_ROOT);
     }
 
     #[test]
@@ -315,6 +342,8 @@ mod tests {
         assert_eq!(config.log_level, tracing::Level::INFO);
         assert_eq!(config.listen, ListenAddr::default());
 
+        let config = Config::from_kernel_cmdline("nacre.shared=nacre quiet").unwrap();
+        assert_eq!(config.shared_tag.as_deref(), Some("nacre"));
         let config = Config::from_kernel_cmdline("nacre.listen=vsock://-1:2000").unwrap();
         assert_eq!(
             config.listen,

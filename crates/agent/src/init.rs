@@ -146,10 +146,28 @@ pub fn set_path() {
     std::env::set_var("PATH", PATH);
 }
 
-/// The PID 1 duties that follow reading the settings: PATH, host name.
+/// Mounts the host's shared directory (virtio-fs `tag`) at
+/// [`crate::config::SHARED_DIR`].
+pub fn mount_shared(tag: &str) -> Result<(), MountError> {
+    let target = Path::new(crate::config::SHARED_DIR);
+    let err = |source| MountError {
+        fstype: "virtiofs",
+        target: crate::config::SHARED_DIR,
+        source,
+    };
+    std::fs::create_dir_all(target).map_err(err)?;
+    sys::mount(tag, target, "virtiofs", 0, None).map_err(err)
+}
+
+/// The PID 1 duties that follow reading the settings: PATH, host name,
+/// the shared directory (fatal only when the command line asks for it).
 /// (Mounting comes first: the settings are read from /proc/cmdline.)
-pub fn setup(hostname: Option<&str>) -> Result<(), InitError> {
+pub fn setup(hostname: Option<&str>, shared_tag: Option<&str>) -> Result<(), InitError> {
     set_path();
+    if let Some(tag) = shared_tag {
+        mount_shared(tag)?;
+        tracing::info!("mounted virtio-fs {tag} on {}", crate::config::SHARED_DIR);
+    }
     if let Some(name) = hostname {
         sys::set_hostname(name).map_err(|source| InitError::Hostname {
             name: name.to_owned(),

@@ -10,6 +10,7 @@
 //! resets the VM: PID 1 must never exit (the kernel would panic).
 
 pub mod config;
+pub mod container;
 pub mod guest_info;
 pub mod init;
 pub mod log;
@@ -88,12 +89,21 @@ pub fn init_config() -> Result<Config, AgentError> {
 /// not return; otherwise it returns `Ok` for the process to exit 0.
 pub fn run(config: &Config, mode: Mode) -> Result<(), AgentError> {
     if mode == Mode::Init {
-        init::setup(config.hostname.as_deref())?;
+        init::setup(config.hostname.as_deref(), config.shared_tag.as_deref())?;
     }
     // Before any other thread: it blocks SIGCHLD for all threads to come.
-    let _reaper = Reaper::start().map_err(AgentError::Reaper)?;
+    let reaper = Reaper::start().map_err(AgentError::Reaper)?;
+    if mode == Mode::Process {
+        // Orphans of containers (without a pid namespace) come back to the
+        // agent, as they do to PID 1 in the guest.
+        sys::set_child_subreaper();
+    }
+    let engine = container::Engine::new(
+        container::LinuxLauncher::new(reaper),
+        Some(config.cgroup_root.clone().into()),
+    );
     let (events, requests) = mpsc::channel();
-    let server = server::start(&config.listen, events)?;
+    let server = server::start(&config.listen, events, engine)?;
     println!("{READY_LINE} (listening on {})", config.listen);
 
     // The services hold the only senders: `recv` fails only if the server

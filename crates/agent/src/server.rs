@@ -7,7 +7,18 @@ use nacre_protocol::ttrpc;
 use nacre_protocol::{agent_ttrpc, health_ttrpc};
 
 use crate::config::ListenAddr;
+use crate::container::AgentEngine;
 use crate::service::{AgentService, Event, HealthService};
+
+/// Worker threads per connection. The sync ttrpc server starts
+/// `DEFAULT` workers per connection and, whenever fewer than `MIN` are
+/// idle, starts more (up to `DEFAULT` idle again); idle workers beyond
+/// `MAX` exit. So the pool grows with the calls that block (WaitProcess,
+/// ReadStdout/ReadStderr, WriteStdin): with `MIN` 2 there are always two
+/// idle workers for a signal or a state query while others are blocked.
+const WORKERS_DEFAULT: usize = 4;
+const WORKERS_MIN: usize = 2;
+const WORKERS_MAX: usize = 16;
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +33,11 @@ pub struct ServeError {
 
 /// Binds `addr`, registers the services and starts serving in background
 /// threads. A stale Unix socket file at the path is replaced.
-pub fn start(addr: &ListenAddr, events: Sender<Event>) -> Result<ttrpc::Server, ServeError> {
+pub fn start(
+    addr: &ListenAddr,
+    events: Sender<Event>,
+    engine: AgentEngine,
+) -> Result<ttrpc::Server, ServeError> {
     let err = |source| ServeError {
         addr: addr.to_string(),
         source,
@@ -35,8 +50,11 @@ pub fn start(addr: &ListenAddr, events: Sender<Event>) -> Result<ttrpc::Server, 
         }
     }
     let health = health_ttrpc::create_health(Arc::new(HealthService));
-    let agent = agent_ttrpc::create_agent(Arc::new(AgentService::new(events)));
+    let agent = agent_ttrpc::create_agent(Arc::new(AgentService::new(events, engine)));
     let mut server = ttrpc::Server::new()
+        .set_thread_count_default(WORKERS_DEFAULT)
+        .set_thread_count_min(WORKERS_MIN)
+        .set_thread_count_max(WORKERS_MAX)
         .bind(&addr.to_string())
         .map_err(err)?
         .register_service(health)

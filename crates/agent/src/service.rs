@@ -10,11 +10,13 @@ use nacre_protocol::agent::{
     GetGuestDetailsRequest, GetGuestDetailsResponse, SetTimeRequest, SetTimeResponse,
     ShutdownRequest, ShutdownResponse,
 };
+use nacre_protocol::container as c;
 use nacre_protocol::health::check_response::ServingStatus;
 use nacre_protocol::health::{CheckRequest, CheckResponse};
 use nacre_protocol::ttrpc::{self, get_status, Code, TtrpcContext};
 use nacre_protocol::{agent_ttrpc, health_ttrpc};
 
+use crate::container::{AgentEngine, ContainerError, ErrorKind};
 use crate::guest_info::{self, GuestInfoError};
 use crate::sys;
 
@@ -41,6 +43,9 @@ pub enum ServiceError {
     /// The main loop is gone: the agent is stopping.
     #[error("the agent is shutting down")]
     ShuttingDown,
+    /// A container operation failed.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
 }
 
 impl ServiceError {
@@ -55,6 +60,13 @@ impl ServiceError {
             }
             ServiceError::SetTime(_) => Code::INTERNAL,
             ServiceError::ShuttingDown => Code::UNAVAILABLE,
+            ServiceError::Container(e) => match e.kind {
+                ErrorKind::NotFound => Code::NOT_FOUND,
+                ErrorKind::AlreadyExists => Code::ALREADY_EXISTS,
+                ErrorKind::InvalidArgument => Code::INVALID_ARGUMENT,
+                ErrorKind::FailedPrecondition => Code::FAILED_PRECONDITION,
+                ErrorKind::Internal => Code::INTERNAL,
+            },
         }
     }
 
@@ -83,13 +95,47 @@ impl health_ttrpc::Health for HealthService {
 #[derive(Debug)]
 pub struct AgentService {
     events: Sender<Event>,
+    engine: Option<AgentEngine>,
 }
 
 impl AgentService {
-    /// A service that reports events to the main loop through `events`.
+    /// A service that reports events to the main loop through `events`
+    /// and runs containers with `engine`.
     #[must_use]
-    pub fn new(events: Sender<Event>) -> Self {
-        AgentService { events }
+    pub fn new(events: Sender<Event>, engine: AgentEngine) -> Self {
+        AgentService {
+            events,
+            engine: Some(engine),
+        }
+    }
+
+    /// A service without containers (tests).
+    #[must_use]
+    pub fn without_containers(events: Sender<Event>) -> Self {
+        AgentService {
+            events,
+            engine: None,
+        }
+    }
+
+    fn engine(&self, id: &str) -> Result<&AgentEngine, ServiceError> {
+        self.engine.as_ref().ok_or_else(|| {
+            ServiceError::Container(ContainerError::new(
+                ErrorKind::FailedPrecondition,
+                id,
+                "this agent runs no containers",
+            ))
+        })
+    }
+
+    /// Runs a container call and maps its error (the one place).
+    fn run<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&AgentEngine) -> Result<T, ContainerError>,
+    ) -> ttrpc::Result<T> {
+        let engine = self.engine(id).map_err(ServiceError::into_rpc)?;
+        f(engine).map_err(|e| ServiceError::from(e).into_rpc())
     }
 
     fn set_time(req: &SetTimeRequest) -> Result<(), ServiceError> {
@@ -133,6 +179,212 @@ impl agent_ttrpc::Agent for AgentService {
         self.shutdown().map_err(ServiceError::into_rpc)?;
         Ok(ShutdownResponse::new())
     }
+
+    fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::CreateContainerRequest,
+    ) -> ttrpc::Result<c::CreateContainerResponse> {
+        let pid = self.run(&req.container_id, |e| {
+            e.create(&req.container_id, &req.oci_spec_json)
+        })?;
+        let mut resp = c::CreateContainerResponse::new();
+        resp.pid = pid_u32(pid);
+        Ok(resp)
+    }
+
+    fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::StartContainerRequest,
+    ) -> ttrpc::Result<c::StartContainerResponse> {
+        self.run(&req.container_id, |e| e.start(&req.container_id))?;
+        Ok(c::StartContainerResponse::new())
+    }
+
+    fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::ExecProcessRequest,
+    ) -> ttrpc::Result<c::ExecProcessResponse> {
+        let pid = self.run(&req.container_id, |e| {
+            e.exec(&req.container_id, &req.exec_id, &req.process_json)
+        })?;
+        let mut resp = c::ExecProcessResponse::new();
+        resp.pid = pid_u32(pid);
+        Ok(resp)
+    }
+
+    fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::WaitProcessRequest,
+    ) -> ttrpc::Result<c::WaitProcessResponse> {
+        let (status, at) = self.run(&req.container_id, |e| {
+            e.wait(&req.container_id, &req.exec_id)
+        })?;
+        let mut resp = c::WaitProcessResponse::new();
+        resp.exit_status = status;
+        resp.exited_at_unix_ms = at;
+        Ok(resp)
+    }
+
+    fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::SignalProcessRequest,
+    ) -> ttrpc::Result<c::SignalProcessResponse> {
+        self.run(&req.container_id, |e| {
+            e.signal(&req.container_id, &req.exec_id, req.signal, req.all)
+        })?;
+        Ok(c::SignalProcessResponse::new())
+    }
+
+    fn write_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::WriteStdinRequest,
+    ) -> ttrpc::Result<c::WriteStdinResponse> {
+        let n = self.run(&req.container_id, |e| {
+            e.write_stdin(&req.container_id, &req.exec_id, &req.data)
+        })?;
+        let mut resp = c::WriteStdinResponse::new();
+        resp.written = u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(resp)
+    }
+
+    fn close_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::CloseStdinRequest,
+    ) -> ttrpc::Result<c::CloseStdinResponse> {
+        self.run(&req.container_id, |e| {
+            e.close_stdin(&req.container_id, &req.exec_id)
+        })?;
+        Ok(c::CloseStdinResponse::new())
+    }
+
+    fn read_stdout(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::ReadStdoutRequest,
+    ) -> ttrpc::Result<c::ReadStdoutResponse> {
+        let data = self.run(&req.container_id, |e| {
+            e.read(&req.container_id, &req.exec_id, false, req.max_len as usize)
+        })?;
+        let mut resp = c::ReadStdoutResponse::new();
+        resp.data = data;
+        Ok(resp)
+    }
+
+    fn read_stderr(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::ReadStderrRequest,
+    ) -> ttrpc::Result<c::ReadStderrResponse> {
+        let data = self.run(&req.container_id, |e| {
+            e.read(&req.container_id, &req.exec_id, true, req.max_len as usize)
+        })?;
+        let mut resp = c::ReadStderrResponse::new();
+        resp.data = data;
+        Ok(resp)
+    }
+
+    fn resize_tty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::ResizeTtyRequest,
+    ) -> ttrpc::Result<c::ResizeTtyResponse> {
+        self.run(&req.container_id, |e| {
+            e.resize(&req.container_id, &req.exec_id, req.rows, req.cols)
+        })?;
+        Ok(c::ResizeTtyResponse::new())
+    }
+
+    fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::ListProcessesRequest,
+    ) -> ttrpc::Result<c::ListProcessesResponse> {
+        let pids = self.run(&req.container_id, |e| e.list(&req.container_id))?;
+        let mut resp = c::ListProcessesResponse::new();
+        resp.pids = pids;
+        Ok(resp)
+    }
+
+    fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::PauseContainerRequest,
+    ) -> ttrpc::Result<c::PauseContainerResponse> {
+        self.run(&req.container_id, |e| e.set_paused(&req.container_id, true))?;
+        Ok(c::PauseContainerResponse::new())
+    }
+
+    fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::ResumeContainerRequest,
+    ) -> ttrpc::Result<c::ResumeContainerResponse> {
+        self.run(&req.container_id, |e| e.set_paused(&req.container_id, false))?;
+        Ok(c::ResumeContainerResponse::new())
+    }
+
+    fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::UpdateContainerRequest,
+    ) -> ttrpc::Result<c::UpdateContainerResponse> {
+        self.run(&req.container_id, |e| {
+            e.update(&req.container_id, &req.resources_json)
+        })?;
+        Ok(c::UpdateContainerResponse::new())
+    }
+
+    fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::StatsContainerRequest,
+    ) -> ttrpc::Result<c::StatsContainerResponse> {
+        let s = self.run(&req.container_id, |e| e.stats(&req.container_id))?;
+        let mut resp = c::StatsContainerResponse::new();
+        resp.cpu_usage_usec = s.cpu_usage_usec;
+        resp.cpu_user_usec = s.cpu_user_usec;
+        resp.cpu_system_usec = s.cpu_system_usec;
+        resp.memory_usage_bytes = s.memory_usage_bytes;
+        resp.memory_limit_bytes = s.memory_limit_bytes;
+        resp.pids_current = s.pids_current;
+        resp.pids_limit = s.pids_limit;
+        resp.io_read_bytes = s.io_read_bytes;
+        resp.io_write_bytes = s.io_write_bytes;
+        Ok(resp)
+    }
+
+    fn state_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::StateContainerRequest,
+    ) -> ttrpc::Result<c::StateContainerResponse> {
+        let state = self.run(&req.container_id, |e| e.state(&req.container_id))?;
+        let mut resp = c::StateContainerResponse::new();
+        resp.status = state.status.as_str().to_owned();
+        resp.pid = pid_u32(state.pid);
+        resp.exit_status = state.exit_status.unwrap_or(0);
+        Ok(resp)
+    }
+
+    fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: c::RemoveContainerRequest,
+    ) -> ttrpc::Result<c::RemoveContainerResponse> {
+        self.run(&req.container_id, |e| e.remove(&req.container_id))?;
+        Ok(c::RemoveContainerResponse::new())
+    }
+}
+
+fn pid_u32(pid: libc::pid_t) -> u32 {
+    u32::try_from(pid).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -152,6 +404,20 @@ mod tests {
         };
         assert_eq!(status.code(), Code::INVALID_ARGUMENT);
         assert_eq!(status.message(), "invalid argument: x");
+        for (kind, code) in [
+            (ErrorKind::NotFound, Code::NOT_FOUND),
+            (ErrorKind::AlreadyExists, Code::ALREADY_EXISTS),
+            (ErrorKind::InvalidArgument, Code::INVALID_ARGUMENT),
+            (ErrorKind::FailedPrecondition, Code::FAILED_PRECONDITION),
+            (ErrorKind::Internal, Code::INTERNAL),
+        ] {
+            let err = ServiceError::from(ContainerError::new(kind, "c1", "it broke"));
+            assert_eq!(err.code(), code);
+            let ttrpc::Error::RpcStatus(status) = err.into_rpc() else {
+                panic!("not a status");
+            };
+            assert_eq!(status.message(), "container c1: it broke");
+        }
     }
 
     #[test]
@@ -167,7 +433,7 @@ mod tests {
     #[test]
     fn shutdown_reaches_main_loop() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let service = AgentService::new(tx);
+        let service = AgentService::without_containers(tx);
         service.shutdown().unwrap();
         assert_eq!(rx.recv().unwrap(), Event::Shutdown);
         drop(rx);

@@ -222,3 +222,12 @@ pub fn reap_any() -> io::Result<Option<(libc::pid_t, libc::c_int)>> {
         pid => Ok(Some((pid, status))),
     }
 }
+
+/// Makes this process the reaper of its orphaned descendants.
+pub fn set_child_subreaper() {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument.
+    let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) };
+    if ret == -1 {
+        tracing::warn!("PR_SET_CHILD_SUBREAPER: {}", io::Error::last_os_error());
+    }
+}

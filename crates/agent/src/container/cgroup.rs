@@ -1,0 +1,472 @@
+//! cgroup v2: one cgroup per container at `<root>/nacre/<container id>`.
+//!
+//! The root is configurable (`--cgroup-root`): in the guest it is
+//! `/sys/fs/cgroup`; a host with hybrid cgroups has its v2 hierarchy at
+//! `/sys/fs/cgroup/unified`, usually without controllers. Files of a
+//! controller that is not available are skipped with a warning.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::spec::Resources;
+
+/// The directory under the root that holds the containers' cgroups.
+pub const NACRE_DIR: &str = "nacre";
+
+/// A cgroup file operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct CgroupError {
+    /// What was done.
+    pub op: &'static str,
+    /// The file or directory.
+    pub path: String,
+    /// The system error.
+    #[source]
+    pub source: io::Error,
+}
+
+fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
+    move |source| CgroupError {
+        op,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The files and values that apply `resources` in cgroup v2, in order.
+#[must_use]
+pub fn resource_files(r: &Resources) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut set = |file: &str, value: String| files.push((file.to_owned(), value));
+    let limit = |v: i64| {
+        if v < 0 {
+            "max".to_owned()
+        } else {
+            v.to_string()
+        }
+    };
+    if let Some(pids) = &r.pids {
+        set(
+            "pids.max",
+            if pids.limit > 0 {
+                pids.limit.to_string()
+            } else {
+                "max".into()
+            },
+        );
+    }
+    if let Some(mem) = &r.memory {
+        if let Some(l) = mem.limit {
+            set("memory.max", limit(l));
+        }
+        if let Some(low) = mem.reservation {
+            set("memory.low", limit(low));
+        }
+        // v1's swap is memory + swap; v2's swap.max is swap alone.
+        match (mem.swap, mem.limit) {
+            (Some(s), _) if s < 0 => set("memory.swap.max", "max".into()),
+            (Some(s), Some(l)) if l >= 0 && s >= l => {
+                set("memory.swap.max", (s - l).to_string());
+            }
+            _ => {}
+        }
+    }
+    if let Some(cpu) = &r.cpu {
+        if let Some(shares) = cpu.shares.filter(|s| *s > 0) {
+            set("cpu.weight", shares_to_weight(shares).to_string());
+        }
+        if cpu.quota.is_some() || cpu.period.is_some() {
+            let quota = match cpu.quota {
+                Some(q) if q > 0 => q.to_string(),
+                _ => "max".into(),
+            };
+            let period = cpu.period.filter(|p| *p > 0).unwrap_or(100_000);
+            set("cpu.max", format!("{quota} {period}"));
+        }
+        if let Some(cpus) = cpu.cpus.as_ref().filter(|c| !c.is_empty()) {
+            set("cpuset.cpus", cpus.clone());
+        }
+        if let Some(mems) = cpu.mems.as_ref().filter(|m| !m.is_empty()) {
+            set("cpuset.mems", mems.clone());
+        }
+    }
+    for (file, value) in &r.unified {
+        set(file, value.clone());
+    }
+    files
+}
+
+/// cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000), as runc
+/// converts it.
+#[must_use]
+pub fn shares_to_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
+/// The controller a cgroup file belongs to (`memory.max` → `memory`);
+/// `None` for the core `cgroup.*` files.
+#[must_use]
+pub fn controller_of(file: &str) -> Option<&str> {
+    let (prefix, _) = file.split_once('.')?;
+    (prefix != "cgroup").then_some(prefix)
+}
+
+/// Usage read from a cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// cpu.stat usage_usec.
+    pub cpu_usage_usec: u64,
+    /// cpu.stat user_usec.
+    pub cpu_user_usec: u64,
+    /// cpu.stat system_usec.
+    pub cpu_system_usec: u64,
+    /// memory.current.
+    pub memory_usage_bytes: u64,
+    /// memory.max, 0 for "max".
+    pub memory_limit_bytes: u64,
+    /// pids.current.
+    pub pids_current: u64,
+    /// pids.max, 0 for "max".
+    pub pids_limit: u64,
+    /// Sum of io.stat rbytes.
+    pub io_read_bytes: u64,
+    /// Sum of io.stat wbytes.
+    pub io_write_bytes: u64,
+}
+
+/// Parses `key value` lines (cpu.stat) into the value of `key`.
+#[must_use]
+pub fn flat_key(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Parses a single-value file; "max" and garbage are 0.
+#[must_use]
+pub fn single_value(text: &str) -> u64 {
+    text.trim().parse().unwrap_or(0)
+}
+
+/// Sums `rbytes=` and `wbytes=` over the devices of io.stat.
+#[must_use]
+pub fn io_bytes(text: &str) -> (u64, u64) {
+    let (mut read, mut written) = (0u64, 0u64);
+    for field in text.split_whitespace() {
+        if let Some(v) = field.strip_prefix("rbytes=") {
+            read = read.saturating_add(v.parse().unwrap_or(0));
+        } else if let Some(v) = field.strip_prefix("wbytes=") {
+            written = written.saturating_add(v.parse().unwrap_or(0));
+        }
+    }
+    (read, written)
+}
+
+/// The cgroup v2 hierarchy the agent puts containers in.
+#[derive(Debug, Clone)]
+pub struct CgroupRoot {
+    root: PathBuf,
+}
+
+impl CgroupRoot {
+    /// A hierarchy mounted at `root`.
+    #[must_use]
+    pub fn new(root: impl Into<PathBuf>) -> CgroupRoot {
+        CgroupRoot { root: root.into() }
+    }
+
+    /// The parent of the containers' cgroups.
+    #[must_use]
+    pub fn parent(&self) -> PathBuf {
+        self.root.join(NACRE_DIR)
+    }
+
+    /// Whether the hierarchy is there (a cgroup2 mount with
+    /// `cgroup.controllers`).
+    #[must_use]
+    pub fn available(&self) -> bool {
+        self.root.join("cgroup.controllers").exists()
+    }
+
+    /// Creates `<root>/nacre` with every available controller enabled,
+    /// then the container's cgroup `<root>/nacre/<id>`.
+    pub fn create(&self, id: &str) -> Result<Cgroup, CgroupError> {
+        let parent = self.parent();
+        fs::create_dir_all(&parent).map_err(err("creating", &parent))?;
+        let available = read_controllers(&self.root);
+        enable_controllers(&self.root, &available);
+        enable_controllers(&parent, &available);
+        let path = parent.join(id);
+        match fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err("creating", &path)(e)),
+        }
+        Ok(Cgroup::open(path))
+    }
+}
+
+fn read_controllers(dir: &Path) -> BTreeSet<String> {
+    fs::read_to_string(dir.join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn enable_controllers(dir: &Path, controllers: &BTreeSet<String>) {
+    let file = dir.join("cgroup.subtree_control");
+    let enabled: BTreeSet<String> = fs::read_to_string(&file)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    for c in controllers.difference(&enabled) {
+        if let Err(e) = fs::write(&file, format!("+{c}")) {
+            tracing::warn!("enabling cgroup controller {c} in {}: {e}", file.display());
+        }
+    }
+}
+
+/// One container's cgroup.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    path: PathBuf,
+    controllers: BTreeSet<String>,
+}
+
+impl Cgroup {
+    /// The cgroup at `path`, with the controllers enabled for it.
+    #[must_use]
+    pub fn open(path: PathBuf) -> Cgroup {
+        let controllers = read_controllers(&path);
+        Cgroup { path, controllers }
+    }
+
+    /// Its directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the files of `resources`; files of missing controllers are
+    /// skipped with a warning.
+    pub fn apply(&self, resources: &Resources) -> Result<(), CgroupError> {
+        for (file, value) in resource_files(resources) {
+            if let Some(c) = controller_of(&file) {
+                if !self.controllers.contains(c) {
+                    tracing::warn!(
+                        "cgroup controller {c} not available in {}: {file} not set",
+                        self.path.display()
+                    );
+                    continue;
+                }
+            }
+            let path = self.path.join(&file);
+            fs::write(&path, value.as_bytes()).map_err(err("writing", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Moves `pid` into the cgroup (0: the caller).
+    pub fn add(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
+        let path = self.path.join("cgroup.procs");
+        fs::write(&path, pid.to_string()).map_err(err("writing", &path))
+    }
+
+    /// The pids in the cgroup.
+    pub fn procs(&self) -> Result<Vec<u32>, CgroupError> {
+        let path = self.path.join("cgroup.procs");
+        let text = fs::read_to_string(&path).map_err(err("reading", &path))?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// Freezes or thaws the cgroup and waits until the kernel reports it.
+    pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
+        let path = self.path.join("cgroup.freeze");
+        fs::write(&path, if frozen { "1" } else { "0" }).map_err(err("writing", &path))?;
+        let events = self.path.join("cgroup.events");
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = fs::read_to_string(&events).map_err(err("reading", &events))?;
+            if text.lines().any(|l| l.trim() == want) || Instant::now() > deadline {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the cgroup is frozen.
+    #[must_use]
+    pub fn frozen(&self) -> bool {
+        fs::read_to_string(self.path.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
+    }
+
+    /// Sends `signal` to every process in the cgroup.
+    pub fn signal_all(&self, signal: libc::c_int) -> Result<(), CgroupError> {
+        for pid in self.procs()? {
+            let Ok(pid) = libc::pid_t::try_from(pid) else {
+                continue;
+            };
+            // SAFETY: kill has no memory effects; a vanished pid is ESRCH.
+            unsafe { libc::kill(pid, signal) };
+        }
+        Ok(())
+    }
+
+    /// Reads the usage counters; missing files count as 0.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let read = |file: &str| fs::read_to_string(self.path.join(file)).unwrap_or_default();
+        let cpu = read("cpu.stat");
+        let (io_read_bytes, io_write_bytes) = io_bytes(&read("io.stat"));
+        Stats {
+            cpu_usage_usec: flat_key(&cpu, "usage_usec").unwrap_or(0),
+            cpu_user_usec: flat_key(&cpu, "user_usec").unwrap_or(0),
+            cpu_system_usec: flat_key(&cpu, "system_usec").unwrap_or(0),
+            memory_usage_bytes: single_value(&read("memory.current")),
+            memory_limit_bytes: single_value(&read("memory.max")),
+            pids_current: single_value(&read("pids.current")),
+            pids_limit: single_value(&read("pids.max")),
+            io_read_bytes,
+            io_write_bytes,
+        }
+    }
+
+    /// Kills what is left and removes the directory (retrying while the
+    /// kernel still counts exiting processes).
+    pub fn destroy(&self) -> Result<(), CgroupError> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        // A frozen cgroup's processes cannot die.
+        if self.frozen() {
+            let _ = self.freeze(false);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let _ = self.signal_all(libc::SIGKILL);
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!("removing {}: {e}; retrying", self.path.display());
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(err("removing", &self.path)(e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spec::{Cpu, Memory, Pids};
+    use super::*;
+
+    #[test]
+    fn resources_to_files() {
+        let r = Resources {
+            memory: Some(Memory {
+                limit: Some(64 << 20),
+                reservation: None,
+                swap: Some(128 << 20),
+            }),
+            cpu: Some(Cpu {
+                shares: Some(1024),
+                quota: Some(50_000),
+                period: Some(100_000),
+                cpus: Some("0".into()),
+                mems: None,
+            }),
+            pids: Some(Pids { limit: 4 }),
+            unified: [("memory.high".to_owned(), "32M".to_owned())].into(),
+        };
+        let files = resource_files(&r);
+        let get = |f: &str| {
+            files
+                .iter()
+                .find(|(k, _)| k == f)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("pids.max"), Some("4"));
+        assert_eq!(get("memory.max"), Some("67108864"));
+        assert_eq!(get("memory.swap.max"), Some("67108864"));
+        assert_eq!(get("cpu.weight"), Some("39"));
+        assert_eq!(get("cpu.max"), Some("50000 100000"));
+        assert_eq!(get("cpuset.cpus"), Some("0"));
+        assert_eq!(get("memory.high"), Some("32M"));
+    }
+
+    #[test]
+    fn unlimited_values() {
+        let r = Resources {
+            memory: Some(Memory {
+                limit: Some(-1),
+                reservation: None,
+                swap: Some(-1),
+            }),
+            cpu: Some(Cpu {
+                quota: Some(-1),
+                ..Cpu::default()
+            }),
+            pids: Some(Pids { limit: 0 }),
+            ..Resources::default()
+        };
+        let files = resource_files(&r);
+        assert!(files.contains(&("pids.max".into(), "max".into())));
+        assert!(files.contains(&("memory.max".into(), "max".into())));
+        assert!(files.contains(&("memory.swap.max".into(), "max".into())));
+        assert!(files.contains(&("cpu.max".into(), "max 100000".into())));
+        assert!(resource_files(&Resources::default()).is_empty());
+    }
+
+    #[test]
+    fn converts_shares() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(1), 1);
+    }
+
+    #[test]
+    fn parses_stat_files() {
+        assert_eq!(controller_of("memory.max"), Some("memory"));
+        assert_eq!(controller_of("cgroup.procs"), None);
+        let cpu = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n";
+        assert_eq!(flat_key(cpu, "user_usec"), Some(1000));
+        assert_eq!(flat_key(cpu, "nope"), None);
+        assert_eq!(single_value("max\n"), 0);
+        assert_eq!(single_value("4096\n"), 4096);
+        let io = "8:0 rbytes=100 wbytes=20 rios=1 wios=1\n8:16 rbytes=1 wbytes=2\n";
+        assert_eq!(io_bytes(io), (101, 22));
+    }
+
+    #[test]
+    fn creates_and_destroys_in_a_plain_directory() {
+        // Without a cgroup2 mount the directory logic still works.
+        let dir = std::env::temp_dir().join(format!("nacre-cg-test-{}", std::process::id()));
+        let root = CgroupRoot::new(&dir);
+        assert!(!root.available());
+        let cg = root.create("c1").unwrap();
+        assert_eq!(cg.path(), dir.join("nacre/c1"));
+        // No controllers: every limit is skipped.
+        cg.apply(&Resources {
+            pids: Some(Pids { limit: 3 }),
+            ..Resources::default()
+        })
+        .unwrap();
+        assert!(!cg.path().join("pids.max").exists());
+        assert_eq!(cg.stats(), Stats::default());
+        cg.destroy().unwrap();
+        assert!(!cg.path().exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,508 @@
+//! The code that runs in a freshly forked child, up to execve: namespaces,
+//! mounts, pivot_root, the process's user and capabilities.
+//!
+//! The agent is multi-threaded, so the child must not take locks another
+//! thread may have held at fork time: no logging here. glibc's fork keeps
+//! malloc usable. Every failure becomes a message the parent reads from
+//! the sync pipe.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use super::caps;
+use super::ffi;
+use super::mounts::{self, READONLY_REMOUNT};
+use super::spec::{Process, Spec};
+
+/// Descriptor numbers in the child after [`arrange_fds`].
+pub const START_FD: RawFd = 3;
+/// The sync pipe's write end in the child.
+pub const SYNC_FD: RawFd = 4;
+
+/// Byte the child writes to the sync pipe when its setup is done.
+pub const READY: u8 = 0;
+/// Byte that starts an error message on the sync pipe.
+pub const FAILED: u8 = 1;
+
+/// The descriptors a child starts with, as numbers in the parent.
+#[derive(Debug, Clone, Copy)]
+pub struct ChildFds {
+    /// Becomes 0, 1, 2 (the same terminal slave for all three with a tty).
+    pub stdio: [RawFd; 3],
+    /// The terminal slave, made the controlling terminal.
+    pub tty: bool,
+    /// Read end of the start pipe (init only).
+    pub start: Option<RawFd>,
+    /// Write end of the sync pipe.
+    pub sync: RawFd,
+}
+
+/// An error of a setup step, as sent to the parent.
+type Step<T = ()> = Result<T, String>;
+
+fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> String {
+    move |e| format!("{}: {e}", what())
+}
+
+/// Moves the inherited descriptors to their places and closes the rest
+/// (descriptors of other containers must not stay open in this one).
+pub fn arrange_fds(fds: &ChildFds) -> Step {
+    let high = |fd| ffi::dup_above(fd, 100).map_err(ctx(|| "duplicating stdio".into()));
+    let stdio = [high(fds.stdio[0])?, high(fds.stdio[1])?, high(fds.stdio[2])?];
+    let start = fds.start.map(high).transpose()?;
+    let sync = high(fds.sync)?;
+    for (target, fd) in (0..).zip(stdio) {
+        ffi::dup3(fd, target, 0).map_err(ctx(|| "placing stdio".into()))?;
+    }
+    if let Some(start) = start {
+        ffi::dup3(start, START_FD, libc::O_CLOEXEC).map_err(ctx(|| "placing start pipe".into()))?;
+    }
+    ffi::dup3(sync, SYNC_FD, libc::O_CLOEXEC).map_err(ctx(|| "placing sync pipe".into()))?;
+    ffi::close_from(SYNC_FD + 1).map_err(ctx(|| "closing inherited descriptors".into()))?;
+    if fds.tty {
+        ffi::setsid().map_err(ctx(|| "setsid".into()))?;
+        ffi::set_controlling_tty(0).map_err(ctx(|| "setting the controlling terminal".into()))?;
+    } else {
+        ffi::setsid().map_err(ctx(|| "setsid".into()))?;
+    }
+    Ok(())
+}
+
+/// Sends the outcome of the setup to the parent.
+pub fn report(result: &Step) {
+    // SAFETY: SYNC_FD was placed by `arrange_fds` and stays open.
+    let sync = unsafe { BorrowedFd::borrow_raw(SYNC_FD) };
+    let _ = match result {
+        Ok(()) => ffi::write_all(sync, &[READY]),
+        Err(msg) => {
+            let mut buf = vec![FAILED];
+            buf.extend_from_slice(msg.as_bytes());
+            ffi::write_all(sync, &buf)
+        }
+    };
+}
+
+/// Blocks until the parent writes to the start pipe; false if it closed
+/// it instead (the container was removed before it started).
+pub fn wait_for_start() -> bool {
+    // SAFETY: START_FD was placed by `arrange_fds` and stays open.
+    let start = unsafe { BorrowedFd::borrow_raw(START_FD) };
+    let mut byte = [0u8; 1];
+    matches!(ffi::read(start, &mut byte), Ok(1))
+}
+
+/// Joins `path` (a cgroup's cgroup.procs).
+pub fn join_cgroup(procs: Option<&Path>) -> Step {
+    if let Some(procs) = procs {
+        fs::write(procs, "0").map_err(ctx(|| format!("joining cgroup {}", procs.display())))?;
+    }
+    Ok(())
+}
+
+/// The namespaces of a new container other than pid (created by the
+/// parent's thread before fork): joined by path or created. The network
+/// namespace is the VM's own unless a path is given; a mount namespace is
+/// always created.
+pub fn enter_namespaces(spec: &Spec) -> Step {
+    let kinds = [
+        ("cgroup", libc::CLONE_NEWCGROUP),
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("network", libc::CLONE_NEWNET),
+        ("mount", libc::CLONE_NEWNS),
+    ];
+    let mut unshare = libc::CLONE_NEWNS;
+    for (kind, flag) in kinds {
+        match spec.namespace(kind) {
+            Some(ns) => match ns.path.as_deref().filter(|p| !p.is_empty()) {
+                Some(path) => {
+                    let fd = ffi::open(Path::new(path), libc::O_RDONLY)
+                        .map_err(ctx(|| format!("opening {kind} namespace {path}")))?;
+                    ffi::setns(std::os::fd::AsFd::as_fd(&fd), flag)
+                        .map_err(ctx(|| format!("joining {kind} namespace {path}")))?;
+                    if flag == libc::CLONE_NEWNS {
+                        unshare &= !libc::CLONE_NEWNS;
+                    }
+                }
+                None if kind == "network" => {}
+                None => unshare |= flag,
+            },
+            None => {}
+        }
+    }
+    ffi::unshare(unshare).map_err(ctx(|| "creating namespaces (unshare)".into()))
+}
+
+/// `dest` (absolute in the container) under `rootfs`, refusing `..`.
+pub fn in_rootfs(rootfs: &Path, dest: &str) -> Step<PathBuf> {
+    let mut out = rootfs.to_path_buf();
+    for c in Path::new(dest).components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!("mount destination {dest:?} leaves the rootfs"))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn create_mount_point(target: &Path, file: bool) -> Step {
+    if target.exists() {
+        return Ok(());
+    }
+    if file {
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)
+                .map_err(ctx(|| format!("creating {}", parent.display())))?;
+        }
+        fs::File::create(target).map_err(ctx(|| format!("creating {}", target.display())))?;
+    } else {
+        fs::create_dir_all(target).map_err(ctx(|| format!("creating {}", target.display())))?;
+    }
+    Ok(())
+}
+
+/// Sets up the rootfs: a private mount tree, the spec's mounts, /dev.
+pub fn mount_rootfs(spec: &Spec, rootfs: &Path, console: Option<&str>) -> Step {
+    let linux = spec.linux.clone().unwrap_or_default();
+    let propagation = match linux.rootfs_propagation.as_deref() {
+        Some("shared") | Some("rshared") => libc::MS_SHARED | libc::MS_REC,
+        Some("slave") | Some("rslave") => libc::MS_SLAVE | libc::MS_REC,
+        _ => libc::MS_PRIVATE | libc::MS_REC,
+    };
+    ffi::mount(None, Path::new("/"), None, propagation, None)
+        .map_err(ctx(|| "making / private".into()))?;
+    ffi::mount(
+        Some(rootfs),
+        rootfs,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .map_err(ctx(|| format!("bind-mounting rootfs {}", rootfs.display())))?;
+
+    let has = |dest: &str| spec.mounts.iter().any(|m| m.destination == dest);
+    if !has("/dev") {
+        let dev = rootfs.join("dev");
+        create_mount_point(&dev, false)?;
+        ffi::mount(
+            Some(Path::new("tmpfs")),
+            &dev,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+        )
+        .map_err(ctx(|| "mount tmpfs on /dev".into()))?;
+    }
+    for m in &spec.mounts {
+        mount_one(rootfs, m)?;
+    }
+    populate_dev(rootfs, console, has("/dev/pts"), has("/dev/shm"))
+}
+
+fn mount_one(rootfs: &Path, m: &super::spec::Mount) -> Step {
+    let kind = m.kind.as_deref().unwrap_or("none");
+    let opts = mounts::parse(Some(kind), &m.options);
+    let target = in_rootfs(rootfs, &m.destination)?;
+    let what = || format!("mount {kind} on {}", m.destination);
+    if opts.is_bind() {
+        let source = m.source.as_deref().unwrap_or_default();
+        let src = Path::new(source);
+        let meta = fs::metadata(src).map_err(ctx(|| format!("{}: source {source}", what())))?;
+        create_mount_point(&target, !meta.is_dir())?;
+        let flags = libc::MS_BIND | (opts.flags & libc::MS_REC);
+        ffi::mount(Some(src), &target, None, flags, None).map_err(ctx(what))?;
+        if let Some(remount) = opts.bind_remount_flags() {
+            ffi::mount(None, &target, None, remount, None)
+                .map_err(ctx(|| format!("{} (remount)", what())))?;
+        }
+    } else {
+        create_mount_point(&target, false)?;
+        let fstype = if kind == "cgroup" { "cgroup2" } else { kind };
+        let source = m.source.as_deref().unwrap_or(fstype);
+        let data = (fstype != "cgroup2").then_some(opts.data.as_str());
+        ffi::mount(
+            Some(Path::new(source)),
+            &target,
+            Some(fstype),
+            opts.flags & !libc::MS_REMOUNT,
+            data,
+        )
+        .map_err(ctx(what))?;
+    }
+    if opts.propagation != 0 {
+        ffi::mount(None, &target, None, opts.propagation, None)
+            .map_err(ctx(|| format!("{} (propagation)", what())))?;
+    }
+    Ok(())
+}
+
+/// The device nodes every container gets, bind-mounted from the agent's
+/// /dev (works without CAP_MKNOD and for any device numbering).
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+fn populate_dev(rootfs: &Path, console: Option<&str>, has_pts: bool, has_shm: bool) -> Step {
+    let dev = rootfs.join("dev");
+    for name in DEVICES {
+        let target = dev.join(name);
+        let source = Path::new("/dev").join(name);
+        if !source.exists() {
+            continue;
+        }
+        create_mount_point(&target, true)?;
+        ffi::mount(Some(&source), &target, None, libc::MS_BIND, None)
+            .map_err(ctx(|| format!("bind-mounting /dev/{name}")))?;
+    }
+    if !has_pts {
+        let pts = dev.join("pts");
+        create_mount_point(&pts, false)?;
+        ffi::mount(
+            Some(Path::new("devpts")),
+            &pts,
+            Some("devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        )
+        .map_err(ctx(|| "mount devpts on /dev/pts".into()))?;
+    }
+    if !has_shm {
+        let shm = dev.join("shm");
+        create_mount_point(&shm, false)?;
+        ffi::mount(
+            Some(Path::new("shm")),
+            &shm,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        )
+        .map_err(ctx(|| "mount tmpfs on /dev/shm".into()))?;
+    }
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let path = dev.join(link);
+        if path.symlink_metadata().is_err() {
+            symlink(to, &path).map_err(ctx(|| format!("creating /dev/{link}")))?;
+        }
+    }
+    if let Some(console) = console {
+        let target = dev.join("console");
+        create_mount_point(&target, true)?;
+        ffi::mount(Some(Path::new(console)), &target, None, libc::MS_BIND, None)
+            .map_err(ctx(|| "bind-mounting the terminal on /dev/console".into()))?;
+    }
+    Ok(())
+}
+
+/// Makes `rootfs` the root: pivot_root, or on an initramfs root (where
+/// pivot_root is refused with EINVAL) MS_MOVE + chroot.
+pub fn switch_root(rootfs: &Path) -> Step {
+    std::env::set_current_dir(rootfs).map_err(ctx(|| format!("chdir {}", rootfs.display())))?;
+    match ffi::pivot_root(Path::new("."), Path::new(".")) {
+        Ok(()) => {
+            // The old root is now stacked on "."; detach it.
+            ffi::mount(None, Path::new("."), None, libc::MS_SLAVE | libc::MS_REC, None)
+                .map_err(ctx(|| "making the old root a slave".into()))?;
+            ffi::umount(Path::new("."), libc::MNT_DETACH)
+                .map_err(ctx(|| "detaching the old root".into()))?;
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            ffi::mount(Some(rootfs), Path::new("/"), None, libc::MS_MOVE, None)
+                .map_err(ctx(|| "moving the rootfs to / (no pivot_root)".into()))?;
+            ffi::chroot(Path::new(".")).map_err(ctx(|| "chroot".into()))?;
+        }
+        Err(e) => return Err(format!("pivot_root {}: {e}", rootfs.display())),
+    }
+    std::env::set_current_dir("/").map_err(ctx(|| "chdir /".into()))
+}
+
+/// After the switch: sysctls, masked and read-only paths, a read-only
+/// rootfs, the host name.
+pub fn finish_rootfs(spec: &Spec) -> Step {
+    let linux = spec.linux.clone().unwrap_or_default();
+    if let Some(name) = spec.hostname.as_deref().filter(|n| !n.is_empty()) {
+        if spec.namespace("uts").is_some() {
+            ffi::set_hostname(name).map_err(ctx(|| format!("sethostname {name:?}")))?;
+        }
+    }
+    for (key, value) in &linux.sysctl {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        fs::write(&path, value).map_err(ctx(|| format!("sysctl {key}={value}")))?;
+    }
+    for path in &linux.masked_paths {
+        let p = Path::new(path);
+        let Ok(meta) = fs::metadata(p) else {
+            continue;
+        };
+        let result = if meta.is_dir() {
+            ffi::mount(
+                Some(Path::new("tmpfs")),
+                p,
+                Some("tmpfs"),
+                libc::MS_RDONLY,
+                None,
+            )
+        } else {
+            ffi::mount(Some(Path::new("/dev/null")), p, None, libc::MS_BIND, None)
+        };
+        result.map_err(ctx(|| format!("masking {path}")))?;
+    }
+    for path in &linux.readonly_paths {
+        let p = Path::new(path);
+        if !p.exists() {
+            continue;
+        }
+        ffi::mount(Some(p), p, None, libc::MS_BIND | libc::MS_REC, None)
+            .map_err(ctx(|| format!("bind-mounting read-only path {path}")))?;
+        ffi::mount(None, p, None, READONLY_REMOUNT, None)
+            .map_err(ctx(|| format!("making {path} read-only")))?;
+    }
+    if spec.root.as_ref().is_some_and(|r| r.readonly) {
+        ffi::mount(
+            None,
+            Path::new("/"),
+            None,
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            None,
+        )
+        .map_err(ctx(|| "remounting the rootfs read-only".into()))?;
+    }
+    Ok(())
+}
+
+/// Applies the process's limits, user, capabilities and working
+/// directory (in this order: rlimits and the bounding set need the
+/// privileges the user switch drops).
+pub fn apply_process(p: &Process) -> Step {
+    for r in &p.rlimits {
+        let resource = caps::rlimit_resource(&r.kind).ok_or_else(|| format!("rlimit {}", r.kind))?;
+        ffi::setrlimit(resource, r.soft, r.hard).map_err(ctx(|| format!("setrlimit {}", r.kind)))?;
+    }
+    if let Some(c) = &p.capabilities {
+        let bounding = caps::mask(&c.bounding);
+        for cap in 0..=caps::LAST_CAP {
+            if bounding & (1 << cap) == 0 {
+                match ffi::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0) {
+                    Ok(()) => {}
+                    // A capability this kernel does not have.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    Err(e) => return Err(format!("dropping capability {cap} from the bounding set: {e}")),
+                }
+            }
+        }
+        ffi::prctl(libc::PR_SET_KEEPCAPS, 1, 0).map_err(ctx(|| "PR_SET_KEEPCAPS".into()))?;
+    }
+    let u = &p.user;
+    ffi::set_ids(u.uid, u.gid, &u.additional_gids)
+        .map_err(ctx(|| format!("switching to uid {} gid {}", u.uid, u.gid)))?;
+    if let Some(c) = &p.capabilities {
+        ffi::capset(
+            caps::mask(&c.effective),
+            caps::mask(&c.permitted),
+            caps::mask(&c.inheritable),
+        )
+        .map_err(ctx(|| "capset".into()))?;
+        let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+        ffi::prctl(libc::PR_CAP_AMBIENT, clear, 0).map_err(ctx(|| "clearing ambient capabilities".into()))?;
+        for name in &c.ambient {
+            if let Some(cap) = caps::cap_number(name) {
+                let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
+                ffi::prctl(libc::PR_CAP_AMBIENT, raise, libc::c_ulong::from(cap))
+                    .map_err(ctx(|| format!("raising ambient {name}")))?;
+            }
+        }
+    }
+    if p.no_new_privileges {
+        ffi::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0).map_err(ctx(|| "PR_SET_NO_NEW_PRIVS".into()))?;
+    }
+    ffi::umask(u.umask.unwrap_or(0o022));
+    let cwd = if p.cwd.is_empty() { "/" } else { p.cwd.as_str() };
+    std::env::set_current_dir(cwd).map_err(ctx(|| format!("chdir to cwd {cwd}")))
+}
+
+/// The default PATH for looking up a command when the process has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// `args[0]` looked up in the PATH of `env` (as execvp would).
+pub fn find_executable(command: &str, env: &[String]) -> Step<PathBuf> {
+    if command.contains('/') {
+        return Ok(PathBuf::from(command));
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(command);
+        if let Ok(meta) = fs::metadata(&candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(format!("exec {command:?}: not found in PATH {path}"))
+}
+
+/// execve of the process; returns the error message on failure.
+pub fn exec(p: &Process) -> String {
+    let Some(command) = p.args.first() else {
+        return "no command (process.args is empty)".into();
+    };
+    let path = match find_executable(command, &p.env) {
+        Ok(path) => path,
+        Err(e) => return e,
+    };
+    let to_c = |v: &[String]| -> Result<Vec<CString>, String> {
+        v.iter()
+            .map(|s| ffi::cstr(s).map_err(|_| format!("NUL byte in {s:?}")))
+            .collect()
+    };
+    let (args, env, c_path) = match (
+        to_c(&p.args),
+        to_c(&p.env),
+        ffi::cstr(path.as_os_str().as_encoded_bytes()),
+    ) {
+        (Ok(a), Ok(e), Ok(c)) => (a, e, c),
+        (Err(e), _, _) | (_, Err(e), _) => return e,
+        (_, _, Err(e)) => return format!("exec path: {e}"),
+    };
+    let err = ffi::execve(&c_path, &args, &env);
+    format!("exec {}: {err}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_stay_in_the_rootfs() {
+        let root = Path::new("/r");
+        assert_eq!(in_rootfs(root, "/proc").unwrap(), Path::new("/r/proc"));
+        assert_eq!(in_rootfs(root, "/a/./b/").unwrap(), Path::new("/r/a/b"));
+        assert!(in_rootfs(root, "/../etc").unwrap_err().contains("leaves"));
+    }
+
+    #[test]
+    fn finds_executables_in_path() {
+        let env = vec!["PATH=/nonexistent:/bin:/usr/bin".to_owned()];
+        let sh = find_executable("sh", &env).unwrap();
+        assert!(sh.ends_with("sh"));
+        assert_eq!(
+            find_executable("/x/y", &env).unwrap(),
+            PathBuf::from("/x/y")
+        );
+        assert!(find_executable("no-such-command-here", &env)
+            .unwrap_err()
+            .contains("not found"));
+    }
+}

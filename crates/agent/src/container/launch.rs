@@ -1,0 +1,325 @@
+//! The real [`Launcher`]: forks container processes, reports their setup
+//! errors, lets them execve, waits for them through the [`Reaper`].
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use super::child::{self, ChildFds, FAILED, READY};
+use super::engine::{CreateRequest, ExecRequest, Gate, Launched, Launcher};
+use super::ffi;
+use crate::reaper::Reaper;
+
+/// Forks with glibc's fork on a short-lived thread that first enters the
+/// pid namespace the child must be in (a pid namespace applies to the
+/// children of the thread that enters it, and a multi-threaded process may
+/// do that per thread).
+#[derive(Debug, Clone)]
+pub struct LinuxLauncher {
+    reaper: Reaper,
+}
+
+impl LinuxLauncher {
+    /// A launcher whose children are waited for through `reaper`.
+    #[must_use]
+    pub fn new(reaper: Reaper) -> LinuxLauncher {
+        LinuxLauncher { reaper }
+    }
+}
+
+/// Where the child's pid namespace comes from.
+enum PidNs<'a> {
+    /// The agent's own.
+    Inherit,
+    /// A new one.
+    New,
+    /// This namespace file.
+    Join(&'a Path),
+}
+
+/// The child's ends of its stdio.
+struct ChildStdio {
+    fds: [OwnedFd; 3],
+    tty: bool,
+    /// The terminal slave's path, bind-mounted on /dev/console.
+    console: Option<String>,
+}
+
+/// The agent's ends of a process's stdio.
+struct AgentStdio {
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+    terminal: Option<OwnedFd>,
+}
+
+fn stdio(terminal: bool) -> io::Result<(ChildStdio, AgentStdio)> {
+    if terminal {
+        let (master, slave, path) = ffi::openpty()?;
+        let child = ChildStdio {
+            fds: [slave.try_clone()?, slave.try_clone()?, slave],
+            tty: true,
+            console: Some(path),
+        };
+        let agent = AgentStdio {
+            stdin: master.try_clone()?,
+            stdout: master.try_clone()?,
+            stderr: None,
+            terminal: Some(master),
+        };
+        Ok((child, agent))
+    } else {
+        let (in_r, in_w) = ffi::pipe()?;
+        let (out_r, out_w) = ffi::pipe()?;
+        let (err_r, err_w) = ffi::pipe()?;
+        let child = ChildStdio {
+            fds: [in_r, out_w, err_w],
+            tty: false,
+            console: None,
+        };
+        let agent = AgentStdio {
+            stdin: in_w,
+            stdout: out_r,
+            stderr: Some(err_r),
+            terminal: None,
+        };
+        Ok((child, agent))
+    }
+}
+
+/// The agent's ends of the start and sync pipes of a created init.
+#[derive(Debug)]
+struct PipeGate {
+    start: OwnedFd,
+    sync: OwnedFd,
+}
+
+impl Gate for PipeGate {
+    fn release(self: Box<Self>) -> Result<(), String> {
+        ffi::write_all(self.start.as_fd(), &[1]).map_err(|e| format!("signalling start: {e}"))?;
+        // The sync pipe closes at execve (O_CLOEXEC); a message means it
+        // failed.
+        let msg = ffi::read_to_end(self.sync.as_fd()).map_err(|e| format!("reading exec result: {e}"))?;
+        match msg.split_first() {
+            None => Ok(()),
+            Some((_, text)) => Err(String::from_utf8_lossy(text).into_owned()),
+        }
+    }
+}
+
+impl LinuxLauncher {
+    /// Forks; the child runs `body` and never returns.
+    fn fork(&self, pidns: &PidNs<'_>, body: impl FnOnce() + Send) -> Result<libc::pid_t, String> {
+        let ns_fd = match pidns {
+            PidNs::Join(path) => Some(
+                ffi::open(path, libc::O_RDONLY)
+                    .map_err(|e| format!("opening pid namespace {}: {e}", path.display()))?,
+            ),
+            _ => None,
+        };
+        std::thread::scope(|s| {
+            let forker = s.spawn(|| {
+                match (pidns, &ns_fd) {
+                    (PidNs::New, _) => ffi::unshare(libc::CLONE_NEWPID)
+                        .map_err(|e| format!("creating the pid namespace: {e}"))?,
+                    (PidNs::Join(path), Some(fd)) => ffi::setns(fd.as_fd(), libc::CLONE_NEWPID)
+                        .map_err(|e| format!("joining pid namespace {}: {e}", path.display()))?,
+                    _ => {}
+                }
+                self.reaper
+                    .spawn(|| {
+                        let pid = ffi::fork()?;
+                        if pid == 0 {
+                            body();
+                            ffi::exit_now(127);
+                        }
+                        Ok((pid, pid))
+                    })
+                    .map_err(|e| format!("fork: {e}"))
+            });
+            forker
+                .join()
+                .unwrap_or_else(|_| Err("the fork thread panicked".into()))
+        })
+    }
+
+    /// After a failed setup: collect the child's exit status.
+    fn reap(&self, pid: libc::pid_t) {
+        let _ = ffi::kill(pid, libc::SIGKILL);
+        let _ = self.reaper.wait(pid);
+    }
+}
+
+fn launched(pid: libc::pid_t, io: AgentStdio, gate: Option<Box<dyn Gate>>) -> Launched {
+    Launched {
+        pid,
+        stdin: Some(io.stdin),
+        stdout: Some(io.stdout),
+        stderr: io.stderr,
+        terminal: io.terminal,
+        gate,
+    }
+}
+
+fn child_fds(io: &ChildStdio, start: Option<&OwnedFd>, sync: &OwnedFd) -> ChildFds {
+    ChildFds {
+        stdio: [
+            io.fds[0].as_raw_fd(),
+            io.fds[1].as_raw_fd(),
+            io.fds[2].as_raw_fd(),
+        ],
+        tty: io.tty,
+        start: start.map(AsRawFd::as_raw_fd),
+        sync: sync.as_raw_fd(),
+    }
+}
+
+/// The body of an init child: setup, report, wait for start, execve.
+fn init_child(fds: &ChildFds, req: &CreateRequest<'_>, console: Option<&str>) -> ! {
+    let setup = || -> Result<(), String> {
+        ffi::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
+        child::arrange_fds(fds)?;
+        child::join_cgroup(req.cgroup_procs)?;
+        child::enter_namespaces(req.spec)?;
+        child::mount_rootfs(req.spec, req.rootfs, console)?;
+        child::switch_root(req.rootfs)?;
+        child::finish_rootfs(req.spec)?;
+        child::apply_process(&req.spec.process())
+    };
+    let result = setup();
+    child::report(&result);
+    if result.is_err() || !child::wait_for_start() {
+        ffi::exit_now(1);
+    }
+    let msg = child::exec(&req.spec.process());
+    child::report(&Err(msg));
+    ffi::exit_now(127)
+}
+
+/// The body of an exec child: join the container, apply, execve.
+fn exec_child(fds: &ChildFds, req: &ExecRequest<'_>, namespaces: &[(OwnedFd, libc::c_int)]) -> ! {
+    let setup = || -> Result<(), String> {
+        ffi::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
+        child::arrange_fds(fds)?;
+        child::join_cgroup(req.cgroup_procs)?;
+        for (fd, kind) in namespaces {
+            ffi::setns(fd.as_fd(), *kind).map_err(|e| format!("setns({kind:#x}): {e}"))?;
+        }
+        child::apply_process(req.process)
+    };
+    let msg = match setup() {
+        Ok(()) => child::exec(req.process),
+        Err(e) => e,
+    };
+    child::report(&Err(msg));
+    ffi::exit_now(127)
+}
+
+/// Namespaces of the init process an exec joins, other than pid, in the
+/// order they are entered (mount last: it changes the root).
+const EXEC_NAMESPACES: &[(&str, libc::c_int)] = &[
+    ("cgroup", libc::CLONE_NEWCGROUP),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    ("net", libc::CLONE_NEWNET),
+    ("mnt", libc::CLONE_NEWNS),
+];
+
+fn same_ns(pid: libc::pid_t, name: &str) -> bool {
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{name}"));
+    let ours = std::fs::read_link(format!("/proc/self/ns/{name}"));
+    matches!((theirs, ours), (Ok(a), Ok(b)) if a == b)
+}
+
+impl Launcher for LinuxLauncher {
+    fn create(&self, req: &CreateRequest<'_>) -> Result<Launched, String> {
+        let (child_io, io) =
+            stdio(req.spec.process().terminal).map_err(|e| format!("creating stdio: {e}"))?;
+        let (start_r, start_w) = ffi::pipe().map_err(|e| format!("creating start pipe: {e}"))?;
+        let (sync_r, sync_w) = ffi::pipe().map_err(|e| format!("creating sync pipe: {e}"))?;
+        let pidns = match req.spec.namespace("pid") {
+            None => PidNs::Inherit,
+            Some(ns) => match ns.path.as_deref().filter(|p| !p.is_empty()) {
+                Some(path) => PidNs::Join(Path::new(path)),
+                None => PidNs::New,
+            },
+        };
+        let fds = child_fds(&child_io, Some(&start_r), &sync_w);
+        let console = child_io.console.as_deref();
+        let pid = self.fork(&pidns, || init_child(&fds, req, console))?;
+        // Only the child keeps its ends: EOF must follow its exit.
+        drop((start_r, sync_w, child_io));
+        let mut first = [0u8; 1];
+        match ffi::read(sync_r.as_fd(), &mut first) {
+            Ok(1) if first[0] == READY => {}
+            Ok(1) if first[0] == FAILED => {
+                let rest = ffi::read_to_end(sync_r.as_fd()).unwrap_or_default();
+                self.reap(pid);
+                return Err(String::from_utf8_lossy(&rest).into_owned());
+            }
+            Ok(_) => {
+                self.reap(pid);
+                return Err("the init process exited during setup".into());
+            }
+            Err(e) => {
+                self.reap(pid);
+                return Err(format!("reading the setup result: {e}"));
+            }
+        }
+        let gate = PipeGate {
+            start: start_w,
+            sync: sync_r,
+        };
+        Ok(launched(pid, io, Some(Box::new(gate))))
+    }
+
+    fn exec(&self, req: &ExecRequest<'_>) -> Result<Launched, String> {
+        let (child_io, io) =
+            stdio(req.process.terminal).map_err(|e| format!("creating stdio: {e}"))?;
+        let (sync_r, sync_w) = ffi::pipe().map_err(|e| format!("creating sync pipe: {e}"))?;
+        let init = req.init_pid;
+        let mut namespaces = Vec::new();
+        for (name, kind) in EXEC_NAMESPACES {
+            if same_ns(init, name) {
+                continue;
+            }
+            let path = PathBuf::from(format!("/proc/{init}/ns/{name}"));
+            let fd = ffi::open(&path, libc::O_RDONLY)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            namespaces.push((fd, *kind));
+        }
+        let pid_path = PathBuf::from(format!("/proc/{init}/ns/pid"));
+        let pidns = if same_ns(init, "pid") {
+            PidNs::Inherit
+        } else {
+            PidNs::Join(&pid_path)
+        };
+        let fds = child_fds(&child_io, None, &sync_w);
+        let pid = self.fork(&pidns, || exec_child(&fds, req, &namespaces))?;
+        drop((sync_w, namespaces, child_io));
+        let msg = ffi::read_to_end(sync_r.as_fd()).map_err(|e| format!("reading exec result: {e}"));
+        match msg {
+            Ok(m) if m.is_empty() => Ok(launched(pid, io, None)),
+            Ok(m) => {
+                self.reap(pid);
+                Err(String::from_utf8_lossy(m.get(1..).unwrap_or_default()).into_owned())
+            }
+            Err(e) => {
+                self.reap(pid);
+                Err(e)
+            }
+        }
+    }
+
+    fn wait(&self, pid: libc::pid_t) -> i32 {
+        self.reaper.wait(pid).map_or(-1, |s| s.code())
+    }
+
+    fn signal(&self, pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+        ffi::kill(pid, signal)
+    }
+
+    fn resize(&self, terminal: &OwnedFd, rows: u16, cols: u16) -> io::Result<()> {
+        ffi::set_winsize(terminal.as_fd(), rows, cols)
+    }
+}

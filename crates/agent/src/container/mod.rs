@@ -1,0 +1,30 @@
+//! Containers inside the guest: a small OCI engine.
+//!
+//! - [`spec`]: the subset of config.json read, and its validation;
+//! - [`engine`]: ids, states, processes, stdio routing (no system calls:
+//!   those are behind the [`engine::Launcher`] trait);
+//! - [`launch`]: the real launcher (fork, namespaces, execve), with
+//!   [`child`] running in the forked child and [`ffi`] the system calls;
+//! - [`cgroup`], [`mounts`], [`caps`], [`stdio`]: the pieces.
+//!
+//! Not implemented: user namespaces (refused), seccomp (logged, not
+//! applied), `linux.devices` (the standard nodes are bind-mounted from the
+//! guest's /dev), AppArmor/SELinux, hooks.
+
+pub mod caps;
+pub mod cgroup;
+pub mod child;
+pub mod engine;
+pub mod error;
+pub mod ffi;
+pub mod launch;
+pub mod mounts;
+pub mod spec;
+pub mod stdio;
+
+pub use engine::Engine;
+pub use error::{ContainerError, ErrorKind};
+pub use launch::LinuxLauncher;
+
+/// The engine the agent runs.
+pub type AgentEngine = Engine<LinuxLauncher>;
