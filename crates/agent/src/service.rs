@@ -326,7 +326,9 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: c::ResumeContainerRequest,
     ) -> ttrpc::Result<c::ResumeContainerResponse> {
-        self.run(&req.container_id, |e| e.set_paused(&req.container_id, false))?;
+        self.run(&req.container_id, |e| {
+            e.set_paused(&req.container_id, false)
+        })?;
         Ok(c::ResumeContainerResponse::new())
     }
 

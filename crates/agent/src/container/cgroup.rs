@@ -391,12 +391,7 @@ mod tests {
             unified: [("memory.high".to_owned(), "32M".to_owned())].into(),
         };
         let files = resource_files(&r);
-        let get = |f: &str| {
-            files
-                .iter()
-                .find(|(k, _)| k == f)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |f: &str| files.iter().find(|(k, _)| k == f).map(|(_, v)| v.as_str());
         assert_eq!(get("pids.max"), Some("4"));
         assert_eq!(get("memory.max"), Some("67108864"));
         assert_eq!(get("memory.swap.max"), Some("67108864"));

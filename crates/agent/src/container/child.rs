@@ -52,7 +52,11 @@ fn ctx(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> String {
 /// (descriptors of other containers must not stay open in this one).
 pub fn arrange_fds(fds: &ChildFds) -> Step {
     let high = |fd| ffi::dup_above(fd, 100).map_err(ctx(|| "duplicating stdio".into()));
-    let stdio = [high(fds.stdio[0])?, high(fds.stdio[1])?, high(fds.stdio[2])?];
+    let stdio = [
+        high(fds.stdio[0])?,
+        high(fds.stdio[1])?,
+        high(fds.stdio[2])?,
+    ];
     let start = fds.start.map(high).transpose()?;
     let sync = high(fds.sync)?;
     for (target, fd) in (0..).zip(stdio) {
@@ -72,10 +76,17 @@ pub fn arrange_fds(fds: &ChildFds) -> Step {
     Ok(())
 }
 
-/// Sends the outcome of the setup to the parent.
+/// Sends the outcome of the setup to the parent (through [`SYNC_FD`],
+/// placed by [`arrange_fds`]).
 pub fn report(result: &Step) {
-    // SAFETY: SYNC_FD was placed by `arrange_fds` and stays open.
-    let sync = unsafe { BorrowedFd::borrow_raw(SYNC_FD) };
+    report_to(SYNC_FD, result);
+}
+
+/// Sends the outcome of the setup through the sync pipe at `fd`.
+pub fn report_to(fd: RawFd, result: &Step) {
+    // SAFETY: the caller passes the sync pipe's descriptor, open in this
+    // child until execve or exit.
+    let sync = unsafe { BorrowedFd::borrow_raw(fd) };
     let _ = match result {
         Ok(()) => ffi::write_all(sync, &[READY]),
         Err(msg) => {
@@ -117,21 +128,21 @@ pub fn enter_namespaces(spec: &Spec) -> Step {
     ];
     let mut unshare = libc::CLONE_NEWNS;
     for (kind, flag) in kinds {
-        match spec.namespace(kind) {
-            Some(ns) => match ns.path.as_deref().filter(|p| !p.is_empty()) {
-                Some(path) => {
-                    let fd = ffi::open(Path::new(path), libc::O_RDONLY)
-                        .map_err(ctx(|| format!("opening {kind} namespace {path}")))?;
-                    ffi::setns(std::os::fd::AsFd::as_fd(&fd), flag)
-                        .map_err(ctx(|| format!("joining {kind} namespace {path}")))?;
-                    if flag == libc::CLONE_NEWNS {
-                        unshare &= !libc::CLONE_NEWNS;
-                    }
+        let Some(ns) = spec.namespace(kind) else {
+            continue;
+        };
+        match ns.path.as_deref().filter(|p| !p.is_empty()) {
+            Some(path) => {
+                let fd = ffi::open(Path::new(path), libc::O_RDONLY)
+                    .map_err(ctx(|| format!("opening {kind} namespace {path}")))?;
+                ffi::setns(std::os::fd::AsFd::as_fd(&fd), flag)
+                    .map_err(ctx(|| format!("joining {kind} namespace {path}")))?;
+                if flag == libc::CLONE_NEWNS {
+                    unshare &= !libc::CLONE_NEWNS;
                 }
-                None if kind == "network" => {}
-                None => unshare |= flag,
-            },
-            None => {}
+            }
+            None if kind == "network" => {}
+            None => unshare |= flag,
         }
     }
     ffi::unshare(unshare).map_err(ctx(|| "creating namespaces (unshare)".into()))
@@ -158,8 +169,7 @@ fn create_mount_point(target: &Path, file: bool) -> Step {
     }
     if file {
         if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent)
-                .map_err(ctx(|| format!("creating {}", parent.display())))?;
+            fs::create_dir_all(parent).map_err(ctx(|| format!("creating {}", parent.display())))?;
         }
         fs::File::create(target).map_err(ctx(|| format!("creating {}", target.display())))?;
     } else {
@@ -311,8 +321,14 @@ pub fn switch_root(rootfs: &Path) -> Step {
     match ffi::pivot_root(Path::new("."), Path::new(".")) {
         Ok(()) => {
             // The old root is now stacked on "."; detach it.
-            ffi::mount(None, Path::new("."), None, libc::MS_SLAVE | libc::MS_REC, None)
-                .map_err(ctx(|| "making the old root a slave".into()))?;
+            ffi::mount(
+                None,
+                Path::new("."),
+                None,
+                libc::MS_SLAVE | libc::MS_REC,
+                None,
+            )
+            .map_err(ctx(|| "making the old root a slave".into()))?;
             ffi::umount(Path::new("."), libc::MNT_DETACH)
                 .map_err(ctx(|| "detaching the old root".into()))?;
         }
@@ -385,8 +401,10 @@ pub fn finish_rootfs(spec: &Spec) -> Step {
 /// privileges the user switch drops).
 pub fn apply_process(p: &Process) -> Step {
     for r in &p.rlimits {
-        let resource = caps::rlimit_resource(&r.kind).ok_or_else(|| format!("rlimit {}", r.kind))?;
-        ffi::setrlimit(resource, r.soft, r.hard).map_err(ctx(|| format!("setrlimit {}", r.kind)))?;
+        let resource =
+            caps::rlimit_resource(&r.kind).ok_or_else(|| format!("rlimit {}", r.kind))?;
+        ffi::setrlimit(resource, r.soft, r.hard)
+            .map_err(ctx(|| format!("setrlimit {}", r.kind)))?;
     }
     if let Some(c) = &p.capabilities {
         let bounding = caps::mask(&c.bounding);
@@ -396,7 +414,11 @@ pub fn apply_process(p: &Process) -> Step {
                     Ok(()) => {}
                     // A capability this kernel does not have.
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                    Err(e) => return Err(format!("dropping capability {cap} from the bounding set: {e}")),
+                    Err(e) => {
+                        return Err(format!(
+                            "dropping capability {cap} from the bounding set: {e}"
+                        ))
+                    }
                 }
             }
         }
@@ -413,7 +435,8 @@ pub fn apply_process(p: &Process) -> Step {
         )
         .map_err(ctx(|| "capset".into()))?;
         let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
-        ffi::prctl(libc::PR_CAP_AMBIENT, clear, 0).map_err(ctx(|| "clearing ambient capabilities".into()))?;
+        ffi::prctl(libc::PR_CAP_AMBIENT, clear, 0)
+            .map_err(ctx(|| "clearing ambient capabilities".into()))?;
         for name in &c.ambient {
             if let Some(cap) = caps::cap_number(name) {
                 let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
@@ -423,10 +446,15 @@ pub fn apply_process(p: &Process) -> Step {
         }
     }
     if p.no_new_privileges {
-        ffi::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0).map_err(ctx(|| "PR_SET_NO_NEW_PRIVS".into()))?;
+        ffi::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0)
+            .map_err(ctx(|| "PR_SET_NO_NEW_PRIVS".into()))?;
     }
     ffi::umask(u.umask.unwrap_or(0o022));
-    let cwd = if p.cwd.is_empty() { "/" } else { p.cwd.as_str() };
+    let cwd = if p.cwd.is_empty() {
+        "/"
+    } else {
+        p.cwd.as_str()
+    };
     std::env::set_current_dir(cwd).map_err(ctx(|| format!("chdir to cwd {cwd}")))
 }
 

@@ -350,17 +350,23 @@ impl<L: Launcher> Engine<L> {
     fn create_reserved(&self, id: &str, spec: &Spec) -> Result<libc::pid_t, ContainerError> {
         let invalid = |m: String| ContainerError::new(ErrorKind::InvalidArgument, id, m);
         let internal = |m: String| ContainerError::new(ErrorKind::Internal, id, m);
-        let root = spec.root.as_ref().map(|r| r.path.as_str()).unwrap_or_default();
+        let root = spec
+            .root
+            .as_ref()
+            .map(|r| r.path.as_str())
+            .unwrap_or_default();
         if !root.starts_with('/') {
             return Err(invalid(format!("root.path {root:?} is not absolute")));
         }
-        let rootfs = std::fs::canonicalize(root)
-            .map_err(|e| invalid(format!("rootfs {root}: {e}")))?;
+        let rootfs =
+            std::fs::canonicalize(root).map_err(|e| invalid(format!("rootfs {root}: {e}")))?;
         if !rootfs.is_dir() {
             return Err(invalid(format!("rootfs {root} is not a directory")));
         }
         if spec.linux.as_ref().is_some_and(|l| l.seccomp.is_some()) {
-            tracing::warn!("container {id}: the seccomp profile is not applied (not supported yet)");
+            tracing::warn!(
+                "container {id}: the seccomp profile is not applied (not supported yet)"
+            );
         }
         let cgroup = match &self.cgroups {
             Some(root) => {
@@ -519,19 +525,24 @@ impl<L: Launcher> Engine<L> {
     }
 
     /// `WriteStdin`.
-    pub fn write_stdin(&self, id: &str, exec_id: &str, data: &[u8]) -> Result<usize, ContainerError> {
+    pub fn write_stdin(
+        &self,
+        id: &str,
+        exec_id: &str,
+        data: &[u8],
+    ) -> Result<usize, ContainerError> {
         let proc = self.get(id)?.process(exec_id)?;
-        proc.stdin
-            .write(data)
-            .map_err(|e| ContainerError::new(ErrorKind::Internal, id, format!("writing stdin: {e}")))
+        proc.stdin.write(data).map_err(|e| {
+            ContainerError::new(ErrorKind::Internal, id, format!("writing stdin: {e}"))
+        })
     }
 
     /// `CloseStdin`.
     pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ContainerError> {
         let proc = self.get(id)?.process(exec_id)?;
-        proc.stdin
-            .close(proc.tty)
-            .map_err(|e| ContainerError::new(ErrorKind::Internal, id, format!("closing stdin: {e}")))
+        proc.stdin.close(proc.tty).map_err(|e| {
+            ContainerError::new(ErrorKind::Internal, id, format!("closing stdin: {e}"))
+        })
     }
 
     /// `ReadStdout` / `ReadStderr`: blocks until output or its end.
@@ -548,7 +559,13 @@ impl<L: Launcher> Engine<L> {
     }
 
     /// `ResizeTty`.
-    pub fn resize(&self, id: &str, exec_id: &str, rows: u32, cols: u32) -> Result<(), ContainerError> {
+    pub fn resize(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<(), ContainerError> {
         let proc = self.get(id)?.process(exec_id)?;
         let Some(terminal) = &proc.terminal else {
             return Err(ContainerError::new(
@@ -560,7 +577,13 @@ impl<L: Launcher> Engine<L> {
         let dim = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
         self.launcher
             .resize(terminal, dim(rows), dim(cols))
-            .map_err(|e| ContainerError::new(ErrorKind::Internal, id, format!("resizing the terminal: {e}")))
+            .map_err(|e| {
+                ContainerError::new(
+                    ErrorKind::Internal,
+                    id,
+                    format!("resizing the terminal: {e}"),
+                )
+            })
     }
 
     /// `ListProcesses`.
@@ -644,7 +667,11 @@ impl<L: Launcher> Engine<L> {
         }
         // Dropping the gate of a created container closes its start pipe.
         drop(lock(&c.init.gate).take());
-        let procs: Vec<Arc<Proc>> = lock(&c.execs).values().cloned().chain([Arc::clone(&c.init)]).collect();
+        let procs: Vec<Arc<Proc>> = lock(&c.execs)
+            .values()
+            .cloned()
+            .chain([Arc::clone(&c.init)])
+            .collect();
         for p in &procs {
             if p.exit().is_none() {
                 let _ = self.launcher.signal(p.pid, libc::SIGKILL);
@@ -655,7 +682,10 @@ impl<L: Launcher> Engine<L> {
             if (p.pid == c.init.pid || !c.has_pid_ns)
                 && p.wait_timeout(Duration::from_secs(10)).is_none()
             {
-                return Err(internal(format!("process {} did not exit after SIGKILL", p.pid)));
+                return Err(internal(format!(
+                    "process {} did not exit after SIGKILL",
+                    p.pid
+                )));
             }
         }
         if let Some(cg) = &c.cgroup {

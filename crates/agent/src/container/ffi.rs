@@ -116,9 +116,8 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// A new pseudo-terminal: (master, slave, slave path).
 pub fn openpty() -> io::Result<(OwnedFd, OwnedFd, String)> {
     // SAFETY: posix_openpt returns a new descriptor or -1.
-    let master = check(unsafe {
-        libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
-    })?;
+    let master =
+        check(unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
     // SAFETY: `master` was just opened and is owned here.
     let master = unsafe { OwnedFd::from_raw_fd(master) };
     // SAFETY: grantpt and unlockpt take an open master descriptor.
@@ -263,7 +262,8 @@ pub fn reset_signals() -> io::Result<()> {
     // SAFETY: sigemptyset initialises the set we own.
     check(unsafe { libc::sigemptyset(set.as_mut_ptr()) })?;
     // SAFETY: the set was initialised; the old mask is not wanted.
-    let ret = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) };
+    let ret =
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) };
     if ret != 0 {
         return Err(io::Error::from_raw_os_error(ret));
     }
@@ -294,7 +294,10 @@ pub fn setrlimit(resource: libc::c_int, soft: u64, hard: u64) -> io::Result<()> 
         rlim_cur: soft,
         rlim_max: hard,
     };
-    #[allow(clippy::useless_conversion, reason = "the resource type differs between libcs")]
+    #[allow(
+        clippy::useless_conversion,
+        reason = "the resource type differs between libcs"
+    )]
     let resource = resource
         .try_into()
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

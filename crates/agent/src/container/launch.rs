@@ -99,7 +99,8 @@ impl Gate for PipeGate {
         ffi::write_all(self.start.as_fd(), &[1]).map_err(|e| format!("signalling start: {e}"))?;
         // The sync pipe closes at execve (O_CLOEXEC); a message means it
         // failed.
-        let msg = ffi::read_to_end(self.sync.as_fd()).map_err(|e| format!("reading exec result: {e}"))?;
+        let msg =
+            ffi::read_to_end(self.sync.as_fd()).map_err(|e| format!("reading exec result: {e}"))?;
         match msg.split_first() {
             None => Ok(()),
             Some((_, text)) => Err(String::from_utf8_lossy(text).into_owned()),
@@ -176,9 +177,15 @@ fn child_fds(io: &ChildStdio, start: Option<&OwnedFd>, sync: &OwnedFd) -> ChildF
 
 /// The body of an init child: setup, report, wait for start, execve.
 fn init_child(fds: &ChildFds, req: &CreateRequest<'_>, console: Option<&str>) -> ! {
-    let setup = || -> Result<(), String> {
+    let placed = || -> Result<(), String> {
         ffi::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
-        child::arrange_fds(fds)?;
+        child::arrange_fds(fds)
+    };
+    if let Err(e) = placed() {
+        child::report_to(fds.sync, &Err(e));
+        ffi::exit_now(1);
+    }
+    let setup = || -> Result<(), String> {
         child::join_cgroup(req.cgroup_procs)?;
         child::enter_namespaces(req.spec)?;
         child::mount_rootfs(req.spec, req.rootfs, console)?;
@@ -198,16 +205,25 @@ fn init_child(fds: &ChildFds, req: &CreateRequest<'_>, console: Option<&str>) ->
 
 /// The body of an exec child: join the container, apply, execve.
 fn exec_child(fds: &ChildFds, req: &ExecRequest<'_>, namespaces: &[(OwnedFd, libc::c_int)]) -> ! {
-    let setup = || -> Result<(), String> {
+    // Before the mount namespace changes the view of /sys/fs/cgroup, and
+    // before arrange_fds closes the namespace descriptors.
+    let join = || -> Result<(), String> {
         ffi::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
-        child::arrange_fds(fds)?;
         child::join_cgroup(req.cgroup_procs)?;
         for (fd, kind) in namespaces {
             ffi::setns(fd.as_fd(), *kind).map_err(|e| format!("setns({kind:#x}): {e}"))?;
         }
-        child::apply_process(req.process)
+        Ok(())
     };
-    let msg = match setup() {
+    if let Err(e) = join() {
+        child::report_to(fds.sync, &Err(e));
+        ffi::exit_now(127);
+    }
+    if let Err(e) = child::arrange_fds(fds) {
+        child::report_to(fds.sync, &Err(e));
+        ffi::exit_now(127);
+    }
+    let msg = match child::apply_process(req.process) {
         Ok(()) => child::exec(req.process),
         Err(e) => e,
     };

@@ -45,8 +45,7 @@ pub fn parse(kind: Option<&str>, options: &[String]) -> MountOptions {
     }
     let mut data = Vec::new();
     for opt in options {
-        let (set, clear, prop): (libc::c_ulong, libc::c_ulong, libc::c_ulong) = match opt.as_str()
-        {
+        let (set, clear, prop): (libc::c_ulong, libc::c_ulong, libc::c_ulong) = match opt.as_str() {
             "ro" => (libc::MS_RDONLY, 0, 0),
             "rw" => (0, libc::MS_RDONLY, 0),
             "bind" => (libc::MS_BIND, 0, 0),

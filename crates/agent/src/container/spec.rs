@@ -403,10 +403,8 @@ mod tests {
             Spec::parse(br#"{"root":{"path":"/r"},"process":{"args":[]}}"#).unwrap_err(),
             SpecError::Missing("process.args")
         );
-        let err = Spec::parse(
-            br#"{"root":{"path":"/r"},"process":{"args":["sh"],"cwd":"tmp"}}"#,
-        )
-        .unwrap_err();
+        let err = Spec::parse(br#"{"root":{"path":"/r"},"process":{"args":["sh"],"cwd":"tmp"}}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("process.cwd"), "{err}");
         let err = Spec::parse(
             br#"{"root":{"path":"/r"},"process":{"args":["sh"]},
@@ -414,10 +412,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("user namespaces"), "{err}");
-        let err = Process::parse(
-            br#"{"args":["sh"],"capabilities":{"bounding":["CAP_FLY"]}}"#,
-        )
-        .unwrap_err();
+        let err = Process::parse(br#"{"args":["sh"],"capabilities":{"bounding":["CAP_FLY"]}}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("CAP_FLY"), "{err}");
         let err =
             Process::parse(br#"{"args":["sh"],"rlimits":[{"type":"RLIMIT_X","hard":1,"soft":1}]}"#)

@@ -1,0 +1,560 @@
+//! Containers run by the real agent binary on the host (not PID 1, on a
+//! Unix socket), driven through the runtime's `TtrpcAgentClient`, with a
+//! busybox-static rootfs built in a temporary directory.
+//!
+//! These need root (namespaces, mounts, cgroups): without it they fail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nacre_protocol::ttrpc::Code;
+use nacre_runtime::agent::{
+    AgentClient, AgentClientError, ClientOptions, ContainerStatus, Endpoint, TtrpcAgentClient,
+};
+use serde_json::{json, Value};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_nacre-agent");
+const BUSYBOX: &str = "/bin/busybox";
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "id", "sleep", "hostname", "uname", "ls", "touch", "ps", "true", "tty",
+    "mount", "test", "[",
+];
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "container tests need root (namespaces, mounts, cgroups)"
+    );
+}
+
+/// The cgroup v2 hierarchy of this host.
+fn cgroup_root() -> PathBuf {
+    let plain = Path::new("/sys/fs/cgroup");
+    if plain.join("cgroup.controllers").exists() {
+        plain.to_path_buf()
+    } else {
+        plain.join("unified")
+    }
+}
+
+fn controllers() -> Vec<String> {
+    std::fs::read_to_string(cgroup_root().join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The agent process and its directory, cleaned up on drop.
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Agent {
+    fn start(name: &str) -> Agent {
+        require_root();
+        let dir = std::env::temp_dir().join(format!("nacre-ctr-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("agent.sock");
+        let mut child = Command::new(AGENT)
+            .arg("--listen")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--cgroup-root")
+            .arg(cgroup_root())
+            .arg("--log")
+            .arg("info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let _ = tx.send(line.unwrap_or_default());
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(line.contains("nacre-agent: ready"), "{line:?}");
+        Agent { child, socket, dir }
+    }
+
+    fn client(&self) -> TtrpcAgentClient {
+        TtrpcAgentClient::connect(
+            Endpoint::unix(&self.socket),
+            ClientOptions {
+                connect_timeout: Duration::from_secs(10),
+                retry_interval: Duration::from_millis(20),
+                call_timeout: Duration::from_secs(20),
+            },
+        )
+        .unwrap()
+    }
+
+    /// A fresh busybox rootfs under the agent's directory.
+    fn rootfs(&self, name: &str) -> PathBuf {
+        let root = self.dir.join(name).join("rootfs");
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        for d in ["proc", "sys", "dev", "tmp", "etc"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        root
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn caps() -> Value {
+    let set = json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
+    ]);
+    json!({"bounding": set, "effective": set, "permitted": set, "inheritable": [], "ambient": []})
+}
+
+/// A spec in the shape containerd/runc generate.
+fn spec(rootfs: &Path, args: &[&str]) -> Value {
+    json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": rootfs, "readonly": false},
+        "hostname": "nacre-test",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin", "TERM=xterm"],
+            "cwd": "/",
+            "capabilities": caps(),
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                {"type": "cgroup"}
+            ],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"],
+            "resources": {}
+        }
+    })
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+/// Reads a stream to its end.
+fn read_all(client: &TtrpcAgentClient, id: &str, exec_id: &str, stderr: bool) -> String {
+    let mut out = Vec::new();
+    loop {
+        let chunk = if stderr {
+            client.read_stderr(id, exec_id, 0).unwrap()
+        } else {
+            client.read_stdout(id, exec_id, 0).unwrap()
+        };
+        if chunk.is_empty() {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        out.extend(chunk);
+    }
+}
+
+fn status_code(err: &AgentClientError) -> Code {
+    match err {
+        AgentClientError::Status { code, .. } => *code,
+        other => panic!("not a status: {other}"),
+    }
+}
+
+/// Runs a container to completion: (exit status, stdout, stderr).
+fn run(agent: &Agent, id: &str, spec: &Value) -> (i32, String, String) {
+    let client = agent.client();
+    client.create_container(id, &bytes(spec)).unwrap();
+    client.start_container(id).unwrap();
+    let out = read_all(&client, id, "", false);
+    let err = read_all(&client, id, "", true);
+    let exit = client.wait_process(id, "").unwrap();
+    remove_and_check(&client, id, spec);
+    (exit.status, out, err)
+}
+
+/// Removes a container and checks its cgroup and mounts are gone.
+fn remove_and_check(client: &TtrpcAgentClient, id: &str, spec: &Value) {
+    client.remove_container(id).unwrap();
+    let cg = cgroup_root().join("nacre").join(id);
+    assert!(!cg.exists(), "{} left behind", cg.display());
+    let rootfs = spec["root"]["path"].as_str().unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(rootfs),
+        "mounts of {rootfs} left on the host:\n{mountinfo}"
+    );
+    let err = client.state_container(id).unwrap_err();
+    assert_eq!(status_code(&err), Code::NOT_FOUND, "{err}");
+}
+
+#[test]
+fn echo_hello_lifecycle() {
+    let agent = Agent::start("hello");
+    let client = agent.client();
+    let spec = spec(&agent.rootfs("hello"), &["echo", "hello"]);
+    let pid = client.create_container("hello", &bytes(&spec)).unwrap();
+    assert!(pid > 1);
+    let state = client.state_container("hello").unwrap();
+    assert_eq!(state.status, ContainerStatus::Created);
+    assert_eq!(state.pid, pid);
+    assert!(agent_cgroup("hello").join("cgroup.procs").exists());
+    client.start_container("hello").unwrap();
+    let err = client.start_container("hello").unwrap_err();
+    assert_eq!(status_code(&err), Code::FAILED_PRECONDITION, "{err}");
+    assert_eq!(read_all(&client, "hello", "", false), "hello\n");
+    let exit = client.wait_process("hello", "").unwrap();
+    assert_eq!(exit.status, 0);
+    assert!(exit.exited_at > std::time::UNIX_EPOCH);
+    let state = client.state_container("hello").unwrap();
+    assert_eq!(state.status, ContainerStatus::Stopped);
+    assert_eq!(state.exit_status, Some(0));
+    remove_and_check(&client, "hello", &spec);
+}
+
+fn agent_cgroup(id: &str) -> PathBuf {
+    cgroup_root().join("nacre").join(id)
+}
+
+#[test]
+fn exit_status_and_stderr() {
+    let agent = Agent::start("exit7");
+    let spec = spec(&agent.rootfs("r"), &["sh", "-c", "echo oops >&2; exit 7"]);
+    let (status, out, err) = run(&agent, "exit7", &spec);
+    assert_eq!(status, 7);
+    assert_eq!(out, "");
+    assert_eq!(err, "oops\n");
+}
+
+#[test]
+fn sigkill_while_waiting_and_reading() {
+    let agent = Agent::start("kill");
+    let client = agent.client();
+    let spec = spec(&agent.rootfs("r"), &["sleep", "1000"]);
+    client.create_container("kill", &bytes(&spec)).unwrap();
+    client.start_container("kill").unwrap();
+    // Blocked calls on the same connection must not starve the signal.
+    let waiter = {
+        let c = client.clone();
+        std::thread::spawn(move || c.wait_process("kill", "").unwrap())
+    };
+    let reader = {
+        let c = client.clone();
+        std::thread::spawn(move || c.read_stdout("kill", "", 0).unwrap())
+    };
+    let reader2 = {
+        let c = client.clone();
+        std::thread::spawn(move || c.read_stderr("kill", "", 0).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        client.state_container("kill").unwrap().status,
+        ContainerStatus::Running
+    );
+    let err = client.signal_process("kill", "", 0, false).unwrap_err();
+    assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
+    let err = client.signal_process("kill", "", 1000, false).unwrap_err();
+    assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
+    client.signal_process("kill", "", 9, false).unwrap();
+    assert_eq!(waiter.join().unwrap().status, 137);
+    assert!(reader.join().unwrap().is_empty(), "EOF after the kill");
+    assert!(reader2.join().unwrap().is_empty());
+    remove_and_check(&client, "kill", &spec);
+}
+
+#[test]
+fn exec_into_a_running_container() {
+    let agent = Agent::start("exec");
+    let client = agent.client();
+    let spec = spec(&agent.rootfs("r"), &["sleep", "1000"]);
+    let init = client.create_container("exec", &bytes(&spec)).unwrap();
+    let process =
+        json!({"args": ["sh", "-c", "echo exec-$(hostname)"], "env": ["PATH=/bin"], "cwd": "/"});
+    let err = client
+        .exec_process("exec", "e1", &bytes(&process))
+        .unwrap_err();
+    assert_eq!(status_code(&err), Code::FAILED_PRECONDITION, "{err}");
+    client.start_container("exec").unwrap();
+    let pid = client.exec_process("exec", "e1", &bytes(&process)).unwrap();
+    assert!(pid > 0);
+    assert_eq!(read_all(&client, "exec", "e1", false), "exec-nacre-test\n");
+    assert_eq!(client.wait_process("exec", "e1").unwrap().status, 0);
+    let err = client
+        .exec_process("exec", "e1", &bytes(&process))
+        .unwrap_err();
+    assert_eq!(status_code(&err), Code::ALREADY_EXISTS, "{err}");
+    let err = client.exec_process("exec", "e2", b"{bad").unwrap_err();
+    assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
+    // The exec'd process sees the container's pid namespace: init is 1.
+    let ps = json!({"args": ["sh", "-c", "cat /proc/1/cmdline; echo; echo $$"], "cwd": "/"});
+    client.exec_process("exec", "e3", &bytes(&ps)).unwrap();
+    let out = read_all(&client, "exec", "e3", false);
+    assert!(out.starts_with("sleep"), "{out:?}");
+    let pids = client.list_processes("exec").unwrap();
+    assert!(pids.contains(&init), "{pids:?} lacks {init}");
+    let err = client.wait_process("exec", "nope").unwrap_err();
+    assert_eq!(status_code(&err), Code::NOT_FOUND, "{err}");
+    remove_and_check(&client, "exec", &spec);
+}
+
+#[test]
+fn stdin_to_cat_comes_back() {
+    let agent = Agent::start("cat");
+    let client = agent.client();
+    let spec = spec(&agent.rootfs("r"), &["cat"]);
+    client.create_container("cat", &bytes(&spec)).unwrap();
+    client.start_container("cat").unwrap();
+    assert_eq!(client.write_stdin("cat", "", b"ping\n").unwrap(), 5);
+    assert_eq!(client.read_stdout("cat", "", 0).unwrap(), b"ping\n");
+    client.write_stdin("cat", "", b"pong").unwrap();
+    client.close_stdin("cat", "").unwrap();
+    assert_eq!(read_all(&client, "cat", "", false), "pong");
+    assert_eq!(client.wait_process("cat", "").unwrap().status, 0);
+    remove_and_check(&client, "cat", &spec);
+}
+
+#[test]
+fn terminal_process_outputs() {
+    let agent = Agent::start("tty");
+    let client = agent.client();
+    let mut spec = spec(
+        &agent.rootfs("r"),
+        &[
+            "sh",
+            "-c",
+            "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; echo tty-ok",
+        ],
+    );
+    spec["process"]["terminal"] = json!(true);
+    client.create_container("tty", &bytes(&spec)).unwrap();
+    client.resize_tty("tty", "", 40, 120).unwrap();
+    client.start_container("tty").unwrap();
+    let out = read_all(&client, "tty", "", false);
+    assert!(out.contains("is-a-tty"), "{out:?}");
+    assert!(out.contains("tty-ok"), "{out:?}");
+    assert_eq!(
+        read_all(&client, "tty", "", true),
+        "",
+        "no stderr with a tty"
+    );
+    assert_eq!(client.wait_process("tty", "").unwrap().status, 0);
+    remove_and_check(&client, "tty", &spec);
+}
+
+#[test]
+fn read_only_bind_mount_and_hostname() {
+    let agent = Agent::start("robind");
+    let data = agent.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("hello.txt"), "from the host\n").unwrap();
+    let mut spec = spec(
+        &agent.rootfs("r"),
+        &[
+            "sh",
+            "-c",
+            "cat /data/hello.txt; hostname; touch /data/x && echo wrote",
+        ],
+    );
+    spec["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/data", "type": "bind", "source": data,
+        "options": ["rbind", "ro", "nosuid", "nodev"]
+    }));
+    let (status, out, err) = run(&agent, "robind", &spec);
+    assert_ne!(
+        status, 0,
+        "touch on a read-only mount must fail: {out} {err}"
+    );
+    assert_eq!(out, "from the host\nnacre-test\n");
+    assert!(err.contains("Read-only file system"), "{err:?}");
+    assert!(!data.join("x").exists());
+}
+
+#[test]
+fn pids_limit() {
+    let agent = Agent::start("pids");
+    let mut spec = spec(
+        &agent.rootfs("r"),
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8; do sleep 5 & done; wait",
+        ],
+    );
+    spec["linux"]["resources"] = json!({"pids": {"limit": 4}});
+    if controllers().iter().any(|c| c == "pids") {
+        let (status, _out, err) = run(&agent, "pids", &spec);
+        assert!(
+            err.contains("Resource temporarily unavailable") || err.contains("can't fork"),
+            "status {status}, stderr {err:?}"
+        );
+    } else {
+        // This host's cgroup v2 hierarchy has no pids controller (hybrid
+        // cgroups): the limit is skipped with a warning, the container
+        // still runs.
+        eprintln!(
+            "no pids controller in {}: checking that the limit is skipped",
+            cgroup_root().display()
+        );
+        let (status, _, err) = run(&agent, "pids", &spec);
+        assert_eq!(status, 0, "{err}");
+    }
+}
+
+#[test]
+fn pause_resume_stats_update() {
+    let agent = Agent::start("pause");
+    let client = agent.client();
+    let spec = spec(
+        &agent.rootfs("r"),
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1000",
+        ],
+    );
+    client.create_container("pause", &bytes(&spec)).unwrap();
+    client.start_container("pause").unwrap();
+    let err = client.resume_container("pause").unwrap_err();
+    assert_eq!(status_code(&err), Code::FAILED_PRECONDITION, "{err}");
+    client.pause_container("pause").unwrap();
+    assert_eq!(
+        client.state_container("pause").unwrap().status,
+        ContainerStatus::Paused
+    );
+    let freeze = std::fs::read_to_string(agent_cgroup("pause").join("cgroup.freeze")).unwrap();
+    assert_eq!(freeze.trim(), "1");
+    client.resume_container("pause").unwrap();
+    assert_eq!(
+        client.state_container("pause").unwrap().status,
+        ContainerStatus::Running
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = client.stats_container("pause").unwrap();
+    assert!(stats.cpu_usage_usec > 0, "{stats:?}");
+    if controllers().iter().any(|c| c == "memory") {
+        assert!(stats.memory_usage_bytes > 0, "{stats:?}");
+        client
+            .update_container("pause", br#"{"memory":{"limit":67108864}}"#)
+            .unwrap();
+        let stats = client.stats_container("pause").unwrap();
+        assert_eq!(stats.memory_limit_bytes, Some(64 << 20));
+    } else {
+        eprintln!("no memory controller in {}", cgroup_root().display());
+    }
+    let err = client.update_container("pause", b"[1,2]").unwrap_err();
+    assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
+    // Removing a running (here: paused) container kills it.
+    client.pause_container("pause").unwrap();
+    remove_and_check(&client, "pause", &spec);
+}
+
+#[test]
+fn bad_requests_get_the_right_codes() {
+    let agent = Agent::start("bad");
+    let client = agent.client();
+    let err = client.create_container("bad", b"{not json").unwrap_err();
+    assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
+    assert!(err.to_string().contains("container bad"), "{err}");
+
+    let missing = spec(Path::new("/nonexistent/rootfs"), &["true"]);
+    let err = client
+        .create_container("bad", &bytes(&missing))
+        .unwrap_err();
+    assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
+    assert!(err.to_string().contains("/nonexistent/rootfs"), "{err}");
+
+    let err = client
+        .create_container("../x", &bytes(&missing))
+        .unwrap_err();
+    assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
+
+    let err = client.start_container("ghost").unwrap_err();
+    assert_eq!(status_code(&err), Code::NOT_FOUND, "{err}");
+    assert!(err.to_string().contains("ghost"), "{err}");
+    let err = client.remove_container("ghost").unwrap_err();
+    assert_eq!(status_code(&err), Code::NOT_FOUND, "{err}");
+
+    let good = spec(&agent.rootfs("r"), &["sleep", "1000"]);
+    client.create_container("dup", &bytes(&good)).unwrap();
+    let err = client.create_container("dup", &bytes(&good)).unwrap_err();
+    assert_eq!(status_code(&err), Code::ALREADY_EXISTS, "{err}");
+    let err = client.signal_process("dup", "", 99_999, false).unwrap_err();
+    assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
+
+    // A command that does not exist fails at start, with its name.
+    let nocmd = spec(&agent.rootfs("r2"), &["no-such-command"]);
+    client.create_container("nocmd", &bytes(&nocmd)).unwrap();
+    let err = client.start_container("nocmd").unwrap_err();
+    assert!(err.to_string().contains("no-such-command"), "{err}");
+    client.remove_container("nocmd").unwrap();
+
+    // A mount that cannot be made fails create with what failed.
+    let mut badmount = spec(&agent.rootfs("r3"), &["true"]);
+    badmount["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/x", "type": "bind", "source": "/nonexistent/src", "options": ["rbind"]
+    }));
+    let err = client
+        .create_container("badmount", &bytes(&badmount))
+        .unwrap_err();
+    assert_eq!(status_code(&err), Code::INTERNAL, "{err}");
+    assert!(err.to_string().contains("/nonexistent/src"), "{err}");
+    assert!(!agent_cgroup("badmount").exists());
+
+    let start = Instant::now();
+    remove_and_check(&client, "dup", &good);
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
