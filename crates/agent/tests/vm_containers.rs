@@ -1,0 +1,173 @@
+//! VM tier: containers in a real guest. Boots the guest image with a
+//! busybox rootfs appended to its initrd (a second cpio archive: the
+//! kernel unpacks both), and runs containers through the agent over the
+//! hybrid vsock. This covers what the host cannot: an initramfs root
+//! (no pivot_root), the guest's own cgroup v2 with the pids and memory
+//! controllers.
+//!
+//! Needs /dev/kvm, the guest image (`make guest`, or NACRE_KERNEL /
+//! NACRE_INITRD) with an agent of protocol version 2 or later, and root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nacre_runtime::agent::{AgentClient, ContainerStatus};
+use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
+use nacre_runtime::testing::vm_prereqs;
+use nacre_runtime::vm::VmSpec;
+use serde_json::{json, Value};
+
+/// Where the appended archive puts the rootfs in the guest.
+const GUEST_ROOTFS: &str = "/containers/busybox/rootfs";
+
+/// Writes a newc cpio with a busybox rootfs at [`GUEST_ROOTFS`].
+fn rootfs_cpio(dir: &Path) -> std::path::PathBuf {
+    let stage = dir.join("stage");
+    let root = stage.join(GUEST_ROOTFS.trim_start_matches('/'));
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "sleep", "hostname", "true"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    for d in ["proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let out = dir.join("rootfs.cpio");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 > {}",
+            stage.display(),
+            out.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cpio failed");
+    out
+}
+
+fn spec(args: &[&str], resources: &Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": GUEST_ROOTFS},
+        "hostname": "in-vm",
+        "process": {"args": args, "env": ["PATH=/bin"], "cwd": "/"},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "resources": resources
+        }
+    }))
+    .unwrap()
+}
+
+fn output(agent: &dyn AgentClient, id: &str, stderr: bool) -> String {
+    let mut out = Vec::new();
+    loop {
+        let chunk = if stderr {
+            agent.read_stderr(id, "", 0).unwrap()
+        } else {
+            agent.read_stdout(id, "", 0).unwrap()
+        };
+        if chunk.is_empty() {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        out.extend(chunk);
+    }
+}
+
+fn run(agent: &dyn AgentClient, id: &str, spec: &[u8]) -> (i32, String, String) {
+    let start = Instant::now();
+    agent.create_container(id, spec).unwrap();
+    agent.start_container(id).unwrap();
+    let out = output(agent, id, false);
+    let err = output(agent, id, true);
+    let status = agent.wait_process(id, "").unwrap().status;
+    agent.remove_container(id).unwrap();
+    eprintln!("container {id}: {:.1} s", start.elapsed().as_secs_f64());
+    (status, out, err)
+}
+
+#[test]
+fn containers_in_a_real_guest() {
+    let Some(mut p) = vm_prereqs("containers_in_a_real_guest") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("nacre-vm-ctr-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut initrd = std::fs::read(&p.image.initrd).unwrap();
+    initrd.extend(std::fs::read(rootfs_cpio(&dir)).unwrap());
+    let combined = dir.join("initrd.cpio");
+    std::fs::write(&combined, initrd).unwrap();
+    p.image.initrd = combined;
+
+    let spec_vm = VmSpec {
+        memory_mib: 256,
+        ..VmSpec::new(p.image.clone())
+    };
+    let run_dir = dir.join("run");
+    let sandbox = Sandbox::boot(&p.vmm, &spec_vm, &run_dir, default_boot_timeout())
+        .unwrap_or_else(|e| panic!("boot: {e}"));
+    let agent = sandbox.agent();
+    let details = agent.guest_details().unwrap();
+    assert!(
+        details.protocol_version >= 2,
+        "the image's agent (protocol {}) predates containers: rebuild it (make initrd)",
+        details.protocol_version
+    );
+
+    let (status, out, err) = run(
+        agent,
+        "hello",
+        &spec(&["sh", "-c", "echo hello; hostname; exit 7"], &json!({})),
+    );
+    assert_eq!(
+        (status, out.as_str()),
+        (7, "hello\nin-vm\n"),
+        "stderr: {err}"
+    );
+
+    let (_, _, err) = run(
+        agent,
+        "pids",
+        &spec(
+            &["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 5 & done; wait"],
+            &json!({"pids": {"limit": 4}}),
+        ),
+    );
+    assert!(
+        err.contains("can't fork") || err.contains("Resource temporarily"),
+        "{err:?}"
+    );
+
+    agent
+        .create_container(
+            "stats",
+            &spec(&["sleep", "100"], &json!({"memory": {"limit": 33554432}})),
+        )
+        .unwrap();
+    agent.start_container("stats").unwrap();
+    let stats = agent.stats_container("stats").unwrap();
+    eprintln!("stats: {stats:?}");
+    assert!(stats.memory_usage_bytes > 0, "{stats:?}");
+    assert_eq!(stats.memory_limit_bytes, Some(32 << 20));
+    agent.pause_container("stats").unwrap();
+    assert_eq!(
+        agent.state_container("stats").unwrap().status,
+        ContainerStatus::Paused
+    );
+    agent.remove_container("stats").unwrap();
+
+    let leftovers = sandbox.shutdown(Duration::from_secs(120)).unwrap();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
