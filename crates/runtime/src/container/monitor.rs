@@ -231,8 +231,12 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     } else {
         relay.finish(Duration::ZERO);
     }
-    record_exit(&opts.paths, status);
-    if vm_alive && !TERMINATE.load(Ordering::Relaxed) {
+    let terminated = TERMINATE.load(Ordering::Relaxed);
+    if !terminated {
+        // When terminated, `delete` holds the lock and removes the state.
+        record_exit(&opts.paths, status);
+    }
+    if vm_alive && !terminated {
         if let Err(e) = sandbox.shutdown(Duration::from_secs(15)) {
             tracing::warn!("shutting the VM of {id} down: {e}");
         }
