@@ -22,7 +22,7 @@ const AGENT: &str = env!("CARGO_BIN_EXE_nacre-agent");
 const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "sleep", "hostname", "uname", "ls", "touch", "ps", "true", "tty",
-    "mount", "test", "[",
+    "mount", "test", "[", "mkdir",
 ];
 
 fn require_root() {
@@ -557,4 +557,34 @@ fn bad_requests_get_the_right_codes() {
     let start = Instant::now();
     remove_and_check(&client, "dup", &good);
     assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn seccomp_profile_denies_mkdir() {
+    let agent = Agent::start("seccomp");
+    let profile = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+        ]
+    });
+    for nnp in [true, false] {
+        let id = format!("seccomp-{nnp}");
+        let mut spec = spec(
+            &agent.rootfs(&id),
+            &["sh", "-c", "mkdir /tmp/x && echo made; echo done"],
+        );
+        spec["linux"]["seccomp"] = profile.clone();
+        spec["process"]["noNewPrivileges"] = json!(nnp);
+        let (status, out, err) = run(&agent, &id, &spec);
+        assert_eq!(status, 0, "{err}");
+        assert_eq!(out, "done\n", "no new privileges {nnp}: {err}");
+        assert!(err.contains("Operation not permitted"), "{err:?}");
+    }
+    let client = agent.client();
+    let mut bad = spec(&agent.rootfs("bad"), &["true"]);
+    bad["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_NOTIFY"});
+    let err = client.create_container("bad", &bytes(&bad)).unwrap_err();
+    assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
 }

@@ -13,6 +13,8 @@ use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use seccompiler::BpfProgram;
+
 use super::caps;
 use super::ffi;
 use super::mounts::{self, READONLY_REMOUNT};
@@ -399,7 +401,11 @@ pub fn finish_rootfs(spec: &Spec) -> Step {
 /// Applies the process's limits, user, capabilities and working
 /// directory (in this order: rlimits and the bounding set need the
 /// privileges the user switch drops).
-pub fn apply_process(p: &Process) -> Step {
+///
+/// The seccomp filters go last, right before execve, when the process has
+/// no_new_privileges; otherwise before the user switch, while the process
+/// still has CAP_SYS_ADMIN (which installing a filter then needs).
+pub fn apply_process(p: &Process, seccomp: &[BpfProgram]) -> Step {
     for r in &p.rlimits {
         let resource =
             caps::rlimit_resource(&r.kind).ok_or_else(|| format!("rlimit {}", r.kind))?;
@@ -423,6 +429,9 @@ pub fn apply_process(p: &Process) -> Step {
             }
         }
         ffi::prctl(libc::PR_SET_KEEPCAPS, 1, 0).map_err(ctx(|| "PR_SET_KEEPCAPS".into()))?;
+    }
+    if !p.no_new_privileges {
+        super::seccomp::install(seccomp)?;
     }
     let u = &p.user;
     ffi::set_ids(u.uid, u.gid, &u.additional_gids)
@@ -455,7 +464,11 @@ pub fn apply_process(p: &Process) -> Step {
     } else {
         p.cwd.as_str()
     };
-    std::env::set_current_dir(cwd).map_err(ctx(|| format!("chdir to cwd {cwd}")))
+    std::env::set_current_dir(cwd).map_err(ctx(|| format!("chdir to cwd {cwd}")))?;
+    if p.no_new_privileges {
+        super::seccomp::install(seccomp)?;
+    }
+    Ok(())
 }
 
 /// The default PATH for looking up a command when the process has none.

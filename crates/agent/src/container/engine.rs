@@ -11,6 +11,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
+use seccompiler::BpfProgram;
+
 use super::cgroup::{Cgroup, CgroupRoot, Stats};
 use super::error::{ContainerError, ErrorKind};
 use super::spec::{Process, Resources, Spec};
@@ -27,6 +29,8 @@ pub struct CreateRequest<'a> {
     pub rootfs: &'a Path,
     /// The cgroup.procs file to join, if the container has a cgroup.
     pub cgroup_procs: Option<&'a Path>,
+    /// Compiled seccomp filters to install before execve.
+    pub seccomp: &'a [BpfProgram],
 }
 
 /// What a [`Launcher`] needs to start a process in a running container.
@@ -40,6 +44,8 @@ pub struct ExecRequest<'a> {
     pub process: &'a Process,
     /// The cgroup.procs file to join, if the container has a cgroup.
     pub cgroup_procs: Option<&'a Path>,
+    /// The container's seccomp filters.
+    pub seccomp: &'a [BpfProgram],
 }
 
 /// Holds a created init process before execve.
@@ -192,6 +198,7 @@ struct Container {
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     cgroup: Option<Cgroup>,
+    seccomp: Vec<BpfProgram>,
     has_pid_ns: bool,
     started: AtomicBool,
     paused: AtomicBool,
@@ -363,11 +370,10 @@ impl<L: Launcher> Engine<L> {
         if !rootfs.is_dir() {
             return Err(invalid(format!("rootfs {root} is not a directory")));
         }
-        if spec.linux.as_ref().is_some_and(|l| l.seccomp.is_some()) {
-            tracing::warn!(
-                "container {id}: the seccomp profile is not applied (not supported yet)"
-            );
-        }
+        let seccomp = match spec.linux.as_ref().and_then(|l| l.seccomp.as_ref()) {
+            Some(profile) => super::seccomp::compile(profile).map_err(invalid)?,
+            None => Vec::new(),
+        };
         let cgroup = match &self.cgroups {
             Some(root) => {
                 let cg = root.create(id).map_err(|e| internal(e.to_string()))?;
@@ -385,6 +391,7 @@ impl<L: Launcher> Engine<L> {
             spec,
             rootfs: &rootfs,
             cgroup_procs: procs.as_deref(),
+            seccomp: &seccomp,
         };
         let launched = match self.launcher.create(&req) {
             Ok(l) => l,
@@ -403,6 +410,7 @@ impl<L: Launcher> Engine<L> {
             init,
             execs: Mutex::new(HashMap::new()),
             cgroup,
+            seccomp,
             has_pid_ns: spec.namespace("pid").is_some(),
             started: AtomicBool::new(false),
             paused: AtomicBool::new(false),
@@ -470,6 +478,7 @@ impl<L: Launcher> Engine<L> {
             init_pid: c.init.pid,
             process: &process,
             cgroup_procs: procs.as_deref(),
+            seccomp: &c.seccomp,
         };
         let internal = |m: String| ContainerError::new(ErrorKind::Internal, id, m);
         let launched = self

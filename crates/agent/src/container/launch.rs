@@ -191,7 +191,7 @@ fn init_child(fds: &ChildFds, req: &CreateRequest<'_>, console: Option<&str>) ->
         child::mount_rootfs(req.spec, req.rootfs, console)?;
         child::switch_root(req.rootfs)?;
         child::finish_rootfs(req.spec)?;
-        child::apply_process(&req.spec.process())
+        child::apply_process(&req.spec.process(), req.seccomp)
     };
     let result = setup();
     child::report(&result);
@@ -223,7 +223,7 @@ fn exec_child(fds: &ChildFds, req: &ExecRequest<'_>, namespaces: &[(OwnedFd, lib
         child::report_to(fds.sync, &Err(e));
         ffi::exit_now(127);
     }
-    let msg = match child::apply_process(req.process) {
+    let msg = match child::apply_process(req.process, req.seccomp) {
         Ok(()) => child::exec(req.process),
         Err(e) => e,
     };

@@ -152,7 +152,7 @@ pub struct Linux {
     pub readonly_paths: Vec<String>,
     /// Propagation of the rootfs mount (`private`, `slave`, `shared`...).
     pub rootfs_propagation: Option<String>,
-    /// A seccomp profile (not applied yet; logged).
+    /// A seccomp profile (compiled by [`super::seccomp`]).
     pub seccomp: Option<serde_json::Value>,
     /// User namespace id mappings (user namespaces are not supported).
     #[serde(default)]
