@@ -22,7 +22,7 @@ const AGENT: &str = env!("CARGO_BIN_EXE_nacre-agent");
 const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "sleep", "hostname", "uname", "ls", "touch", "ps", "true", "tty",
-    "mount", "test", "[", "mkdir",
+    "mount", "test", "[", "mkdir", "stty", "grep",
 ];
 
 fn require_root() {
@@ -376,7 +376,7 @@ fn terminal_process_outputs() {
         &[
             "sh",
             "-c",
-            "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; echo tty-ok",
+            "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; stty size; echo tty-ok",
         ],
     );
     spec["process"]["terminal"] = json!(true);
@@ -385,6 +385,7 @@ fn terminal_process_outputs() {
     client.start_container("tty").unwrap();
     let out = read_all(&client, "tty", "", false);
     assert!(out.contains("is-a-tty"), "{out:?}");
+    assert!(out.contains("40 120"), "stty size after ResizeTty: {out:?}");
     assert!(out.contains("tty-ok"), "{out:?}");
     assert_eq!(
         read_all(&client, "tty", "", true),
@@ -587,4 +588,75 @@ fn seccomp_profile_denies_mkdir() {
     bad["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_NOTIFY"});
     let err = client.create_container("bad", &bytes(&bad)).unwrap_err();
     assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
+}
+
+#[test]
+fn process_user_limits_and_capabilities() {
+    let agent = Agent::start("proc");
+    let mut spec = spec(
+        &agent.rootfs("r"),
+        &[
+            "sh",
+            "-c",
+            "id -u; id -g; id -G; umask; ulimit -n; pwd; echo $FOO; grep CapEff /proc/self/status",
+        ],
+    );
+    spec["process"]["user"] =
+        json!({"uid": 1000, "gid": 1001, "additionalGids": [2000], "umask": 63});
+    spec["process"]["cwd"] = json!("/tmp");
+    spec["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
+    spec["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
+    spec["process"]["capabilities"] = json!({
+        "bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"],
+        "permitted": ["CAP_KILL"], "inheritable": ["CAP_KILL"], "ambient": ["CAP_KILL"]
+    });
+    let (status, out, err) = run(&agent, "proc", &spec);
+    assert_eq!(status, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..7],
+        ["1000", "1001", "1001 2000", "0077", "256", "/tmp", "bar"],
+        "{out}"
+    );
+    // CAP_KILL is bit 5; a non-root user keeps it across execve only as
+    // an ambient capability.
+    assert_eq!(
+        lines[7].split_whitespace().nth(1),
+        Some("0000000000000020"),
+        "{out}"
+    );
+}
+
+#[test]
+fn rootfs_hardening() {
+    let agent = Agent::start("harden");
+    let mut spec = spec(
+        &agent.rootfs("r"),
+        &[
+            "sh",
+            "-c",
+            "cat /proc/sys/kernel/shm_rmid_forced; \
+             touch /x 2>/dev/null || echo root-ro; \
+             echo 0 2>/dev/null > /proc/sys/kernel/shm_rmid_forced || echo sys-ro; \
+             [ -s /proc/kcore ] || echo kcore-masked; \
+             [ -z \"$(ls /sys/firmware)\" ] && echo firmware-masked; \
+             echo ok > /dev/null && echo devnull; \
+             touch /dev/shm/x && echo shm-rw",
+        ],
+    );
+    spec["root"]["readonly"] = json!(true);
+    spec["linux"]["sysctl"] = json!({"kernel.shm_rmid_forced": "1"});
+    let (status, out, err) = run(&agent, "harden", &spec);
+    assert_eq!(status, 0, "{err}");
+    for want in [
+        "1\n",
+        "root-ro",
+        "sys-ro",
+        "kcore-masked",
+        "firmware-masked",
+        "devnull",
+        "shm-rw",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from {out:?} ({err})");
+    }
 }
