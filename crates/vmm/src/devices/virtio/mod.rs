@@ -7,6 +7,7 @@
 //! threads of their own, woken by the queue notification eventfds (KVM
 //! ioeventfds), and raise interrupts through [`Interrupt`].
 
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 

@@ -1,0 +1,26 @@
+//! virtio-fs served by the VMM itself: a host directory reaches the guest
+//! as a FUSE file system (`mount -t virtiofs TAG /mnt`), with no
+//! virtiofsd process and no vhost-user socket.
+//!
+//! The FUSE side is fuse-backend-rs: its `PassthroughFs` over the shared
+//! directory and its `Server` decoding the requests found in the queues.
+//! Everything the guest sends is untrusted: lookups stay under the shared
+//! directory, read-only bind mounts inside it stay read-only (the host
+//! kernel enforces it), and a malformed request or descriptor chain is
+//! answered with an error or dropped. See [`passthrough_config`] for the
+//! options and why.
+//!
+//! Files: `config` (tag, `TAG=PATH`, configuration space), `worker` (the
+//! device thread), `device` (the [`VirtioDevice`](super::VirtioDevice)).
+
+mod config;
+mod device;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{validate_all, validate_tag, SharedDir, SharedDirError, CONFIG_LEN, TAG_LEN};
+pub use device::{
+    passthrough_config, FsError, VirtioFs, FS_DEVICE_TYPE, NUM_REQUEST_QUEUES, QUEUE_SIZE,
+};

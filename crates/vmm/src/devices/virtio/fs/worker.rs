@@ -1,0 +1,251 @@
+//! The device thread: one epoll loop over the two queue notifications and
+//! the kill eventfd. Each descriptor chain is one FUSE request: the
+//! readable part is the request, the writable part takes the reply.
+
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use tracing::{debug, error, warn};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::super::{ActiveQueue, GuestMemory, Interrupt};
+
+const KILL_TOKEN: u64 = 0;
+const HIPRIO_TOKEN: u64 = 1;
+const REQUEST_TOKEN: u64 = 2;
+
+/// Malformed guest requests logged at warn before switching to debug.
+const WARN_BUDGET: u32 = 16;
+
+type FuseServer = Server<PassthroughFs<()>>;
+
+pub struct Worker {
+    mem: GuestMemory,
+    interrupt: Arc<Interrupt>,
+    hiprio: ActiveQueue,
+    request: ActiveQueue,
+    kill: EventFd,
+    epoll: Epoll,
+    warnings_left: u32,
+}
+
+/// A running worker thread.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    kill: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Err(e) = self.kill.write(1) {
+            error!("virtio-fs: signalling the worker to stop: {e}");
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                error!("virtio-fs: the worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop_inner();
+        }
+    }
+}
+
+impl Worker {
+    /// Builds a worker over the hiprio and request queues (in that order).
+    pub fn new(
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        queues: [ActiveQueue; 2],
+    ) -> std::io::Result<Self> {
+        let [hiprio, request] = queues;
+        let kill = EventFd::new(libc::EFD_NONBLOCK)?;
+        let epoll = Epoll::new()?;
+        for (fd, token) in [
+            (kill.as_raw_fd(), KILL_TOKEN),
+            (hiprio.notify.as_raw_fd(), HIPRIO_TOKEN),
+            (request.notify.as_raw_fd(), REQUEST_TOKEN),
+        ] {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
+        Ok(Self {
+            mem,
+            interrupt,
+            hiprio,
+            request,
+            kill,
+            epoll,
+            warnings_left: WARN_BUDGET,
+        })
+    }
+
+    /// Starts the thread, which sets up the file system server for `config`
+    /// first; returns once the server is ready or failed.
+    pub fn spawn(self, tag: &str, config: PassthroughConfig) -> std::io::Result<WorkerHandle> {
+        let kill = self.kill.try_clone()?;
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("fs-{tag}"))
+            .spawn(move || match new_server(config) {
+                Ok(server) => {
+                    let _ = ready_tx.send(Ok(()));
+                    self.run(&server);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })?;
+        let ready = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the worker thread died")));
+        let mut handle = WorkerHandle {
+            kill,
+            thread: Some(thread),
+        };
+        match ready {
+            Ok(()) => Ok(handle),
+            Err(e) => {
+                handle.stop_inner();
+                Err(e)
+            }
+        }
+    }
+
+    fn run(mut self, server: &FuseServer) {
+        let mut events = vec![EpollEvent::default(); 8];
+        // The driver may have queued requests before the device started.
+        self.process(server);
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error!("virtio-fs: epoll_wait failed, stopping the device: {e}");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    KILL_TOKEN => {
+                        debug!("virtio-fs: worker stopping");
+                        return;
+                    }
+                    HIPRIO_TOKEN => drain(&self.hiprio.notify),
+                    REQUEST_TOKEN => drain(&self.request.notify),
+                    _ => {}
+                }
+            }
+            self.process(server);
+        }
+    }
+
+    /// Serves both queues until empty, then interrupts the guest once if
+    /// any chain was used.
+    fn process(&mut self, server: &FuseServer) {
+        let mut used = 0;
+        for queue in [&mut self.hiprio.queue, &mut self.request.queue] {
+            used += serve_queue(queue, &self.mem, server, &mut self.warnings_left);
+        }
+        if used > 0 {
+            if let Err(e) = self.interrupt.signal_used_queue() {
+                error!("virtio-fs: interrupting the guest: {e}");
+            }
+        }
+    }
+}
+
+/// Creates the FUSE server in the calling thread, which first gets its own
+/// umask and working directory: `PassthroughFs` sets the umask to 0 (so the
+/// modes the guest asks for are the modes it gets) and that must not leak
+/// into the rest of the VMM, which creates sockets and logs.
+fn new_server(config: PassthroughConfig) -> std::io::Result<FuseServer> {
+    // SAFETY: unshare(CLONE_FS) only detaches this thread's root, cwd and
+    // umask from the other threads'; no memory is involved.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fs = PassthroughFs::<()>::new(config)?;
+    Ok(Server::new(fs))
+}
+
+/// Handles every available chain of `queue`; returns how many were used.
+fn serve_queue(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    server: &FuseServer,
+    warnings_left: &mut u32,
+) -> usize {
+    let mut count = 0;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let written = match handle_chain(mem, chain, server) {
+            Ok(n) => n,
+            Err(e) => {
+                if *warnings_left > 0 {
+                    *warnings_left -= 1;
+                    warn!("virtio-fs: dropping a request: {e}");
+                } else {
+                    debug!("virtio-fs: dropping a request: {e}");
+                }
+                0
+            }
+        };
+        if let Err(e) = queue.add_used(mem, head, written) {
+            warn!("virtio-fs: returning a buffer: {e}");
+        }
+        count += 1;
+    }
+    count
+}
+
+/// Serves one FUSE request; returns the reply's length.
+fn handle_chain(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    server: &FuseServer,
+) -> Result<u32, String> {
+    let reader = Reader::from_descriptor_chain(mem, chain.clone())
+        .map_err(|e| format!("request buffers: {e}"))?;
+    let writer = VirtioFsWriter::new(mem, chain).map_err(|e| format!("reply buffers: {e}"))?;
+    // The FUSE server is third-party code fed with guest input: a panic in
+    // it costs this request, not the device.
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        server.handle_message(reader, writer.into(), None, None)
+    }))
+    .map_err(|_| "the FUSE server panicked".to_string())?;
+    let written = result.map_err(|e| format!("FUSE: {e}"))?;
+    u32::try_from(written).map_err(|_| "reply longer than 4 GiB".to_string())
+}
+
+/// Clears a queue notification eventfd.
+fn drain(evt: &EventFd) {
+    match evt.read() {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        Err(e) => warn!("virtio-fs: reading a queue notification: {e}"),
+    }
+}
