@@ -1,10 +1,12 @@
 //! nacre's guest agent.
 //!
 //! In the VM the agent is `/init` of an initramfs: PID 1. It mounts the
-//! base file systems, reads its settings from the kernel command line,
-//! reaps orphans, and serves the `nacre.agent.v1` ttRPC API on vsock port
-//! 1024. When it is not PID 1 (tests on the host) it skips the init duties,
-//! and `Agent.Shutdown` ends the agent instead of resetting the machine.
+//! base file systems (and, with `nacre.shared=TAG`, the host's virtio-fs
+//! share at `/run/nacre/shared`), reads its settings from the kernel
+//! command line, reaps orphans, and serves the `nacre.agent.v1` ttRPC API
+//! on vsock port 1024, containers included ([`container`]). When it is not
+//! PID 1 (tests on the host) it skips the init duties, and
+//! `Agent.Shutdown` ends the agent instead of resetting the machine.
 //!
 //! Fatal errors are returned to `main`, which as PID 1 prints them and
 //! resets the VM: PID 1 must never exit (the kernel would panic).

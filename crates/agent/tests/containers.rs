@@ -660,3 +660,45 @@ fn rootfs_hardening() {
         assert!(out.contains(want), "{want:?} missing from {out:?} ({err})");
     }
 }
+
+#[test]
+fn several_containers_at_once() {
+    let agent = Agent::start("many");
+    // One created-but-not-started container holds its init before execve
+    // the whole time: its inherited descriptors must not keep the others'
+    // output open.
+    let client = agent.client();
+    let held = spec(&agent.rootfs("held"), &["true"]);
+    client.create_container("held", &bytes(&held)).unwrap();
+    let specs: Vec<(String, Value)> = (0..4)
+        .map(|i| {
+            let id = format!("many-{i}");
+            let spec = spec(&agent.rootfs(&id), &["sh", "-c", &format!("echo from-{i}")]);
+            (id, spec)
+        })
+        .collect();
+    let threads: Vec<_> = specs
+        .into_iter()
+        .map(|(id, spec)| {
+            let client = agent.client();
+            std::thread::spawn(move || {
+                client.create_container(&id, &bytes(&spec)).unwrap();
+                client.start_container(&id).unwrap();
+                let out = read_all(&client, &id, "", false);
+                let status = client.wait_process(&id, "").unwrap().status;
+                remove_and_check(&client, &id, &spec);
+                (id, out, status)
+            })
+        })
+        .collect();
+    for t in threads {
+        let (id, out, status) = t.join().unwrap();
+        let n = id.trim_start_matches("many-");
+        assert_eq!((out, status), (format!("from-{n}\n"), 0), "{id}");
+    }
+    assert_eq!(
+        client.state_container("held").unwrap().status,
+        ContainerStatus::Created
+    );
+    remove_and_check(&client, "held", &held);
+}
