@@ -16,6 +16,9 @@ pub const BUFFER_LIMIT: usize = 4 << 20;
 /// The most one read returns when the caller gives no maximum.
 pub const DEFAULT_READ: usize = 64 << 10;
 
+/// The most one read returns at all: a ttRPC message is at most 4 MiB.
+pub const MAX_READ: usize = 1 << 20;
+
 #[derive(Debug, Default)]
 struct State {
     data: VecDeque<u8>,
@@ -93,9 +96,10 @@ impl Output {
     }
 
     /// Blocks until data or the end is there; returns at most `max` bytes
-    /// (0: [`DEFAULT_READ`]). Empty means the end.
+    /// (0: [`DEFAULT_READ`]; never more than [`MAX_READ`]). Empty means
+    /// the end.
     pub fn read(&self, max: usize) -> Vec<u8> {
-        let max = if max == 0 { DEFAULT_READ } else { max };
+        let max = if max == 0 { DEFAULT_READ } else { max.min(MAX_READ) };
         let mut state = self.lock();
         while state.data.is_empty() && !state.eof {
             state = self
