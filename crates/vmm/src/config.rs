@@ -3,11 +3,14 @@
 use std::path::PathBuf;
 
 use crate::arch::x86_64::mptable::MAX_VCPUS;
+use crate::devices::virtio::fs::{self, SharedDir, SharedDirError};
 
 /// The smallest guest that can hold a kernel at 16 MiB and an initrd.
 pub const MIN_MEMORY_MIB: u64 = 32;
 /// The lowest CID a guest may have (0-2 are the hypervisor and the host).
 pub const MIN_GUEST_CID: u64 = 3;
+/// At most this many shared directories (one virtio-mmio slot each).
+pub const MAX_SHARED_DIRS: usize = 8;
 
 /// The hybrid vsock device: guest CID and the host-side Unix socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,9 @@ pub struct VmConfig {
     pub serial_stdout: bool,
     pub vsock: Option<VsockConfig>,
     pub api_socket: Option<PathBuf>,
+    /// Host directories shared with the guest, one virtio-fs device each,
+    /// after the vsock device.
+    pub shared_dirs: Vec<SharedDir>,
     /// Add the PVM command-line quirks when the host is a PVM host.
     pub host_quirks: bool,
 }
@@ -47,6 +53,7 @@ impl VmConfig {
             serial_stdout: false,
             vsock: None,
             api_socket: None,
+            shared_dirs: Vec::new(),
             host_quirks: true,
         }
     }
@@ -100,6 +107,10 @@ impl VmConfig {
         {
             return Err(ConfigError::SamePath);
         }
+        if self.shared_dirs.len() > MAX_SHARED_DIRS {
+            return Err(ConfigError::TooManySharedDirs(self.shared_dirs.len()));
+        }
+        fs::validate_all(&self.shared_dirs)?;
         Ok(())
     }
 }
@@ -119,6 +130,10 @@ pub enum ConfigError {
     EmptyPath(&'static str),
     #[error("the api socket and the vsock UDS must be different paths")]
     SamePath,
+    #[error("--shared-dir {0}")]
+    SharedDir(#[from] SharedDirError),
+    #[error("at most {MAX_SHARED_DIRS} shared directories, got {0}")]
+    TooManySharedDirs(usize),
 }
 
 /// The host's total memory, from /proc/meminfo.
@@ -178,6 +193,34 @@ mod tests {
         });
         c.api_socket = Some("/s".into());
         assert_eq!(c.validate(None), Err(ConfigError::SamePath));
+    }
+
+    #[test]
+    fn shared_dirs_checked() {
+        let dir = |t: &str| SharedDir {
+            tag: t.into(),
+            path: "/tmp".into(),
+        };
+        let mut c = cfg();
+        c.shared_dirs = vec![dir("a"), dir("b")];
+        assert_eq!(c.validate(None), Ok(()));
+        c.shared_dirs.push(dir("a"));
+        assert_eq!(
+            c.validate(None),
+            Err(ConfigError::SharedDir(SharedDirError::DuplicateTag(
+                "a".into()
+            )))
+        );
+        c.shared_dirs = vec![dir("")];
+        assert!(matches!(
+            c.validate(None),
+            Err(ConfigError::SharedDir(SharedDirError::EmptyTag(_)))
+        ));
+        c.shared_dirs = (0..=MAX_SHARED_DIRS).map(|i| dir(&i.to_string())).collect();
+        assert_eq!(
+            c.validate(None),
+            Err(ConfigError::TooManySharedDirs(MAX_SHARED_DIRS + 1))
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! |------|-----------------------------------------------------------------|
 //! | 0    | the guest shut down or reset, or `shutdown` came on the API     |
 //! | 64   | bad configuration (vcpus, memory, paths, arguments)             |
-//! | 66   | kernel or initrd missing, unreadable or not a valid ELF         |
+//! | 66   | kernel or initrd missing, unreadable or not a valid ELF; a      |
+//! |      | shared directory missing or not a directory                     |
 //! | 69   | `/dev/kvm` unavailable (missing, no permission, no capability)  |
 //! | 70   | VMM or guest failure (KVM internal error, guest kernel panic,   |
 //! |      | device failure, ...)                                            |
@@ -15,6 +16,7 @@ use crate::arch::x86_64::boot::BootError;
 use crate::arch::x86_64::mptable::MptableError;
 use crate::arch::x86_64::regs::RegsError;
 use crate::config::ConfigError;
+use crate::devices::virtio::fs::FsError;
 use crate::devices::virtio::mmio::MmioError;
 use crate::devices::virtio::vsock::VsockError;
 use crate::devices::BusError;
@@ -78,6 +80,12 @@ pub enum VmmError {
     },
     #[error("vsock device: {0}")]
     Vsock(#[from] VsockError),
+    #[error("virtio-fs device {tag:?}: {source}")]
+    Fs {
+        tag: String,
+        #[source]
+        source: FsError,
+    },
     #[error("virtio-mmio transport: {0}")]
     Mmio(#[from] MmioError),
     #[error("device bus: {0}")]
@@ -98,6 +106,10 @@ impl VmmError {
         use exit_code::*;
         match self {
             Self::Config(_) | Self::SerialLog { .. } | Self::Vsock(_) => CONFIG,
+            Self::Fs { source, .. } => match source {
+                FsError::Tag(_) | FsError::NotUtf8 { .. } => CONFIG,
+                FsError::Path { .. } | FsError::NotADirectory { .. } => NO_INPUT,
+            },
             Self::Boot(e) => match e {
                 BootError::KernelOpen { .. }
                 | BootError::KernelElf { .. }
@@ -175,6 +187,15 @@ mod tests {
                 }
                 .into(),
                 64,
+            ),
+            (
+                VmmError::Fs {
+                    tag: "nacre".into(),
+                    source: FsError::NotADirectory {
+                        path: PathBuf::from("/x/file"),
+                    },
+                },
+                66,
             ),
             (
                 VmError::KvmUnavailable(kvm_ioctls::Error::new(libc::ENOENT)).into(),

@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use nacre_vmm::devices::virtio::fs::SharedDir;
 use nacre_vmm::{exit_code, exit_code_for, VmConfig, VsockConfig};
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0    the guest shut down or reset (e.g. reboot), or `shutdown` on the API
   64   bad configuration (vcpus or memory out of range, malformed arguments)
-  66   kernel or initrd missing, unreadable or not a valid ELF
+  66   kernel or initrd missing, unreadable or not a valid ELF, or a
+       shared directory missing or not a directory
   69   /dev/kvm unavailable (missing or no permission)
   70   VMM or guest failure (KVM internal error, guest kernel panic, device failure)
   128+N  stopped by signal N (SIGINT 130, SIGTERM 143)
@@ -51,6 +53,11 @@ struct Cli {
     /// Guest CID of the vsock device (needs --vsock-uds).
     #[arg(long, value_name = "CID", default_value_t = 3, requires = "vsock_uds")]
     vsock_cid: u64,
+    /// Share host directory PATH with the guest as virtio-fs tag TAG
+    /// (1-36 bytes; the guest mounts it with `mount -t virtiofs TAG DIR`).
+    /// Repeatable: one device each.
+    #[arg(long = "shared-dir", value_name = "TAG=PATH", value_parser = SharedDir::parse)]
+    shared_dirs: Vec<SharedDir>,
     /// Control socket (JSON lines; see below).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
@@ -77,6 +84,7 @@ impl Cli {
             uds_path,
         });
         config.api_socket = self.api_socket;
+        config.shared_dirs = self.shared_dirs;
         config.host_quirks = !self.no_host_quirks;
         config
     }

@@ -19,6 +19,7 @@ use crate::cleanup::Cleanup;
 use crate::cmdline::{self, MmioDeviceDecl};
 use crate::config::{host_memory_bytes, VmConfig};
 use crate::devices::legacy::{cmos, i8042, serial, Cmos, SerialDevice, SerialOutput, I8042};
+use crate::devices::virtio::fs::VirtioFs;
 use crate::devices::virtio::mmio::REG_QUEUE_NOTIFY;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{MmioTransport, VirtioDevice};
@@ -45,6 +46,17 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
 pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
     config.validate(host_memory_bytes())?;
     boot::preflight(&config.kernel, config.initrd.as_deref())?;
+    // Before KVM: a bad shared directory is a bad input, like the kernel.
+    let fs_devices = config
+        .shared_dirs
+        .iter()
+        .map(|dir| {
+            VirtioFs::new(dir).map_err(|source| VmmError::Fs {
+                tag: dir.tag.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     // Before any thread exists, so every thread inherits the mask.
     crate::signals::block_termination_signals().map_err(io_err("blocking signals"))?;
@@ -91,6 +103,11 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
     if let Some(vsock) = &config.vsock {
         let device = Vsock::new(vsock.cid, vsock.uds_path.clone())?;
         cleanup.add_vsock_uds(&vsock.uds_path);
+        let decl = add_virtio_device(&vm, &ram, &mut mmio_bus, Box::new(device), decls.len())?;
+        decls.push(decl);
+    }
+    for device in fs_devices {
+        tracing::info!(tag = device.tag(), dir = %device.root().display(), "virtio-fs share");
         let decl = add_virtio_device(&vm, &ram, &mut mmio_bus, Box::new(device), decls.len())?;
         decls.push(decl);
     }

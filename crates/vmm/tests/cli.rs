@@ -93,7 +93,51 @@ fn help_documents_exit_codes() {
     let out = out.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--kernel", "--api-socket", "Exit codes", "69", "/dev/kvm"] {
+    for needle in [
+        "--kernel",
+        "--api-socket",
+        "--shared-dir",
+        "Exit codes",
+        "69",
+        "/dev/kvm",
+    ] {
         assert!(text.contains(needle), "help lacks {needle}");
     }
+}
+
+#[test]
+fn bad_shared_dirs_are_named() {
+    let dir = scratch("cli-shared");
+    let k = dir.join("vmlinux");
+    std::fs::write(&k, reset_kernel()).unwrap_or_default();
+    let file = dir.join("file");
+    std::fs::write(&file, b"x").unwrap_or_default();
+    let k = k.to_str().unwrap_or("");
+    let long = format!("{}=/tmp", "t".repeat(37));
+    let not_dir = format!("t={}", file.display());
+    for (value, code, needle) in [
+        ("/tmp", 64, "expected TAG=PATH"),
+        ("=/tmp", 64, "the tag is empty"),
+        (long.as_str(), 64, "37 bytes long, at most 36"),
+        ("t=", 64, "the path is empty"),
+        ("t=/nonexistent/share", 66, "/nonexistent/share"),
+        (not_dir.as_str(), 66, "is not a directory"),
+    ] {
+        let (got, err) = run(&["--kernel", k, "--initrd", k, "--shared-dir", value]);
+        assert_eq!(got, code, "{value}: {err}");
+        assert!(err.contains(needle), "{value}: {err}");
+    }
+    let (got, err) = run(&[
+        "--kernel",
+        k,
+        "--initrd",
+        k,
+        "--shared-dir",
+        "a=/tmp",
+        "--shared-dir",
+        "a=/tmp",
+    ]);
+    assert_eq!(got, 64, "{err}");
+    assert!(err.contains("tag \"a\" is used twice"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
 }

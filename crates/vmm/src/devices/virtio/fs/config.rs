@@ -39,6 +39,9 @@ impl SharedDir {
         let Some((tag, path)) = value.split_once('=') else {
             return Err(SharedDirError::MissingEquals(value.to_string()));
         };
+        if tag.is_empty() {
+            return Err(SharedDirError::EmptyTag(value.to_string()));
+        }
         validate_tag(tag)?;
         if path.is_empty() {
             return Err(SharedDirError::EmptyPath(value.to_string()));
