@@ -10,11 +10,12 @@
 //! answered with an error or dropped. See [`passthrough_config`] for the
 //! options and why.
 //!
-//! Files: `config` (tag, `TAG=PATH`, configuration space), `worker` (the
-//! device thread), `device` (the [`VirtioDevice`](super::VirtioDevice)).
+//! Files: `config` (tag, `TAG=PATH`, configuration space), `filter`
+//! (requests refused up front), `worker` (the device thread), `device` (the [`VirtioDevice`](super::VirtioDevice)).
 
 mod config;
 mod device;
+mod filter;
 mod worker;
 
 #[cfg(test)]

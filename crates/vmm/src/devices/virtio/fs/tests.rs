@@ -31,6 +31,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const OP_LOOKUP: u32 = 1;
 const OP_GETATTR: u32 = 3;
 const OP_SETATTR: u32 = 4;
+const OP_MKNOD: u32 = 8;
 const OP_OPEN: u32 = 14;
 const OP_READ: u32 = 15;
 const OP_WRITE: u32 = 16;
@@ -467,6 +468,43 @@ fn stays_inside_the_shared_directory() {
     assert_ne!(d.open(link, libc::O_RDONLY).error, 0);
     let link = d.lookup_ok(ROOT, "up-link");
     assert_ne!(d.open(link, libc::O_RDONLY).error, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn special_files_are_not_opened_or_created() {
+    let dir = temp_dir("special");
+    let fifo = std::ffi::CString::new(dir.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let mem = guest_memory();
+    let mut d = Driver::start(&mem, &dir);
+    d.init();
+    // Opening a FIFO on the host would block the device: refused.
+    let node = d.lookup_ok(ROOT, "fifo");
+    assert_ne!(d.open(node, libc::O_RDONLY).error, 0);
+    assert_ne!(d.open(node, libc::O_RDWR | libc::O_NONBLOCK).error, 0);
+    // Device nodes cannot be made; FIFOs can.
+    let mknod = |mode: u32, rdev: u32, name: &str| {
+        let mut args = Vec::new();
+        for v in [mode, rdev, 0, 0] {
+            args.extend_from_slice(&v.to_le_bytes());
+        }
+        args.extend_from_slice(name.as_bytes());
+        args.push(0);
+        args
+    };
+    let r = d.call(OP_MKNOD, ROOT, &mknod(libc::S_IFBLK | 0o600, 0x0800, "sda"));
+    assert_eq!(r.error, -libc::EPERM);
+    let r = d.call(
+        OP_MKNOD,
+        ROOT,
+        &mknod(libc::S_IFCHR | 0o666, 0x0103, "null"),
+    );
+    assert_eq!(r.error, -libc::EPERM);
+    assert!(!dir.join("sda").exists() && !dir.join("null").exists());
+    let r = d.call(OP_MKNOD, ROOT, &mknod(libc::S_IFIFO | 0o600, 0, "fifo2"));
+    assert_eq!(r.error, 0, "{r:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -18,6 +18,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::{ActiveQueue, GuestMemory, Interrupt};
+use super::filter;
 
 const KILL_TOKEN: u64 = 0;
 const HIPRIO_TOKEN: u64 = 1;
@@ -228,6 +229,10 @@ fn handle_chain(
     chain: DescriptorChain<&GuestMemory>,
     server: &FuseServer,
 ) -> Result<u32, String> {
+    if let Some((unique, errno)) = filter::refusal(mem, &chain) {
+        debug!("virtio-fs: refusing request {unique}: errno {errno}");
+        return filter::reply_error(mem, chain, unique, errno);
+    }
     let reader = Reader::from_descriptor_chain(mem, chain.clone())
         .map_err(|e| format!("request buffers: {e}"))?;
     let writer = VirtioFsWriter::new(mem, chain).map_err(|e| format!("reply buffers: {e}"))?;
