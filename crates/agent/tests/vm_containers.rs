@@ -156,6 +156,20 @@ fn containers_in_a_real_guest() {
         )
         .unwrap();
     agent.start_container("stats").unwrap();
+    let process = json!({"args": ["sh", "-c", "echo exec-$(hostname)"], "cwd": "/"});
+    agent
+        .exec_process("stats", "e1", &serde_json::to_vec(&process).unwrap())
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let chunk = agent.read_stdout("stats", "e1", 0).unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend(chunk);
+    }
+    assert_eq!(String::from_utf8_lossy(&out), "exec-in-vm\n");
+    assert_eq!(agent.wait_process("stats", "e1").unwrap().status, 0);
     let stats = agent.stats_container("stats").unwrap();
     eprintln!("stats: {stats:?}");
     assert!(stats.memory_usage_bytes > 0, "{stats:?}");
