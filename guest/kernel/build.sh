@@ -14,10 +14,10 @@
 # Cache: ${NACRE_CACHE:-/var/cache/nacre}/kernel/<key>/ holds vmlinux, config,
 #   System.map and build.log, where <key> is the sha256 of the linux-source
 #   package version, nacre.config, patches/* and this script. A rerun with
-#   nothing changed only hashes those files. <key>/linux is the patched source
-#   tree with the object tree in <key>/linux/build; a new key takes that tree
-#   over from the most recent previous key, so changing a patch or the config
-#   rebuilds incrementally.
+#   nothing changed only hashes those files. The patched source and object
+#   trees are ${NACRE_CACHE}/kernel/work/{src,build}, shared by all keys and
+#   re-patched in place, so changing a patch or the config rebuilds
+#   incrementally (kbuild records absolute paths: a moved tree rebuilds fully).
 #
 # Environment: NACRE_CACHE (cache root), NACRE_JOBS (make -j, default nproc),
 #   NACRE_KERNEL_TARBALL (default /usr/src/linux-source-6.1.tar.xz).
@@ -90,53 +90,46 @@ if [[ -f $out/vmlinux ]]; then
 	exit 0
 fi
 mkdir -p "$out"
-readonly tree=$out/linux obj=$out/linux/build
-readonly ready_stamp=.nacre-ready patched_list=.nacre-patched
+# One work tree for all keys, at a fixed path: kbuild and objtool record
+# absolute paths, so a tree that moved would be rebuilt from scratch.
+readonly work=$cache_root/work
+readonly tree=$work/src obj=$work/build
+readonly list=$work/patched-files
+mkdir -p "$work" "$obj"
+touch "$list"
 
 # --- stage 1: patched source tree --------------------------------------------
-if [[ ! -f $tree/$ready_stamp ]]; then
-	rm -rf "$tree" "$tree.tmp"
-	# Take over the tree of the newest finished build of the same package
-	# version, so that kbuild only recompiles what changed.
-	seed=
-	for d in $(ls -td "$cache_root"/*/ 2>/dev/null); do
-		d=${d%/}
-		if [[ $d != "$out" && -f $d/linux/$ready_stamp && -f $d/vmlinux ]] &&
-			[[ $(cat "$d/source-version" 2>/dev/null) == "$pkg $version" ]]; then
-			seed=$d
-			break
-		fi
-	done
-	if [[ -n $seed ]]; then
-		log "stage 1/4: reusing the source and object tree of $seed"
-		mv "$seed/linux" "$tree.tmp"
-		rm -f "$tree.tmp/$ready_stamp"
-		mapfile -t old < "$tree.tmp/$patched_list"
+if [[ $(cat "$tree/.nacre-ready" 2>/dev/null) != "$key" ]]; then
+	rm -f "$tree/.nacre-ready"
+	mapfile -t old <"$list"
+	if [[ $(cat "$tree/.nacre-extracted" 2>/dev/null) == "$pkg $version" ]]; then
 		if ((${#old[@]})); then
-			log "restoring ${#old[@]} previously patched files from $tarball"
-			tar -xJf "$tarball" -C "$tree.tmp" --strip-components=1 \
-				"${old[@]/#/$pkg/}"
+			log "stage 1/4: restoring ${#old[@]} previously patched files from $tarball"
+			tar -xJf "$tarball" -C "$tree" --strip-components=1 "${old[@]/#/$pkg/}"
 		fi
 	else
 		log "stage 1/4: extracting $tarball"
-		mkdir -p "$tree.tmp"
-		tar -xJf "$tarball" -C "$tree.tmp" --strip-components=1
-		old=()
+		rm -rf "$tree"
+		mkdir -p "$tree"
+		tar -xJf "$tarball" -C "$tree" --strip-components=1
+		printf '%s %s\n' "$pkg" "$version" >"$tree/.nacre-extracted"
 	fi
+	mapfile -t new < <(if ((${#patches[@]})); then patched_files "${patches[@]}"; fi)
+	# Record old+new before patching: an interrupted run restores them all.
+	printf '%s\n' "${old[@]}" "${new[@]}" | sed '/^$/d' | sort -u >"$list.tmp"
+	mv -f "$list.tmp" "$list"
 	for p in "${patches[@]}"; do
 		log "applying ${p#"$here"/}"
-		patch -d "$tree.tmp" -p1 --forward --batch --quiet <"$p" ||
+		patch -d "$tree" -p1 --forward --batch --quiet <"$p" ||
 			die "patch ${p#"$here"/} does not apply"
 	done
-	mapfile -t new < <(if ((${#patches[@]})); then patched_files "${patches[@]}"; fi)
 	# Newer than every object: make recompiles files patched now or before.
 	for f in "${old[@]}" "${new[@]}"; do
-		if [[ -e $tree.tmp/$f ]]; then touch "$tree.tmp/$f"; fi
+		if [[ -e $tree/$f ]]; then touch "$tree/$f"; fi
 	done
-	printf '%s\n' "${new[@]}" >"$tree.tmp/$patched_list"
-	touch "$tree.tmp/$ready_stamp"
-	mv "$tree.tmp" "$tree"
-	printf '%s %s\n' "$pkg" "$version" >"$out/source-version"
+	printf '%s\n' "${new[@]}" | sed '/^$/d' >"$list.tmp"
+	mv -f "$list.tmp" "$list"
+	printf '%s\n' "$key" >"$tree/.nacre-ready"
 else
 	log "stage 1/4: source tree ready"
 fi
@@ -144,10 +137,10 @@ fi
 # --- stage 2: configuration ----------------------------------------------------
 log "stage 2/4: tinyconfig + nacre.config"
 mkdir -p "$obj"
-"${kmake[@]}" -C "$tree" O=build tinyconfig >"$out/config.log" 2>&1 ||
+"${kmake[@]}" -C "$tree" O="$obj" tinyconfig >"$out/config.log" 2>&1 ||
 	die "make tinyconfig failed, see $out/config.log"
 cat "$fragment" >>"$obj/.config"
-"${kmake[@]}" -C "$tree" O=build olddefconfig >>"$out/config.log" 2>&1 ||
+"${kmake[@]}" -C "$tree" O="$obj" olddefconfig >>"$out/config.log" 2>&1 ||
 	die "make olddefconfig failed, see $out/config.log"
 
 missing=()
@@ -178,7 +171,7 @@ log "all $(grep -cE '^(CONFIG_|# CONFIG_.* is not set)' "$fragment") nacre.confi
 log "stage 3/4: make -j$jobs vmlinux (log: $out/build.log)"
 start=$SECONDS
 set +e
-"${kmake[@]}" -C "$tree" O=build -j"$jobs" vmlinux 2>&1 |
+"${kmake[@]}" -C "$tree" O="$obj" -j"$jobs" vmlinux 2>&1 |
 	tee "$out/build.log" |
 	awk '/^  [A-Z]/ { n++; printf "kernel: [%5d] %s\n", n, substr($0, 3); fflush(); next }
 	     /^make(\[[0-9]+\])?: (Entering|Leaving)/ { next }

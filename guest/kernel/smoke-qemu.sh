@@ -29,6 +29,16 @@ readonly grace=${NACRE_SMOKE_EXIT_GRACE:-60}
 
 log() { printf 'smoke: %s\n' "$*" >&2; }
 
+# User+system CPU seconds of this shell's waited-for children (bash `times`).
+child_cpu() {
+	times >"$tmp/times" # in this shell: a subshell would see no children
+	sed -n 2p "$tmp/times" | awk '{
+		t = 0
+		for (i = 1; i <= 2; i++) { split($i, p, /[ms]/); t += p[1] * 60 + p[2] }
+		printf "%.1f", t
+	}' >"$tmp/cpu"
+}
+
 tmp=$(mktemp -d /tmp/nacre-smoke.XXXXXX)
 qemu_pid=
 cleanup() {
@@ -118,6 +128,8 @@ if ((!seen)); then
 	exit 1
 fi
 log "marker after $(echo "$marker_at - $start" | bc) s; qemu exited after $(echo "$end - $start" | bc) s (status $status)"
+child_cpu
+log "CPU time of qemu (user+sys, mostly emulated guest kernel mode): $(cat "$tmp/cpu") s"
 if ((killed || status != 0)); then
 	log "FAIL: qemu did not exit by itself after reboot -f (status $status)"
 	exit 1
