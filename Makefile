@@ -80,6 +80,7 @@ lint:
 # /dev/kvm, root or the guest image is missing.
 test: deps guest lint
 	NACRE_REQUIRE_VM=1 NACRE_KERNEL=$(abspath $(KERNEL)) NACRE_INITRD=$(abspath $(INITRD)) \
+		NACRE_TEST_KERNEL=$(abspath $(KERNEL)) \
 		$(CARGO) test --workspace
 
 bench: deps guest build

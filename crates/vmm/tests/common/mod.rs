@@ -17,7 +17,9 @@ pub fn vmm_bin() -> &'static str {
 
 /// Whether a missing prerequisite must fail the test rather than skip it.
 fn strict() -> bool {
-    std::env::var_os("CI").is_some()
+    ["CI", "NACRE_REQUIRE_VM"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
 }
 
 /// Returns false (skip) or panics (CI) when `/dev/kvm` cannot be opened.
