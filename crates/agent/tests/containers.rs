@@ -380,12 +380,15 @@ fn terminal_process_outputs() {
         ],
     );
     spec["process"]["terminal"] = json!(true);
+    spec["process"]["consoleSize"] = json!({"height": 40, "width": 120});
     client.create_container("tty", &bytes(&spec)).unwrap();
-    client.resize_tty("tty", "", 40, 120).unwrap();
     client.start_container("tty").unwrap();
     let out = read_all(&client, "tty", "", false);
     assert!(out.contains("is-a-tty"), "{out:?}");
-    assert!(out.contains("40 120"), "stty size after ResizeTty: {out:?}");
+    assert!(
+        out.contains("40 120"),
+        "stty size from consoleSize: {out:?}"
+    );
     assert!(out.contains("tty-ok"), "{out:?}");
     assert_eq!(
         read_all(&client, "tty", "", true),
@@ -394,6 +397,19 @@ fn terminal_process_outputs() {
     );
     assert_eq!(client.wait_process("tty", "").unwrap().status, 0);
     remove_and_check(&client, "tty", &spec);
+
+    // An exec'd terminal process, resized while it waits for input.
+    let spec = self::spec(&agent.rootfs("r2"), &["sleep", "1000"]);
+    client.create_container("tty2", &bytes(&spec)).unwrap();
+    client.start_container("tty2").unwrap();
+    let process = json!({"args": ["sh", "-c", "read x; stty size"], "terminal": true, "cwd": "/"});
+    client.exec_process("tty2", "t", &bytes(&process)).unwrap();
+    client.resize_tty("tty2", "t", 33, 77).unwrap();
+    client.write_stdin("tty2", "t", b"go\n").unwrap();
+    let out = read_all(&client, "tty2", "t", false);
+    assert!(out.contains("33 77"), "stty size after ResizeTty: {out:?}");
+    assert_eq!(client.wait_process("tty2", "t").unwrap().status, 0);
+    remove_and_check(&client, "tty2", &spec);
 }
 
 #[test]
@@ -598,7 +614,8 @@ fn process_user_limits_and_capabilities() {
         &[
             "sh",
             "-c",
-            "id -u; id -g; id -G; umask; ulimit -n; pwd; echo $FOO; grep CapEff /proc/self/status",
+            "id -u; id -g; id -G; umask; ulimit -n; pwd; echo $FOO; grep CapEff /proc/self/status; \
+             cat /proc/self/oom_score_adj",
         ],
     );
     spec["process"]["user"] =
@@ -606,6 +623,7 @@ fn process_user_limits_and_capabilities() {
     spec["process"]["cwd"] = json!("/tmp");
     spec["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
     spec["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
+    spec["process"]["oomScoreAdj"] = json!(500);
     spec["process"]["capabilities"] = json!({
         "bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"],
         "permitted": ["CAP_KILL"], "inheritable": ["CAP_KILL"], "ambient": ["CAP_KILL"]
@@ -625,6 +643,7 @@ fn process_user_limits_and_capabilities() {
         Some("0000000000000020"),
         "{out}"
     );
+    assert_eq!(lines[8], "500", "oom_score_adj: {out}");
 }
 
 #[test]

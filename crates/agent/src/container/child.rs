@@ -108,6 +108,16 @@ pub fn wait_for_start() -> bool {
     matches!(ffi::read(start, &mut byte), Ok(1))
 }
 
+/// Writes the process's oom_score_adj (before the agent's /proc is out
+/// of view).
+pub fn set_oom_score_adj(p: &Process) -> Step {
+    if let Some(adj) = p.oom_score_adj {
+        fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(ctx(|| format!("setting oom_score_adj to {adj}")))?;
+    }
+    Ok(())
+}
+
 /// Joins `path` (a cgroup's cgroup.procs).
 pub fn join_cgroup(procs: Option<&Path>) -> Step {
     if let Some(procs) = procs {

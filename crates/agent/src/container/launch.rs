@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::child::{self, ChildFds, FAILED, READY};
 use super::engine::{CreateRequest, ExecRequest, Gate, Launched, Launcher};
 use super::ffi;
+use super::spec::Process;
 use crate::reaper::Reaper;
 
 /// Forks with glibc's fork on a short-lived thread that first enters the
@@ -53,9 +54,12 @@ struct AgentStdio {
     terminal: Option<OwnedFd>,
 }
 
-fn stdio(terminal: bool) -> io::Result<(ChildStdio, AgentStdio)> {
-    if terminal {
+fn stdio(process: &Process) -> io::Result<(ChildStdio, AgentStdio)> {
+    if process.terminal {
         let (master, slave, path) = ffi::openpty()?;
+        if let Some(size) = process.console_size {
+            ffi::set_winsize(master.as_fd(), size.height, size.width)?;
+        }
         let child = ChildStdio {
             fds: [slave.try_clone()?, slave.try_clone()?, slave],
             tty: true,
@@ -186,6 +190,7 @@ fn init_child(fds: &ChildFds, req: &CreateRequest<'_>, console: Option<&str>) ->
         ffi::exit_now(1);
     }
     let setup = || -> Result<(), String> {
+        child::set_oom_score_adj(&req.spec.process())?;
         child::join_cgroup(req.cgroup_procs)?;
         child::enter_namespaces(req.spec)?;
         child::mount_rootfs(req.spec, req.rootfs, console)?;
@@ -209,6 +214,7 @@ fn exec_child(fds: &ChildFds, req: &ExecRequest<'_>, namespaces: &[(OwnedFd, lib
     // before arrange_fds closes the namespace descriptors.
     let join = || -> Result<(), String> {
         ffi::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
+        child::set_oom_score_adj(req.process)?;
         child::join_cgroup(req.cgroup_procs)?;
         for (fd, kind) in namespaces {
             ffi::setns(fd.as_fd(), *kind).map_err(|e| format!("setns({kind:#x}): {e}"))?;
@@ -250,7 +256,7 @@ fn same_ns(pid: libc::pid_t, name: &str) -> bool {
 impl Launcher for LinuxLauncher {
     fn create(&self, req: &CreateRequest<'_>) -> Result<Launched, String> {
         let (child_io, io) =
-            stdio(req.spec.process().terminal).map_err(|e| format!("creating stdio: {e}"))?;
+            stdio(&req.spec.process()).map_err(|e| format!("creating stdio: {e}"))?;
         let (start_r, start_w) = ffi::pipe().map_err(|e| format!("creating start pipe: {e}"))?;
         let (sync_r, sync_w) = ffi::pipe().map_err(|e| format!("creating sync pipe: {e}"))?;
         let pidns = match req.spec.namespace("pid") {
@@ -290,8 +296,7 @@ impl Launcher for LinuxLauncher {
     }
 
     fn exec(&self, req: &ExecRequest<'_>) -> Result<Launched, String> {
-        let (child_io, io) =
-            stdio(req.process.terminal).map_err(|e| format!("creating stdio: {e}"))?;
+        let (child_io, io) = stdio(req.process).map_err(|e| format!("creating stdio: {e}"))?;
         let (sync_r, sync_w) = ffi::pipe().map_err(|e| format!("creating sync pipe: {e}"))?;
         let init = req.init_pid;
         let mut namespaces = Vec::new();

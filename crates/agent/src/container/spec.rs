@@ -63,6 +63,21 @@ pub struct Process {
     /// Set `PR_SET_NO_NEW_PRIVS`.
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// Initial size of the terminal.
+    pub console_size: Option<ConsoleSize>,
+    /// Written to /proc/self/oom_score_adj.
+    pub oom_score_adj: Option<i32>,
+}
+
+/// `process.consoleSize`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct ConsoleSize {
+    /// Rows.
+    #[serde(default)]
+    pub height: u16,
+    /// Columns.
+    #[serde(default)]
+    pub width: u16,
 }
 
 /// `process.user`.

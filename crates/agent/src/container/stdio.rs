@@ -99,7 +99,11 @@ impl Output {
     /// (0: [`DEFAULT_READ`]; never more than [`MAX_READ`]). Empty means
     /// the end.
     pub fn read(&self, max: usize) -> Vec<u8> {
-        let max = if max == 0 { DEFAULT_READ } else { max.min(MAX_READ) };
+        let max = if max == 0 {
+            DEFAULT_READ
+        } else {
+            max.min(MAX_READ)
+        };
         let mut state = self.lock();
         while state.data.is_empty() && !state.eof {
             state = self
