@@ -112,6 +112,8 @@ fn containers_in_a_real_guest() {
 
     let spec_vm = VmSpec {
         memory_mib: 256,
+        // The agent logs how long each container step took.
+        extra_cmdline: Some("nacre.log=info".into()),
         ..VmSpec::new(p.image.clone())
     };
     let run_dir = dir.join("run");
@@ -181,6 +183,11 @@ fn containers_in_a_real_guest() {
     );
     agent.remove_container("stats").unwrap();
 
+    for line in sandbox.vm().console().lines() {
+        if line.contains("container ") {
+            eprintln!("guest: {line}");
+        }
+    }
     let leftovers = sandbox.shutdown(Duration::from_secs(120)).unwrap();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let _ = std::fs::remove_dir_all(&dir);

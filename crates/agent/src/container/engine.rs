@@ -349,7 +349,11 @@ impl<L: Launcher> Engine<L> {
             }
             creating.push(id.to_owned());
         }
+        let began = std::time::Instant::now();
         let result = self.create_reserved(id, &spec);
+        if result.is_ok() {
+            tracing::info!("container {id}: created in {:?}", began.elapsed());
+        }
         lock(&self.creating).retain(|c| c != id);
         result
     }
@@ -416,7 +420,7 @@ impl<L: Launcher> Engine<L> {
             paused: AtomicBool::new(false),
         });
         lock(&self.containers).insert(id.to_owned(), container);
-        tracing::info!("container {id}: created, init pid {pid}");
+        tracing::debug!("container {id}: init pid {pid}");
         Ok(pid)
     }
 
@@ -433,9 +437,10 @@ impl<L: Launcher> Engine<L> {
             ));
         };
         c.started.store(true, Ordering::SeqCst);
+        let began = std::time::Instant::now();
         gate.release()
             .map_err(|e| ContainerError::new(ErrorKind::Internal, id, e))?;
-        tracing::info!("container {id}: started");
+        tracing::info!("container {id}: started in {:?}", began.elapsed());
         Ok(())
     }
 
@@ -667,6 +672,7 @@ impl<L: Launcher> Engine<L> {
     /// with its last process).
     pub fn remove(&self, id: &str) -> Result<(), ContainerError> {
         let c = self.get(id)?;
+        let began = std::time::Instant::now();
         let internal = |m: String| ContainerError::new(ErrorKind::Internal, id, m);
         if let Some(cg) = &c.cgroup {
             if c.paused.load(Ordering::SeqCst) {
@@ -701,7 +707,7 @@ impl<L: Launcher> Engine<L> {
             cg.destroy().map_err(|e| internal(e.to_string()))?;
         }
         lock(&self.containers).remove(id);
-        tracing::info!("container {id}: removed");
+        tracing::info!("container {id}: removed in {:?}", began.elapsed());
         Ok(())
     }
 }
