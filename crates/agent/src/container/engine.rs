@@ -266,14 +266,14 @@ pub fn validate_id(id: &str) -> Result<(), ContainerError> {
         && id != ".."
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
     if ok {
         Ok(())
     } else {
         Err(ContainerError::new(
             ErrorKind::InvalidArgument,
             id,
-            "bad container id (use 1-128 of A-Z a-z 0-9 - _ .)",
+            "bad container id (use 1-128 of A-Z a-z 0-9 + - _ ., as runc)",
         ))
     }
 }
