@@ -5,12 +5,14 @@
 //! The initrd is made here: static busybox and an /init script, as an
 //! uncompressed newc cpio. Takes tens of seconds (minutes on a loaded host)
 //! where guest kernel mode is emulated.
+//! This is the crate's one real-guest boot: it also checks the clean exit
+//! through `reboot -f` and that the api socket is removed.
 //! Paths: `NACRE_TEST_KERNEL` (default /tmp/nacre-dev/vmlinux),
 //! `NACRE_TEST_BUSYBOX` (default /bin/busybox). Skipped when KVM or the
-//! files are missing, unless `CI` is set (then it fails);
-//! `NACRE_SKIP_GUEST_BOOT=1` skips it explicitly. The read-only bind mount
-//! needs root (the VMM then runs in a private mount namespace); without
-//! root that part is not checked.
+//! files are missing, unless `CI` or `NACRE_REQUIRE_VM` is set (then it
+//! fails); `NACRE_SKIP_GUEST_BOOT=1` skips it explicitly. The read-only
+//! bind mount needs root (the VMM then runs in a private mount namespace);
+//! without root that part is not checked, or fails in strict mode.
 
 mod common;
 
@@ -35,6 +37,13 @@ reboot -f
 "#;
 
 const HELLO: &str = "hello through virtio-fs";
+
+/// Same rule as `common::strict`: a missing prerequisite fails the test.
+fn strict() -> bool {
+    ["CI", "NACRE_REQUIRE_VM"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
+}
 
 fn path_from_env(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var)
@@ -170,6 +179,7 @@ fn guest_mounts_a_shared_dir() {
     let initrd_path = dir.join("initrd.cpio");
     std::fs::write(&initrd_path, initrd(&busybox)).unwrap_or_else(|e| panic!("initrd: {e}"));
     let log = dir.join("serial.log");
+    let api = dir.join("api.sock");
     let shared = format!("nacre={}", share.display());
 
     let mut cmd = Command::new(vmm_bin());
@@ -177,12 +187,15 @@ fn guest_mounts_a_shared_dir() {
         .args(["--initrd", initrd_path.to_str().unwrap_or("")])
         .args(["--memory-mib", "128", "--shared-dir", &shared])
         .args(["--serial-log", log.to_str().unwrap_or("")])
+        .args(["--api-socket", api.to_str().unwrap_or("")])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if root {
         with_ro_bind(&mut cmd, &ro_src, &share.join("ro"));
+    } else if strict() {
+        panic!("strict mode and not root: cannot check the read-only bind mount");
     } else {
         eprintln!("not root: the read-only bind mount is not checked");
     }
@@ -198,6 +211,7 @@ fn guest_mounts_a_shared_dir() {
     for needle in ["FS: mounted", HELLO, "FS: wrote"] {
         assert!(text.contains(needle), "no {needle:?} in:\n{text}");
     }
+    assert!(!api.exists(), "api socket left behind");
     let out = std::fs::read_to_string(share.join("out.txt")).unwrap_or_default();
     assert_eq!(out, "data\n", "out.txt on the host; serial log:\n{text}");
     if root {
