@@ -197,6 +197,7 @@ pub fn run(g: &Global, a: &RunArgs) -> Result<i32> {
     if a.detach {
         return Ok(0);
     }
+    super::forward::forward_signals(paths.clone());
     let status = monitor.wait().context("waiting for the container")?;
     ops::delete(&paths, true)?;
     Ok(exit_code(status))

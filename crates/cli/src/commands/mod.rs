@@ -3,6 +3,7 @@
 //! code on success.
 
 pub mod exec;
+mod forward;
 pub mod lifecycle;
 pub mod manage;
 pub mod query;
