@@ -434,3 +434,36 @@ fn vm_terminal_over_console_socket_and_vmm_killed_under_it() {
     vm.ok(&["delete", id]);
     assert_nothing_left(&vm.root, id);
 }
+
+#[test]
+fn vm_delete_cleans_up_after_the_monitor_was_killed() {
+    let Some(vm) = Vm::new("vm_monitor_killed") else {
+        return;
+    };
+    become_subreaper();
+    let b = busybox_bundle(vm.scratch.path(), &config(&["sleep", "100000"], ""));
+    let pid_file = vm.scratch.path().join("orphan.pid");
+    let id = "orphan";
+    vm.create(id, &b, &["--pid-file", pid_file.to_str().unwrap()]);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(vm.root.join(id).join("state.json")).unwrap())
+            .unwrap();
+    let vmm_pid = i32::try_from(state["vmm_pid"].as_u64().unwrap()).unwrap();
+    // SAFETY: kill(2) of the monitor this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(wait_monitor(pid, Duration::from_secs(30)), 137);
+    // SAFETY: signal 0 only probes.
+    assert_eq!(
+        unsafe { libc::kill(vmm_pid, 0) },
+        0,
+        "the VMM should outlive its monitor"
+    );
+    assert_eq!(vm.state(id)["status"], "stopped");
+    vm.ok(&["delete", id]);
+    assert_nothing_left(&vm.root, id);
+}
