@@ -200,6 +200,7 @@ mod tests {
         let dir = |t: &str| SharedDir {
             tag: t.into(),
             path: "/tmp".into(),
+            cache: fs::CacheMode::Auto,
         };
         let mut c = cfg();
         c.shared_dirs = vec![dir("a"), dir("b")];

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use nacre_vmm::devices::virtio::fs::SharedDir;
+use nacre_vmm::devices::virtio::fs::{CacheMode, SharedDir};
 use nacre_vmm::{exit_code, exit_code_for, VmConfig, VsockConfig};
 
 const EXIT_CODES: &str = "\
@@ -58,6 +58,11 @@ struct Cli {
     /// Repeatable: one device each.
     #[arg(long = "shared-dir", value_name = "TAG=PATH", value_parser = SharedDir::parse)]
     shared_dirs: Vec<SharedDir>,
+    /// Guest data cache of the --shared-dir devices: auto (dropped when a
+    /// file is opened again; the host may change files), always (kept
+    /// across opens; only the guest changes files), never (direct I/O).
+    #[arg(long, value_name = "MODE", default_value_t = CacheMode::Auto)]
+    shared_dir_cache: CacheMode,
     /// Control socket (JSON lines; see below).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
@@ -84,7 +89,12 @@ impl Cli {
             uds_path,
         });
         config.api_socket = self.api_socket;
-        config.shared_dirs = self.shared_dirs;
+        let cache = self.shared_dir_cache;
+        config.shared_dirs = self
+            .shared_dirs
+            .into_iter()
+            .map(|dir| SharedDir { cache, ..dir })
+            .collect();
         config.host_quirks = !self.no_host_quirks;
         config
     }

@@ -14,6 +14,31 @@ pub const CONFIG_LEN: usize = TAG_LEN + 4;
 pub struct SharedDir {
     pub tag: String,
     pub path: PathBuf,
+    pub cache: CacheMode,
+}
+
+/// How the guest may cache file data of a share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CacheMode {
+    /// Close-to-open: cached data is dropped whenever a file is opened
+    /// again. Right when the host may change the files.
+    #[default]
+    Auto,
+    /// Data stays cached across opens. Right when only this guest changes
+    /// the files (a container rootfs): no re-reads on every exec.
+    Always,
+    /// No data cache at all (direct I/O).
+    Never,
+}
+
+impl std::fmt::Display for CacheMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Always => "always",
+            Self::Never => "never",
+        })
+    }
 }
 
 /// A malformed `--shared-dir` value or an unusable tag.
@@ -49,6 +74,7 @@ impl SharedDir {
         Ok(Self {
             tag: tag.to_string(),
             path: PathBuf::from(path),
+            cache: CacheMode::Auto,
         })
     }
 }
@@ -113,7 +139,8 @@ mod tests {
             SharedDir::parse("nacre=/tmp/a=b"),
             Ok(SharedDir {
                 tag: "nacre".into(),
-                path: "/tmp/a=b".into()
+                path: "/tmp/a=b".into(),
+                cache: CacheMode::Auto,
             })
         );
     }

@@ -10,7 +10,7 @@ use tracing::debug;
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 
 use super::super::{ActivateError, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
-use super::config::{config_space, validate_tag, SharedDir, SharedDirError, CONFIG_LEN};
+use super::config::{config_space, validate_tag, CacheMode, SharedDir, SharedDirError, CONFIG_LEN};
 use super::worker::{Worker, WorkerHandle};
 
 /// The virtio device ID of virtio-fs.
@@ -47,6 +47,7 @@ pub enum FsError {
 pub struct VirtioFs {
     tag: String,
     root: PathBuf,
+    cache: CacheMode,
     config: [u8; CONFIG_LEN],
     acked_features: u64,
     worker: Option<WorkerHandle>,
@@ -80,6 +81,7 @@ impl VirtioFs {
             tag: dir.tag.clone(),
             config: config_space(&dir.tag, NUM_REQUEST_QUEUES),
             root,
+            cache: dir.cache,
             acked_features: 0,
             worker: None,
         })
@@ -115,11 +117,15 @@ impl VirtioFs {
 ///   shares a descriptor with the same file seen through a writable one.
 /// - `xattr` off: nothing in the guest needs them, and they would let the
 ///   guest set `security.*`/`trusted.*` attributes on host files.
-/// - `writeback` off, cache policy `Auto`, 1 s timeouts: the host may
-///   change the files (volumes), so writes go through at once and the guest
-///   revalidates data on open (close-to-open consistency).
+/// - `writeback` off, 1 s entry/attribute timeouts: the host may change
+///   the files (volumes), so writes go through at once and metadata is
+///   revalidated soon.
+/// - cache policy from `cache` (default `Auto`: close-to-open, the guest
+///   drops a file's cached data when it opens it again; `Always` keeps it,
+///   for trees only the guest changes, such as a container rootfs, where
+///   re-reading every binary on each exec is costly).
 /// - `no_open`/`no_opendir`/`killpriv_v2` off, `seal_size` off.
-pub fn passthrough_config(root: &std::path::Path) -> PassthroughConfig {
+pub fn passthrough_config(root: &std::path::Path, cache: CacheMode) -> PassthroughConfig {
     PassthroughConfig {
         root_dir: root.to_string_lossy().into_owned(),
         do_import: true,
@@ -127,7 +133,11 @@ pub fn passthrough_config(root: &std::path::Path) -> PassthroughConfig {
         enable_mntid: true,
         xattr: false,
         writeback: false,
-        cache_policy: CachePolicy::Auto,
+        cache_policy: match cache {
+            CacheMode::Auto => CachePolicy::Auto,
+            CacheMode::Always => CachePolicy::Always,
+            CacheMode::Never => CachePolicy::Never,
+        },
         entry_timeout: CACHE_TIMEOUT,
         attr_timeout: CACHE_TIMEOUT,
         no_open: false,
@@ -208,7 +218,7 @@ impl VirtioDevice for VirtioFs {
         self.stop_worker();
         let worker = Worker::new(mem, interrupt, queues).map_err(ActivateError::Worker)?;
         let handle = worker
-            .spawn(&self.tag, passthrough_config(&self.root))
+            .spawn(&self.tag, passthrough_config(&self.root, self.cache))
             .map_err(ActivateError::Worker)?;
         self.worker = Some(handle);
         debug!(tag = %self.tag, root = %self.root.display(), "virtio-fs: activated");
@@ -245,6 +255,7 @@ mod tests {
         let bad_tag = SharedDir {
             tag: String::new(),
             path: "/tmp".into(),
+            cache: CacheMode::Auto,
         };
         assert!(matches!(VirtioFs::new(&bad_tag), Err(FsError::Tag(_))));
     }

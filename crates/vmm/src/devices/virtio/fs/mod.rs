@@ -21,7 +21,9 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
-pub use config::{validate_all, validate_tag, SharedDir, SharedDirError, CONFIG_LEN, TAG_LEN};
+pub use config::{
+    validate_all, validate_tag, CacheMode, SharedDir, SharedDirError, CONFIG_LEN, TAG_LEN,
+};
 pub use device::{
     passthrough_config, FsError, VirtioFs, FS_DEVICE_TYPE, NUM_REQUEST_QUEUES, QUEUE_SIZE,
 };

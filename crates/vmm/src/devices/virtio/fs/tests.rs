@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::{ActiveQueue, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING};
-use super::{SharedDir, VirtioFs};
+use super::{CacheMode, SharedDir, VirtioFs};
 
 const QSIZE: u16 = 16;
 const MEM_SIZE: usize = 8 << 20;
@@ -169,9 +169,14 @@ struct Driver<'a> {
 
 impl<'a> Driver<'a> {
     fn start(mem: &'a GuestMemory, root: &Path) -> Self {
+        Self::start_with(mem, root, CacheMode::Auto)
+    }
+
+    fn start_with(mem: &'a GuestMemory, root: &Path, cache: CacheMode) -> Self {
         let dir = SharedDir {
             tag: "nacre".into(),
             path: root.to_path_buf(),
+            cache,
         };
         let mut device = VirtioFs::new(&dir).unwrap();
         let hiprio = Ring::at(mem, HIPRIO_RING);
@@ -406,6 +411,29 @@ fn init_lookup_getattr_read_write() {
     assert_eq!(mode.mode() & 0o777, 0o644);
 
     assert!(d.device.reset());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cache_mode_sets_the_open_flags() {
+    const FOPEN_DIRECT_IO: u32 = 1;
+    const FOPEN_KEEP_CACHE: u32 = 2;
+    let dir = temp_dir("cache");
+    std::fs::write(dir.join("f"), b"x").unwrap();
+    for (mode, flags) in [
+        (CacheMode::Auto, 0),
+        (CacheMode::Always, FOPEN_KEEP_CACHE),
+        (CacheMode::Never, FOPEN_DIRECT_IO),
+    ] {
+        let mem = guest_memory();
+        let mut d = Driver::start_with(&mem, &dir, mode);
+        d.init();
+        let node = d.lookup_ok(ROOT, "f");
+        let r = d.open(node, libc::O_RDONLY);
+        assert_eq!(r.error, 0);
+        assert_eq!(r.u32_at(8) & 3, flags, "{mode}");
+        d.release(node, r.u64_at(0));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
