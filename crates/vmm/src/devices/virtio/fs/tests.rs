@@ -242,7 +242,12 @@ impl<'a> Driver<'a> {
         self.request.push(descs);
         self.request_kick.write(1).unwrap();
         let used = self.request.wait_used();
-        assert!(self.irq_status.load(Ordering::SeqCst) & VIRTIO_MMIO_INT_VRING != 0);
+        // The interrupt follows the used ring update of the batch.
+        let deadline = Instant::now() + WAIT;
+        while self.irq_status.swap(0, Ordering::SeqCst) & VIRTIO_MMIO_INT_VRING == 0 {
+            assert!(Instant::now() < deadline, "no interrupt after a reply");
+            thread::sleep(Duration::from_micros(50));
+        }
         let mut reply = vec![0; used.min(REPLY_MAX) as usize];
         self.mem
             .read_slice(&mut reply, GuestAddress(REPLY_BUF))
