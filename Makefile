@@ -23,7 +23,7 @@ INITRD := $(GUEST_DIR)/initrd.cpio
 # machine). Kernel build, initrd, QEMU comparison, container tools.
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio \
 	linux-source-6.1 busybox-static qemu-system-x86 \
-	iproute2 procps
+	iproute2 procps runc crun podman
 
 export NACRE_CACHE
 
@@ -80,7 +80,7 @@ lint:
 # /dev/kvm, root or the guest image is missing.
 test: deps guest lint
 	NACRE_REQUIRE_VM=1 NACRE_KERNEL=$(abspath $(KERNEL)) NACRE_INITRD=$(abspath $(INITRD)) \
-		NACRE_TEST_KERNEL=$(abspath $(KERNEL)) \
+		NACRE_TEST_KERNEL=$(abspath $(KERNEL)) NACRE_REQUIRE_PODMAN=1 \
 		$(CARGO) test --workspace
 
 bench: deps guest build

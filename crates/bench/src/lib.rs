@@ -5,5 +5,6 @@
 //! `make bench` measures.
 
 pub mod boot;
+pub mod container;
 pub mod memory;
 pub mod report;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use nacre_bench::boot::{boot_to_ready, BootSample, Vmm};
+use nacre_bench::container::{busybox_bundle, Runtime};
 use nacre_bench::report::{HostInfo, Report, Section};
 use nacre_runtime::image::{locate_vmm, GuestImage};
 
@@ -73,10 +74,12 @@ fn main() -> Result<()> {
         );
         samples.push(s);
     }
+    let mut sections = vec![boot_section(&samples, &vmms, args.memory_mib)];
+    sections.push(container_section(args.runs).context("container benchmark")?);
     let report = Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         host: HostInfo::current(),
-        sections: vec![boot_section(&samples, &vmms, args.memory_mib)],
+        sections,
     };
     report.write(&args.out).context("writing the report")?;
     print!("{}", report.markdown());
@@ -139,4 +142,77 @@ fn boot_section(samples: &[BootSample], vmms: &[Vmm], memory_mib: u32) -> Sectio
         )],
         data: serde_json::to_value(samples).unwrap_or_default(),
     }
+}
+
+/// `run` of the same busybox bundle (`true`) under runc, crun and nacre, and
+/// the host memory of one running nacre sandbox.
+fn container_section(runs: usize) -> Result<Section> {
+    let scratch = std::env::temp_dir().join(format!("nacre-bench-ctr-{}", std::process::id()));
+    let result = container_section_in(&scratch, runs);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn container_section_in(scratch: &std::path::Path, runs: usize) -> Result<Section> {
+    let bundle = busybox_bundle(&scratch.join("bundle"), &["true"])?;
+    let sleeper = busybox_bundle(&scratch.join("sleeper"), &["sleep", "100000"])?;
+    let nacre = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("nacre")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "/usr/local/bin/nacre".into());
+    let runtimes = [
+        ("runc", PathBuf::from("runc")),
+        ("crun", "crun".into()),
+        ("nacre", nacre),
+    ]
+    .map(|(name, binary)| Runtime {
+        name,
+        binary,
+        root: scratch.join(format!("root-{name}")),
+    });
+    let mut rows = Vec::new();
+    let mut data = serde_json::Map::new();
+    let mut runc_median = f64::NAN;
+    for rt in &runtimes {
+        let mut times = Vec::new();
+        for i in 0..runs {
+            eprintln!("[{}] run {}/{runs} of `true`...", rt.name, i + 1);
+            times.push(rt.time_run(&bundle, &format!("bench-{}-{i}", rt.name))?);
+        }
+        let m = median(times.clone());
+        if rt.name == "runc" {
+            runc_median = m;
+        }
+        rows.push(vec![
+            rt.name.to_string(),
+            format!("{m:.3}"),
+            format!("{:.1}", m / runc_median),
+        ]);
+        data.insert(rt.name.into(), serde_json::json!(times));
+    }
+    eprintln!("[nacre] memory of one running sandbox...");
+    let nacre_rt = &runtimes[2];
+    let mem = nacre_rt.running_memory(&sleeper, "bench-nacre-mem")?;
+    data.insert("nacre_sandbox_memory".into(), serde_json::json!(mem));
+    Ok(Section {
+        title: "Container `run` of `true` (same busybox bundle)".into(),
+        columns: ["runtime", "median wall time (s)", "ratio to runc"]
+            .map(String::from)
+            .to_vec(),
+        rows,
+        notes: vec![
+            format!(
+                "Foreground `<runtime> --root R run --bundle B id`, spawn to exit, median of {runs}. \
+                 nacre's time includes booting the sandbox VM and shutting it down."
+            ),
+            format!(
+                "Host memory of one running nacre sandbox (monitor + nacre-vmm, idle `sleep`): \
+                 PSS {:.1} MiB, RSS {:.1} MiB.",
+                mem.pss_kib as f64 / 1024.0,
+                mem.rss_kib as f64 / 1024.0
+            ),
+        ],
+        data: serde_json::Value::Object(data),
+    })
 }
