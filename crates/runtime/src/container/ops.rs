@@ -49,6 +49,13 @@ pub fn create(
             }
         });
     }
+    let vm_dir = paths.vm_dir();
+    if !vm_dir.starts_with(&dir) && vm_dir.exists() {
+        // Left by a container of the same root and id that was never
+        // deleted (its state directory is gone, so nothing runs there).
+        tracing::warn!("removing the stale run directory {}", vm_dir.display());
+        let _ = fs::remove_dir_all(&vm_dir);
+    }
     let result = (|| {
         let _lock = DirLock::acquire(&dir, paths.id())?;
         setup_shared(paths, &bundle)?;
@@ -217,6 +224,14 @@ pub fn destroy(paths: &ContainerPaths) -> Result<(), ContainerError> {
             path: paths.shared_dir(),
             source: std::io::Error::from(std::io::ErrorKind::ResourceBusy),
         });
+    }
+    let vm_dir = paths.vm_dir();
+    if !vm_dir.starts_with(paths.dir()) {
+        if let Err(e) = fs::remove_dir_all(&vm_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {}: {e}", vm_dir.display());
+            }
+        }
     }
     let dir = paths.dir();
     match fs::remove_dir_all(&dir) {

@@ -15,6 +15,11 @@ use super::ContainerError;
 
 /// The default `--root`.
 pub const DEFAULT_ROOT: &str = "/run/nacre";
+/// Where VMM run directories go when `<root>/<id>/vm` is too long.
+pub const SHORT_VM_BASE: &str = "/run/nacre-vm";
+/// Longest socket path accepted (`sun_path` is 108 bytes with the NUL;
+/// leave room).
+const MAX_SOCKET_PATH: usize = 100;
 /// The virtio-fs tag of the shared directory.
 pub const SHARED_TAG: &str = "nacre";
 /// Where the agent mounts the shared directory in the guest.
@@ -58,8 +63,35 @@ impl ContainerPaths {
         self.vm_dir().join("vmm.pid")
     }
 
+    /// The VMM's run directory: `<root>/<id>/vm`, unless its socket paths
+    /// would not fit a Unix socket address (108 bytes; container ids are
+    /// often 64 characters), then [`SHORT_VM_BASE`]`/<hash of root and id>`.
     pub fn vm_dir(&self) -> PathBuf {
-        self.dir().join("vm")
+        let inside = self.dir().join("vm");
+        // The longest socket name the VMM creates is "vsock.sock".
+        if inside.join("vsock.sock").as_os_str().len() < MAX_SOCKET_PATH {
+            inside
+        } else {
+            self.short_vm_dir()
+        }
+    }
+
+    /// The fallback VMM run directory for long roots or ids.
+    pub fn short_vm_dir(&self) -> PathBuf {
+        // FNV-1a over root and id: stable across processes and versions.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self
+            .root
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .chain([0u8].iter())
+            .chain(self.id.as_bytes())
+        {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        PathBuf::from(SHORT_VM_BASE).join(format!("{h:016x}"))
     }
 
     pub fn vsock_socket(&self) -> PathBuf {
@@ -141,5 +173,23 @@ mod tests {
         assert_eq!(p.guest_rootfs(), "/run/nacre/shared/c1/rootfs");
         assert_eq!(p.guest_mount(0), "/run/nacre/shared/c1/mounts/0");
         assert_eq!(p.vsock_socket(), Path::new("/run/nacre/c1/vm/vsock.sock"));
+    }
+
+    #[test]
+    fn long_ids_get_a_short_vm_dir() {
+        let id = "b3a1f8ac633ffb0e9a08ad83a5d0222d640e307f746d34568673fc648c2e4b19";
+        let p = ContainerPaths::new(Path::new("/run/nacre"), id).unwrap();
+        assert_eq!(
+            p.vm_dir(),
+            p.dir().join("vm"),
+            "fits under the default root"
+        );
+        let p = ContainerPaths::new(Path::new("/tmp/some/long/podman/test/root"), id).unwrap();
+        let vm = p.vm_dir();
+        assert!(vm.starts_with(SHORT_VM_BASE), "{}", vm.display());
+        assert!(p.vsock_socket().as_os_str().len() < 100);
+        assert_eq!(vm, p.vm_dir(), "stable");
+        let other = ContainerPaths::new(Path::new("/tmp/some/long/podman/test/root2"), id).unwrap();
+        assert_ne!(vm, other.vm_dir());
     }
 }
