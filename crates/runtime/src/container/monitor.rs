@@ -110,9 +110,12 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
     let bundle = Bundle::load(&opts.bundle_dir)?;
     let io = console_io(opts.console_socket.as_deref())?;
     let mut cmdline = Vec::new();
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut spec = VmSpec {
-        vcpus: opts.vcpus,
-        memory_mib: opts.memory_mib,
+        vcpus: opts
+            .vcpus
+            .max(bundle.vm_vcpus(u32::try_from(host_cpus).unwrap_or(1))),
+        memory_mib: opts.memory_mib.max(bundle.vm_memory_mib()),
         ..VmSpec::new(opts.image.clone())
     };
     if opts.shared_fs {

@@ -29,7 +29,16 @@ pub struct Bundle {
     pub hostname: Option<String>,
     /// `process.terminal`.
     pub terminal: bool,
+    /// `linux.resources.memory.limit` in bytes, when positive.
+    pub memory_limit: Option<u64>,
+    /// CPUs `linux.resources.cpu` quota/period allows, rounded up.
+    pub cpu_limit: Option<u32>,
 }
+
+/// Memory of a VM beyond its container's limit (kernel, agent, caches).
+const VM_BASE_MIB: u64 = 256;
+/// The largest VM a spec may ask for.
+const VM_MAX_MIB: u64 = 16 * 1024;
 
 /// A bind mount of the spec, which the guest reaches through the shared
 /// directory.
@@ -134,9 +143,20 @@ impl Bundle {
                 readonly: m.options.iter().any(|o| o == "ro"),
             });
         }
+        let resources = spec.pointer("/linux/resources");
+        let int = |p: &str| resources.and_then(|r| r.pointer(p)).and_then(Value::as_i64);
+        let memory_limit = int("/memory/limit")
+            .and_then(|l| u64::try_from(l).ok())
+            .filter(|l| *l > 0);
+        let cpu_limit = match (int("/cpu/quota"), int("/cpu/period")) {
+            (Some(q), Some(p)) if q > 0 && p > 0 => u32::try_from((q + p - 1) / p).ok(),
+            _ => None,
+        };
         Ok(Self {
             dir,
             spec,
+            memory_limit,
+            cpu_limit,
             rootfs,
             readonly: root.readonly,
             binds,
@@ -145,6 +165,22 @@ impl Bundle {
             hostname: view.hostname,
             terminal: view.process.is_some_and(|p| p.terminal),
         })
+    }
+
+    /// The VM's memory in MiB: a base plus the container's memory limit.
+    pub fn vm_memory_mib(&self) -> u32 {
+        let mib = self
+            .memory_limit
+            .map_or(VM_BASE_MIB, |l| VM_BASE_MIB + l.div_ceil(1 << 20))
+            .min(VM_MAX_MIB);
+        u32::try_from(mib).unwrap_or(256)
+    }
+
+    /// The VM's vCPUs: what the CPU quota allows, at least 1, at most
+    /// `host_cpus`.
+    pub fn vm_vcpus(&self, host_cpus: u32) -> u8 {
+        let n = self.cpu_limit.unwrap_or(1).clamp(1, host_cpus.max(1));
+        u8::try_from(n).unwrap_or(u8::MAX)
     }
 
     /// The spec as the guest gets it: rootfs and bind sources moved into
@@ -265,6 +301,21 @@ mod tests {
         );
         assert_eq!(g["linux"]["unknownField"], 1);
         assert_eq!(g["process"]["args"], json!(["sh"]));
+        assert_eq!(b.vm_memory_mib(), 256);
+        assert_eq!(b.vm_vcpus(8), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resources_size_the_vm() {
+        let dir = bundle_dir(
+            r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "linux": {"resources":
+                {"memory": {"limit": 536870912}, "cpu": {"quota": 150000, "period": 100000}}}}"#,
+        );
+        let b = Bundle::load(&dir).unwrap();
+        assert_eq!(b.vm_memory_mib(), 256 + 512);
+        assert_eq!(b.vm_vcpus(8), 2);
+        assert_eq!(b.vm_vcpus(1), 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
