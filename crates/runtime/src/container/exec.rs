@@ -14,7 +14,7 @@ use super::launch::Reporter;
 use super::monitor::{connect_agent, console_io, write_pid_file};
 use super::ops::load;
 use super::paths::ContainerPaths;
-use super::relay::{start_relay, HostIo};
+use super::relay::start_relay;
 use super::state::Status;
 use super::ContainerError;
 
@@ -177,19 +177,6 @@ pub fn run_exec(
         .map_err(|_| ContainerError::Monitor("the wait thread ended".into()))??;
     relay.finish(Duration::from_secs(5));
     Ok(exit.status)
-}
-
-/// Whether the process was asked to run on a terminal without a host one
-/// to relay (the caller must then give a console socket).
-pub fn needs_console(process: &Value, console_socket: Option<&Path>, detach: bool) -> bool {
-    process.get("terminal").and_then(Value::as_bool) == Some(true)
-        && console_socket.is_none()
-        && detach
-}
-
-/// For callers that relay their own stdio.
-pub fn inherited() -> HostIo {
-    HostIo::Inherited
 }
 
 #[cfg(test)]
