@@ -1,7 +1,7 @@
 # nacre: build, guest image, tests, benchmarks.
 #
 #   make demo    fresh Debian 12 machine, as root: packages, build, guest
-#                image, install, then boot a VM and talk to its agent
+#                image, install, then run a container in its own VM
 #   make test    everything above but install, then all test tiers
 #   make guest   the guest image alone (kernel + initrd)
 #   make bench   benchmarks: writes target/bench/report.md and report.json
@@ -69,8 +69,7 @@ install: build guest
 	install -D -m 0644 $(INITRD) $(PREFIX)/share/nacre/initrd.cpio
 
 demo: deps install
-	@echo ">> booting a VM and asking its agent (tens of seconds on hosts without VT-x/AMD-V)"
-	$(PREFIX)/bin/nacre check --boot
+	NACRE=$(PREFIX)/bin/nacre scripts/demo.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
