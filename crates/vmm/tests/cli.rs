@@ -141,3 +141,35 @@ fn bad_shared_dirs_are_named() {
     assert!(err.contains("tag \"a\" is used twice"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Runs the VMM in a private mount namespace where `/dev` is an empty
+/// tmpfs, so `/dev/kvm` does not exist for it. Needs root (`unshare -m`).
+#[test]
+fn no_dev_kvm_is_69_and_named() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            !common::strict(),
+            "this test needs root (unshare -m) under CI / NACRE_REQUIRE_VM"
+        );
+        eprintln!("SKIPPED no_dev_kvm_is_69_and_named: needs root");
+        return;
+    }
+    let dir = scratch("cli-nokvm");
+    let k = dir.join("vmlinux");
+    std::fs::write(&k, reset_kernel()).unwrap_or_default();
+    let script = format!(
+        "mount --make-rprivate / && mount -t tmpfs none /dev && exec {} --kernel {} --initrd {}",
+        vmm_bin(),
+        k.display(),
+        k.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap_or_else(|e| panic!("running unshare: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("/dev/kvm"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

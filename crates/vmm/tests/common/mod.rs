@@ -16,7 +16,7 @@ pub fn vmm_bin() -> &'static str {
 }
 
 /// Whether a missing prerequisite must fail the test rather than skip it.
-fn strict() -> bool {
+pub fn strict() -> bool {
     ["CI", "NACRE_REQUIRE_VM"]
         .iter()
         .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
