@@ -123,6 +123,12 @@ fn vm_podman_run_uname_prints_the_guest_kernel() {
     );
     assert_ne!(release, nacre_runtime::host::kernel_release());
 
+    // conmon runs `podman container cleanup` after the exit, in the
+    // background: let it finish before removing the storage.
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while Instant::now() < deadline && processes_naming(dir) > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let _ = podman()
         .args(["rmi", "-f", "localhost/nacre-busybox"])
         .output();
@@ -136,4 +142,19 @@ fn vm_podman_run_uname_prints_the_guest_kernel() {
         "containers left under {}",
         root.display()
     );
+}
+
+/// Processes (other than this one) whose command line names `dir`.
+fn processes_naming(dir: &std::path::Path) -> usize {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy() != me.as_str())
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .filter(|c| String::from_utf8_lossy(c).contains(&needle))
+                .count()
+        })
+        .unwrap_or(0)
 }
