@@ -10,6 +10,7 @@
 pub mod fs;
 pub mod mmio;
 pub mod vsock;
+pub mod worker;
 
 pub use mmio::MmioTransport;
 

@@ -11,7 +11,8 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 
 use super::super::{ActivateError, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
 use super::config::{config_space, validate_tag, CacheMode, SharedDir, SharedDirError, CONFIG_LEN};
-use super::worker::{Worker, WorkerHandle};
+use super::worker::Worker;
+use crate::devices::virtio::worker::WorkerHandle;
 
 /// The virtio device ID of virtio-fs.
 pub const FS_DEVICE_TYPE: u32 = 26;

@@ -2,12 +2,12 @@
 //! the kill eventfd. Each descriptor chain is one FUSE request: the
 //! readable part is the request, the writable part takes the reply.
 
+use crate::devices::virtio::worker::WorkerHandle;
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
@@ -37,39 +37,6 @@ pub struct Worker {
     kill: EventFd,
     epoll: Epoll,
     warnings_left: u32,
-}
-
-/// A running worker thread.
-#[derive(Debug)]
-pub struct WorkerHandle {
-    kill: EventFd,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl WorkerHandle {
-    /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.stop_inner();
-    }
-
-    fn stop_inner(&mut self) {
-        if let Err(e) = self.kill.write(1) {
-            error!("virtio-fs: signalling the worker to stop: {e}");
-        }
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                error!("virtio-fs: the worker thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.stop_inner();
-        }
-    }
 }
 
 impl Worker {
@@ -123,14 +90,11 @@ impl Worker {
         let ready = ready_rx
             .recv()
             .unwrap_or_else(|_| Err(std::io::Error::other("the worker thread died")));
-        let mut handle = WorkerHandle {
-            kill,
-            thread: Some(thread),
-        };
+        let handle = WorkerHandle::new("virtio-fs", kill, thread);
         match ready {
             Ok(()) => Ok(handle),
             Err(e) => {
-                handle.stop_inner();
+                handle.stop();
                 Err(e)
             }
         }

@@ -2,10 +2,10 @@
 //! kill eventfd and the muxer's sockets. Guest tx packets go to the muxer;
 //! the muxer's packets fill guest rx buffers.
 
+use crate::devices::virtio::worker::WorkerHandle;
 use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tracing::{debug, error, warn};
@@ -40,39 +40,6 @@ pub struct Worker {
     warnings_left: u32,
     /// A TRANSPORT_RESET event still to give the guest.
     pending_reset_event: bool,
-}
-
-/// A running worker thread.
-#[derive(Debug)]
-pub struct WorkerHandle {
-    kill: EventFd,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl WorkerHandle {
-    /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
-        self.stop_inner();
-    }
-
-    fn stop_inner(&mut self) {
-        if let Err(e) = self.kill.write(1) {
-            error!("vsock: signalling the worker to stop: {e}");
-        }
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                error!("vsock: the worker thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.stop_inner();
-        }
-    }
 }
 
 impl Worker {
@@ -119,10 +86,7 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name("vsock".into())
             .spawn(move || self.run())?;
-        Ok(WorkerHandle {
-            kill,
-            thread: Some(thread),
-        })
+        Ok(WorkerHandle::new("vsock", kill, thread))
     }
 
     fn run(mut self) {
