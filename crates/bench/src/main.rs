@@ -174,11 +174,23 @@ fn container_section_in(scratch: &std::path::Path, runs: usize) -> Result<Sectio
     let mut rows = Vec::new();
     let mut data = serde_json::Map::new();
     let mut runc_median = f64::NAN;
+    let mut failures = Vec::new();
     for rt in &runtimes {
         let mut times = Vec::new();
         for i in 0..runs {
             eprintln!("[{}] run {}/{runs} of `true`...", rt.name, i + 1);
-            times.push(rt.time_run(&bundle, &format!("bench-{}-{i}", rt.name))?);
+            match rt.time_run(&bundle, &format!("bench-{}-{i}", rt.name)) {
+                Ok(t) => times.push(t),
+                Err(e) => {
+                    eprintln!("    {e}");
+                    failures.push(format!("{} could not run the bundle here: {e}", rt.name));
+                    break;
+                }
+            }
+        }
+        if times.is_empty() {
+            rows.push(vec![rt.name.to_string(), "failed".into(), "-".into()]);
+            continue;
         }
         let m = median(times.clone());
         if rt.name == "runc" {
@@ -201,7 +213,7 @@ fn container_section_in(scratch: &std::path::Path, runs: usize) -> Result<Sectio
             .map(String::from)
             .to_vec(),
         rows,
-        notes: vec![
+        notes: [
             format!(
                 "Foreground `<runtime> --root R run --bundle B id`, spawn to exit, median of {runs}. \
                  nacre's time includes booting the sandbox VM and shutting it down."
@@ -212,7 +224,10 @@ fn container_section_in(scratch: &std::path::Path, runs: usize) -> Result<Sectio
                 mem.pss_kib as f64 / 1024.0,
                 mem.rss_kib as f64 / 1024.0
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(failures)
+        .collect(),
         data: serde_json::Value::Object(data),
     })
 }
