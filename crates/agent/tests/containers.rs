@@ -646,6 +646,28 @@ fn process_user_limits_and_capabilities() {
     assert_eq!(lines[8], "500", "oom_score_adj: {out}");
 }
 
+/// `runc spec` and `crun spec` list ambient capabilities with an empty
+/// inheritable set: the kernel cannot raise those, and runc skips them.
+#[test]
+fn ambient_capabilities_without_inheritable_are_skipped() {
+    let agent = Agent::start("ambient");
+    let mut spec = spec(
+        &agent.rootfs("r"),
+        &["sh", "-c", "grep CapAmb /proc/self/status"],
+    );
+    let set = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    spec["process"]["capabilities"] = json!({
+        "bounding": set, "effective": set, "permitted": set, "inheritable": [], "ambient": set
+    });
+    let (status, out, err) = run(&agent, "ambient", &spec);
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(
+        out.split_whitespace().nth(1),
+        Some("0000000000000000"),
+        "{out}"
+    );
+}
+
 #[test]
 fn rootfs_hardening() {
     let agent = Agent::start("harden");

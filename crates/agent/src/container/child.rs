@@ -456,8 +456,13 @@ pub fn apply_process(p: &Process, seccomp: &[BpfProgram]) -> Step {
         let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
         ffi::prctl(libc::PR_CAP_AMBIENT, clear, 0)
             .map_err(ctx(|| "clearing ambient capabilities".into()))?;
+        // The kernel raises an ambient capability only if it is both
+        // permitted and inheritable; specs often list ambient capabilities
+        // without inheritable ones (`runc spec`, `crun spec`), and runc
+        // skips those rather than failing, so do we.
+        let raisable = caps::mask(&c.permitted) & caps::mask(&c.inheritable);
         for name in &c.ambient {
-            if let Some(cap) = caps::cap_number(name) {
+            if let Some(cap) = caps::cap_number(name).filter(|&n| raisable & (1u64 << n) != 0) {
                 let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
                 ffi::prctl(libc::PR_CAP_AMBIENT, raise, libc::c_ulong::from(cap))
                     .map_err(ctx(|| format!("raising ambient {name}")))?;
