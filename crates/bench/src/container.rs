@@ -116,13 +116,8 @@ impl Runtime {
     /// container's host processes (the pid in `state` and every descendant),
     /// then deletes it.
     pub fn running_memory(&self, bundle: &Path, id: &str) -> Result<Memory, ContainerBenchError> {
-        let mut cmd = self.command();
-        cmd.args(["run", "--detach", "--bundle"])
-            .arg(bundle)
-            .arg(id);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let result = self
-            .checked(cmd, "run --detach")
+            .run_detached(bundle, id)
             .and_then(|()| self.state_pid(id))
             .map(tree_memory);
         let mut del = self.command();
@@ -131,6 +126,34 @@ impl Runtime {
         let memory = result?;
         deleted?;
         Ok(memory)
+    }
+
+    /// `run --detach`. The container's monitor keeps the caller's stdio, so
+    /// its output goes to a file rather than a pipe that would stay open.
+    fn run_detached(&self, bundle: &Path, id: &str) -> Result<(), ContainerBenchError> {
+        std::fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let log = self.root.join(format!("{id}.stderr"));
+        let file = std::fs::File::create(&log).map_err(io_err(&log))?;
+        let status = self
+            .command()
+            .args(["run", "--detach", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .status()
+            .map_err(io_err(&self.binary))?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(ContainerBenchError::Command {
+            command: format!("{} run --detach", self.name),
+            detail: format!(
+                "{status}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default().trim()
+            ),
+        })
     }
 
     fn state_pid(&self, id: &str) -> Result<u32, ContainerBenchError> {
