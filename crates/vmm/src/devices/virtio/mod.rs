@@ -79,6 +79,18 @@ pub enum ActivateError {
     Device(String),
 }
 
+/// Copies `config[offset..]` into `data`, with zeros past the end of
+/// `config`: a read of a device's configuration space.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| config.get(at).copied())
+            .unwrap_or(0);
+    }
+}
+
 /// One virtio device, independent of its transport.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (e.g. 19 for vsock).

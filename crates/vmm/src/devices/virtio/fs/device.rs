@@ -12,6 +12,7 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use super::super::{ActivateError, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
 use super::config::{config_space, validate_tag, CacheMode, SharedDir, SharedDirError, CONFIG_LEN};
 use super::worker::Worker;
+use crate::devices::virtio::read_config_bytes;
 use crate::devices::virtio::worker::WorkerHandle;
 
 /// The virtio device ID of virtio-fs.
@@ -189,13 +190,7 @@ impl VirtioDevice for VirtioFs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| self.config.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

@@ -12,6 +12,7 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use super::super::{ActivateError, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
 use super::muxer::Muxer;
 use super::worker::Worker;
+use crate::devices::virtio::read_config_bytes;
 use crate::devices::virtio::worker::WorkerHandle;
 
 /// The virtio device ID of vsock.
@@ -127,14 +128,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| config.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
