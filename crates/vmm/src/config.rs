@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::arch::x86_64::mptable::MAX_VCPUS;
 use crate::devices::virtio::fs::{self, SharedDir, SharedDirError};
+use crate::devices::virtio::net::{self, NetConfig, NetConfigError};
 
 /// The smallest guest that can hold a kernel at 16 MiB and an initrd.
 pub const MIN_MEMORY_MIB: u64 = 32;
@@ -11,6 +12,8 @@ pub const MIN_MEMORY_MIB: u64 = 32;
 pub const MIN_GUEST_CID: u64 = 3;
 /// At most this many shared directories (one virtio-mmio slot each).
 pub const MAX_SHARED_DIRS: usize = 8;
+/// At most this many network devices.
+pub const MAX_NETS: usize = 4;
 
 /// The hybrid vsock device: guest CID and the host-side Unix socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,8 @@ pub struct VmConfig {
     /// Host directories shared with the guest, one virtio-fs device each,
     /// after the vsock device.
     pub shared_dirs: Vec<SharedDir>,
+    /// virtio-net devices on taps, after the virtio-fs devices.
+    pub nets: Vec<NetConfig>,
     /// Add the PVM command-line quirks when the host is a PVM host.
     pub host_quirks: bool,
 }
@@ -54,6 +59,7 @@ impl VmConfig {
             vsock: None,
             api_socket: None,
             shared_dirs: Vec::new(),
+            nets: Vec::new(),
             host_quirks: true,
         }
     }
@@ -111,6 +117,10 @@ impl VmConfig {
             return Err(ConfigError::TooManySharedDirs(self.shared_dirs.len()));
         }
         fs::validate_all(&self.shared_dirs)?;
+        if self.nets.len() > MAX_NETS {
+            return Err(ConfigError::TooManyNets(self.nets.len()));
+        }
+        net::validate_all(&self.nets)?;
         Ok(())
     }
 }
@@ -134,6 +144,10 @@ pub enum ConfigError {
     SharedDir(#[from] SharedDirError),
     #[error("at most {MAX_SHARED_DIRS} shared directories, got {0}")]
     TooManySharedDirs(usize),
+    #[error("--net {0}")]
+    Net(#[from] NetConfigError),
+    #[error("at most {MAX_NETS} network devices, got {0}")]
+    TooManyNets(usize),
 }
 
 /// The host's total memory, from /proc/meminfo.

@@ -6,6 +6,7 @@
 //! | 64   | bad configuration (vcpus, memory, paths, arguments)             |
 //! | 66   | kernel or initrd missing, unreadable or not a valid ELF; a      |
 //! |      | shared directory missing or not a directory                     |
+//! |      | (64 too: a `--net` tap descriptor not open or not a tap)        |
 //! | 69   | `/dev/kvm` unavailable (missing, no permission, no capability)  |
 //! | 70   | VMM or guest failure (KVM internal error, guest kernel panic,   |
 //! |      | device failure, ...)                                            |
@@ -18,6 +19,7 @@ use crate::arch::x86_64::regs::RegsError;
 use crate::config::ConfigError;
 use crate::devices::virtio::fs::FsError;
 use crate::devices::virtio::mmio::MmioError;
+use crate::devices::virtio::net::TapError;
 use crate::devices::virtio::vsock::VsockError;
 use crate::devices::BusError;
 use crate::events::ExitEvent;
@@ -86,6 +88,12 @@ pub enum VmmError {
         #[source]
         source: FsError,
     },
+    #[error("--net device {index}: {source}")]
+    Net {
+        index: usize,
+        #[source]
+        source: TapError,
+    },
     #[error("virtio-mmio transport: {0}")]
     Mmio(#[from] MmioError),
     #[error("device bus: {0}")]
@@ -109,6 +117,10 @@ impl VmmError {
             Self::Fs { source, .. } => match source {
                 FsError::Tag(_) | FsError::NotUtf8 { .. } => CONFIG,
                 FsError::Path { .. } | FsError::NotADirectory { .. } => NO_INPUT,
+            },
+            Self::Net { source, .. } => match source {
+                TapError::Setup { .. } => FAILURE,
+                _ => CONFIG,
             },
             Self::Boot(e) => match e {
                 BootError::KernelOpen { .. }

@@ -7,12 +7,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nacre_vmm::devices::virtio::fs::{CacheMode, SharedDir};
+use nacre_vmm::devices::virtio::net::NetConfig;
 use nacre_vmm::{exit_code, exit_code_for, VmConfig, VsockConfig};
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0    the guest shut down or reset (e.g. reboot), or `shutdown` on the API
-  64   bad configuration (vcpus or memory out of range, malformed arguments)
+  64   bad configuration (vcpus or memory out of range, malformed arguments,
+       a --net MAC that is malformed, a --net fd that is not an open tap)
   66   kernel or initrd missing, unreadable or not a valid ELF, or a
        shared directory missing or not a directory
   69   /dev/kvm unavailable (missing or no permission)
@@ -63,6 +65,13 @@ struct Cli {
     /// across opens; only the guest changes files), never (direct I/O).
     #[arg(long, value_name = "MODE", default_value_t = CacheMode::Auto)]
     shared_dir_cache: CacheMode,
+    /// A virtio-net device on a tap: `fd=N` is a tap descriptor inherited
+    /// from the parent (opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, e.g. in
+    /// a pod's network namespace), `tap=NAME` opens or creates a tap here
+    /// (needs CAP_NET_ADMIN). `mac=` is the guest's address, `mtu=` is
+    /// advertised to the guest. Repeatable (at most 4).
+    #[arg(long = "net", value_name = "fd=N|tap=NAME,mac=XX:XX:XX:XX:XX:XX[,mtu=M]", value_parser = NetConfig::parse)]
+    nets: Vec<NetConfig>,
     /// Control socket (JSON lines; see below).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
@@ -95,6 +104,7 @@ impl Cli {
             .into_iter()
             .map(|dir| SharedDir { cache, ..dir })
             .collect();
+        config.nets = self.nets;
         config.host_quirks = !self.no_host_quirks;
         config
     }

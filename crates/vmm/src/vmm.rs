@@ -21,6 +21,7 @@ use crate::config::{host_memory_bytes, VmConfig};
 use crate::devices::legacy::{cmos, i8042, serial, Cmos, SerialDevice, SerialOutput, I8042};
 use crate::devices::virtio::fs::VirtioFs;
 use crate::devices::virtio::mmio::REG_QUEUE_NOTIFY;
+use crate::devices::virtio::net::VirtioNet;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{MmioTransport, VirtioDevice};
 use crate::devices::Bus;
@@ -56,6 +57,14 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
                 source,
             })
         })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Also before KVM: an inherited tap descriptor is checked (and owned)
+    // at once, so a bad one is reported as bad input.
+    let net_devices = config
+        .nets
+        .iter()
+        .enumerate()
+        .map(|(index, net)| VirtioNet::new(net).map_err(|source| VmmError::Net { index, source }))
         .collect::<Result<Vec<_>, _>>()?;
 
     // Before any thread exists, so every thread inherits the mask.
@@ -108,6 +117,11 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
     }
     for device in fs_devices {
         tracing::info!(tag = device.tag(), dir = %device.root().display(), "virtio-fs share");
+        let decl = add_virtio_device(&vm, &ram, &mut mmio_bus, Box::new(device), decls.len())?;
+        decls.push(decl);
+    }
+    for device in net_devices {
+        tracing::info!(tap = device.tap_name(), mac = %device.mac(), "virtio-net device");
         let decl = add_virtio_device(&vm, &ram, &mut mmio_bus, Box::new(device), decls.len())?;
         decls.push(decl);
     }

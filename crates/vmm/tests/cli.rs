@@ -173,3 +173,55 @@ fn no_dev_kvm_is_69_and_named() {
     assert!(err.contains("/dev/kvm"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn bad_net_devices_are_64_and_named() {
+    let dir = scratch("cli-net");
+    let k = dir.join("vmlinux");
+    std::fs::write(&k, reset_kernel()).unwrap_or_default();
+    let k = k.to_str().unwrap_or("");
+    let base = ["--kernel", k, "--initrd", k];
+    let with = |net: &str| {
+        let mut args = base.to_vec();
+        args.extend(["--net", net]);
+        run(&args)
+    };
+    let (code, err) = with("fd=3,mac=02:00:00:00:00:zz");
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("bad MAC address \"02:00:00:00:00:zz\""),
+        "{err}"
+    );
+    let (code, err) = with("fd=1,mac=02:00:00:00:00:01");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("bad tap descriptor \"1\""), "{err}");
+    let (code, err) = with("fd=4000,mac=02:00:00:00:00:01");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("tap descriptor 4000 is not open"), "{err}");
+
+    // An inherited descriptor that is not a tap.
+    let file = std::fs::File::open(k).unwrap();
+    let mut cmd = Command::new(vmm_bin());
+    cmd.args(base)
+        .args(["--net", "fd=50,mac=02:00:00:00:00:01"]);
+    {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let fd = file.as_raw_fd();
+        // SAFETY: dup2 is async-signal-safe and only touches the child's
+        // descriptor table.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 50) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("descriptor 50 is not a tap device"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -9,6 +9,7 @@
 
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 pub mod worker;
 

@@ -1,0 +1,337 @@
+//! What one virtio-net device is given: a tap (an inherited descriptor or
+//! a tap name), the guest's MAC address and optionally the MTU; the
+//! `--net` syntax; the device's configuration space.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The lowest MTU a virtio-net device may advertise (IPv4 minimum).
+pub const MIN_MTU: u16 = 68;
+/// The highest MTU this device accepts (a frame must fit 64 KiB).
+pub const MAX_MTU: u16 = 65_500;
+/// The configuration space: mac (6), status (u16), max_virtqueue_pairs
+/// (u16), mtu (u16), little endian (virtio 1.2, 5.1.4).
+pub const CONFIG_LEN: usize = 12;
+
+/// An Ethernet MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// Whether the address is a unicast one (a guest NIC may not use a
+    /// multicast/broadcast address).
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = NetConfigError;
+
+    /// Parses `xx:xx:xx:xx:xx:xx` (hex, either case).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || NetConfigError::BadMac(s.to_string());
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        let mac = MacAddr(mac);
+        if !mac.is_unicast() {
+            return Err(NetConfigError::MulticastMac(s.to_string()));
+        }
+        Ok(mac)
+    }
+}
+
+/// Where the device's frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// A tap descriptor inherited from the parent (opened with
+    /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`). The device owns it from then on.
+    Fd(i32),
+    /// A tap interface opened (or created) by name in the VMM's own
+    /// network namespace: needs CAP_NET_ADMIN.
+    TapName(String),
+}
+
+/// One `--net` device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub backend: NetBackend,
+    pub mac: MacAddr,
+    /// Advertised to the guest with VIRTIO_NET_F_MTU when set.
+    pub mtu: Option<u16>,
+}
+
+/// A malformed `--net` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetConfigError {
+    #[error("{0:?}: expected fd=N,mac=XX:XX:XX:XX:XX:XX[,mtu=M] or tap=NAME,mac=...[,mtu=M]")]
+    Syntax(String),
+    #[error("unknown --net key {key:?} in {value:?} (known: fd, tap, mac, mtu)")]
+    UnknownKey { key: String, value: String },
+    #[error("--net key {key:?} given twice in {value:?}")]
+    DuplicateKey { key: String, value: String },
+    #[error("{0:?}: give exactly one of fd=N and tap=NAME")]
+    Backend(String),
+    #[error("{0:?}: mac=XX:XX:XX:XX:XX:XX is required")]
+    MissingMac(String),
+    #[error(
+        "bad MAC address {0:?}: expected six hex bytes separated by ':' (e.g. 02:00:00:00:00:01)"
+    )]
+    BadMac(String),
+    #[error(
+        "MAC address {0:?} is a multicast address; a NIC needs a unicast one (first byte even)"
+    )]
+    MulticastMac(String),
+    #[error("bad tap descriptor {0:?}: expected a number of 3 or more (0-2 are stdio)")]
+    BadFd(String),
+    #[error("bad tap name {0:?}: 1-15 bytes, no '/', whitespace or NUL")]
+    BadTapName(String),
+    #[error("bad MTU {0:?}: expected {MIN_MTU}..={MAX_MTU}")]
+    BadMtu(String),
+    #[error("MAC address {0} is used by two --net devices")]
+    DuplicateMac(MacAddr),
+    #[error("tap descriptor {0} is given to two --net devices")]
+    DuplicateFd(i32),
+}
+
+impl NetConfig {
+    /// Parses `fd=N,mac=M[,mtu=U]` or `tap=NAME,mac=M[,mtu=U]`.
+    pub fn parse(value: &str) -> Result<Self, NetConfigError> {
+        let mut fd = None;
+        let mut tap = None;
+        let mut mac = None;
+        let mut mtu = None;
+        for item in value.split(',') {
+            let Some((key, val)) = item.split_once('=') else {
+                return Err(NetConfigError::Syntax(value.to_string()));
+            };
+            let slot = match key {
+                "fd" => &mut fd,
+                "tap" => &mut tap,
+                "mac" => &mut mac,
+                "mtu" => &mut mtu,
+                _ => {
+                    return Err(NetConfigError::UnknownKey {
+                        key: key.to_string(),
+                        value: value.to_string(),
+                    })
+                }
+            };
+            if slot.replace(val).is_some() {
+                return Err(NetConfigError::DuplicateKey {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                });
+            }
+        }
+        let backend = match (fd, tap) {
+            (Some(fd), None) => NetBackend::Fd(parse_fd(fd)?),
+            (None, Some(name)) => {
+                validate_tap_name(name)?;
+                NetBackend::TapName(name.to_string())
+            }
+            _ => return Err(NetConfigError::Backend(value.to_string())),
+        };
+        let mac = mac
+            .ok_or_else(|| NetConfigError::MissingMac(value.to_string()))?
+            .parse()?;
+        let mtu = mtu.map(parse_mtu).transpose()?;
+        Ok(Self { backend, mac, mtu })
+    }
+}
+
+impl FromStr for NetConfig {
+    type Err = NetConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+fn parse_fd(value: &str) -> Result<i32, NetConfigError> {
+    match value.parse::<i32>() {
+        Ok(fd) if fd >= 3 => Ok(fd),
+        _ => Err(NetConfigError::BadFd(value.to_string())),
+    }
+}
+
+fn parse_mtu(value: &str) -> Result<u16, NetConfigError> {
+    match value.parse::<u16>() {
+        Ok(mtu) if (MIN_MTU..=MAX_MTU).contains(&mtu) => Ok(mtu),
+        _ => Err(NetConfigError::BadMtu(value.to_string())),
+    }
+}
+
+/// Checks an interface name as the kernel would (IFNAMSIZ 16 with NUL).
+pub fn validate_tap_name(name: &str) -> Result<(), NetConfigError> {
+    let bad = name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == b'\0' || b == b':' || b.is_ascii_whitespace());
+    if bad {
+        return Err(NetConfigError::BadTapName(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Checks a set of devices: no MAC and no descriptor used twice.
+pub fn validate_all(nets: &[NetConfig]) -> Result<(), NetConfigError> {
+    for (i, net) in nets.iter().enumerate() {
+        if nets[..i].iter().any(|n| n.mac == net.mac) {
+            return Err(NetConfigError::DuplicateMac(net.mac));
+        }
+        if let NetBackend::Fd(fd) = net.backend {
+            if nets[..i].iter().any(|n| n.backend == NetBackend::Fd(fd)) {
+                return Err(NetConfigError::DuplicateFd(fd));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The configuration space for `mac` and `mtu`: status 0 (the STATUS
+/// feature is not offered), one queue pair.
+pub fn config_space(mac: MacAddr, mtu: Option<u16>) -> [u8; CONFIG_LEN] {
+    let mut space = [0u8; CONFIG_LEN];
+    space[..6].copy_from_slice(&mac.0);
+    space[8..10].copy_from_slice(&1u16.to_le_bytes());
+    space[10..12].copy_from_slice(&mtu.unwrap_or(0).to_le_bytes());
+    space
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: MacAddr = MacAddr([0x02, 0, 0, 0xaa, 0xbb, 0x0c]);
+
+    #[test]
+    fn parses_fd_and_tap_forms() {
+        assert_eq!(
+            NetConfig::parse("fd=7,mac=02:00:00:AA:bb:0c,mtu=1400"),
+            Ok(NetConfig {
+                backend: NetBackend::Fd(7),
+                mac: MAC,
+                mtu: Some(1400)
+            })
+        );
+        assert_eq!(
+            NetConfig::parse("mac=02:00:00:aa:bb:0c,tap=tap0"),
+            Ok(NetConfig {
+                backend: NetBackend::TapName("tap0".into()),
+                mac: MAC,
+                mtu: None
+            })
+        );
+        assert_eq!(MAC.to_string(), "02:00:00:aa:bb:0c");
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let err = |v: &str| NetConfig::parse(v).unwrap_err();
+        assert!(matches!(err("fd=7"), NetConfigError::MissingMac(_)));
+        assert!(matches!(
+            err("mac=02:00:00:00:00:01"),
+            NetConfigError::Backend(_)
+        ));
+        assert!(matches!(
+            err("fd=7,tap=t,mac=02:00:00:00:00:01"),
+            NetConfigError::Backend(_)
+        ));
+        for mac in [
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "02:00:00:00:00:1",
+            "02:00:00:00:00:zz",
+            "",
+        ] {
+            let e = err(&format!("fd=7,mac={mac}"));
+            assert_eq!(e, NetConfigError::BadMac(mac.into()));
+            assert!(e.to_string().contains("bad MAC address"));
+        }
+        assert!(matches!(
+            err("fd=7,mac=01:00:5e:00:00:01"),
+            NetConfigError::MulticastMac(_)
+        ));
+        for fd in ["-1", "0", "2", "x", ""] {
+            assert_eq!(
+                err(&format!("fd={fd},mac=02:00:00:00:00:01")),
+                NetConfigError::BadFd(fd.into())
+            );
+        }
+        for mtu in ["0", "67", "65501", "big"] {
+            assert_eq!(
+                err(&format!("fd=3,mac=02:00:00:00:00:01,mtu={mtu}")),
+                NetConfigError::BadMtu(mtu.into())
+            );
+        }
+        assert!(matches!(
+            err("tap=a/b,mac=02:00:00:00:00:01"),
+            NetConfigError::BadTapName(_)
+        ));
+        assert!(matches!(
+            err("tap=0123456789abcdef,mac=02:00:00:00:00:01"),
+            NetConfigError::BadTapName(_)
+        ));
+        assert!(matches!(
+            err("fd=3,mac=02:00:00:00:00:01,speed=10"),
+            NetConfigError::UnknownKey { .. }
+        ));
+        assert!(matches!(
+            err("fd=3,fd=4,mac=02:00:00:00:00:01"),
+            NetConfigError::DuplicateKey { .. }
+        ));
+        assert!(matches!(err("fd3"), NetConfigError::Syntax(_)));
+    }
+
+    #[test]
+    fn duplicates_rejected() {
+        let a = NetConfig::parse("fd=3,mac=02:00:00:00:00:01").unwrap();
+        let b = NetConfig::parse("fd=4,mac=02:00:00:00:00:02").unwrap();
+        assert_eq!(validate_all(&[a.clone(), b.clone()]), Ok(()));
+        let same_mac = NetConfig::parse("fd=5,mac=02:00:00:00:00:01").unwrap();
+        assert_eq!(
+            validate_all(&[a.clone(), same_mac]),
+            Err(NetConfigError::DuplicateMac(a.mac))
+        );
+        let same_fd = NetConfig::parse("fd=3,mac=02:00:00:00:00:03").unwrap();
+        assert_eq!(
+            validate_all(&[a, b, same_fd]),
+            Err(NetConfigError::DuplicateFd(3))
+        );
+    }
+
+    #[test]
+    fn config_space_layout() {
+        let space = config_space(MAC, Some(1450));
+        assert_eq!(&space[..6], &MAC.0);
+        assert_eq!(&space[6..8], &[0, 0]);
+        assert_eq!(&space[8..10], &[1, 0]);
+        assert_eq!(&space[10..12], &1450u16.to_le_bytes());
+        assert_eq!(&config_space(MAC, None)[10..12], &[0, 0]);
+    }
+}
