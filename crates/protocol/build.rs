@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
 /// The .proto files, by module name (the file stem).
-const PROTOS: &[&str] = &["health", "container", "agent"];
+const PROTOS: &[&str] = &["health", "container", "agent", "network"];
 const PROTO_DIR: &str = "proto/nacre/agent/v1";
 
 fn main() -> std::io::Result<()> {

@@ -16,6 +16,7 @@ pub mod container;
 pub mod guest_info;
 pub mod init;
 pub mod log;
+pub mod network;
 pub mod reaper;
 pub mod server;
 pub mod service;

@@ -4,10 +4,11 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use nacre_protocol::ttrpc;
-use nacre_protocol::{agent_ttrpc, health_ttrpc};
+use nacre_protocol::{agent_ttrpc, health_ttrpc, network_ttrpc};
 
 use crate::config::ListenAddr;
 use crate::container::AgentEngine;
+use crate::network::NetworkService;
 use crate::service::{AgentService, Event, HealthService};
 
 /// Worker threads per connection. The sync ttrpc server starts
@@ -51,6 +52,7 @@ pub fn start(
     }
     let health = health_ttrpc::create_health(Arc::new(HealthService));
     let agent = agent_ttrpc::create_agent(Arc::new(AgentService::new(events, engine)));
+    let network = network_ttrpc::create_network(Arc::new(NetworkService::new("/etc".into())));
     let mut server = ttrpc::Server::new()
         .set_thread_count_default(WORKERS_DEFAULT)
         .set_thread_count_min(WORKERS_MIN)
@@ -58,7 +60,8 @@ pub fn start(
         .bind(&addr.to_string())
         .map_err(err)?
         .register_service(health)
-        .register_service(agent);
+        .register_service(agent)
+        .register_service(network);
     server.start().map_err(err)?;
     Ok(server)
 }

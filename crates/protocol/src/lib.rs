@@ -34,6 +34,11 @@ pub use generated::agent;
 /// ttRPC client, server trait and registration of the `Agent` service.
 pub use generated::agent_ttrpc;
 
+/// Messages of `network.proto`.
+pub use generated::network;
+/// ttRPC client, server trait and registration of the `Network` service.
+pub use generated::network_ttrpc;
+
 /// The ttrpc and protobuf crates the generated code is built on, so that
 /// users name exactly the versions this crate was generated for.
 pub use {protobuf, ttrpc};
@@ -55,6 +60,8 @@ pub mod service {
     pub const HEALTH: &str = "nacre.agent.v1.Health";
     /// The `Agent` service.
     pub const AGENT: &str = "nacre.agent.v1.Agent";
+    /// The `Network` service.
+    pub const NETWORK: &str = "nacre.agent.v1.Network";
 }
 
 #[cfg(test)]
