@@ -8,6 +8,7 @@ pub mod agent;
 pub mod container;
 pub mod host;
 pub mod image;
+pub mod network;
 pub mod sandbox;
 pub mod testing;
 pub mod vm;

@@ -51,3 +51,33 @@ pub fn vm_prereqs(test: &str) -> Option<VmPrereqs> {
         }
     }
 }
+
+/// Whether a root-tier test can run: root, and iproute2's `ip` and `tc`.
+/// Prints a SKIPPED line and returns false when not and root tests are
+/// not required; panics when they are (CI / NACRE_REQUIRE_VM).
+///
+/// # Panics
+/// When a prerequisite is missing and [`vm_tests_required`] is true.
+pub fn root_prereqs(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let why = if unsafe { libc::geteuid() } != 0 {
+        Some("not root".to_string())
+    } else {
+        ["ip", "tc"]
+            .iter()
+            .find(|tool| std::process::Command::new(tool).arg("-V").output().is_err())
+            .map(|tool| format!("iproute2's `{tool}` is missing"))
+    };
+    match why {
+        None => true,
+        Some(why) if vm_tests_required() => {
+            panic!("root test {test} cannot run: {why} (required under CI / make test)")
+        }
+        Some(why) => {
+            eprintln!(
+                "SKIPPED root test {test}: {why} (set NACRE_REQUIRE_VM=1 to make this fatal)"
+            );
+            false
+        }
+    }
+}

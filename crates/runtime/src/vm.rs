@@ -25,6 +25,30 @@ pub struct VmSpec {
     /// Host directories served to the guest over virtio-fs, as (tag, path)
     /// (`nacre-vmm --shared-dir TAG=PATH`).
     pub shared_dirs: Vec<(String, PathBuf)>,
+    /// virtio-net devices on tap descriptors this process holds
+    /// (`nacre-vmm --net fd=N,...`; see [`crate::network::PodNetwork::vm_nets`]).
+    pub nets: Vec<VmNet>,
+}
+
+/// One virtio-net device of a VM: a tap descriptor of this process, which
+/// the VMM inherits (it must stay open until the VMM started), the guest
+/// MAC and the MTU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmNet {
+    pub fd: std::os::fd::RawFd,
+    pub mac: String,
+    pub mtu: Option<u32>,
+}
+
+impl VmNet {
+    /// The `--net` argument.
+    pub fn arg(&self) -> String {
+        let mut arg = format!("fd={},mac={}", self.fd, self.mac);
+        if let Some(mtu) = self.mtu {
+            arg.push_str(&format!(",mtu={mtu}"));
+        }
+        arg
+    }
 }
 
 impl VmSpec {
@@ -36,6 +60,7 @@ impl VmSpec {
             memory_mib: 256,
             extra_cmdline: None,
             shared_dirs: Vec::new(),
+            nets: Vec::new(),
         }
     }
 }
@@ -79,6 +104,27 @@ pub struct VmProcess {
     exited: Option<ExitStatus>,
 }
 
+/// Lets the child inherit `fds` (close-on-exec cleared in the child only,
+/// so no other child of this process gets them).
+fn inherit_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and
+    // calls only fcntl, which is async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 impl VmProcess {
     /// Creates `dir` (which must not exist) and starts the VMM in it.
     pub fn spawn(vmm: &Path, spec: &VmSpec, dir: &Path) -> Result<Self, VmError> {
@@ -117,6 +163,10 @@ impl VmProcess {
             arg.push(path);
             cmd.arg("--shared-dir").arg(arg);
         }
+        for net in &spec.nets {
+            cmd.arg("--net").arg(net.arg());
+        }
+        inherit_fds(&mut cmd, spec.nets.iter().map(|n| n.fd).collect());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(vmm_log));

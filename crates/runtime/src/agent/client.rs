@@ -9,6 +9,7 @@ use nacre_protocol::agent_ttrpc::AgentClient as AgentStub;
 use nacre_protocol::health::check_response::ServingStatus;
 use nacre_protocol::health::CheckRequest;
 use nacre_protocol::health_ttrpc::HealthClient as HealthStub;
+use nacre_protocol::network_ttrpc::NetworkClient as NetworkStub;
 use nacre_protocol::ttrpc::{self, context};
 
 use super::container::{ContainerState, ContainerStats, ContainerStatus, ProcessExit};
@@ -49,6 +50,7 @@ pub struct TtrpcAgentClient {
     options: ClientOptions,
     health: HealthStub,
     agent: AgentStub,
+    network: NetworkStub,
 }
 
 impl std::fmt::Debug for TtrpcAgentClient {
@@ -104,6 +106,7 @@ impl TtrpcAgentClient {
             endpoint,
             options,
             health: HealthStub::new(client.clone()),
+            network: NetworkStub::new(client.clone()),
             agent: AgentStub::new(client),
         })
     }
@@ -133,6 +136,17 @@ impl TtrpcAgentClient {
 }
 
 impl AgentClient for TtrpcAgentClient {
+    fn configure_network(
+        &self,
+        network: &crate::network::GuestNetwork,
+    ) -> Result<Vec<String>, AgentClientError> {
+        let resp = self
+            .network
+            .configure_network(self.ctx(), &super::network::to_request(network))
+            .map_err(self.map("Network.ConfigureNetwork"))?;
+        Ok(resp.interface_names)
+    }
+
     fn health(&self) -> Result<HealthStatus, AgentClientError> {
         let resp = self
             .health

@@ -13,6 +13,7 @@ mod container;
 mod endpoint;
 mod error;
 pub mod fake;
+mod network;
 
 use std::time::{Duration, SystemTime};
 
@@ -184,4 +185,18 @@ pub trait AgentClient: Send + Sync {
     /// `Agent.RemoveContainer`: kills what is left of the container and
     /// removes its cgroup and mounts.
     fn remove_container(&self, container_id: &str) -> Result<(), AgentClientError>;
+
+    /// `Network.ConfigureNetwork`: the guest's interfaces (by MAC),
+    /// addresses, MTU, routes, neighbours, resolv.conf, hosts and hostname.
+    /// Returns the guest interface names. Clients without it report
+    /// [`AgentClientError::Unsupported`].
+    fn configure_network(
+        &self,
+        _network: &crate::network::GuestNetwork,
+    ) -> Result<Vec<String>, AgentClientError> {
+        Err(AgentClientError::Unsupported {
+            rpc: "Network.ConfigureNetwork",
+            message: "not implemented by this client".into(),
+        })
+    }
 }

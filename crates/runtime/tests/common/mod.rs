@@ -1,0 +1,93 @@
+//! A scratch network namespace wired like CNI's bridge plugin would: a
+//! veth pair, `eth0` with an address in the namespace, the host end with
+//! the gateway address in the root namespace, a default route, a
+//! permanent neighbour. Removed on drop.
+
+#![allow(dead_code, reason = "each test binary uses a part")]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn sh_ok(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+pub struct PodNetns {
+    pub name: String,
+    pub host_if: String,
+    /// The pod's address and the gateway (the host end).
+    pub pod_ip: String,
+    pub gateway: String,
+    pub mac: String,
+}
+
+impl PodNetns {
+    /// `octet` picks the subnet 10.213.<octet>.0/24 (one per test).
+    pub fn create(tag: &str, octet: u8) -> Self {
+        let pid = std::process::id();
+        let name = format!("nacre-{tag}-{pid}");
+        let host_if = format!("nv{}{}", &tag[..tag.len().min(3)], pid % 100_000);
+        let pod_ip = format!("10.213.{octet}.2");
+        let gateway = format!("10.213.{octet}.1");
+        let mac = format!("0a:58:0a:d5:{octet:02x}:02");
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        sh(&format!("ip netns add {name}"));
+        let ns = Self {
+            name,
+            host_if,
+            pod_ip,
+            gateway,
+            mac,
+        };
+        let (n, h) = (&ns.name, &ns.host_if);
+        sh(&format!(
+            "ip link add {h} type veth peer name eth0 netns {n} && \
+             ip addr add {gw}/24 dev {h} && ip link set {h} up && \
+             ip -n {n} link set eth0 address {mac} mtu 1450 && \
+             ip -n {n} addr add {ip}/24 dev eth0 && ip -n {n} link set eth0 up && \
+             ip -n {n} link set lo up && \
+             ip -n {n} route add default via {gw} && \
+             ip -n {n} neigh add 10.213.{octet}.9 lladdr 02:00:00:00:00:09 dev eth0 nud permanent",
+            gw = ns.gateway,
+            ip = ns.pod_ip,
+            mac = ns.mac,
+        ));
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/{}", self.name))
+    }
+
+    /// `cmd` run in the namespace.
+    pub fn exec(&self, cmd: &str) -> String {
+        sh(&format!("ip netns exec {} {cmd}", self.name))
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

@@ -1,0 +1,111 @@
+//! Root tier: the pod network module on a real namespace, veth and tap,
+//! without a VM. Attach reads what CNI would have made, creates the tap
+//! with tc redirects both ways; teardown leaves nothing; a failing attach
+//! leaves nothing either.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+mod common;
+
+use common::{sh, sh_ok, PodNetns};
+use nacre_runtime::network::{self, NetworkError};
+use nacre_runtime::testing::root_prereqs;
+
+#[test]
+fn attach_and_teardown_leave_nothing() {
+    if !root_prereqs("attach_and_teardown_leave_nothing") {
+        return;
+    }
+    let ns = PodNetns::create("att", 1);
+    let pod = network::attach(&ns.path()).unwrap();
+    let eps = pod.endpoints();
+    assert_eq!(eps.len(), 1);
+    let ep = &eps[0];
+    assert_eq!(ep.interface.name, "eth0");
+    assert_eq!(ep.interface.mac, ns.mac);
+    assert_eq!(ep.interface.mtu, 1450);
+    assert_eq!(ep.interface.addresses[0].ip.to_string(), ns.pod_ip);
+    assert_eq!(ep.interface.addresses[0].prefix_len, 24);
+
+    let guest = pod.guest_network();
+    let default = guest
+        .routes
+        .iter()
+        .find(|r| r.destination.is_none())
+        .expect("default route");
+    assert_eq!(default.gateway.unwrap().to_string(), ns.gateway);
+    assert_eq!(default.interface_mac.as_deref(), Some(ns.mac.as_str()));
+    assert_eq!(guest.neighbours.len(), 1, "{:?}", guest.neighbours);
+    assert_eq!(guest.neighbours[0].mac, "02:00:00:00:00:09");
+
+    let nets = pod.vm_nets();
+    assert_eq!(nets.len(), 1);
+    assert!(nets[0]
+        .arg()
+        .starts_with(&format!("fd={},mac={}", nets[0].fd, ns.mac)));
+    assert_eq!(nets[0].mtu, Some(1450));
+
+    let tap = ns.exec(&format!("ip -o link show {}", ep.tap_name));
+    assert!(tap.contains("mtu 1450") && tap.contains(",UP"), "{tap}");
+    let filters = ns.exec("tc filter show dev eth0 ingress");
+    assert!(
+        filters.contains(&format!("Egress Redirect to device {}", ep.tap_name)),
+        "{filters}"
+    );
+    let back = ns.exec(&format!("tc filter show dev {} ingress", ep.tap_name));
+    assert!(back.contains("Egress Redirect to device eth0"), "{back}");
+
+    let tap_name = ep.tap_name.clone();
+    pod.teardown().unwrap();
+    assert!(
+        !sh_ok(&format!(
+            "ip netns exec {} ip link show {tap_name}",
+            ns.name
+        )),
+        "the tap is still there"
+    );
+    let qdiscs = ns.exec("tc qdisc show dev eth0");
+    assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+    // The namespace's own network is untouched.
+    let addrs = ns.exec("ip -o addr show dev eth0");
+    assert!(addrs.contains(&ns.pod_ip), "{addrs}");
+}
+
+#[test]
+fn failed_attach_leaves_nothing() {
+    if !root_prereqs("failed_attach_leaves_nothing") {
+        return;
+    }
+    let ns = PodNetns::create("bad", 2);
+    // Someone else's tap by our first name, and someone else's ingress
+    // qdisc on eth0: the tap gets another name, the redirect fails after
+    // the tap was made; the undo removes our tap and leaves theirs.
+    ns.exec("ip tuntap add nacre_tap0 mode tap");
+    ns.exec("tc qdisc add dev eth0 ingress");
+    let err = network::attach(&ns.path()).unwrap_err();
+    assert!(matches!(err, NetworkError::Tc { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("connecting eth0 and nacre_tap1"), "{text}");
+    assert!(text.contains("tc qdisc add dev eth0 ingress"), "{text}");
+    assert!(
+        !sh_ok(&format!(
+            "ip netns exec {} ip link show nacre_tap1",
+            ns.name
+        )),
+        "our tap is still there"
+    );
+    let qdiscs = ns.exec("tc qdisc show dev eth0");
+    assert!(qdiscs.contains("ingress"), "their qdisc went: {qdiscs}");
+    assert_eq!(ns.exec("tc filter show dev eth0 ingress"), "");
+    ns.exec("ip link show nacre_tap0");
+    ns.exec("ip tuntap del nacre_tap0 mode tap");
+
+    // A namespace without interfaces.
+    let empty = format!("nacre-empty-{}", std::process::id());
+    sh(&format!("ip netns add {empty}"));
+    let err =
+        network::attach(std::path::Path::new(&format!("/var/run/netns/{empty}"))).unwrap_err();
+    sh(&format!("ip netns del {empty}"));
+    assert!(matches!(err, NetworkError::NoInterface(_)), "{err}");
+    assert!(err.to_string().contains("did CNI run?"), "{err}");
+}
