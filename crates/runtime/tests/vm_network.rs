@@ -1,0 +1,234 @@
+//! VM tier: a guest on a pod network. A scratch namespace wired like
+//! CNI's bridge plugin (veth, address, default route via the host end),
+//! the runtime's tap + tc plumbing, one VM booted with `--net fd=N`, the
+//! agent configuring the guest from the runtime's description. Then
+//! traffic both ways (the host pings the guest; a container in the guest
+//! reaches a TCP server on the host; the host reaches a TCP server in the
+//! guest), the guest's hostname, resolv.conf and hosts; after shutdown and
+//! teardown no tap, no tc rule and no VMM are left.
+//!
+//! Needs root, /dev/kvm, the guest image (`make guest`) and busybox.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{sh, sh_ok, PodNetns};
+use nacre_runtime::agent::AgentClient;
+use nacre_runtime::network::{self, GuestNetwork};
+use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
+use nacre_runtime::testing::{root_prereqs, vm_prereqs};
+use nacre_runtime::vm::VmSpec;
+use serde_json::json;
+
+const GUEST_ROOTFS: &str = "/containers/busybox/rootfs";
+const RESOLV: &str = "nameserver 10.213.3.53\nsearch pods.example.test\n";
+const HOSTS: &str = "127.0.0.1\tlocalhost\n10.213.3.2\tpod-net\n";
+
+/// A newc cpio with a busybox rootfs at [`GUEST_ROOTFS`].
+fn rootfs_cpio(dir: &Path) -> std::path::PathBuf {
+    let stage = dir.join("stage");
+    let root = stage.join(GUEST_ROOTFS.trim_start_matches('/'));
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    for applet in ["sh", "cat", "hostname", "nc", "echo", "ping"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    for d in ["proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for f in ["etc/resolv.conf", "etc/hosts"] {
+        std::fs::write(root.join(f), "").unwrap();
+    }
+    let out = dir.join("rootfs.cpio");
+    sh(&format!(
+        "cd {} && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 > {}",
+        stage.display(),
+        out.display()
+    ));
+    out
+}
+
+/// A container in the guest's network and UTS namespaces, with the
+/// guest's resolv.conf and hosts bound in.
+fn spec(args: &[&str]) -> Vec<u8> {
+    let bind = |f: &str| json!({"destination": f, "type": "bind", "source": f, "options": ["rbind", "ro"]});
+    serde_json::to_vec(&json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": GUEST_ROOTFS},
+        "process": {"args": args, "env": ["PATH=/bin"], "cwd": "/"},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            bind("/etc/resolv.conf"),
+            bind("/etc/hosts")
+        ],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}]}
+    }))
+    .unwrap()
+}
+
+fn drain(agent: &dyn AgentClient, id: &str, stderr: bool) -> String {
+    let mut out = Vec::new();
+    loop {
+        let chunk = if stderr {
+            agent.read_stderr(id, "", 0).unwrap()
+        } else {
+            agent.read_stdout(id, "", 0).unwrap()
+        };
+        if chunk.is_empty() {
+            return String::from_utf8_lossy(&out).into_owned();
+        }
+        out.extend(chunk);
+    }
+}
+
+/// Runs a container to its end: (status, stdout, stderr).
+fn run(agent: &dyn AgentClient, id: &str, args: &[&str]) -> (i32, String, String) {
+    agent.create_container(id, &spec(args)).unwrap();
+    agent.start_container(id).unwrap();
+    let out = drain(agent, id, false);
+    let err = drain(agent, id, true);
+    let status = agent.wait_process(id, "").unwrap().status;
+    agent.remove_container(id).unwrap();
+    (status, out, err)
+}
+
+#[test]
+fn guest_on_a_pod_network() {
+    let Some(mut p) = vm_prereqs("guest_on_a_pod_network") else {
+        return;
+    };
+    if !root_prereqs("guest_on_a_pod_network") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nacre-vm-net-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut initrd = std::fs::read(&p.image.initrd).unwrap();
+    initrd.extend(std::fs::read(rootfs_cpio(&dir)).unwrap());
+    let combined = dir.join("initrd.cpio");
+    std::fs::write(&combined, initrd).unwrap();
+    p.image.initrd = combined;
+
+    let ns = PodNetns::create("vm", 3);
+    let pod = network::attach(&ns.path()).unwrap();
+    let tap_name = pod.endpoints()[0].tap_name.clone();
+
+    // A TCP echo server on the host end of the veth.
+    let listener = TcpListener::bind((ns.gateway.as_str(), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, peer) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(conn.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        conn.write_all(format!("echo:{line}").as_bytes()).unwrap();
+        peer.ip().to_string()
+    });
+
+    let vm_spec = VmSpec {
+        nets: pod.vm_nets(),
+        ..VmSpec::new(p.image.clone())
+    };
+    let sandbox = Sandbox::boot(&p.vmm, &vm_spec, &dir.join("run"), default_boot_timeout())
+        .unwrap_or_else(|e| panic!("boot: {e}"));
+    let agent = sandbox.agent();
+    let net = GuestNetwork {
+        hostname: Some("pod-net".into()),
+        resolv_conf: Some(RESOLV.into()),
+        hosts: Some(HOSTS.into()),
+        ..pod.guest_network()
+    };
+    let names = agent.configure_network(&net).unwrap();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert_eq!(agent.guest_details().unwrap().hostname, "pod-net");
+
+    // Host -> guest: ICMP.
+    let ping = Command::new("busybox")
+        .args(["ping", "-c", "2", "-W", "30", &ns.pod_ip])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "host ping of the guest failed: {}{}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr)
+    );
+
+    // Guest -> host: TCP from a container, plus the guest's identity.
+    let script = format!(
+        "hostname; cat /etc/resolv.conf; cat /etc/hosts; echo from-guest | nc -w 30 {} {port}",
+        ns.gateway
+    );
+    let (status, out, err) = run(agent, "client", &["sh", "-c", &script]);
+    assert_eq!(status, 0, "stdout: {out}\nstderr: {err}");
+    assert_eq!(
+        out,
+        format!("pod-net\n{RESOLV}{HOSTS}echo:from-guest\n"),
+        "stderr: {err}"
+    );
+    assert_eq!(
+        server.join().unwrap(),
+        ns.pod_ip,
+        "the guest's source address"
+    );
+
+    // Host -> guest: TCP to a server in a container.
+    agent
+        .create_container("server", &spec(&["nc", "-l", "-p", "7000", "-e", "cat"]))
+        .unwrap();
+    agent.start_container("server").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut conn = loop {
+        match TcpStream::connect_timeout(
+            &format!("{}:7000", ns.pod_ip).parse().unwrap(),
+            Duration::from_secs(10),
+        ) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("connecting to the guest server: {e}; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => panic!("connecting to the guest server: {e}"),
+        }
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    conn.write_all(b"from-host\n").unwrap();
+    let mut back = [0u8; 10];
+    conn.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"from-host\n");
+    drop(conn);
+    assert_eq!(agent.wait_process("server", "").unwrap().status, 0);
+    agent.remove_container("server").unwrap();
+
+    let vmm_pid = sandbox.vm().pid();
+    let leftovers = sandbox.shutdown(Duration::from_secs(120)).unwrap();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(
+        !Path::new(&format!("/proc/{vmm_pid}")).exists(),
+        "the VMM is still running"
+    );
+    pod.teardown().unwrap();
+    assert!(
+        !sh_ok(&format!(
+            "ip netns exec {} ip link show {tap_name}",
+            ns.name
+        )),
+        "the tap is still there"
+    );
+    let qdiscs = ns.exec("tc qdisc show dev eth0");
+    assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+    let ns_name = ns.name.clone();
+    drop(ns);
+    assert!(!sh("ip netns list").contains(&ns_name));
+    let _ = std::fs::remove_dir_all(&dir);
+}
