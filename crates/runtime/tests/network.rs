@@ -26,15 +26,29 @@ fn attach_and_teardown_leave_nothing() {
     assert_eq!(ep.interface.mtu, 1450);
     assert_eq!(ep.interface.addresses[0].ip.to_string(), ns.pod_ip);
     assert_eq!(ep.interface.addresses[0].prefix_len, 24);
+    assert!(
+        ep.interface
+            .addresses
+            .iter()
+            .any(|a| a.ip.to_string() == ns.pod_ip6 && a.prefix_len == 64),
+        "{:?}",
+        ep.interface.addresses
+    );
 
     let guest = pod.guest_network();
     let default = guest
         .routes
         .iter()
-        .find(|r| r.destination.is_none())
+        .find(|r| r.destination.is_none() && !r.ipv6)
         .expect("default route");
     assert_eq!(default.gateway.unwrap().to_string(), ns.gateway);
     assert_eq!(default.interface_mac.as_deref(), Some(ns.mac.as_str()));
+    let default6 = guest
+        .routes
+        .iter()
+        .find(|r| r.destination.is_none() && r.ipv6)
+        .expect("IPv6 default route");
+    assert_eq!(default6.gateway.unwrap().to_string(), ns.gateway6);
     assert_eq!(guest.neighbours.len(), 1, "{:?}", guest.neighbours);
     assert_eq!(guest.neighbours[0].mac, "02:00:00:00:00:09");
 

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{sh, sh_ok, PodNetns};
-use nacre_runtime::agent::AgentClient;
+use nacre_runtime::agent::{AgentClient, ClientOptions, Endpoint, TtrpcAgentClient};
 use nacre_runtime::network::{self, GuestNetwork};
 use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
 use nacre_runtime::testing::{root_prereqs, vm_prereqs};
@@ -100,6 +100,34 @@ fn run(agent: &dyn AgentClient, id: &str, args: &[&str]) -> (i32, String, String
     (status, out, err)
 }
 
+/// The tc counters, neighbours and logs, for a failure message.
+fn diagnostics(ns: &PodNetns, tap: &str, sandbox: &Sandbox) -> String {
+    let tc = |dev: &str| {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "tc", "-s", "filter", "show", "dev", dev, "ingress",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        format!("--- tc -s filter show dev {dev} ingress ---\n{out}")
+    };
+    let neigh = Command::new("ip")
+        .args(["neigh", "show", "dev", &ns.host_if])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let console = sandbox.vm().console();
+    let tail: Vec<&str> = console.lines().rev().take(30).collect();
+    format!(
+        "{}{}--- host neighbours ---\n{neigh}--- VMM log ---\n{}--- console (tail) ---\n{}",
+        tc("eth0"),
+        tc(tap),
+        sandbox.vm().vmm_log(),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
 #[test]
 fn guest_on_a_pod_network() {
     let Some(mut p) = vm_prereqs("guest_on_a_pod_network") else {
@@ -117,6 +145,8 @@ fn guest_on_a_pod_network() {
     std::fs::write(&combined, initrd).unwrap();
     p.image.initrd = combined;
 
+    let start = Instant::now();
+    let step = |what: &str| eprintln!("[{:6.1} s] {what}", start.elapsed().as_secs_f64());
     let ns = PodNetns::create("vm", 3);
     let pod = network::attach(&ns.path()).unwrap();
     let tap_name = pod.endpoints()[0].tap_name.clone();
@@ -140,7 +170,18 @@ fn guest_on_a_pod_network() {
     };
     let sandbox = Sandbox::boot(&p.vmm, &vm_spec, &dir.join("run"), default_boot_timeout())
         .unwrap_or_else(|e| panic!("boot: {e}"));
-    let agent = sandbox.agent();
+    // A loaded 2-core host with emulated guest kernel mode can take more
+    // than the default 30 s for a container step.
+    let client = TtrpcAgentClient::connect(
+        Endpoint::agent_vsock(sandbox.vm().vsock_socket()),
+        ClientOptions {
+            call_timeout: Duration::from_secs(300),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let agent: &dyn AgentClient = &client;
+    step("booted");
     let net = GuestNetwork {
         hostname: Some("pod-net".into()),
         resolv_conf: Some(RESOLV.into()),
@@ -150,6 +191,7 @@ fn guest_on_a_pod_network() {
     let names = agent.configure_network(&net).unwrap();
     assert_eq!(names.len(), 1, "{names:?}");
     assert_eq!(agent.guest_details().unwrap().hostname, "pod-net");
+    step("network configured");
 
     // Host -> guest: ICMP.
     let ping = Command::new("busybox")
@@ -163,13 +205,35 @@ fn guest_on_a_pod_network() {
         String::from_utf8_lossy(&ping.stderr)
     );
 
-    // Guest -> host: TCP from a container, plus the guest's identity.
+    step("host pinged the guest");
+    // Host -> guest: ICMPv6 (the CNI gave an IPv6 address too).
+    let ping6 = Command::new("busybox")
+        .args(["ping6", "-c", "2", "-W", "30", &ns.pod_ip6])
+        .output()
+        .unwrap();
+    assert!(
+        ping6.status.success(),
+        "host ping6 of the guest failed: {}{}",
+        String::from_utf8_lossy(&ping6.stdout),
+        String::from_utf8_lossy(&ping6.stderr)
+    );
+
+    step("host pinged the guest over IPv6");
+    // Guest -> host: ICMP and TCP from a container, plus the guest's
+    // identity.
     let script = format!(
-        "hostname; cat /etc/resolv.conf; cat /etc/hosts; echo from-guest | nc -w 30 {} {port}",
-        ns.gateway
+        "hostname; cat /etc/resolv.conf; cat /etc/hosts; ping -c 1 -W 60 {gw} >&2 && \
+         echo from-guest | nc -w 60 {gw} {port}",
+        gw = ns.gateway
     );
     let (status, out, err) = run(agent, "client", &["sh", "-c", &script]);
-    assert_eq!(status, 0, "stdout: {out}\nstderr: {err}");
+    step("the guest reached the host");
+    assert_eq!(
+        status,
+        0,
+        "stdout: {out}\nstderr: {err}\n{}",
+        diagnostics(&ns, &tap_name, &sandbox)
+    );
     assert_eq!(
         out,
         format!("pod-net\n{RESOLV}{HOSTS}echo:from-guest\n"),
@@ -209,6 +273,7 @@ fn guest_on_a_pod_network() {
     drop(conn);
     assert_eq!(agent.wait_process("server", "").unwrap().status, 0);
     agent.remove_container("server").unwrap();
+    step("the host reached the guest");
 
     let vmm_pid = sandbox.vm().pid();
     let leftovers = sandbox.shutdown(Duration::from_secs(120)).unwrap();

@@ -119,6 +119,22 @@ pub struct PodNetwork {
     torn_down: bool,
 }
 
+/// The network namespace path of an OCI spec
+/// (`linux.namespaces[type=network].path`), if it names one. Containers
+/// that join the VM's network should have that namespace entry removed
+/// from the spec the guest gets: the guest's own network is the pod's.
+pub fn netns_path(spec: &serde_json::Value) -> Option<PathBuf> {
+    spec.get("linux")?
+        .get("namespaces")?
+        .as_array()?
+        .iter()
+        .find(|ns| ns.get("type").and_then(|t| t.as_str()) == Some("network"))?
+        .get("path")?
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
 /// Reads the CNI interfaces, routes and neighbours of the namespace at
 /// `netns`, changing nothing.
 pub fn inspect(netns: &Path) -> Result<NamespaceInfo, NetworkError> {

@@ -108,3 +108,18 @@ fn a_missing_namespace_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn netns_path_from_a_spec() {
+    let spec = serde_json::json!({"linux": {"namespaces": [
+        {"type": "pid"},
+        {"type": "network", "path": "/var/run/netns/cni-1234"}
+    ]}});
+    assert_eq!(
+        netns_path(&spec),
+        Some(PathBuf::from("/var/run/netns/cni-1234"))
+    );
+    let own = serde_json::json!({"linux": {"namespaces": [{"type": "network"}]}});
+    assert_eq!(netns_path(&own), None);
+    assert_eq!(netns_path(&serde_json::json!({})), None);
+}

@@ -34,6 +34,9 @@ pub struct PodNetns {
     pub pod_ip: String,
     pub gateway: String,
     pub mac: String,
+    /// The pod's IPv6 address and gateway (fd00:213:<octet>::2 and ::1).
+    pub pod_ip6: String,
+    pub gateway6: String,
 }
 
 impl PodNetns {
@@ -45,7 +48,10 @@ impl PodNetns {
         let pod_ip = format!("10.213.{octet}.2");
         let gateway = format!("10.213.{octet}.1");
         let mac = format!("0a:58:0a:d5:{octet:02x}:02");
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         sh(&format!("ip netns add {name}"));
         let ns = Self {
             name,
@@ -53,6 +59,8 @@ impl PodNetns {
             pod_ip,
             gateway,
             mac,
+            pod_ip6: format!("fd00:213:{octet}::2"),
+            gateway6: format!("fd00:213:{octet}::1"),
         };
         let (n, h) = (&ns.name, &ns.host_if);
         sh(&format!(
@@ -62,10 +70,15 @@ impl PodNetns {
              ip -n {n} addr add {ip}/24 dev eth0 && ip -n {n} link set eth0 up && \
              ip -n {n} link set lo up && \
              ip -n {n} route add default via {gw} && \
+             ip addr add {gw6}/64 dev {h} nodad && \
+             ip -n {n} addr add {ip6}/64 dev eth0 nodad && \
+             ip -n {n} -6 route add default via {gw6} dev eth0 && \
              ip -n {n} neigh add 10.213.{octet}.9 lladdr 02:00:00:00:00:09 dev eth0 nud permanent",
             gw = ns.gateway,
             ip = ns.pod_ip,
             mac = ns.mac,
+            gw6 = ns.gateway6,
+            ip6 = ns.pod_ip6,
         ));
         ns
     }

@@ -272,3 +272,34 @@ fn tap_frames_fill_guest_buffers() {
     let mut device = h.device;
     assert!(device.reset());
 }
+
+#[test]
+fn suppressed_interrupts_are_not_sent() {
+    let h = Harness::start();
+    let mut tx = Ring::at(&h.mem, TX_RING);
+    // VRING_AVAIL_F_NO_INTERRUPT on the transmit ring.
+    h.mem.write_obj(1u16, GuestAddress(tx.avail)).unwrap();
+    let sent = frame(30, 7);
+    h.mem.write_slice(&sent, GuestAddress(BUF)).unwrap();
+    tx.push(&[(BUF, sent.len() as u32, false)]);
+    h.tx_kick.write(1).unwrap();
+    let mut got = vec![0u8; 256];
+    assert_eq!(h.wire.recv(&mut got).unwrap(), sent.len());
+    assert_eq!(tx.wait_used(), (0, 0));
+    assert_eq!(h.status.load(Ordering::SeqCst), 0, "an interrupt was sent");
+
+    // The receive ring still wants interrupts.
+    let mut rx = Ring::at(&h.mem, RX_RING);
+    rx.push(&[(BUF + 0x1000, 2048, true)]);
+    h.rx_kick.write(1).unwrap();
+    h.wire.send(&frame(40, 8)).unwrap();
+    assert_eq!(rx.wait_used().1, 52);
+    let deadline = Instant::now() + WAIT;
+    while h.status.load(Ordering::SeqCst) & VIRTIO_MMIO_INT_VRING == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no interrupt for the receive ring"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -11,7 +11,9 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use tracing::{debug, error, warn};
-use virtio_queue::QueueT;
+use virtio_bindings::bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -124,10 +126,16 @@ impl Worker {
     }
 
     /// Moves frames both ways until neither can go on, then interrupts the
-    /// guest once if any buffer was used.
+    /// guest once if any buffer was used and the driver wants to know.
+    /// Interrupts are skipped while the driver suppresses them for both
+    /// queues that were used (VRING_AVAIL_F_NO_INTERRUPT, e.g. while NAPI
+    /// polls): each costs a guest exit, dear where kernel mode is emulated.
     fn process(&mut self) {
-        let used = self.transmit() + self.receive();
-        if used > 0 {
+        let tx_used = self.transmit() > 0;
+        let rx_used = self.receive() > 0;
+        let notify = (tx_used && wants_interrupt(&self.tx.queue, &self.mem))
+            | (rx_used && wants_interrupt(&self.rx.queue, &self.mem));
+        if notify {
             if let Err(e) = self.interrupt.signal_used_queue() {
                 error!("virtio-net: interrupting the guest: {e}");
             }
@@ -226,6 +234,17 @@ impl Worker {
             debug!("virtio-net: {what}");
         }
     }
+}
+
+/// Whether the driver leaves interrupts on for `queue`: its avail ring's
+/// flags lack VRING_AVAIL_F_NO_INTERRUPT (virtio-queue does not look at
+/// that flag; EVENT_IDX is not offered). An unreadable ring: yes.
+fn wants_interrupt(queue: &Queue, mem: &GuestMemory) -> bool {
+    // Our used-ring writes before the driver's flags read.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    mem.read_obj::<u16>(GuestAddress(queue.avail_ring()))
+        .map(|flags| u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
+        .unwrap_or(true)
 }
 
 /// Clears a queue notification eventfd.
