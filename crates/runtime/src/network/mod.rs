@@ -135,6 +135,23 @@ pub fn netns_path(spec: &serde_json::Value) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// Makes a container spec meant for the guest join the VM's own network
+/// (the pod's, configured by the agent): removes its network namespace
+/// entry, which would otherwise give it a new, empty namespace in the
+/// guest. Returns whether there was one.
+pub fn join_vm_network(spec: &mut serde_json::Value) -> bool {
+    let Some(nss) = spec
+        .get_mut("linux")
+        .and_then(|l| l.get_mut("namespaces"))
+        .and_then(|n| n.as_array_mut())
+    else {
+        return false;
+    };
+    let before = nss.len();
+    nss.retain(|ns| ns.get("type").and_then(|t| t.as_str()) != Some("network"));
+    nss.len() != before
+}
+
 /// Reads the CNI interfaces, routes and neighbours of the namespace at
 /// `netns`, changing nothing.
 pub fn inspect(netns: &Path) -> Result<NamespaceInfo, NetworkError> {

@@ -123,3 +123,18 @@ fn netns_path_from_a_spec() {
     assert_eq!(netns_path(&own), None);
     assert_eq!(netns_path(&serde_json::json!({})), None);
 }
+
+#[test]
+fn joining_the_vm_network_drops_the_namespace() {
+    let mut spec = serde_json::json!({"linux": {"namespaces": [
+        {"type": "pid"},
+        {"type": "network", "path": "/var/run/netns/cni-1234"}
+    ]}});
+    assert!(join_vm_network(&mut spec));
+    assert_eq!(
+        spec["linux"]["namespaces"],
+        serde_json::json!([{"type": "pid"}])
+    );
+    assert!(!join_vm_network(&mut spec));
+    assert!(!join_vm_network(&mut serde_json::json!({})));
+}
