@@ -59,7 +59,7 @@ pub fn apply(plan: &NetworkPlan, etc: &Path) -> Result<Vec<String>, NetworkError
             .ok_or_else(|| NetworkError::NoInterface(iface.mac.to_string()))?;
         nl.set_link(link.index, iface.mtu, true)?;
         for &(ip, prefix_len) in &iface.addresses {
-            nl.add_address(link.index, ip, prefix_len)?;
+            tolerate_no_ipv6(ip.is_ipv6(), nl.add_address(link.index, ip, prefix_len))?;
         }
         tracing::info!(name = %link.name, mac = %iface.mac, addresses = ?iface.addresses, "interface configured");
         names.push(link.name.clone());
@@ -77,12 +77,12 @@ pub fn apply(plan: &NetworkPlan, etc: &Path) -> Result<Vec<String>, NetworkError
     for (route, mac) in &plan.routes {
         let mut route = route.clone();
         route.oif = oif(*mac)?;
-        nl.add_route(&route)?;
+        tolerate_no_ipv6(route.ipv6, nl.add_route(&route))?;
         tracing::info!(route = %nacre_netlink::describe_route(&route), "route added");
     }
     for (ip, lladdr, mac) in &plan.neighbours {
         let index = oif(Some(*mac))?.unwrap_or(0);
-        nl.add_neighbour(index, *ip, *lladdr)?;
+        tolerate_no_ipv6(ip.is_ipv6(), nl.add_neighbour(index, *ip, *lladdr))?;
     }
     if let Some(text) = &plan.resolv_conf {
         write_file(etc, "resolv.conf", text)?;
@@ -95,6 +95,19 @@ pub fn apply(plan: &NetworkPlan, etc: &Path) -> Result<Vec<String>, NetworkError
         write_file(etc, "hostname", &format!("{name}\n"))?;
     }
     Ok(names)
+}
+
+/// A guest kernel booted without IPv6 (`ipv6.disable=1`) answers IPv6
+/// changes with EAFNOSUPPORT: the pod then runs on IPv4 alone, with a
+/// warning, rather than not at all.
+fn tolerate_no_ipv6(ipv6: bool, result: Result<(), NetlinkError>) -> Result<(), NetworkError> {
+    match result {
+        Err(e) if ipv6 && e.errno() == Some(libc::EAFNOSUPPORT) => {
+            tracing::warn!("IPv6 is off in the guest kernel, skipped: {e}");
+            Ok(())
+        }
+        other => other.map_err(NetworkError::from),
+    }
 }
 
 /// Replaces `etc/name` atomically (a temporary file, then rename).
@@ -118,6 +131,23 @@ fn write_file(etc: &Path, name: &str, text: &str) -> Result<(), NetworkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_ipv6_is_tolerated_for_ipv6_only() {
+        let no_v6 = || {
+            Err(NetlinkError::Kernel {
+                what: "adding address fd00::5/64".into(),
+                source: std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT),
+            })
+        };
+        assert!(tolerate_no_ipv6(true, no_v6()).is_ok());
+        assert!(tolerate_no_ipv6(false, no_v6()).is_err());
+        let refused = Err(NetlinkError::Kernel {
+            what: "adding address fd00::5/64".into(),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        });
+        assert!(tolerate_no_ipv6(true, refused).is_err());
+    }
 
     #[test]
     fn files_are_replaced() {

@@ -37,9 +37,18 @@ impl TcError {
     }
 }
 
+/// iproute2's `tc`: where Debian installs it (the PATH of a shim started
+/// by containerd may lack the sbin directories), else from PATH.
+fn tc_binary() -> &'static str {
+    ["/usr/sbin/tc", "/sbin/tc"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("tc")
+}
+
 fn tc(args: &[&str]) -> Result<(), TcError> {
     let shown = args.join(" ");
-    let out = Command::new("tc")
+    let out = Command::new(tc_binary())
         .args(args)
         .output()
         .map_err(|source| TcError::Spawn {
