@@ -128,6 +128,15 @@ fn diagnostics(ns: &PodNetns, tap: &str, sandbox: &Sandbox) -> String {
     )
 }
 
+/// Removes the test's scratch directory on every exit, panics included.
+struct ScratchDir(std::path::PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn guest_on_a_pod_network() {
     let Some(mut p) = vm_prereqs("guest_on_a_pod_network") else {
@@ -139,6 +148,7 @@ fn guest_on_a_pod_network() {
     let dir = std::env::temp_dir().join(format!("nacre-vm-net-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let _scratch = ScratchDir(dir.clone());
     let mut initrd = std::fs::read(&p.image.initrd).unwrap();
     initrd.extend(std::fs::read(rootfs_cpio(&dir)).unwrap());
     let combined = dir.join("initrd.cpio");
@@ -297,5 +307,4 @@ fn guest_on_a_pod_network() {
     let ns_name = ns.name.clone();
     drop(ns);
     assert!(!sh("ip netns list").contains(&ns_name));
-    let _ = std::fs::remove_dir_all(&dir);
 }
