@@ -4,6 +4,8 @@
 //! |------|-----------------------------------------------------------------|
 //! | 0    | the guest shut down or reset, or `shutdown` came on the API     |
 //! | 64   | bad configuration (vcpus, memory, paths, arguments)             |
+//! | 65   | template unusable: corrupt, incomplete, other format or VMM     |
+//! |      | version, other kernel or initrd (`--restore`)                   |
 //! | 66   | kernel or initrd missing, unreadable or not a valid ELF; a      |
 //! |      | shared directory missing or not a directory                     |
 //! |      | (64 too: a `--net` tap descriptor not open or not a tap)        |
@@ -24,6 +26,7 @@ use crate::devices::virtio::vsock::VsockError;
 use crate::devices::BusError;
 use crate::events::ExitEvent;
 use crate::memory::MemoryError;
+use crate::snapshot::TemplateError;
 use crate::vm::VmError;
 
 /// Exit codes (sysexits.h values where one fits).
@@ -32,6 +35,9 @@ pub mod exit_code {
     pub const OK: i32 = 0;
     /// EX_USAGE: bad configuration.
     pub const CONFIG: i32 = 64;
+    /// EX_DATAERR: a template that is corrupt, incomplete, of another
+    /// format or VMM version, or made from another kernel or initrd.
+    pub const TEMPLATE: i32 = 65;
     /// EX_NOINPUT: kernel or initrd unusable.
     pub const NO_INPUT: i32 = 66;
     /// EX_UNAVAILABLE: /dev/kvm unavailable.
@@ -100,6 +106,10 @@ pub enum VmmError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Api(#[from] ApiServerError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("restoring the template: {0}")]
+    Restore(String),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -114,6 +124,7 @@ impl VmmError {
         use exit_code::*;
         match self {
             Self::Config(_) | Self::SerialLog { .. } | Self::Vsock(_) => CONFIG,
+            Self::Template(_) => TEMPLATE,
             Self::Fs { source, .. } => match source {
                 FsError::Tag(_) | FsError::NotUtf8 { .. } => CONFIG,
                 FsError::Path { .. } | FsError::NotADirectory { .. } => NO_INPUT,

@@ -8,13 +8,15 @@ use std::process::ExitCode;
 use clap::Parser;
 use nacre_vmm::devices::virtio::fs::{CacheMode, SharedDir};
 use nacre_vmm::devices::virtio::net::NetConfig;
-use nacre_vmm::{exit_code, exit_code_for, VmConfig, VsockConfig};
+use nacre_vmm::{exit_code, exit_code_for, RestoreConfig, VmConfig, VsockConfig};
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0    the guest shut down or reset (e.g. reboot), or `shutdown` on the API
   64   bad configuration (vcpus or memory out of range, malformed arguments,
        a --net MAC that is malformed, a --net fd that is not an open tap)
+  65   --restore: the template is corrupt, incomplete, of another format or
+       VMM version, or was made from another kernel or initrd than given
   66   kernel or initrd missing, unreadable or not a valid ELF, or a
        shared directory missing or not a directory
   69   /dev/kvm unavailable (missing or no permission)
@@ -22,18 +24,27 @@ Exit codes:
   128+N  stopped by signal N (SIGINT 130, SIGTERM 143)
 
 API socket: one JSON request per line, one JSON response per line:
-  {\"op\":\"status\"} {\"op\":\"pause\"} {\"op\":\"resume\"} {\"op\":\"shutdown\"}";
+  {\"op\":\"status\"} {\"op\":\"pause\"} {\"op\":\"resume\"} {\"op\":\"shutdown\"}
+  {\"op\":\"snapshot\",\"dir\":\"PATH\"} (pauses; writes a template for --restore)";
 
 /// Boots an uncompressed Linux vmlinux with an initrd on KVM.
 #[derive(Debug, Parser)]
 #[command(name = "nacre-vmm", version, after_help = EXIT_CODES)]
 struct Cli {
-    /// Uncompressed ELF kernel image (vmlinux).
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
-    /// Initrd (an uncompressed cpio archive boots fastest).
-    #[arg(long, value_name = "PATH")]
-    initrd: PathBuf,
+    /// Uncompressed ELF kernel image (vmlinux). With --restore: the
+    /// template must have been booted from this kernel.
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    kernel: Option<PathBuf>,
+    /// Initrd (an uncompressed cpio archive boots fastest). With
+    /// --restore: the template must have been booted with this initrd.
+    #[arg(long, value_name = "PATH", required_unless_present = "restore")]
+    initrd: Option<PathBuf>,
+    /// Restore the VM saved in this template directory (made with the
+    /// `snapshot` API request) instead of booting. The VM's shape comes
+    /// from the template; give the new VM's --vsock-uds, --api-socket,
+    /// --serial-log and one --shared-dir per share of the template.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["cmdline", "vcpus", "memory_mib"])]
+    restore: Option<PathBuf>,
     /// Extra kernel command-line arguments, appended to the VMM's own.
     #[arg(long, value_name = "ARGS", default_value = "")]
     cmdline: String,
@@ -85,9 +96,31 @@ struct Cli {
 }
 
 impl Cli {
+    fn restore_config(&self, dir: PathBuf) -> RestoreConfig {
+        let cache = self.shared_dir_cache;
+        RestoreConfig {
+            dir,
+            vsock_uds: self.vsock_uds.clone(),
+            api_socket: self.api_socket.clone(),
+            serial_log: self.serial_log.clone(),
+            serial_stdout: self.serial_stdout,
+            shared_dirs: self
+                .shared_dirs
+                .iter()
+                .map(|dir| SharedDir {
+                    cache,
+                    ..dir.clone()
+                })
+                .collect(),
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+        }
+    }
+
     fn into_config(self) -> VmConfig {
-        let mut config = VmConfig::new(self.kernel);
-        config.initrd = Some(self.initrd);
+        // clap requires both unless --restore is given.
+        let mut config = VmConfig::new(self.kernel.unwrap_or_default());
+        config.initrd = self.initrd;
         config.cmdline_extra = self.cmdline;
         config.vcpus = self.vcpus;
         config.memory_mib = self.memory_mib;
@@ -144,8 +177,11 @@ fn main() -> ExitCode {
         eprintln!("nacre-vmm: {e:#}");
         return code(exit_code::CONFIG);
     }
-    let config = cli.into_config();
-    match nacre_vmm::run(&config) {
+    let result = match cli.restore.clone() {
+        Some(dir) => nacre_vmm::restore(&cli.restore_config(dir)),
+        None => nacre_vmm::run(&cli.into_config()),
+    };
+    match result {
         Ok(event) => {
             let c = exit_code_for(&event);
             tracing::info!(?event, exit_code = c, "nacre-vmm exiting");

@@ -22,6 +22,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::Bus;
 use crate::events::{self, ExitEvent, ExitSender};
+use crate::snapshot::VcpuState;
 
 /// The real-time signal used to kick vCPU threads out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -59,6 +60,18 @@ pub enum RunState {
 struct ControlState {
     target: RunState,
     parked: usize,
+    /// The current request to parked vCPUs to save their state.
+    save: Option<Arc<SaveRequest>>,
+    /// Their answers to it.
+    saved: Vec<Result<VcpuState, String>>,
+}
+
+/// A request to every parked vCPU: save your state.
+#[derive(Debug)]
+pub struct SaveRequest {
+    generation: u64,
+    /// The MSRs to save (KVM_GET_MSR_INDEX_LIST).
+    pub msr_index: Vec<u32>,
 }
 
 /// Shared between the vCPU threads and whoever pauses them.
@@ -75,6 +88,8 @@ impl Default for VcpuControl {
             state: Mutex::new(ControlState {
                 target: RunState::Running,
                 parked: 0,
+                save: None,
+                saved: Vec::new(),
             }),
             cond: Condvar::new(),
             handles: Mutex::new(Vec::new()),
@@ -134,6 +149,42 @@ impl VcpuControl {
         }
     }
 
+    /// Has every vCPU (paused before with [`Self::pause`]) save its state
+    /// on its own thread; returns the states ordered by vCPU id.
+    pub fn save_all(
+        &self,
+        msr_index: Vec<u32>,
+        timeout: Duration,
+    ) -> Result<Vec<VcpuState>, String> {
+        let expected = self.handles.lock().map(|h| h.len()).unwrap_or(0);
+        let mut state = self.lock();
+        if state.target != RunState::Paused || state.parked < expected {
+            return Err("the vCPUs are not paused".into());
+        }
+        let generation = state.save.as_ref().map_or(1, |r| r.generation + 1);
+        state.save = Some(Arc::new(SaveRequest {
+            generation,
+            msr_index,
+        }));
+        state.saved.clear();
+        self.cond.notify_all();
+        let (mut state, timed_out) = self
+            .cond
+            .wait_timeout_while(state, timeout, |s| s.saved.len() < expected)
+            .unwrap_or_else(|p| p.into_inner());
+        if timed_out.timed_out() {
+            return Err(format!(
+                "only {} of {expected} vCPUs saved their state within {timeout:?}",
+                state.saved.len()
+            ));
+        }
+        let mut states = std::mem::take(&mut state.saved)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        states.sort_by_key(|s| s.id);
+        Ok(states)
+    }
+
     /// Lets parked vCPUs run again.
     pub fn resume(&self) {
         self.lock().target = RunState::Running;
@@ -148,15 +199,27 @@ impl VcpuControl {
     }
 
     /// Called by a vCPU thread before entering the guest: blocks while the
-    /// VM is paused.
-    fn park_while_paused(&self) {
+    /// VM is paused, answering save requests with `save`.
+    fn park_while_paused(&self, mut save: impl FnMut(&SaveRequest) -> Result<VcpuState, String>) {
         let mut state = self.lock();
         if state.target == RunState::Running {
             return;
         }
         state.parked += 1;
+        let mut answered = state.save.as_ref().map_or(0, |r| r.generation);
         self.cond.notify_all();
         while state.target == RunState::Paused {
+            if let Some(request) = state.save.clone().filter(|r| r.generation != answered) {
+                answered = request.generation;
+                drop(state);
+                let result = save(&request);
+                state = self.lock();
+                if state.save.as_ref().map(|r| r.generation) == Some(answered) {
+                    state.saved.push(result);
+                    self.cond.notify_all();
+                }
+                continue;
+            }
             state = self.cond.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.parked -= 1;
@@ -198,9 +261,28 @@ impl Vcpu {
         }
     }
 
+    /// Saves this (parked) vCPU's state: first completes the I/O of its
+    /// last exit (KVM_RUN with immediate_exit set returns at once), so the
+    /// registers hold its result.
+    fn save_state(&mut self, request: &SaveRequest) -> Result<VcpuState, String> {
+        let id = self.id;
+        self.fd.set_kvm_immediate_exit(1);
+        let completed = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(format!("vCPU {id}: completing the last exit: {e}")),
+            Ok(exit) => Err(format!(
+                "vCPU {id}: unexpected exit {exit:?} while completing the last one"
+            )),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        completed?;
+        VcpuState::save(self.id, &self.fd, &request.msr_index).map_err(|e| e.to_string())
+    }
+
     fn run_loop(&mut self) -> ExitEvent {
         loop {
-            self.control.park_while_paused();
+            let control = self.control.clone();
+            control.park_while_paused(|request| self.save_state(request));
             match self.step() {
                 Next::Continue => {}
                 Next::Interrupted => self.fd.set_kvm_immediate_exit(0),
@@ -358,7 +440,7 @@ mod tests {
         // A stand-in vCPU thread that parks between "runs".
         let worker = std::thread::spawn(move || {
             for _ in 0..200 {
-                c2.park_while_paused();
+                c2.park_while_paused(|_| Err("no state".into()));
                 std::thread::sleep(Duration::from_millis(1));
             }
         });

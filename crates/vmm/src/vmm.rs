@@ -2,6 +2,7 @@
 //! first reason to stop.
 
 use std::fs::OpenOptions;
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::devices::Bus;
 use crate::error::VmmError;
 use crate::events::{self, ExitEvent, ExitSender};
 use crate::memory::{self, GuestRam};
+use crate::snapshot::{BootShape, Snapshotter};
 use crate::vcpu::{self, RunState, Vcpu, VcpuControl};
 use crate::vm;
 
@@ -77,7 +79,7 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
     let kvm = vm::open_kvm()?;
 
     let ram = memory::create(config.memory_bytes())?;
-    let vm = vm::create_vm(&kvm, &ram)?;
+    let vm = Arc::new(vm::create_vm(&kvm, &ram)?);
     let kernel = boot::load_kernel(&ram.mem, &config.kernel)?;
     let initrd = match &config.initrd {
         Some(path) => Some(boot::load_initrd(
@@ -102,27 +104,46 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
         i8042::I8042_LEN,
         Arc::new(Mutex::new(I8042::new(exit_tx.clone()))),
     )?;
-    io_bus.insert(
-        cmos::CMOS_BASE,
-        cmos::CMOS_LEN,
-        Arc::new(Mutex::new(Cmos::default())),
-    )?;
+    let cmos_dev = Arc::new(Mutex::new(Cmos::default()));
+    io_bus.insert(cmos::CMOS_BASE, cmos::CMOS_LEN, cmos_dev.clone())?;
 
     let mut decls = Vec::new();
+    let mut transports = Vec::new();
     if let Some(vsock) = &config.vsock {
         let device = Vsock::new(vsock.cid, vsock.uds_path.clone())?;
         cleanup.add_vsock_uds(&vsock.uds_path);
-        let decl = add_virtio_device(&vm, &ram, &mut mmio_bus, Box::new(device), decls.len())?;
+        let decl = add_virtio_device(
+            &vm,
+            &ram,
+            &mut mmio_bus,
+            Box::new(device),
+            decls.len(),
+            &mut transports,
+        )?;
         decls.push(decl);
     }
     for device in fs_devices {
         tracing::info!(tag = device.tag(), dir = %device.root().display(), "virtio-fs share");
-        let decl = add_virtio_device(&vm, &ram, &mut mmio_bus, Box::new(device), decls.len())?;
+        let decl = add_virtio_device(
+            &vm,
+            &ram,
+            &mut mmio_bus,
+            Box::new(device),
+            decls.len(),
+            &mut transports,
+        )?;
         decls.push(decl);
     }
     for device in net_devices {
         tracing::info!(tap = device.tap_name(), mac = %device.mac(), "virtio-net device");
-        let decl = add_virtio_device(&vm, &ram, &mut mmio_bus, Box::new(device), decls.len())?;
+        let decl = add_virtio_device(
+            &vm,
+            &ram,
+            &mut mmio_bus,
+            Box::new(device),
+            decls.len(),
+            &mut transports,
+        )?;
         decls.push(decl);
     }
 
@@ -173,16 +194,57 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
     }
 
     if let Some(server) = api_server {
+        let snapshot = Snapshotter {
+            vm: vm.clone(),
+            ram: GuestRam {
+                mem: ram.mem.clone(),
+                file: ram.file.clone(),
+                size: ram.size,
+            },
+            control: control.clone(),
+            serial: serial.clone(),
+            cmos: cmos_dev,
+            transports,
+            shape: BootShape {
+                vcpus: config.vcpus,
+                memory_mib: config.memory_mib,
+                cmdline: line.clone(),
+            },
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            msr_index: msr_index(&kvm),
+            source_is_memfd: true,
+            taken: Default::default(),
+        };
         let handle = Arc::new(VmHandle {
             control: control.clone(),
             exit: exit_tx.clone(),
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
+            snapshot: Some(snapshot),
         });
         server.spawn(handle)?;
     }
 
-    // The channel cannot close: this function holds a sender.
+    Ok(wait_for_exit(
+        &exit_rx,
+        &guest_panicked,
+        &control,
+        &serial,
+        &mut cleanup,
+    ))
+}
+
+/// Waits for the first reason to stop, stops the vCPUs, flushes the
+/// console and removes the VMM's files.
+pub(crate) fn wait_for_exit(
+    exit_rx: &mpsc::Receiver<ExitEvent>,
+    guest_panicked: &std::sync::atomic::AtomicBool,
+    control: &VcpuControl,
+    serial: &Mutex<SerialDevice>,
+    cleanup: &mut Cleanup,
+) -> ExitEvent {
+    // The channel cannot close: the caller holds a sender.
     let mut event = exit_rx
         .recv()
         .unwrap_or(ExitEvent::DeviceFailure("exit channel closed".into()));
@@ -201,10 +263,13 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
     let _ = control.pause(Duration::from_secs(1));
     serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
     cleanup.run();
-    Ok(event)
+    event
 }
 
-fn serial_device(vm: &VmFd, config: &VmConfig) -> Result<Arc<Mutex<SerialDevice>>, VmmError> {
+pub(crate) fn serial_device(
+    vm: &VmFd,
+    config: &VmConfig,
+) -> Result<Arc<Mutex<SerialDevice>>, VmmError> {
     let log = match &config.serial_log {
         Some(path) => Some(
             OpenOptions::new()
@@ -225,14 +290,27 @@ fn serial_device(vm: &VmFd, config: &VmConfig) -> Result<Arc<Mutex<SerialDevice>
     Ok(Arc::new(Mutex::new(SerialDevice::new(irq, out))))
 }
 
+/// The MSRs a snapshot saves: KVM_GET_MSR_INDEX_LIST (none if it fails).
+pub(crate) fn msr_index(kvm: &Kvm) -> Vec<u32> {
+    match kvm.get_msr_index_list() {
+        Ok(list) => list.as_slice().to_vec(),
+        Err(e) => {
+            tracing::warn!("KVM_GET_MSR_INDEX_LIST: {e}; snapshots will lack MSRs");
+            Vec::new()
+        }
+    }
+}
+
 /// Puts `device` behind a virtio-mmio transport in slot `slot`, with its
-/// irqfd and ioeventfds; returns its command-line declaration.
-fn add_virtio_device(
+/// irqfd and ioeventfds; keeps the transport in `transports` (for
+/// snapshots) and returns its command-line declaration.
+pub(crate) fn add_virtio_device(
     vm: &VmFd,
     ram: &GuestRam,
     mmio_bus: &mut Bus,
     device: Box<dyn VirtioDevice>,
     slot: usize,
+    transports: &mut Vec<Arc<Mutex<MmioTransport>>>,
 ) -> Result<MmioDeviceDecl, VmmError> {
     let addr = mmio_slot_addr(slot as u64);
     let irq = FIRST_VIRTIO_IRQ + slot as u32;
@@ -255,7 +333,9 @@ fn add_virtio_device(
         irq,
         "virtio-mmio device"
     );
-    mmio_bus.insert(addr, MMIO_DEVICE_SIZE, Arc::new(Mutex::new(transport)))?;
+    let transport = Arc::new(Mutex::new(transport));
+    mmio_bus.insert(addr, MMIO_DEVICE_SIZE, transport.clone())?;
+    transports.push(transport);
     Ok(MmioDeviceDecl {
         addr,
         size: MMIO_DEVICE_SIZE,
@@ -305,11 +385,12 @@ fn create_vcpus(
 }
 
 /// What the control socket acts on.
-struct VmHandle {
-    control: Arc<VcpuControl>,
-    exit: ExitSender,
-    vcpus: u8,
-    memory_mib: u64,
+pub(crate) struct VmHandle {
+    pub(crate) control: Arc<VcpuControl>,
+    pub(crate) exit: ExitSender,
+    pub(crate) vcpus: u8,
+    pub(crate) memory_mib: u64,
+    pub(crate) snapshot: Option<Snapshotter>,
 }
 
 impl VmControl for VmHandle {
@@ -330,8 +411,18 @@ impl VmControl for VmHandle {
     }
 
     fn resume(&self) -> Result<(), String> {
+        if self.snapshot.as_ref().is_some_and(Snapshotter::taken) {
+            return Err("a snapshot stopped this VM's devices; it can only be shut down".into());
+        }
         self.control.resume();
         Ok(())
+    }
+
+    fn snapshot(&self, dir: &Path) -> Result<(), String> {
+        match &self.snapshot {
+            Some(s) => s.take(dir),
+            None => Err("snapshots are not supported for this VM".into()),
+        }
     }
 
     fn shutdown(&self) {

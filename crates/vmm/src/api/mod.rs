@@ -6,6 +6,9 @@
 //! {"op":"pause"}    -> {"ok":true,"state":"paused"}
 //! {"op":"resume"}   -> {"ok":true,"state":"running"}
 //! {"op":"shutdown"} -> {"ok":true}, then the VMM stops the VM and exits 0
+//! {"op":"snapshot","dir":"/path"} -> {"ok":true,"state":"paused"}: a
+//!                      template written to /path (see `crate::snapshot`);
+//!                      the VM stays paused and can only be shut down
 //! anything else     -> {"ok":false,"error":"..."}
 //! ```
 //!
@@ -26,6 +29,7 @@ pub enum Request {
     Pause,
     Resume,
     Shutdown,
+    Snapshot { dir: std::path::PathBuf },
 }
 
 /// The run state as the API reports it.
@@ -101,6 +105,10 @@ pub trait VmControl: Send + Sync {
     fn resume(&self) -> Result<(), String>;
     /// Asks the VMM to stop the VM and exit. Returns at once.
     fn shutdown(&self);
+    /// Pauses the VM and writes a template of it into `dir`.
+    fn snapshot(&self, _dir: &std::path::Path) -> Result<(), String> {
+        Err("snapshots are not supported".into())
+    }
 }
 
 /// Parses one request line.
@@ -136,6 +144,10 @@ pub fn dispatch(req: &Request, ctl: &dyn VmControl) -> Response {
             Err(e) => Response::error(format!("resume: {e}")),
         },
         Request::Shutdown => Response::ok(),
+        Request::Snapshot { dir } => match ctl.snapshot(dir) {
+            Ok(()) => Response::with_state(State::Paused),
+            Err(e) => Response::error(format!("snapshot: {e}")),
+        },
     }
 }
 
@@ -194,6 +206,16 @@ mod tests {
         assert_eq!(parse(r#"{"op":"resume"}"#), Ok(Request::Resume));
         assert_eq!(parse(r#"{"op":"shutdown"}"#), Ok(Request::Shutdown));
         assert!(parse(r#"{"op":"reboot"}"#).is_err());
+        assert_eq!(
+            parse(r#"{"op":"snapshot","dir":"/t"}"#),
+            Ok(Request::Snapshot { dir: "/t".into() })
+        );
+        assert!(parse(r#"{"op":"snapshot"}"#).is_err());
+        let (r, _) = handle_line(r#"{"op":"snapshot","dir":"/t"}"#, &Fake::default());
+        assert_eq!(
+            r.to_line(),
+            "{\"ok\":false,\"error\":\"snapshot: snapshots are not supported\"}\n"
+        );
         assert!(parse("not json").is_err());
         assert!(parse("").is_err());
     }

@@ -51,6 +51,16 @@ fn civil_from_days(days: i64) -> (i64, u64, u64) {
 }
 
 impl Cmos {
+    /// The selected register (the device's only state).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// A CMOS with register `index` selected (restore).
+    pub fn with_index(index: u8) -> Self {
+        Self { index }
+    }
+
     fn value(&self, secs: u64) -> u8 {
         let days = (secs / 86_400) as i64;
         let (year, month, day) = civil_from_days(days);

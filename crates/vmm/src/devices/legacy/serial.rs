@@ -152,6 +152,46 @@ impl SerialDevice {
     pub fn flush(&mut self) {
         let _ = self.0.writer_mut().flush();
     }
+
+    /// The UART's registers, for a snapshot.
+    pub fn snapshot(&self) -> crate::snapshot::state::SerialSnapshot {
+        let s = self.0.state();
+        crate::snapshot::state::SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A UART with saved registers, raising `irq` and writing to `out`.
+    pub fn from_snapshot(
+        s: &crate::snapshot::state::SerialSnapshot,
+        irq: EventFd,
+        out: SerialOutput,
+    ) -> Result<Self, String> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        Serial::from_state(&state, IrqTrigger(irq), NoEvents, out)
+            .map(Self)
+            .map_err(|e| format!("serial state: {e:?}"))
+    }
 }
 
 impl BusDevice for SerialDevice {

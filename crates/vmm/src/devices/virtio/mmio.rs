@@ -359,6 +359,9 @@ impl BusDevice for MmioTransport {
     }
 }
 
+#[path = "mmio_snapshot.rs"]
+mod snapshot;
+
 #[cfg(test)]
 #[path = "mmio_tests.rs"]
 mod tests;

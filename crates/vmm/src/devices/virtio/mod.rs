@@ -118,4 +118,20 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) -> bool {
         false
     }
+    /// Says how to recreate this device in a VM restored from a snapshot,
+    /// or why it cannot be saved. No side effects: every device is asked
+    /// before any is stopped. Devices without snapshot support refuse.
+    fn snapshot_state(&self) -> Result<crate::snapshot::DeviceState, String> {
+        Err(format!(
+            "virtio device type {} does not support snapshots",
+            self.device_type()
+        ))
+    }
+    /// Stops the device's workers so its queues hold still while they are
+    /// saved. Every chain a worker took must have been returned to the
+    /// used ring by then (the transport saves `next_avail = next_used`).
+    fn quiesce(&mut self) {}
+    /// Called on a device of a restored VM before its transport activates
+    /// it again with the saved queues.
+    fn prepare_restore(&mut self) {}
 }

@@ -226,6 +226,18 @@ impl VirtioDevice for VirtioFs {
         self.acked_features = 0;
         true
     }
+
+    /// Only the device is saved, never a FUSE session: the transport
+    /// refuses a snapshot once the guest used the queues (mounted).
+    fn snapshot_state(&self) -> Result<crate::snapshot::DeviceState, String> {
+        Ok(crate::snapshot::DeviceState::Fs {
+            tag: self.tag().to_string(),
+        })
+    }
+
+    fn quiesce(&mut self) {
+        self.stop_worker();
+    }
 }
 
 impl Drop for VirtioFs {

@@ -162,6 +162,22 @@ impl VirtioDevice for Vsock {
         self.acked_features = 0;
         true
     }
+
+    fn snapshot_state(&self) -> Result<crate::snapshot::DeviceState, String> {
+        Ok(crate::snapshot::DeviceState::Vsock {
+            cid: self.guest_cid,
+        })
+    }
+
+    /// Every connection is dropped: the host side of each closes, and the
+    /// restored guest learns it from a TRANSPORT_RESET event.
+    fn quiesce(&mut self) {
+        self.stop_worker();
+    }
+
+    fn prepare_restore(&mut self) {
+        self.request_transport_reset();
+    }
 }
 
 impl Drop for Vsock {
