@@ -18,6 +18,7 @@ pub mod init;
 pub mod log;
 pub mod network;
 pub mod reaper;
+pub mod restored;
 pub mod server;
 pub mod service;
 mod sys;

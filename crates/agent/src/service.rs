@@ -7,8 +7,8 @@ use std::io;
 use std::sync::mpsc::Sender;
 
 use nacre_protocol::agent::{
-    GetGuestDetailsRequest, GetGuestDetailsResponse, SetTimeRequest, SetTimeResponse,
-    ShutdownRequest, ShutdownResponse,
+    GetGuestDetailsRequest, GetGuestDetailsResponse, RestoredRequest, RestoredResponse,
+    SetTimeRequest, SetTimeResponse, ShutdownRequest, ShutdownResponse,
 };
 use nacre_protocol::container as c;
 use nacre_protocol::health::check_response::ServingStatus;
@@ -46,6 +46,9 @@ pub enum ServiceError {
     /// A container operation failed.
     #[error(transparent)]
     Container(#[from] ContainerError),
+    /// Taking a new identity after a restore failed.
+    #[error(transparent)]
+    Restored(#[from] crate::restored::RestoredError),
 }
 
 impl ServiceError {
@@ -60,6 +63,11 @@ impl ServiceError {
             }
             ServiceError::SetTime(_) => Code::INTERNAL,
             ServiceError::ShuttingDown => Code::UNAVAILABLE,
+            ServiceError::Restored(
+                crate::restored::RestoredError::Entropy(_)
+                | crate::restored::RestoredError::Nanos(_),
+            ) => Code::INVALID_ARGUMENT,
+            ServiceError::Restored(_) => Code::INTERNAL,
             ServiceError::Container(e) => match e.kind {
                 ErrorKind::NotFound => Code::NOT_FOUND,
                 ErrorKind::AlreadyExists => Code::ALREADY_EXISTS,
@@ -168,6 +176,25 @@ impl agent_ttrpc::Agent for AgentService {
         Self::set_time(&req).map_err(ServiceError::into_rpc)?;
         tracing::info!(unix_seconds = req.unix_seconds, "clock set");
         Ok(SetTimeResponse::new())
+    }
+
+    fn restored(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RestoredRequest,
+    ) -> ttrpc::Result<RestoredResponse> {
+        let identity = crate::restored::Identity {
+            hostname: req.hostname,
+            sandbox_id: req.sandbox_id,
+            entropy: req.entropy,
+            unix_seconds: req.unix_seconds,
+            nanos: req.nanos,
+            shared_tag: req.shared_tag,
+        };
+        identity
+            .apply()
+            .map_err(|e| ServiceError::from(e).into_rpc())?;
+        Ok(RestoredResponse::new())
     }
 
     fn shutdown(

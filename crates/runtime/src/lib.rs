@@ -10,5 +10,6 @@ pub mod host;
 pub mod image;
 pub mod network;
 pub mod sandbox;
+pub mod template;
 pub mod testing;
 pub mod vm;

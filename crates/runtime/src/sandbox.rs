@@ -8,8 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::agent::{AgentClient, AgentClientError, ClientOptions, Endpoint, TtrpcAgentClient};
+use crate::agent::{
+    AgentClient, AgentClientError, ClientOptions, Endpoint, RestoredIdentity, TtrpcAgentClient,
+};
 use crate::host::{kernel_mode, KernelMode};
+use crate::image::GuestImage;
 use crate::vm::{VmError, VmProcess, VmSpec};
 
 /// How long a boot may take before the agent answers.
@@ -46,6 +49,20 @@ pub enum SandboxError {
     ShutdownTimeout { pid: u32, timeout: Duration },
     #[error("the VMM exited with {0} after shutdown")]
     ShutdownStatus(std::process::ExitStatus),
+    #[error("the VMM refused template {template}: {reason}")]
+    TemplateRefused { template: PathBuf, reason: String },
+}
+
+/// nacre-vmm's exit code for a template it cannot use (corrupt, other
+/// format, VMM version, kernel or initrd).
+pub const TEMPLATE_REFUSED: i32 = 65;
+
+fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// A booted VM whose agent answers.
@@ -66,7 +83,48 @@ impl Sandbox {
         timeout: Duration,
     ) -> Result<Self, SandboxError> {
         let start = Instant::now();
-        let mut vm = VmProcess::spawn(vmm, spec, dir)?;
+        let vm = VmProcess::spawn(vmm, spec, dir)?;
+        Self::wait_for_agent(vm, start, timeout)
+    }
+
+    /// Starts a VM in the run directory `dir` (created here, must not
+    /// exist) restored from the template in `template`, which must have
+    /// been made from `image`; waits up to `timeout` for its agent and
+    /// gives the agent `identity`. `shared_dirs` serves the template's
+    /// virtio-fs shares (mounted when `identity.shared_tag` names one).
+    pub fn restore(
+        vmm: &Path,
+        template: &Path,
+        image: &GuestImage,
+        shared_dirs: &[(String, PathBuf)],
+        dir: &Path,
+        identity: &RestoredIdentity,
+        timeout: Duration,
+    ) -> Result<Self, SandboxError> {
+        let start = Instant::now();
+        let vm = VmProcess::spawn_restore(vmm, template, image, shared_dirs, dir)?;
+        let mut sandbox = match Self::wait_for_agent(vm, start, timeout) {
+            Err(SandboxError::VmmExited {
+                status, vmm_log, ..
+            }) if status.code() == Some(TEMPLATE_REFUSED) => {
+                return Err(SandboxError::TemplateRefused {
+                    template: template.to_path_buf(),
+                    reason: last_line(&vmm_log),
+                })
+            }
+            other => other?,
+        };
+        sandbox.agent.restored(identity)?;
+        sandbox.boot_time = start.elapsed();
+        tracing::info!(pid = sandbox.vm.pid(), boot_time = ?sandbox.boot_time, "sandbox restored");
+        Ok(sandbox)
+    }
+
+    fn wait_for_agent(
+        mut vm: VmProcess,
+        start: Instant,
+        timeout: Duration,
+    ) -> Result<Self, SandboxError> {
         let deadline = start + timeout;
         let endpoint = Endpoint::agent_vsock(vm.vsock_socket());
         // Short connect rounds, so a VMM that dies is noticed quickly.

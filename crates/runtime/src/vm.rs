@@ -128,6 +128,51 @@ fn inherit_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
 impl VmProcess {
     /// Creates `dir` (which must not exist) and starts the VMM in it.
     pub fn spawn(vmm: &Path, spec: &VmSpec, dir: &Path) -> Result<Self, VmError> {
+        Self::start(vmm, dir, |cmd| {
+            cmd.arg("--kernel")
+                .arg(&spec.image.kernel)
+                .arg("--initrd")
+                .arg(&spec.image.initrd)
+                .arg("--vcpus")
+                .arg(spec.vcpus.to_string())
+                .arg("--memory-mib")
+                .arg(spec.memory_mib.to_string());
+            if let Some(extra) = &spec.extra_cmdline {
+                cmd.arg("--cmdline").arg(extra);
+            }
+            shared_dir_args(cmd, &spec.shared_dirs);
+            for net in &spec.nets {
+                cmd.arg("--net").arg(net.arg());
+            }
+            inherit_fds(cmd, spec.nets.iter().map(|n| n.fd).collect());
+        })
+    }
+
+    /// Creates `dir` (which must not exist) and starts a VMM in it that
+    /// restores the VM saved in `template` (`nacre-vmm --restore`). The
+    /// VMM checks the template was made from `image`; `shared_dirs` must
+    /// name one directory per share of the template.
+    pub fn spawn_restore(
+        vmm: &Path,
+        template: &Path,
+        image: &GuestImage,
+        shared_dirs: &[(String, PathBuf)],
+        dir: &Path,
+    ) -> Result<Self, VmError> {
+        Self::start(vmm, dir, |cmd| {
+            cmd.arg("--restore")
+                .arg(template)
+                .arg("--kernel")
+                .arg(&image.kernel)
+                .arg("--initrd")
+                .arg(&image.initrd);
+            shared_dir_args(cmd, shared_dirs);
+        })
+    }
+
+    /// Creates `dir` and starts the VMM with the run directory's sockets
+    /// and logs, plus the arguments `args` adds.
+    fn start(vmm: &Path, dir: &Path, args: impl FnOnce(&mut Command)) -> Result<Self, VmError> {
         let run_dir_err = |source| VmError::RunDir {
             path: dir.to_path_buf(),
             source,
@@ -141,32 +186,13 @@ impl VmProcess {
             run_dir_err(source)
         })?;
         let mut cmd = Command::new(vmm);
-        cmd.arg("--kernel")
-            .arg(&spec.image.kernel)
-            .arg("--initrd")
-            .arg(&spec.image.initrd)
-            .arg("--vcpus")
-            .arg(spec.vcpus.to_string())
-            .arg("--memory-mib")
-            .arg(spec.memory_mib.to_string())
-            .arg("--serial-log")
+        args(&mut cmd);
+        cmd.arg("--serial-log")
             .arg(dir.join("console.log"))
             .arg("--vsock-uds")
             .arg(dir.join("vsock.sock"))
             .arg("--api-socket")
             .arg(dir.join("api.sock"));
-        if let Some(extra) = &spec.extra_cmdline {
-            cmd.arg("--cmdline").arg(extra);
-        }
-        for (tag, path) in &spec.shared_dirs {
-            let mut arg = std::ffi::OsString::from(format!("{tag}="));
-            arg.push(path);
-            cmd.arg("--shared-dir").arg(arg);
-        }
-        for net in &spec.nets {
-            cmd.arg("--net").arg(net.arg());
-        }
-        inherit_fds(&mut cmd, spec.nets.iter().map(|n| n.fd).collect());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(vmm_log));
@@ -298,6 +324,14 @@ impl VmProcess {
             path: path.clone(),
             reply: line,
         })
+    }
+}
+
+fn shared_dir_args(cmd: &mut Command, dirs: &[(String, PathBuf)]) {
+    for (tag, path) in dirs {
+        let mut arg = std::ffi::OsString::from(format!("{tag}="));
+        arg.push(path);
+        cmd.arg("--shared-dir").arg(arg);
     }
 }
 

@@ -10,7 +10,15 @@ pub const BASE: &str = "console=ttyS0 reboot=k panic=-1 nokaslr pty.legacy_count
 /// What PVM hosts with emulated guest kernel mode need (see HOST.md): the
 /// emulator cannot execute XSAVE, CMPXCHG16B, CLAC/STAC or POPCNT in kernel
 /// mode, and mitigations only slow an emulated kernel down further.
-pub const PVM_QUIRKS: &str = "mitigations=off noxsave clearcpuid=cx16,smap,smep,popcnt";
+///
+/// `clocksource=kvm-clock`: PVM cannot offset the guest's TSC (a write of
+/// IA32_TSC reads back as the host's TSC), so in a VM restored from a
+/// template the TSC jumps ahead by the time since the snapshot. A guest
+/// timing itself with the TSC then spends minutes of emulated kernel time
+/// catching up; kvmclock is restored exactly (KVM_SET_CLOCK) and goes on
+/// from where it stopped.
+pub const PVM_QUIRKS: &str =
+    "mitigations=off noxsave clearcpuid=cx16,smap,smep,popcnt clocksource=kvm-clock";
 
 /// Where the PVM module shows itself.
 pub const PVM_MODULE_PATH: &str = "/sys/module/kvm_pvm";

@@ -134,13 +134,18 @@ pub fn restore(config: &RestoreConfig) -> Result<ExitEvent, VmmError> {
         Arc::new(Mutex::new(Cmos::with_index(state.devices.cmos_index))),
     )?;
     let mut transports = Vec::new();
+    let mut to_activate = Vec::new();
     for (slot, (device, saved)) in devices.into_iter().zip(&state.devices.virtio).enumerate() {
         add_virtio_device(&vm, &ram, &mut mmio_bus, device, slot, &mut transports)?;
         if let Some(t) = transports.last() {
-            t.lock()
+            let running = t
+                .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .restore(saved)
                 .map_err(restore_err("virtio device"))?;
+            if running {
+                to_activate.push(t.clone());
+            }
         }
     }
 
@@ -175,6 +180,16 @@ pub fn restore(config: &RestoreConfig) -> Result<ExitEvent, VmmError> {
             exit: exit_tx.clone(),
             mem: ram.mem.clone(),
         });
+    }
+    // After the vCPUs' MSRs: their TSC writes make KVM recompute its clock.
+    crate::snapshot::vm::restore_clock(&vm, &state.vm)
+        .map_err(|e| restore_err("kvmclock")(e.to_string()))?;
+    // With every local APIC restored, devices may interrupt the guest.
+    for t in to_activate {
+        t.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .activate_restored()
+            .map_err(restore_err("starting a virtio device"))?;
     }
     let api_server = match &config.api_socket {
         Some(path) => {

@@ -4,7 +4,9 @@ use std::os::fd::IntoRawFd;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nacre_protocol::agent::{GetGuestDetailsRequest, SetTimeRequest, ShutdownRequest};
+use nacre_protocol::agent::{
+    GetGuestDetailsRequest, RestoredRequest, SetTimeRequest, ShutdownRequest,
+};
 use nacre_protocol::agent_ttrpc::AgentClient as AgentStub;
 use nacre_protocol::health::check_response::ServingStatus;
 use nacre_protocol::health::CheckRequest;
@@ -15,7 +17,7 @@ use nacre_protocol::ttrpc::{self, context};
 use super::container::{ContainerState, ContainerStats, ContainerStatus, ProcessExit};
 use super::endpoint::Endpoint;
 use super::error::AgentClientError;
-use super::{AgentClient, GuestDetails, HealthStatus};
+use super::{AgentClient, GuestDetails, HealthStatus, RestoredIdentity};
 
 use nacre_protocol::container as pb;
 
@@ -184,6 +186,21 @@ impl AgentClient for TtrpcAgentClient {
         self.agent
             .set_time(self.ctx(), &req)
             .map_err(self.map("Agent.SetTime"))?;
+        Ok(())
+    }
+
+    fn restored(&self, identity: &RestoredIdentity) -> Result<(), AgentClientError> {
+        let mut req = RestoredRequest::new();
+        req.hostname = identity.hostname.clone();
+        req.sandbox_id = identity.sandbox_id.clone();
+        req.entropy = identity.entropy.clone();
+        let since_epoch = identity.time.duration_since(UNIX_EPOCH).unwrap_or_default();
+        req.unix_seconds = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
+        req.nanos = since_epoch.subsec_nanos();
+        req.shared_tag = identity.shared_tag.clone().unwrap_or_default();
+        self.agent
+            .restored(self.ctx(), &req)
+            .map_err(self.map("Agent.Restored"))?;
         Ok(())
     }
 

@@ -203,6 +203,10 @@ impl AgentClient for FakeAgent {
         self.call("Agent.SetTime")
     }
 
+    fn restored(&self, _identity: &super::RestoredIdentity) -> Result<(), AgentClientError> {
+        self.call("Agent.Restored")
+    }
+
     fn shutdown(&self) -> Result<(), AgentClientError> {
         self.call("Agent.Shutdown")
     }

@@ -67,6 +67,56 @@ pub struct GuestDetails {
 ///
 /// In every container call, `exec_id` [`INIT_EXEC_ID`] (`""`) names the
 /// container's init process.
+/// What the agent of a VM restored from a template is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredIdentity {
+    /// New host name ("" keeps the template's).
+    pub hostname: String,
+    /// The sandbox's id (for the agent's logs).
+    pub sandbox_id: String,
+    /// Fresh random bytes for the guest's RNG (32 to 4096).
+    pub entropy: Vec<u8>,
+    /// The wall-clock time to set.
+    pub time: SystemTime,
+    /// virtio-fs tag to mount at the guest's shared directory.
+    pub shared_tag: Option<String>,
+}
+
+impl RestoredIdentity {
+    /// An identity with 64 bytes of entropy from the host's getrandom and
+    /// the current time.
+    pub fn new(hostname: &str, sandbox_id: &str) -> std::io::Result<Self> {
+        let mut entropy = vec![0u8; 64];
+        getrandom(&mut entropy)?;
+        Ok(Self {
+            hostname: hostname.to_owned(),
+            sandbox_id: sandbox_id.to_owned(),
+            entropy,
+            time: SystemTime::now(),
+            shared_tag: None,
+        })
+    }
+}
+
+/// Fills `buf` from the kernel's CSPRNG.
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the pointer and length describe `rest`, writable for the call.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
 pub trait AgentClient: Send + Sync {
     /// `Health.Check`.
     fn health(&self) -> Result<HealthStatus, AgentClientError>;
@@ -76,6 +126,16 @@ pub trait AgentClient: Send + Sync {
 
     /// `Agent.SetTime`: sets the guest's wall clock to `time`.
     fn set_time(&self, time: SystemTime) -> Result<(), AgentClientError>;
+
+    /// `Agent.Restored`: gives the agent of a VM restored from a template
+    /// its own identity (RNG entropy, clock, host name, share to mount).
+    fn restored(&self, identity: &RestoredIdentity) -> Result<(), AgentClientError> {
+        let _ = identity;
+        Err(AgentClientError::Unsupported {
+            rpc: "Agent.Restored",
+            message: "not implemented by this client".into(),
+        })
+    }
 
     /// `Agent.Shutdown`: the agent syncs and resets the VM (the VMM then
     /// exits 0). Returns once the agent acknowledged, or once the connection

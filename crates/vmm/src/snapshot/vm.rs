@@ -61,6 +61,12 @@ pub fn restore(vm: &VmFd, state: &VmState) -> Result<(), VmStateError> {
     if let Some(pit) = &state.pit {
         vm.set_pit2(pit).map_err(err("KVM_SET_PIT2"))?;
     }
+    Ok(())
+}
+
+/// Sets kvmclock to its saved value. After the vCPUs' MSRs (their TSC
+/// writes make KVM recompute the master clock).
+pub fn restore_clock(vm: &VmFd, state: &VmState) -> Result<(), VmStateError> {
     // The guest's clock goes on from where it stopped: no KVM_CLOCK_REALTIME
     // adjustment (the agent is told the wall-clock time after a restore).
     let clock = kvm_clock_data {

@@ -78,9 +78,12 @@ impl MmioTransport {
         })
     }
 
-    /// Loads a saved transport into this new one (same device type), and
-    /// activates the device again if it was running.
-    pub fn restore(&mut self, state: &MmioState) -> Result<(), String> {
+    /// Loads a saved transport into this new one (same device type).
+    /// Returns whether the device was running: then call
+    /// [`Self::activate_restored`] once the vCPUs exist (a device may
+    /// interrupt the guest as soon as it starts, and an interrupt sent
+    /// before the vCPUs' local APICs are restored is lost).
+    pub fn restore(&mut self, state: &MmioState) -> Result<bool, String> {
         if state.device_type != self.device.device_type() {
             return Err(format!(
                 "saved device type {} restored onto device type {}",
@@ -131,9 +134,11 @@ impl MmioTransport {
             self.device.set_acked_features(self.acked_features);
         }
         self.device.prepare_restore();
-        if state.activated {
-            self.activate()?;
-        }
-        Ok(())
+        Ok(state.activated)
+    }
+
+    /// Starts the device of a restored transport with its saved queues.
+    pub fn activate_restored(&mut self) -> Result<(), String> {
+        self.activate()
     }
 }

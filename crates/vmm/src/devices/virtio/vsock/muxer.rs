@@ -94,6 +94,21 @@ impl Muxer {
         &self.epoll
     }
 
+    /// Stops or restarts accepting host clients; while stopped they wait
+    /// in the listener's backlog.
+    pub fn set_accepting(&mut self, on: bool) -> std::io::Result<()> {
+        let op = if on {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Delete
+        };
+        self.epoll.ctl(
+            op,
+            self.listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, LISTENER_TOKEN),
+        )
+    }
+
     /// Whether the guest has packets waiting for rx buffers.
     pub fn has_rx_work(&self) -> bool {
         !self.control.is_empty() || !self.rx_ready.is_empty()

@@ -510,7 +510,10 @@ fn transport_reset_event_after_restore() {
     let mem = new_memory();
     let mut device = Vsock::new(GUEST_CID, dir.join("v.sock")).unwrap();
     device.request_transport_reset();
-    let g = Guest::with_device(&mem, device);
+    let mut g = Guest::with_device(&mem, device);
+    // A host client arriving before the guest handled the reset waits.
+    let mut client = UnixStream::connect(&g.uds).unwrap();
+    client.write_all(b"CONNECT 1024\n").unwrap();
     // The driver posts its event buffer after the device started.
     const EV_BUF: u64 = 0xf0_0000;
     g.mem
@@ -527,11 +530,18 @@ fn transport_reset_event_after_restore() {
     assert_eq!(g.evq.used_elem(0), (0, 4));
     let id: u32 = g.mem.read_obj(GuestAddress(EV_BUF)).unwrap();
     assert_eq!(id, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
-    // Only once.
+    thread::sleep(Duration::from_millis(50));
+    assert!(
+        g.poll_rx().is_empty(),
+        "client served before the reset was handled"
+    );
+    // The guest handled the event: it re-posts the buffer and kicks. The
+    // event is sent only once; the waiting client is served now.
     g.evq.set_desc(1, EV_BUF, 8, VRING_DESC_F_WRITE, 0);
     g.evq.push_avail(1, 1);
     g.ev_kick.write(1).unwrap();
-    thread::sleep(Duration::from_millis(50));
+    let (req, _) = g.recv_one();
+    assert_eq!((req.op, req.dst_port), (OP_REQUEST, 1024));
     assert_eq!(g.evq.used_idx(), 1);
 }
 

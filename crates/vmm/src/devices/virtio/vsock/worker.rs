@@ -6,7 +6,7 @@ use crate::devices::virtio::worker::WorkerHandle;
 use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error, warn};
 use virtio_queue::{QueueOwnedT, QueueT, Writer};
@@ -40,7 +40,14 @@ pub struct Worker {
     warnings_left: u32,
     /// A TRANSPORT_RESET event still to give the guest.
     pending_reset_event: bool,
+    /// Host clients wait until the guest has handled the reset (it kicks
+    /// the event queue when it re-posts the buffer), or until this time:
+    /// a connection accepted earlier would be reset with the old ones.
+    reset_ack_deadline: Option<Instant>,
 }
+
+/// How long host clients wait for the guest to handle a TRANSPORT_RESET.
+const RESET_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Worker {
     /// Builds a worker over the rx, tx and event queues (in that order).
@@ -66,6 +73,10 @@ impl Worker {
                 EpollEvent::new(EventSet::IN, token),
             )?;
         }
+        let mut muxer = muxer;
+        if transport_reset {
+            muxer.set_accepting(false)?;
+        }
         Ok(Self {
             mem,
             interrupt,
@@ -77,6 +88,7 @@ impl Worker {
             payload: Vec::with_capacity(MAX_PAYLOAD),
             warnings_left: WARN_BUDGET,
             pending_reset_event: transport_reset,
+            reset_ack_deadline: None,
         })
     }
 
@@ -97,7 +109,11 @@ impl Worker {
         // The driver may have queued packets before the device started.
         self.process();
         loop {
-            let timeout = match self.muxer.next_deadline() {
+            let deadline = match (self.muxer.next_deadline(), self.reset_ack_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = match deadline {
                 None => -1,
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -126,12 +142,20 @@ impl Worker {
                         drain(&self.event.notify);
                         if self.pending_reset_event {
                             self.send_reset_event();
+                        } else if self.reset_ack_deadline.is_some() {
+                            debug!("vsock: the guest handled the transport reset");
+                            self.accept_again();
                         }
                     }
                     token => self.muxer.handle_event(token, ev.event_set(), now),
                 }
             }
-            self.muxer.handle_timeouts(Instant::now());
+            let now = Instant::now();
+            if self.reset_ack_deadline.is_some_and(|d| now >= d) {
+                warn!("vsock: the guest did not acknowledge the transport reset; accepting anyway");
+                self.accept_again();
+            }
+            self.muxer.handle_timeouts(now);
             self.process();
         }
     }
@@ -238,11 +262,21 @@ impl Worker {
             }
         };
         self.pending_reset_event = false;
+        self.reset_ack_deadline = Some(Instant::now() + RESET_ACK_TIMEOUT);
         if let Err(e) = self.event.queue.add_used(&self.mem, head, written) {
             warn!("vsock: returning an event buffer: {e}");
         }
         if let Err(e) = self.interrupt.signal_used_queue() {
             error!("vsock: interrupting the guest: {e}");
+        }
+    }
+}
+
+impl Worker {
+    fn accept_again(&mut self) {
+        self.reset_ack_deadline = None;
+        if let Err(e) = self.muxer.set_accepting(true) {
+            error!("vsock: watching the host socket again: {e}");
         }
     }
 }

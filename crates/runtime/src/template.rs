@@ -1,0 +1,365 @@
+//! VM templates: one booted VM per (VMM, kernel, initrd, VM shape),
+//! snapshotted once and restored for every later sandbox of that shape.
+//!
+//! Templates live in a root-owned directory with mode 0700
+//! (`$NACRE_TEMPLATE_DIR`, default `/var/lib/nacre/templates`), one
+//! sub-directory per key. A key hashes what the template depends on: the
+//! VMM binary, kernel and initrd (path, size, inode, mtime; the VMM also
+//! checks the kernel and initrd content at restore), vCPUs, memory and
+//! the extra command line, and the virtio-fs tags. `NACRE_TEMPLATES=0`
+//! turns templates off.
+//!
+//! A template is made by booting the VM cold, waiting for its agent, and
+//! asking the VMM for a snapshot (`{"op":"snapshot"}`) into a temporary
+//! directory that is renamed into place when complete. A template the VMM
+//! refuses (corrupt, other version) is removed, and the caller boots cold.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::agent::RestoredIdentity;
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::vm::{VmError, VmSpec};
+
+/// Default template directory.
+pub const DEFAULT_DIR: &str = "/var/lib/nacre/templates";
+/// Bumped when what a key covers changes.
+const KEY_VERSION: &str = "nacre-template-key-1";
+
+/// Errors managing templates.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("template directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("template directory {path} is not safe: {reason}")]
+    Unsafe { path: PathBuf, reason: String },
+    #[error("{what} {path}: {source}")]
+    Input {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("booting the template VM: {0}")]
+    Boot(#[source] Box<SandboxError>),
+    #[error("snapshot of the template VM: {0}")]
+    Snapshot(String),
+    #[error("snapshot request: {0}")]
+    Api(#[from] VmError),
+    #[error("templates do not support {0}")]
+    Unsupported(&'static str),
+}
+
+/// Where templates are kept.
+#[derive(Debug, Clone)]
+pub struct TemplateStore {
+    root: PathBuf,
+}
+
+/// Whether `NACRE_TEMPLATES` turns templates off ("0", "off", "false", "no").
+pub fn disabled_by_env() -> bool {
+    std::env::var("NACRE_TEMPLATES")
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "0" | "off" | "false" | "no"
+            )
+        })
+        .unwrap_or(false)
+}
+
+fn stat_line(what: &'static str, path: &Path) -> Result<String, TemplateError> {
+    let meta = fs::metadata(path).map_err(|source| TemplateError::Input {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(format!(
+        "{what}={}:{}:{}:{}:{}.{}",
+        path.display(),
+        meta.size(),
+        meta.dev(),
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    ))
+}
+
+impl TemplateStore {
+    /// The store configured by the environment, or None when templates
+    /// are turned off.
+    pub fn from_env() -> Option<Self> {
+        if disabled_by_env() {
+            return None;
+        }
+        let root = std::env::var_os("NACRE_TEMPLATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+        Some(Self::new(root))
+    }
+
+    /// A store at `root` (created on first use).
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The key of the template for `spec` under the VMM at `vmm`.
+    pub fn key(vmm: &Path, spec: &VmSpec) -> Result<String, TemplateError> {
+        let mut text = vec![
+            KEY_VERSION.to_owned(),
+            stat_line("vmm", vmm)?,
+            stat_line("kernel", &spec.image.kernel)?,
+            stat_line("initrd", &spec.image.initrd)?,
+            format!("vcpus={}", spec.vcpus),
+            format!("memory_mib={}", spec.memory_mib),
+            format!("cmdline={}", spec.extra_cmdline.as_deref().unwrap_or("")),
+        ];
+        for (tag, _) in &spec.shared_dirs {
+            text.push(format!("share={tag}"));
+        }
+        let digest = Sha256::digest(text.join("\n").as_bytes());
+        Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Creates the store's directory (0700) or checks an existing one is
+    /// a directory owned by us and closed to others.
+    fn ensure_root(&self) -> Result<(), TemplateError> {
+        let dir_err = |source| TemplateError::Dir {
+            path: self.root.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.root).map_err(dir_err)?;
+        let meta = fs::symlink_metadata(&self.root).map_err(dir_err)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if !meta.is_dir() {
+            return Err(TemplateError::Unsafe {
+                path: self.root.clone(),
+                reason: "not a directory".into(),
+            });
+        }
+        if meta.uid() != euid {
+            return Err(TemplateError::Unsafe {
+                path: self.root.clone(),
+                reason: format!("owned by uid {}, not {euid}", meta.uid()),
+            });
+        }
+        if meta.mode() & 0o077 != 0 {
+            fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        }
+        Ok(())
+    }
+
+    /// The directory of the template for `spec`, if it exists and is
+    /// complete (its header was written last).
+    pub fn find(&self, vmm: &Path, spec: &VmSpec) -> Result<Option<PathBuf>, TemplateError> {
+        let dir = self.root.join(Self::key(vmm, spec)?);
+        Ok(dir.join("header.json").is_file().then_some(dir))
+    }
+
+    /// Removes the template in `dir` (after the VMM refused it).
+    pub fn discard(&self, dir: &Path) {
+        if dir.starts_with(&self.root) {
+            if let Err(e) = fs::remove_dir_all(dir) {
+                tracing::warn!("removing template {}: {e}", dir.display());
+            }
+        }
+    }
+
+    /// The template for `spec`, made now (a cold boot and a snapshot) if
+    /// there is none yet. The template VM boots with `spec`'s shares
+    /// served from an empty directory: the guest must not mount them
+    /// before the snapshot (no `nacre.shared=` on its command line).
+    pub fn get_or_create(
+        &self,
+        vmm: &Path,
+        spec: &VmSpec,
+        timeout: Duration,
+    ) -> Result<PathBuf, TemplateError> {
+        if !spec.nets.is_empty() {
+            return Err(TemplateError::Unsupported(
+                "network devices (virtio-net cannot be snapshotted yet)",
+            ));
+        }
+        self.ensure_root()?;
+        if let Some(dir) = self.find(vmm, spec)? {
+            return Ok(dir);
+        }
+        let key = Self::key(vmm, spec)?;
+        let final_dir = self.root.join(&key);
+        let work = self.root.join(format!(".{key}.{}", std::process::id()));
+        let _ = fs::remove_dir_all(&work);
+        let result = self.create_in(vmm, spec, &work, &final_dir, timeout);
+        let _ = fs::remove_dir_all(&work);
+        result.map(|()| final_dir)
+    }
+
+    fn create_in(
+        &self,
+        vmm: &Path,
+        spec: &VmSpec,
+        work: &Path,
+        final_dir: &Path,
+        timeout: Duration,
+    ) -> Result<(), TemplateError> {
+        let start = Instant::now();
+        let dir_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TemplateError::Dir { path, source }
+        };
+        fs::create_dir(work).map_err(dir_err(work))?;
+        let empty = work.join("empty-share");
+        fs::create_dir(&empty).map_err(dir_err(&empty))?;
+        let mut template_spec = spec.clone();
+        for share in &mut template_spec.shared_dirs {
+            share.1 = empty.clone();
+        }
+        let sandbox = Sandbox::boot(vmm, &template_spec, &work.join("vm"), timeout)
+            .map_err(|e| TemplateError::Boot(Box::new(e)))?;
+        let snapshot = work.join("template");
+        let reply = sandbox
+            .vm()
+            .api(&serde_json::json!({"op": "snapshot", "dir": snapshot}))?;
+        if reply["ok"] != true {
+            return Err(TemplateError::Snapshot(
+                reply["error"]
+                    .as_str()
+                    .unwrap_or("no reason given")
+                    .to_owned(),
+            ));
+        }
+        // The template VM is paused for good: dropping it kills it.
+        drop(sandbox);
+        match fs::rename(&snapshot, final_dir) {
+            Ok(()) => {}
+            // Another process made the same template meanwhile.
+            Err(_) if final_dir.join("header.json").is_file() => {}
+            Err(source) => {
+                return Err(TemplateError::Dir {
+                    path: final_dir.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        tracing::info!(template = %final_dir.display(), took = ?start.elapsed(), "template created");
+        Ok(())
+    }
+}
+
+/// How a sandbox was started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartKind {
+    /// Restored from the template in this directory.
+    Template(PathBuf),
+    /// Booted cold (templates off, or the template failed: the reason).
+    Cold(Option<String>),
+}
+
+/// Starts a sandbox of `spec` in `dir`: restored from its template (made
+/// on first use) when `store` is given, else, or when anything about the
+/// template fails, booted cold. A template the VMM refuses is removed, so
+/// the next start makes a new one. `identity` is given to a restored
+/// agent; its `shared_tag` is mounted there (a cold boot mounts what the
+/// command line says).
+pub fn start_sandbox(
+    store: Option<&TemplateStore>,
+    vmm: &Path,
+    spec: &VmSpec,
+    dir: &Path,
+    identity: &RestoredIdentity,
+    timeout: Duration,
+) -> Result<(Sandbox, StartKind), SandboxError> {
+    let Some(store) = store else {
+        return Sandbox::boot(vmm, spec, dir, timeout).map(|s| (s, StartKind::Cold(None)));
+    };
+    let reason = match store.get_or_create(vmm, spec, timeout) {
+        Ok(template) => {
+            match Sandbox::restore(
+                vmm,
+                &template,
+                &spec.image,
+                &spec.shared_dirs,
+                dir,
+                identity,
+                timeout,
+            ) {
+                Ok(sandbox) => return Ok((sandbox, StartKind::Template(template))),
+                Err(e) => {
+                    if matches!(e, SandboxError::TemplateRefused { .. }) {
+                        store.discard(&template);
+                    }
+                    e.to_string()
+                }
+            }
+        }
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!("template not used, booting cold: {reason}");
+    Sandbox::boot(vmm, spec, dir, timeout).map(|s| (s, StartKind::Cold(Some(reason))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::GuestImage;
+
+    fn spec(dir: &Path) -> VmSpec {
+        let kernel = dir.join("vmlinux");
+        let initrd = dir.join("initrd");
+        fs::write(&kernel, b"k").unwrap_or_default();
+        fs::write(&initrd, b"i").unwrap_or_default();
+        VmSpec::new(GuestImage { kernel, initrd })
+    }
+
+    #[test]
+    fn key_covers_shape_and_inputs() {
+        let dir = std::env::temp_dir().join(format!("nacre-tplkey-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_default();
+        let vmm = dir.join("nacre-vmm");
+        fs::write(&vmm, b"v").unwrap_or_default();
+        let s = spec(&dir);
+        let k1 = TemplateStore::key(&vmm, &s).unwrap_or_default();
+        assert_eq!(k1.len(), 32);
+        assert_eq!(TemplateStore::key(&vmm, &s).unwrap_or_default(), k1);
+        let mut bigger = s.clone();
+        bigger.memory_mib = 512;
+        assert_ne!(TemplateStore::key(&vmm, &bigger).unwrap_or_default(), k1);
+        let mut shared = s.clone();
+        shared.shared_dirs.push(("nacre".into(), dir.clone()));
+        assert_ne!(TemplateStore::key(&vmm, &shared).unwrap_or_default(), k1);
+        let e = TemplateStore::key(&dir.join("missing"), &s)
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("vmm") && e.contains("missing")));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn store_dir_is_made_private_and_checked() {
+        let root = std::env::temp_dir().join(format!("nacre-tplroot-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let store = TemplateStore::new(root.clone());
+        assert!(store.ensure_root().is_ok());
+        let mode = fs::metadata(&root).map(|m| m.mode() & 0o777).unwrap_or(0);
+        // create_dir_all honours the umask; ensure_root tightens it.
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        let _ = fs::remove_dir_all(&root);
+        fs::write(&root, b"file").unwrap_or_default();
+        assert!(store.ensure_root().is_err());
+        let _ = fs::remove_file(&root);
+    }
+}
