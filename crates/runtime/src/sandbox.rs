@@ -53,6 +53,14 @@ pub enum SandboxError {
     TemplateRefused { template: PathBuf, reason: String },
 }
 
+/// Connect rounds while a guest boots: short, so a VMM that dies is
+/// noticed quickly.
+const BOOT_ROUND: Duration = Duration::from_secs(2);
+/// Connect rounds to a restored guest: its agent is listening already, but
+/// each abandoned attempt leaves the guest a connection to set up and tear
+/// down (threads, in slow emulated kernel code), so wait longer for one.
+const RESTORE_ROUND: Duration = Duration::from_secs(30);
+
 /// nacre-vmm's exit code for a template it cannot use (corrupt, other
 /// format, VMM version, kernel or initrd).
 pub const TEMPLATE_REFUSED: i32 = 65;
@@ -84,7 +92,7 @@ impl Sandbox {
     ) -> Result<Self, SandboxError> {
         let start = Instant::now();
         let vm = VmProcess::spawn(vmm, spec, dir)?;
-        Self::wait_for_agent(vm, start, timeout)
+        Self::wait_for_agent(vm, start, timeout, BOOT_ROUND)
     }
 
     /// Starts a VM in the run directory `dir` (created here, must not
@@ -102,8 +110,13 @@ impl Sandbox {
         timeout: Duration,
     ) -> Result<Self, SandboxError> {
         let start = Instant::now();
-        let vm = VmProcess::spawn_restore(vmm, template, image, shared_dirs, dir)?;
-        let mut sandbox = match Self::wait_for_agent(vm, start, timeout) {
+        let mut vm = VmProcess::spawn_restore(vmm, template, image, shared_dirs, dir)?;
+        // The VMM checks the template before it binds its sockets: wait for
+        // one or the other, so a refusal is seen at once.
+        while !vm.api_socket().exists() && vm.try_wait()?.is_none() && start.elapsed() < timeout {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut sandbox = match Self::wait_for_agent(vm, start, timeout, RESTORE_ROUND) {
             Err(SandboxError::VmmExited {
                 status, vmm_log, ..
             }) if status.code() == Some(TEMPLATE_REFUSED) => {
@@ -124,12 +137,12 @@ impl Sandbox {
         mut vm: VmProcess,
         start: Instant,
         timeout: Duration,
+        round: Duration,
     ) -> Result<Self, SandboxError> {
         let deadline = start + timeout;
         let endpoint = Endpoint::agent_vsock(vm.vsock_socket());
-        // Short connect rounds, so a VMM that dies is noticed quickly.
         let round = ClientOptions {
-            connect_timeout: Duration::from_secs(2),
+            connect_timeout: round,
             ..ClientOptions::default()
         };
         loop {
@@ -175,6 +188,13 @@ impl Sandbox {
     /// The VMM process, to poll or wait for it.
     pub fn vm_mut(&mut self) -> &mut VmProcess {
         &mut self.vm
+    }
+
+    /// Closes the connection to the agent and returns the VM alone (e.g.
+    /// to snapshot it without a connection the restored guest would have
+    /// to tear down).
+    pub fn into_vm(self) -> VmProcess {
+        self.vm
     }
 
     /// Time from spawning the VMM to the agent's first answer.

@@ -27,6 +27,9 @@ use crate::vm::{VmError, VmSpec};
 
 /// Default template directory.
 pub const DEFAULT_DIR: &str = "/var/lib/nacre/templates";
+/// How long the template's guest gets to close the agent connection
+/// before the snapshot.
+const SETTLE: Duration = Duration::from_secs(3);
 /// Bumped when what a key covers changes.
 const KEY_VERSION: &str = "nacre-template-key-1";
 
@@ -229,10 +232,12 @@ impl TemplateStore {
         }
         let sandbox = Sandbox::boot(vmm, &template_spec, &work.join("vm"), timeout)
             .map_err(|e| TemplateError::Boot(Box::new(e)))?;
+        // The agent's side of our connection (a reader and worker threads)
+        // would otherwise be saved, and torn down by every restored guest.
+        let vm = sandbox.into_vm();
+        std::thread::sleep(SETTLE);
         let snapshot = work.join("template");
-        let reply = sandbox
-            .vm()
-            .api(&serde_json::json!({"op": "snapshot", "dir": snapshot}))?;
+        let reply = vm.api(&serde_json::json!({"op": "snapshot", "dir": snapshot}))?;
         if reply["ok"] != true {
             return Err(TemplateError::Snapshot(
                 reply["error"]
@@ -242,7 +247,7 @@ impl TemplateStore {
             ));
         }
         // The template VM is paused for good: dropping it kills it.
-        drop(sandbox);
+        drop(vm);
         match fs::rename(&snapshot, final_dir) {
             Ok(()) => {}
             // Another process made the same template meanwhile.

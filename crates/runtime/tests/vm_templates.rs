@@ -149,7 +149,7 @@ fn two_sandboxes_from_one_template() {
             &[],
             &dir.join(name),
             &identity,
-            Duration::from_secs(60),
+            Duration::from_secs(180),
         )
         .unwrap_or_else(|e| panic!("restore {name}: {e}"));
         eprintln!(
@@ -196,7 +196,7 @@ fn two_sandboxes_from_one_template() {
     assert_eq!(out.trim(), "a-was-here");
 
     for sandbox in [a, b] {
-        let leftovers = sandbox.shutdown(Duration::from_secs(60)).unwrap();
+        let leftovers = sandbox.shutdown(Duration::from_secs(180)).unwrap();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
     assert_eq!(
@@ -216,7 +216,7 @@ fn two_sandboxes_from_one_template() {
         &[],
         &dir.join("mismatch"),
         &identity,
-        Duration::from_secs(60),
+        Duration::from_secs(180),
     );
     match refused {
         Err(SandboxError::TemplateRefused { reason, .. }) => {
@@ -244,7 +244,7 @@ fn two_sandboxes_from_one_template() {
         &[],
         &dir.join("damaged-run"),
         &identity,
-        Duration::from_secs(60),
+        Duration::from_secs(180),
     );
     match refused {
         Err(SandboxError::TemplateRefused { reason, .. }) => {

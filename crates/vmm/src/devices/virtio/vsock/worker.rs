@@ -44,7 +44,14 @@ pub struct Worker {
     /// the event queue when it re-posts the buffer), or until this time:
     /// a connection accepted earlier would be reset with the old ones.
     reset_ack_deadline: Option<Instant>,
+    /// When the guest is interrupted again while the reset is unhandled.
+    reset_nudge_at: Option<Instant>,
 }
+
+/// How often the guest is interrupted again while it has not handled a
+/// TRANSPORT_RESET: an interrupt raised while a restored guest was not
+/// yet running can be lost, and then the guest never looks.
+const RESET_NUDGE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How long host clients wait for the guest to handle a TRANSPORT_RESET.
 const RESET_ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,6 +96,7 @@ impl Worker {
             warnings_left: WARN_BUDGET,
             pending_reset_event: transport_reset,
             reset_ack_deadline: None,
+            reset_nudge_at: None,
         })
     }
 
@@ -109,10 +117,14 @@ impl Worker {
         // The driver may have queued packets before the device started.
         self.process();
         loop {
-            let deadline = match (self.muxer.next_deadline(), self.reset_ack_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [
+                self.muxer.next_deadline(),
+                self.reset_ack_deadline,
+                self.reset_nudge_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = match deadline {
                 None => -1,
                 Some(deadline) => {
@@ -151,6 +163,12 @@ impl Worker {
                 }
             }
             let now = Instant::now();
+            if self.reset_nudge_at.is_some_and(|d| now >= d) {
+                self.reset_nudge_at = Some(now + RESET_NUDGE_INTERVAL);
+                if let Err(e) = self.interrupt.signal_used_queue() {
+                    error!("vsock: interrupting the guest: {e}");
+                }
+            }
             if self.reset_ack_deadline.is_some_and(|d| now >= d) {
                 warn!("vsock: the guest did not acknowledge the transport reset; accepting anyway");
                 self.accept_again();
@@ -263,6 +281,7 @@ impl Worker {
         };
         self.pending_reset_event = false;
         self.reset_ack_deadline = Some(Instant::now() + RESET_ACK_TIMEOUT);
+        self.reset_nudge_at = Some(Instant::now() + RESET_NUDGE_INTERVAL);
         if let Err(e) = self.event.queue.add_used(&self.mem, head, written) {
             warn!("vsock: returning an event buffer: {e}");
         }
@@ -275,6 +294,7 @@ impl Worker {
 impl Worker {
     fn accept_again(&mut self) {
         self.reset_ack_deadline = None;
+        self.reset_nudge_at = None;
         if let Err(e) = self.muxer.set_accepting(true) {
             error!("vsock: watching the host socket again: {e}");
         }
