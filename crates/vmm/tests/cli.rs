@@ -223,5 +223,59 @@ fn bad_net_devices_are_64_and_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("descriptor 50 is not a tap device"), "{err}");
+
+/// A template header naming `kernel`, with `patch` applied to its fields.
+fn template(dir: &std::path::Path, patch: &[(&str, serde_json::Value)]) {
+    let mut header = serde_json::json!({
+        "magic": "nacre-vm-template",
+        "format_version": 1,
+        "vmm_version": env!("CARGO_PKG_VERSION"),
+        "kernel": {"path": "/k", "sha256": "00", "size": 1, "dev": 0, "ino": 0, "mtime_ns": 0},
+        "initrd": null,
+        "memory_size": 33554432,
+        "state_sha256": "not-the-checksum",
+        "created_unix": 0
+    });
+    for (k, v) in patch {
+        header[*k] = v.clone();
+    }
+    std::fs::create_dir_all(dir).unwrap_or_default();
+    std::fs::write(dir.join("header.json"), header.to_string()).unwrap_or_default();
+    std::fs::write(dir.join("state.json"), b"{}").unwrap_or_default();
+}
+
+#[test]
+fn unusable_templates_are_65_and_named() {
+    let dir = scratch("cli-template");
+    let cases: Vec<(&str, Vec<(&str, serde_json::Value)>, &str)> = vec![
+        (
+            "old-vmm",
+            vec![("vmm_version", "0.0.1".into())],
+            "made by nacre-vmm 0.0.1",
+        ),
+        (
+            "format",
+            vec![("format_version", 99.into())],
+            "format version 99",
+        ),
+        (
+            "magic",
+            vec![("magic", "qemu".into())],
+            "not a nacre VM template",
+        ),
+        ("corrupt", vec![], "checksum mismatch"),
+    ];
+    for (name, patch, expected) in cases {
+        let t = dir.join(name);
+        template(&t, &patch);
+        let (code, err) = run(&["--restore", t.to_str().unwrap_or("")]);
+        assert_eq!(code, 65, "{name}: {err}");
+        assert!(err.contains(expected), "{name}: {err}");
+    }
+    let (code, err) = run(&["--restore", dir.join("none").to_str().unwrap_or("")]);
+    assert_eq!(code, 65, "{err}");
+    assert!(err.contains("header.json"), "{err}");
+    let (code, err) = run(&["--restore", "/t", "--vcpus", "2"]);
+    assert_eq!(code, 64, "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
