@@ -247,7 +247,8 @@ fn template(dir: &std::path::Path, patch: &[(&str, serde_json::Value)]) {
 #[test]
 fn unusable_templates_are_65_and_named() {
     let dir = scratch("cli-template");
-    let cases: Vec<(&str, Vec<(&str, serde_json::Value)>, &str)> = vec![
+    type Patch = Vec<(&'static str, serde_json::Value)>;
+    let cases: Vec<(&str, Patch, &str)> = vec![
         (
             "old-vmm",
             vec![("vmm_version", "0.0.1".into())],
