@@ -223,6 +223,8 @@ fn bad_net_devices_are_64_and_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("descriptor 50 is not a tap device"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
 
 /// A template header naming `kernel`, with `patch` applied to its fields.
 fn template(dir: &std::path::Path, patch: &[(&str, serde_json::Value)]) {
