@@ -17,8 +17,15 @@ pub const BASE: &str = "console=ttyS0 reboot=k panic=-1 nokaslr pty.legacy_count
 /// timing itself with the TSC then spends minutes of emulated kernel time
 /// catching up; kvmclock is restored exactly (KVM_SET_CLOCK) and goes on
 /// from where it stopped.
-pub const PVM_QUIRKS: &str =
-    "mitigations=off noxsave clearcpuid=cx16,smap,smep,popcnt clocksource=kvm-clock";
+///
+/// `tsc_deadline_timer` cleared: the guest kernel has a periodic tick
+/// (HZ_PERIODIC), which on a one-shot clock event device (the LAPIC in
+/// TSC-deadline mode) is emulated by a loop that runs every missed tick
+/// with interrupts off. A guest starved of CPU (several VMs on a loaded
+/// host) fell behind and never caught up (restored VMs stopped answering).
+/// In periodic LAPIC mode missed ticks are simply not delivered.
+pub const PVM_QUIRKS: &str = "mitigations=off noxsave \
+     clearcpuid=cx16,smap,smep,popcnt,tsc_deadline_timer clocksource=kvm-clock";
 
 /// Where the PVM module shows itself.
 pub const PVM_MODULE_PATH: &str = "/sys/module/kvm_pvm";
