@@ -20,7 +20,10 @@ pub fn guest_cmdline() -> String {
     let mut cmdline =
         String::from("console=ttyS0 reboot=k panic=-1 nokaslr pty.legacy_count=0 quiet");
     if kernel_mode() == KernelMode::Emulated {
-        cmdline.push_str(" mitigations=off noxsave clearcpuid=cx16,smap,smep,popcnt");
+        cmdline.push_str(
+            " mitigations=off noxsave clearcpuid=cx16,smap,smep,popcnt,tsc_deadline_timer \
+             clocksource=kvm-clock",
+        );
     }
     cmdline
 }
