@@ -23,12 +23,13 @@ INITRD := $(GUEST_DIR)/initrd.cpio
 # machine). Kernel build, initrd, QEMU comparison, container tools.
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio \
 	linux-source-6.1 busybox-static qemu-system-x86 \
-	iproute2 procps runc crun podman
+	iproute2 procps runc crun podman containerd containernetworking-plugins \
+	protobuf-compiler
 
 export NACRE_CACHE
 
 .PHONY: all deps build guest kernel agent initrd install demo test lint \
-	unit vm-tests bench clean
+	unit vm-tests bench clean deploy-image-context
 
 all: build guest
 
@@ -67,6 +68,14 @@ install: build guest
 	install -D -m 0755 target/release/nacre $(PREFIX)/bin/nacre
 	install -D -m 0644 $(KERNEL) $(PREFIX)/share/nacre/vmlinux
 	install -D -m 0644 $(INITRD) $(PREFIX)/share/nacre/initrd.cpio
+
+# What the nacre-deploy installer image (deploy/Containerfile) copies onto
+# Kubernetes nodes: target/deploy/{bin,share}.
+deploy-image-context: build guest
+	install -D -m 0755 -t target/deploy/bin target/release/nacre-vmm target/release/nacre \
+		target/release/containerd-shim-nacre-v2
+	install -D -m 0644 -t target/deploy/share $(KERNEL) $(INITRD)
+	install -m 0644 deploy/Containerfile target/deploy/Containerfile
 
 demo: deps install
 	NACRE=$(PREFIX)/bin/nacre scripts/demo.sh
