@@ -1,3 +1,10 @@
 //! Kubernetes side of nacre under test.
 //!
-//! The deployment files in `deploy/` are checked by `tests/deploy.rs`.
+//! - [`cri`]: a blocking CRI v1 client (k8s-cri + tonic over a Unix socket).
+//! - [`containerd`]: a private containerd with CRI, runc + nacre handlers,
+//!   bridge CNI, and locally built pause and busybox images ([`image`]).
+//! - The deployment files in `deploy/` are checked by `tests/deploy.rs`.
+
+pub mod containerd;
+pub mod cri;
+pub mod image;

@@ -1,0 +1,152 @@
+//! Pod and container configurations and checks shared by the CRI tests.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nacre_cri_tests::containerd::{CriContainerd, TEST_IMAGE};
+use nacre_cri_tests::cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, DnsConfig, ImageSpec, KeyValue, Mount,
+    PodSandboxConfig, PodSandboxMetadata,
+};
+use nacre_cri_tests::cri::CriClient;
+
+/// The DNS configuration every test pod asks for.
+pub fn dns() -> DnsConfig {
+    DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["test.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    }
+}
+
+pub fn pod_config(ctd: &CriContainerd, name: &str, hostname: &str) -> PodSandboxConfig {
+    let logs = ctd.dir.join("logs").join(name);
+    std::fs::create_dir_all(&logs).unwrap();
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: hostname.into(),
+        log_directory: logs.to_string_lossy().into_owned(),
+        dns_config: Some(dns()),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+pub fn container_config(name: &str, command: &[&str], mounts: Vec<Mount>) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: TEST_IMAGE.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        envs: vec![KeyValue {
+            key: "PATH".into(),
+            value: "/bin".into(),
+        }],
+        mounts,
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// Creates and starts a container, then waits until CRI says it runs.
+pub fn run_container(
+    cri: &CriClient,
+    pod: &str,
+    pod_cfg: &PodSandboxConfig,
+    cfg: &ContainerConfig,
+) -> String {
+    let id = cri
+        .create_container(pod, cfg, pod_cfg)
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}"));
+    cri.start_container(&id)
+        .unwrap_or_else(|e| panic!("StartContainer: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = cri.container_status(&id).unwrap();
+        if st.state == ContainerState::ContainerRunning as i32 {
+            return id;
+        }
+        assert!(
+            st.state != ContainerState::ContainerExited as i32,
+            "container {id} exited: {} {}",
+            st.reason,
+            st.message
+        );
+        assert!(Instant::now() < deadline, "container {id} not running");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// ExecSync that must exit 0; returns stdout.
+pub fn exec_ok(cri: &CriClient, id: &str, cmd: &[&str]) -> String {
+    let r = cri
+        .exec_sync(id, cmd, 120)
+        .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"));
+    assert_eq!(
+        r.exit_code,
+        0,
+        "ExecSync {cmd:?} exited {}: {}{}",
+        r.exit_code,
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+/// An HTTP GET from the host; retried while the server comes up.
+pub fn http_get(ip: &str, port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let addr = format!("{ip}:{port}").parse().unwrap();
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match attempt {
+            Ok(body) if !body.is_empty() => return body,
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            other => panic!("HTTP GET {ip}:{port}: {other:?}"),
+        }
+    }
+}
+
+/// Network namespaces CNI made (`/var/run/netns/cni-*`).
+pub fn cni_netns() -> Vec<String> {
+    std::fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("cni-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The host's kernel release.
+pub fn host_release() -> String {
+    let out = std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
