@@ -23,7 +23,7 @@ pub mod server;
 pub mod service;
 mod sys;
 
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
 pub use config::{Command, Config, ConfigError, ListenAddr};
@@ -36,6 +36,29 @@ pub const READY_LINE: &str = "nacre-agent: ready";
 /// How long the agent lets the `Shutdown` response reach the host before
 /// it stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
+
+/// Guest uptime when `main` started (see [`mark_start`]).
+static STARTED_AT: OnceLock<Duration> = OnceLock::new();
+
+/// Records the guest's uptime at the agent's start, for the ready line:
+/// it tells the kernel's share of a boot from the agent's.
+pub fn mark_start() {
+    if let Ok(t) = sys::boot_time() {
+        let _ = STARTED_AT.set(t);
+    }
+}
+
+/// `", started at 1.234 s, ready at 1.567 s of uptime"` when known.
+fn timing_note() -> String {
+    match (STARTED_AT.get(), sys::boot_time()) {
+        (Some(start), Ok(now)) => format!(
+            ", started at {:.3} s, ready at {:.3} s of uptime",
+            start.as_secs_f64(),
+            now.as_secs_f64()
+        ),
+        _ => String::new(),
+    }
+}
 
 /// How the agent runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +131,11 @@ pub fn run(config: &Config, mode: Mode) -> Result<(), AgentError> {
     );
     let (events, requests) = mpsc::channel();
     let server = server::start(&config.listen, events, engine)?;
-    println!("{READY_LINE} (listening on {})", config.listen);
+    println!(
+        "{READY_LINE} (listening on {}{})",
+        config.listen,
+        timing_note()
+    );
 
     // The services hold the only senders: `recv` fails only if the server
     // dropped them, which it does not while it runs.

@@ -7,6 +7,7 @@ use nacre_agent::log::{self, ConsoleLogger};
 use nacre_agent::{Command, Config, Mode};
 
 fn main() -> ExitCode {
+    nacre_agent::mark_start();
     // At the default level until the settings are read.
     ConsoleLogger::install();
     let mode = Mode::detect();

@@ -17,13 +17,11 @@ pub const READY_MARKER: &str = "nacre-agent: ready";
 /// Kernel command line both VMMs boot with (the VMM adds its own device
 /// declarations; QEMU's microvm adds its own too).
 pub fn guest_cmdline() -> String {
-    let mut cmdline =
-        String::from("console=ttyS0 reboot=k panic=-1 nokaslr pty.legacy_count=0 quiet");
+    let mut cmdline = String::from(nacre_vmm::cmdline::BASE);
     if kernel_mode() == KernelMode::Emulated {
-        cmdline.push_str(
-            " mitigations=off noxsave clearcpuid=cx16,smap,smep,popcnt,tsc_deadline_timer \
-             clocksource=kvm-clock",
-        );
+        // What nacre-vmm adds on such a host, so both VMMs boot the same.
+        cmdline.push(' ');
+        cmdline.push_str(nacre_vmm::cmdline::PVM_QUIRKS);
     }
     cmdline
 }

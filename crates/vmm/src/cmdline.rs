@@ -18,14 +18,22 @@ pub const BASE: &str = "console=ttyS0 reboot=k panic=-1 nokaslr pty.legacy_count
 /// catching up; kvmclock is restored exactly (KVM_SET_CLOCK) and goes on
 /// from where it stopped.
 ///
-/// `tsc_deadline_timer` cleared: the guest kernel has a periodic tick
-/// (HZ_PERIODIC), which on a one-shot clock event device (the LAPIC in
-/// TSC-deadline mode) is emulated by a loop that runs every missed tick
-/// with interrupts off. A guest starved of CPU (several VMs on a loaded
-/// host) fell behind and never caught up (restored VMs stopped answering).
-/// In periodic LAPIC mode missed ticks are simply not delivered.
+/// `tsc_deadline_timer` cleared: a periodic tick on a one-shot clock event
+/// device (the LAPIC in TSC-deadline mode) is emulated by a loop that runs
+/// every missed tick with interrupts off; a guest starved of CPU (several
+/// VMs on a loaded host) fell behind and never caught up (restored VMs
+/// stopped answering). The guest kernel now also runs without an idle
+/// tick (NO_HZ_IDLE), whose tick timer skips missed periods.
+///
+/// The rest only saves boot time there (guest/kernel/README.md has the
+/// profile): without ERMS/FSRM the kernel copies and clears memory with
+/// `rep movsq`/`rep stosq`, which the emulator runs eight times faster
+/// than byte-wise `rep movsb`/`stosb`; `nacre_keep_image` (our kernel
+/// patch 0007) keeps the kernel image's init memory instead of changing
+/// its page attributes one 4 KiB page at a time.
 pub const PVM_QUIRKS: &str = "mitigations=off noxsave \
-     clearcpuid=cx16,smap,smep,popcnt,tsc_deadline_timer clocksource=kvm-clock";
+     clearcpuid=cx16,smap,smep,popcnt,tsc_deadline_timer,erms,fsrm clocksource=kvm-clock \
+     nacre_keep_image";
 
 /// Where the PVM module shows itself.
 pub const PVM_MODULE_PATH: &str = "/sys/module/kvm_pvm";

@@ -20,6 +20,7 @@ pub mod devices;
 pub mod error;
 pub mod events;
 pub mod memory;
+pub mod profile;
 pub mod restore;
 pub mod signals;
 pub mod snapshot;

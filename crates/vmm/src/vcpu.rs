@@ -115,6 +115,11 @@ impl VcpuControl {
             .push(handle);
     }
 
+    /// Kicks every vCPU out of KVM_RUN once (the profiler's tick).
+    pub fn kick(&self) {
+        self.kick_all();
+    }
+
     fn kick_all(&self) {
         let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         for h in handles.iter() {
@@ -285,7 +290,14 @@ impl Vcpu {
             control.park_while_paused(|request| self.save_state(request));
             match self.step() {
                 Next::Continue => {}
-                Next::Interrupted => self.fd.set_kvm_immediate_exit(0),
+                Next::Interrupted => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    if crate::profile::enabled() {
+                        if let Ok(regs) = self.fd.get_regs() {
+                            crate::profile::record(regs.rip);
+                        }
+                    }
+                }
                 Next::Stop(event) => return event,
                 Next::InternalError => {
                     let reason = self.describe_internal_error();

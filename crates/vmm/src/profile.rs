@@ -1,0 +1,62 @@
+//! A sampling profiler of the guest, for boot-time work.
+//!
+//! With `NACRE_VMM_PROFILE=<file>` in its environment, nacre-vmm kicks
+//! every vCPU out of KVM_RUN every [`INTERVAL`] and appends the guest's
+//! instruction pointer to `<file>` (one hex address per line). Resolve
+//! them against `vmlinux`'s symbols (`nm -n vmlinux`) to see where a boot
+//! spends its time; `guest/kernel/profile.sh` does that.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Time between two samples.
+pub const INTERVAL: Duration = Duration::from_millis(5);
+
+/// The environment variable naming the output file.
+pub const ENV: &str = "NACRE_VMM_PROFILE";
+
+static OUTPUT: OnceLock<Mutex<io::BufWriter<File>>> = OnceLock::new();
+
+/// Opens the output file if profiling was asked for; returns whether it was.
+pub fn init() -> io::Result<bool> {
+    let Some(path) = std::env::var_os(ENV) else {
+        return Ok(false);
+    };
+    let file = File::create(&path)?;
+    let _ = OUTPUT.set(Mutex::new(io::BufWriter::new(file)));
+    Ok(true)
+}
+
+/// Whether samples are being taken.
+pub fn enabled() -> bool {
+    OUTPUT.get().is_some()
+}
+
+/// Records one sample.
+pub fn record(rip: u64) {
+    if let Some(out) = OUTPUT.get() {
+        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "{rip:016x}");
+    }
+}
+
+/// Writes buffered samples out.
+pub fn flush() {
+    if let Some(out) = OUTPUT.get() {
+        let _ = out.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    }
+}
+
+/// Starts the thread that kicks the vCPUs (`kick`) every [`INTERVAL`].
+pub fn spawn_ticker(kick: Arc<dyn Fn() + Send + Sync>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("profiler".into())
+        .spawn(move || loop {
+            std::thread::sleep(INTERVAL);
+            kick();
+            flush();
+        })
+        .map(|_| ())
+}
