@@ -89,6 +89,19 @@ pub struct BootSample {
     pub first_output_secs: f64,
     /// The VMM process's memory when the agent was ready.
     pub memory: Memory,
+    /// Guest uptime when the agent started and when it was ready, from
+    /// its ready line: what the kernel took, and what the agent took.
+    pub guest_uptime: Option<(f64, f64)>,
+}
+
+/// The two uptimes of the agent's ready line (`..., started at 1.234 s,
+/// ready at 1.567 s of uptime)`), if present.
+pub fn parse_guest_uptime(line: &str) -> Option<(f64, f64)> {
+    let number_after = |key: &str| -> Option<f64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    Some((number_after("started at ")?, number_after("ready at ")?))
 }
 
 /// Errors booting a guest for a benchmark or a test.
@@ -180,6 +193,7 @@ fn boot_in(
                         ready_secs: (at - start).as_secs_f64(),
                         first_output_secs: (first_output.unwrap_or(at) - start).as_secs_f64(),
                         memory,
+                        guest_uptime: parse_guest_uptime(&line),
                     });
                 }
             }
@@ -212,6 +226,16 @@ impl Drop for KillOnDrop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_line_uptimes() {
+        let line = "nacre-agent: ready (listening on vsock://-1:1024, started at 15.587 s, ready at 16.116 s of uptime)";
+        assert_eq!(parse_guest_uptime(line), Some((15.587, 16.116)));
+        assert_eq!(
+            parse_guest_uptime("nacre-agent: ready (listening on x)"),
+            None
+        );
+    }
 
     #[test]
     fn cmdline_has_console_and_reset() {

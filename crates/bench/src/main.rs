@@ -67,8 +67,14 @@ fn main() -> Result<()> {
             Duration::from_secs(args.timeout),
         )
         .with_context(|| format!("boot under {}", vmm.name()))?;
+        let guest = s
+            .guest_uptime
+            .map(|(init, ready)| {
+                format!(" (guest uptime: agent started {init:.2} s, ready {ready:.2} s)")
+            })
+            .unwrap_or_default();
         eprintln!(
-            "    agent ready after {:.2} s, VMM RSS {} MiB",
+            "    agent ready after {:.2} s, VMM RSS {} MiB{guest}",
             s.ready_secs,
             s.memory.rss_kib / 1024
         );
