@@ -180,6 +180,12 @@ impl Sandbox {
         &self.agent
     }
 
+    /// A handle on this sandbox's agent connection that can move to other
+    /// threads (calls on clones share the connection).
+    pub fn client(&self) -> TtrpcAgentClient {
+        self.agent.clone()
+    }
+
     /// The VMM process.
     pub fn vm(&self) -> &VmProcess {
         &self.vm

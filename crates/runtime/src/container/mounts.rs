@@ -81,16 +81,36 @@ pub fn setup_shared(paths: &ContainerPaths, bundle: &Bundle) -> Result<(), Conta
     mount(Some(&shared), &shared, libc::MS_BIND)?;
     let result = (|| {
         mount(None, &shared, libc::MS_PRIVATE)?;
-        bind(&bundle.rootfs, &paths.shared_rootfs(), bundle.readonly)?;
-        for b in &bundle.binds {
-            bind(&b.source, &paths.shared_mount(b.index), b.readonly)?;
-        }
-        Ok(())
+        bind_container(bundle, &shared.join(paths.id()))
     })();
     if result.is_err() {
         let _ = teardown_shared(paths);
     }
     result
+}
+
+/// Bind-mounts the bundle's rootfs at `<dir>/rootfs` and each bind
+/// source at `<dir>/mounts/<n>` (the layout the guest spec names, see
+/// [`super::spec::Bundle::guest_spec`]). `dir` lies in an already private
+/// shared directory; the caller unmounts it on failure.
+pub fn bind_container(bundle: &Bundle, dir: &Path) -> Result<(), ContainerError> {
+    bind(&bundle.rootfs, &dir.join("rootfs"), bundle.readonly)?;
+    for b in &bundle.binds {
+        bind(
+            &b.source,
+            &dir.join("mounts").join(b.index.to_string()),
+            b.readonly,
+        )?;
+    }
+    Ok(())
+}
+
+/// Makes `dir` (created if missing) a private bind mount of itself, so
+/// that nothing mounted under it propagates elsewhere.
+pub fn make_private_dir(dir: &Path) -> Result<(), ContainerError> {
+    fs::create_dir_all(dir).map_err(ContainerError::io("creating", dir))?;
+    mount(Some(dir), dir, libc::MS_BIND)?;
+    mount(None, dir, libc::MS_PRIVATE)
 }
 
 /// Unmounts the shared directory and everything under it (lazily, so a

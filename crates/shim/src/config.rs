@@ -1,0 +1,321 @@
+//! The shim's configuration: `/etc/nacre/config.toml` (or the file named by
+//! `NACRE_CONFIG`), built-in defaults when there is no file, and per-pod
+//! overrides through an allow-list of `io.nacre.*` annotations.
+//!
+//! ```toml
+//! log_level = "info"          # error, warn, info, debug, trace
+//! [vm]
+//! vcpus = 1
+//! memory_mib = 256
+//! max_memory_mib = 16384      # the largest VM an annotation may ask for
+//! max_vcpus = 16
+//! kernel = "/usr/local/share/nacre/vmlinux"
+//! initrd = "/usr/local/share/nacre/initrd.cpio"
+//! kernel_params = ""          # appended to the guest kernel command line
+//! boot_timeout_secs = 300
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the configuration file is looked for.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/nacre/config.toml";
+/// The environment variable naming another configuration file.
+pub const CONFIG_ENV: &str = "NACRE_CONFIG";
+
+/// Annotation: vCPUs of the sandbox's VM.
+pub const ANNOTATION_VCPUS: &str = "io.nacre.vm.vcpus";
+/// Annotation: memory of the sandbox's VM in MiB.
+pub const ANNOTATION_MEMORY: &str = "io.nacre.vm.memory_mib";
+/// Annotation: extra guest kernel command line.
+pub const ANNOTATION_KERNEL_PARAMS: &str = "io.nacre.vm.kernel_params";
+/// Every `io.nacre.*` annotation a pod may set.
+pub const ALLOWED_ANNOTATIONS: &[&str] = &[
+    ANNOTATION_VCPUS,
+    ANNOTATION_MEMORY,
+    ANNOTATION_KERNEL_PARAMS,
+];
+const NACRE_PREFIX: &str = "io.nacre.";
+
+/// Errors reading the configuration or applying annotations.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("annotation {key}: {reason} (allowed io.nacre.* annotations: {allowed})")]
+    Annotation {
+        key: String,
+        reason: String,
+        allowed: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Log level of the shim (`RUST_LOG` syntax of the `log` crate).
+    pub log_level: String,
+    /// VM defaults.
+    pub vm: VmConfig,
+}
+
+/// Defaults of every sandbox VM.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VmConfig {
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub max_vcpus: u8,
+    pub max_memory_mib: u32,
+    /// Guest kernel; default: `NACRE_KERNEL` or the installed one.
+    pub kernel: Option<PathBuf>,
+    /// Guest initrd; default: `NACRE_INITRD` or the installed one.
+    pub initrd: Option<PathBuf>,
+    /// Appended to the guest kernel command line.
+    pub kernel_params: String,
+    pub boot_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            vm: VmConfig::default(),
+        }
+    }
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            vcpus: 1,
+            memory_mib: 256,
+            max_vcpus: 16,
+            max_memory_mib: 16 * 1024,
+            kernel: None,
+            initrd: None,
+            kernel_params: String::new(),
+            boot_timeout_secs: 0,
+        }
+    }
+}
+
+/// The shape of one sandbox VM, after annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmShape {
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub kernel_params: String,
+}
+
+impl Config {
+    /// Loads the file named by `NACRE_CONFIG`, else
+    /// [`DEFAULT_CONFIG_PATH`] if it exists, else the defaults.
+    pub fn load() -> Result<Self, ConfigError> {
+        match std::env::var_os(CONFIG_ENV) {
+            Some(p) if !p.is_empty() => Self::from_file(Path::new(&p)),
+            _ if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Self::from_file(Path::new(DEFAULT_CONFIG_PATH))
+            }
+            _ => Ok(Self::default()),
+        }
+    }
+
+    /// Reads and checks one file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks `text` (read from `path`).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let vm = &config.vm;
+        if vm.vcpus == 0 || vm.vcpus > vm.max_vcpus {
+            return Err(invalid(format!(
+                "vm.vcpus = {} must be between 1 and vm.max_vcpus = {}",
+                vm.vcpus, vm.max_vcpus
+            )));
+        }
+        if vm.memory_mib < 64 || vm.memory_mib > vm.max_memory_mib {
+            return Err(invalid(format!(
+                "vm.memory_mib = {} must be between 64 and vm.max_memory_mib = {}",
+                vm.memory_mib, vm.max_memory_mib
+            )));
+        }
+        if log::LevelFilter::from_str_opt(&config.log_level).is_none() {
+            return Err(invalid(format!(
+                "log_level = {:?} is not one of off, error, warn, info, debug, trace",
+                config.log_level
+            )));
+        }
+        Ok(config)
+    }
+
+    /// The VM shape for a sandbox whose spec carries `annotations`.
+    /// Unknown `io.nacre.*` annotations and values out of range are errors.
+    pub fn vm_shape(&self, annotations: &HashMap<String, String>) -> Result<VmShape, ConfigError> {
+        let mut shape = VmShape {
+            vcpus: self.vm.vcpus,
+            memory_mib: self.vm.memory_mib,
+            kernel_params: self.vm.kernel_params.clone(),
+        };
+        let mut keys: Vec<&String> = annotations.keys().collect();
+        keys.sort();
+        for key in keys {
+            if !key.starts_with(NACRE_PREFIX) {
+                continue;
+            }
+            let value = annotations.get(key).map(String::as_str).unwrap_or("");
+            let bad = |reason: String| ConfigError::Annotation {
+                key: key.clone(),
+                reason,
+                allowed: ALLOWED_ANNOTATIONS.join(", "),
+            };
+            match key.as_str() {
+                ANNOTATION_VCPUS => {
+                    let n: u8 = value
+                        .parse()
+                        .map_err(|_| bad(format!("{value:?} is not a vCPU count")))?;
+                    if n == 0 || n > self.vm.max_vcpus {
+                        return Err(bad(format!(
+                            "{n} vCPUs is outside 1..={}",
+                            self.vm.max_vcpus
+                        )));
+                    }
+                    shape.vcpus = n;
+                }
+                ANNOTATION_MEMORY => {
+                    let n: u32 = value
+                        .parse()
+                        .map_err(|_| bad(format!("{value:?} is not a size in MiB")))?;
+                    if !(64..=self.vm.max_memory_mib).contains(&n) {
+                        return Err(bad(format!(
+                            "{n} MiB is outside 64..={} MiB (vm.max_memory_mib)",
+                            self.vm.max_memory_mib
+                        )));
+                    }
+                    shape.memory_mib = n;
+                }
+                ANNOTATION_KERNEL_PARAMS => {
+                    if !shape.kernel_params.is_empty() {
+                        shape.kernel_params.push(' ');
+                    }
+                    shape.kernel_params.push_str(value);
+                }
+                _ => return Err(bad("unknown nacre annotation".into())),
+            }
+        }
+        Ok(shape)
+    }
+}
+
+/// `log::LevelFilter` parsing without its error type.
+trait FromStrOpt: Sized {
+    fn from_str_opt(s: &str) -> Option<Self>;
+}
+
+impl FromStrOpt for log::LevelFilter {
+    fn from_str_opt(s: &str) -> Option<Self> {
+        s.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        let shape = c.vm_shape(&HashMap::new()).unwrap();
+        assert_eq!((shape.vcpus, shape.memory_mib), (1, 256));
+    }
+
+    #[test]
+    fn file_values_and_annotations_apply() {
+        let c = Config::parse(
+            "log_level = \"debug\"\n[vm]\nvcpus = 2\nmemory_mib = 512\nkernel_params = \"quiet\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let shape = c
+            .vm_shape(&ann(&[
+                (ANNOTATION_MEMORY, "1024"),
+                (ANNOTATION_KERNEL_PARAMS, "debug"),
+                ("io.kubernetes.cri.sandbox-id", "abc"),
+            ]))
+            .unwrap();
+        assert_eq!(shape.vcpus, 2);
+        assert_eq!(shape.memory_mib, 1024);
+        assert_eq!(shape.kernel_params, "quiet debug");
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let err = Config::parse("[vm]\nvcpu = 2\n", Path::new("/etc/x.toml")).unwrap_err();
+        assert!(err.to_string().contains("/etc/x.toml"), "{err}");
+        assert!(err.to_string().contains("vcpu"), "{err}");
+        let err = Config::parse("[vm]\nmemory_mib = 1\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("memory_mib = 1"), "{err}");
+        let err = Config::parse("log_level = \"loud\"\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("loud"), "{err}");
+    }
+
+    #[test]
+    fn unknown_or_oversize_annotations_are_refused() {
+        let c = Config::default();
+        let err = c
+            .vm_shape(&ann(&[("io.nacre.vm.gpus", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("io.nacre.vm.gpus") && err.contains("unknown"),
+            "{err}"
+        );
+        assert!(err.contains(ANNOTATION_MEMORY), "{err}");
+        let err = c
+            .vm_shape(&ann(&[(ANNOTATION_MEMORY, "99999999")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("99999999 MiB"), "{err}");
+        let err = c
+            .vm_shape(&ann(&[(ANNOTATION_VCPUS, "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"many\""), "{err}");
+    }
+}

@@ -1,0 +1,1011 @@
+//! The containerd Task service: every RPC, on top of the sandbox VM's
+//! agent. Agent calls block, so they run on tokio's blocking pool.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::protos::api::{
+    CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
+    DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest, PauseRequest, PidsRequest,
+    PidsResponse, ProcessInfo, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status,
+    UpdateTaskRequest, WaitRequest, WaitResponse,
+};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::context::with_timeout;
+use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
+use containerd_shim::protos::ttrpc::Result as TtrpcResult;
+use containerd_shim::protos::types::empty::Empty;
+use nacre_runtime::agent::{AgentClient, TtrpcAgentClient};
+use nacre_runtime::container::mounts;
+use nacre_runtime::container::paths::ContainerPaths;
+use nacre_runtime::container::spec::Bundle;
+
+use crate::config::Config;
+use crate::error::ShimError;
+use crate::layout;
+use crate::metrics;
+use crate::stdio::{self, StdioPaths};
+use crate::task::{Container, Exit, Process};
+use crate::vm::{self, Vm};
+
+/// The Task service of one shim (one sandbox).
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    sandbox_dir: PathBuf,
+    config: std::result::Result<Config, String>,
+    publisher: RemotePublisher,
+    exit: Arc<ExitSignal>,
+    vm: tokio::sync::Mutex<Option<Arc<Vm>>>,
+    containers: Mutex<HashMap<String, Container>>,
+}
+
+type Result<T> = std::result::Result<T, ShimError>;
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ShimError::Internal(format!("blocking task failed: {e}")))?
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+        ..Default::default()
+    }
+}
+
+impl Service {
+    /// A service for the sandbox `sandbox_id` in `namespace`.
+    pub fn new(
+        namespace: &str,
+        sandbox_id: &str,
+        config: std::result::Result<Config, String>,
+        publisher: RemotePublisher,
+        exit: Arc<ExitSignal>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_string(),
+                sandbox_dir: layout::sandbox_dir(namespace, sandbox_id),
+                config,
+                publisher,
+                exit,
+                vm: tokio::sync::Mutex::new(None),
+                containers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn containers(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Container>>> {
+        self.containers
+            .lock()
+            .map_err(|_| ShimError::Internal("container table poisoned".into()))
+    }
+
+    /// Runs `f` on process `exec_id` of container `cid`.
+    fn with_process<T>(
+        &self,
+        cid: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut Process) -> Result<T>,
+    ) -> Result<T> {
+        let mut table = self.containers()?;
+        let c = table
+            .get_mut(cid)
+            .ok_or_else(|| ShimError::NotFound(format!("container {cid}")))?;
+        let p = c.processes.get_mut(exec_id).ok_or_else(|| {
+            ShimError::NotFound(format!("process {exec_id:?} of container {cid}"))
+        })?;
+        f(p)
+    }
+
+    async fn client(&self) -> Result<(Arc<Vm>, TtrpcAgentClient)> {
+        let vm =
+            self.vm.lock().await.clone().ok_or_else(|| {
+                ShimError::FailedPrecondition("the sandbox VM is not running".into())
+            })?;
+        let client = vm.client().clone();
+        Ok((vm, client))
+    }
+
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Err(e) = self
+            .publisher
+            .publish(with_timeout(0), topic, &self.namespace, event)
+            .await
+        {
+            tracing::warn!(topic, "publishing an event: {e}");
+        }
+    }
+
+    async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        let cid = req.id.clone();
+        if cid.is_empty() {
+            return Err(ShimError::InvalidArgument("empty container id".into()));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented(
+                "restoring from a checkpoint".into(),
+            ));
+        }
+        if self.containers()?.contains_key(&cid) {
+            return Err(ShimError::AlreadyExists(format!("container {cid}")));
+        }
+        let config = self.config.clone().map_err(ShimError::Internal)?;
+        let bundle = PathBuf::from(&req.bundle);
+        let annotations = layout::bundle_annotations(&bundle);
+        let shape = config.vm_shape(&annotations)?;
+        let rootfs = bundle.join("rootfs");
+        let mounted_rootfs = if req.rootfs.is_empty() {
+            None
+        } else {
+            let list: Vec<_> = req
+                .rootfs
+                .iter()
+                .map(|m| (m.type_.clone(), m.source.clone(), m.options.clone()))
+                .collect();
+            let target = rootfs.clone();
+            blocking(move || mount_rootfs(&list, &target)).await?;
+            Some(rootfs.clone())
+        };
+        let created = self
+            .create_in_vm(&cid, &bundle, &config, &shape, &req)
+            .await;
+        let (pid, io) = match created {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(r) = &mounted_rootfs {
+                    vm::unmount_all(r);
+                }
+                return Err(e);
+            }
+        };
+        let share = self.sandbox_dir.join("shared").join(&cid);
+        let mut init = Process::new(StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        });
+        init.pid = pid;
+        init.io = Some(Arc::new(io));
+        let mut processes = HashMap::new();
+        processes.insert(String::new(), init);
+        self.containers()?.insert(
+            cid.clone(),
+            Container {
+                bundle: bundle.clone(),
+                mounted_rootfs,
+                share,
+                processes,
+            },
+        );
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: cid,
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                pid,
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    /// Boots the VM if this is the sandbox's first container, shares the
+    /// rootfs and volumes, has the agent create the container and starts
+    /// its stdio. Undoes its own steps on failure.
+    async fn create_in_vm(
+        self: &Arc<Self>,
+        cid: &str,
+        bundle: &Path,
+        config: &Config,
+        shape: &crate::config::VmShape,
+        req: &CreateTaskRequest,
+    ) -> Result<(u32, stdio::IoHandle)> {
+        let mut guard = self.vm.lock().await;
+        let booted_here = guard.is_none();
+        let vm = match guard.as_ref() {
+            Some(vm) if vm.exit_status().is_none() => vm.clone(),
+            Some(_) => {
+                return Err(ShimError::FailedPrecondition(
+                    "the sandbox VM has exited".into(),
+                ))
+            }
+            None => {
+                let (dir, config, shape) =
+                    (self.sandbox_dir.clone(), config.clone(), shape.clone());
+                let hostname = spec_hostname(bundle);
+                let vm = Arc::new(
+                    blocking(move || Vm::boot(&dir, &config, &shape, hostname.as_deref())).await?,
+                );
+                *guard = Some(vm.clone());
+                spawn_watchdog(self.clone(), vm.clone());
+                vm
+            }
+        };
+        let share = vm.shared().join(cid);
+        let (bundle_dir, id) = (bundle.to_path_buf(), cid.to_string());
+        let (sandbox_dir, client) = (self.sandbox_dir.clone(), vm.client().clone());
+        let share2 = share.clone();
+        let result = blocking(move || {
+            let b = Bundle::load(&bundle_dir)
+                .map_err(|e| ShimError::InvalidArgument(format!("bundle: {e}")))?;
+            mounts::bind_container(&b, &share2)
+                .map_err(|e| ShimError::Internal(format!("sharing the rootfs with the VM: {e}")))?;
+            let paths = ContainerPaths::new(&sandbox_dir, &id)
+                .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+            let spec = serde_json::to_vec(&b.guest_spec(&paths))
+                .map_err(|e| ShimError::Internal(format!("encoding the spec: {e}")))?;
+            client
+                .create_container(&id, &spec)
+                .map_err(ShimError::agent(format!(
+                    "creating container {id} in the VM"
+                )))
+        })
+        .await;
+        let started = match result {
+            Ok(pid) => {
+                let paths = StdioPaths {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                };
+                let io = stdio::start(vm.client(), cid, "", &paths, &self.namespace);
+                match io {
+                    Ok(io) => Ok((pid, io)),
+                    Err(e) => {
+                        let _ = vm.client().remove_container(cid);
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if started.is_err() {
+            let share = share.clone();
+            let _ = blocking(move || {
+                remove_share(&share);
+                Ok(())
+            })
+            .await;
+            if booted_here && self.containers()?.is_empty() {
+                let vm2 = vm.clone();
+                let _ = blocking(move || {
+                    vm2.shutdown();
+                    Ok(())
+                })
+                .await;
+                *guard = None;
+            }
+        }
+        started
+    }
+
+    fn spawn_waiter(
+        self: &Arc<Self>,
+        vm: Arc<Vm>,
+        client: TtrpcAgentClient,
+        cid: &str,
+        exec_id: &str,
+        io: Option<Arc<stdio::IoHandle>>,
+    ) {
+        let inner = self.clone();
+        let (cid, exec_id) = (cid.to_string(), exec_id.to_string());
+        tokio::spawn(async move {
+            let (c, e) = (cid.clone(), exec_id.clone());
+            let status = tokio::task::spawn_blocking(move || {
+                let status = match client.wait_process(&c, &e) {
+                    Ok(exit) => u32::try_from(exit.status).unwrap_or(255),
+                    Err(err) => {
+                        tracing::info!(cid = c, exec_id = e, "waiting for the process: {err}");
+                        let mut status = 255;
+                        for _ in 0..50 {
+                            if let Some(s) = vm.poll_exit() {
+                                status = s;
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        status
+                    }
+                };
+                if let Some(io) = io {
+                    io.wait_outputs(Duration::from_secs(10));
+                }
+                status
+            })
+            .await
+            .unwrap_or(255);
+            inner.record_exit(&cid, &exec_id, status).await;
+        });
+    }
+
+    /// Records that a process exited (once) and publishes TaskExit.
+    async fn record_exit(&self, cid: &str, exec_id: &str, status: u32) {
+        let now = SystemTime::now();
+        let pid = {
+            let Ok(mut table) = self.containers() else {
+                return;
+            };
+            let Some(p) = table
+                .get_mut(cid)
+                .and_then(|c| c.processes.get_mut(exec_id))
+            else {
+                return;
+            };
+            if p.exited().is_some() {
+                return;
+            }
+            p.status = Status::STOPPED;
+            p.exit.send_replace(Some(Exit { status, at: now }));
+            p.pid
+        };
+        tracing::info!(cid, exec_id, status, "process exited");
+        self.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: cid.to_string(),
+                id: if exec_id.is_empty() {
+                    cid.to_string()
+                } else {
+                    exec_id.to_string()
+                },
+                pid,
+                exit_status: status,
+                exited_at: Some(timestamp(now)).into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+    }
+
+    /// The VM died: every process exits with `status`, and every host
+    /// resource of the sandbox goes.
+    async fn vm_died(&self, vm: Arc<Vm>, status: u32) {
+        let running: Vec<(String, String)> = match self.containers() {
+            Ok(table) => table
+                .iter()
+                .flat_map(|(cid, c)| {
+                    c.processes
+                        .iter()
+                        .filter(|(_, p)| p.exited().is_none() && p.pending_spec.is_none())
+                        .map(move |(e, _)| (cid.clone(), e.clone()))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for (cid, exec_id) in running {
+            self.record_exit(&cid, &exec_id, status).await;
+        }
+        let rootfs: Vec<PathBuf> = self
+            .containers()
+            .map(|t| {
+                t.values()
+                    .filter_map(|c| c.mounted_rootfs.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = blocking(move || {
+            for r in rootfs {
+                vm::unmount_all(&r);
+            }
+            vm.shutdown();
+            Ok(())
+        })
+        .await;
+    }
+
+    async fn start(self: &Arc<Self>, req: StartRequest) -> Result<StartResponse> {
+        let (vm, client) = self.client().await?;
+        let (cid, exec_id) = (req.id.clone(), req.exec_id.clone());
+        if exec_id.is_empty() {
+            let pid = self.with_process(&cid, "", |p| match p.status {
+                Status::CREATED => Ok(p.pid),
+                s => Err(ShimError::FailedPrecondition(format!(
+                    "container {cid} is {s:?}, not created"
+                ))),
+            })?;
+            let c = client.clone();
+            let id = cid.clone();
+            blocking(move || {
+                c.start_container(&id)
+                    .map_err(ShimError::agent(format!("starting container {id}")))
+            })
+            .await?;
+            let io = self.with_process(&cid, "", |p| {
+                p.status = Status::RUNNING;
+                Ok(p.io.clone())
+            })?;
+            self.spawn_waiter(vm, client, &cid, "", io);
+            self.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: cid,
+                    pid,
+                    ..Default::default()
+                }),
+            )
+            .await;
+            return Ok(StartResponse {
+                pid,
+                ..Default::default()
+            });
+        }
+        let (spec, stdio_paths) = self.with_process(&cid, &exec_id, |p| {
+            let spec = p.pending_spec.take().ok_or_else(|| {
+                ShimError::FailedPrecondition(format!("exec {exec_id} was already started"))
+            })?;
+            Ok((spec, p.stdio.clone()))
+        })?;
+        let (c, id, e, ns) = (
+            client.clone(),
+            cid.clone(),
+            exec_id.clone(),
+            self.namespace.clone(),
+        );
+        let started = blocking(move || {
+            let pid = c
+                .exec_process(&id, &e, &spec)
+                .map_err(ShimError::agent(format!("exec {e} in container {id}")))?;
+            let io = stdio::start(&c, &id, &e, &stdio_paths, &ns)?;
+            Ok((pid, io))
+        })
+        .await;
+        let (pid, io) = match started {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.with_process(&cid, &exec_id, |p| {
+                    p.status = Status::STOPPED;
+                    p.exit.send_replace(Some(Exit {
+                        status: 255,
+                        at: SystemTime::now(),
+                    }));
+                    Ok(())
+                });
+                return Err(e);
+            }
+        };
+        let io = Arc::new(io);
+        self.with_process(&cid, &exec_id, |p| {
+            p.pid = pid;
+            p.status = Status::RUNNING;
+            p.io = Some(io.clone());
+            Ok(())
+        })?;
+        self.spawn_waiter(vm, client, &cid, &exec_id, Some(io));
+        self.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            Box::new(TaskExecStarted {
+                container_id: cid,
+                exec_id,
+                pid,
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn exec(&self, req: ExecProcessRequest) -> Result<()> {
+        if req.exec_id.is_empty() {
+            return Err(ShimError::InvalidArgument("empty exec id".into()));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ShimError::InvalidArgument("exec without a process spec".into()))?;
+        serde_json::from_slice::<serde_json::Value>(&spec)
+            .map_err(|e| ShimError::InvalidArgument(format!("exec process spec: {e}")))?;
+        {
+            let mut table = self.containers()?;
+            let c = table
+                .get_mut(&req.id)
+                .ok_or_else(|| ShimError::NotFound(format!("container {}", req.id)))?;
+            if c.init().and_then(Process::exited).is_some() {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {} has stopped",
+                    req.id
+                )));
+            }
+            if c.processes.contains_key(&req.exec_id) {
+                return Err(ShimError::AlreadyExists(format!("exec {}", req.exec_id)));
+            }
+            let mut p = Process::new(StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            });
+            p.pending_spec = Some(spec);
+            c.processes.insert(req.exec_id.clone(), p);
+        }
+        self.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id,
+                exec_id: req.exec_id,
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn kill(&self, req: KillRequest) -> Result<()> {
+        let exited = self.with_process(&req.id, &req.exec_id, |p| {
+            Ok(p.exited().is_some() || p.pending_spec.is_some())
+        })?;
+        if exited && !req.all {
+            return Err(ShimError::NotFound(format!(
+                "process {:?} of container {} (already finished or not started)",
+                req.exec_id, req.id
+            )));
+        }
+        let (_, client) = self.client().await?;
+        blocking(move || {
+            client
+                .signal_process(&req.id, &req.exec_id, req.signal, req.all)
+                .map_err(ShimError::agent(format!("signalling {}", req.id)))
+        })
+        .await
+    }
+
+    async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        let (cid, exec_id) = (req.id.clone(), req.exec_id.clone());
+        if !exec_id.is_empty() {
+            let mut table = self.containers()?;
+            let c = table
+                .get_mut(&cid)
+                .ok_or_else(|| ShimError::NotFound(format!("container {cid}")))?;
+            let p = c
+                .processes
+                .get(&exec_id)
+                .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id}")))?;
+            let exit = match (p.exited(), &p.pending_spec) {
+                (Some(e), _) => e,
+                (None, Some(_)) => Exit {
+                    status: 0,
+                    at: SystemTime::now(),
+                },
+                (None, None) => {
+                    return Err(ShimError::FailedPrecondition(format!(
+                        "exec {exec_id} is still running"
+                    )))
+                }
+            };
+            let pid = p.pid;
+            c.processes.remove(&exec_id);
+            return Ok(delete_response(pid, exit));
+        }
+        let (pid, exit) = self.with_process(&cid, "", |p| match (p.status, p.exited()) {
+            (_, Some(e)) => Ok((p.pid, e)),
+            (Status::CREATED, None) => Ok((
+                p.pid,
+                Exit {
+                    status: 137,
+                    at: SystemTime::now(),
+                },
+            )),
+            (s, None) => Err(ShimError::FailedPrecondition(format!(
+                "container {cid} is {s:?}; kill it before deleting"
+            ))),
+        })?;
+        let vm = self.vm.lock().await.clone();
+        let (share, rootfs) = {
+            let table = self.containers()?;
+            let c = table
+                .get(&cid)
+                .ok_or_else(|| ShimError::NotFound(format!("container {cid}")))?;
+            (c.share.clone(), c.mounted_rootfs.clone())
+        };
+        let id = cid.clone();
+        let vm2 = vm.clone();
+        blocking(move || {
+            if let Some(vm) = vm2.filter(|v| v.exit_status().is_none()) {
+                if let Err(e) = vm.client().remove_container(&id) {
+                    tracing::warn!(cid = id, "removing the container in the VM: {e}");
+                }
+            }
+            remove_share(&share);
+            if let Some(r) = rootfs {
+                vm::unmount_all(&r);
+            }
+            Ok(())
+        })
+        .await?;
+        let empty = {
+            let mut table = self.containers()?;
+            table.remove(&cid);
+            table.is_empty()
+        };
+        if empty {
+            let mut guard = self.vm.lock().await;
+            if let Some(vm) = guard.take() {
+                let _ = blocking(move || {
+                    vm.shutdown();
+                    Ok(())
+                })
+                .await;
+            }
+        }
+        self.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: cid.clone(),
+                id: cid,
+                pid,
+                exit_status: exit.status,
+                exited_at: Some(timestamp(exit.at)).into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(delete_response(pid, exit))
+    }
+
+    async fn state(&self, req: StateRequest) -> Result<StateResponse> {
+        let table = self.containers()?;
+        let c = table
+            .get(&req.id)
+            .ok_or_else(|| ShimError::NotFound(format!("container {}", req.id)))?;
+        let p = c
+            .processes
+            .get(&req.exec_id)
+            .ok_or_else(|| ShimError::NotFound(format!("exec {}", req.exec_id)))?;
+        let exit = p.exited();
+        Ok(StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.to_string_lossy().into_owned(),
+            pid: p.pid,
+            status: p.status.into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status: exit.map_or(0, |e| e.status),
+            exited_at: exit.map(|e| timestamp(e.at)).into(),
+            exec_id: req.exec_id,
+            ..Default::default()
+        })
+    }
+
+    async fn pause_resume(&self, cid: String, pause: bool) -> Result<()> {
+        let (_, client) = self.client().await?;
+        let id = cid.clone();
+        blocking(move || {
+            if pause {
+                client.pause_container(&id)
+            } else {
+                client.resume_container(&id)
+            }
+            .map_err(ShimError::agent(format!(
+                "{} container {id}",
+                if pause { "pausing" } else { "resuming" }
+            )))
+        })
+        .await?;
+        self.with_process(&cid, "", |p| {
+            p.status = if pause {
+                Status::PAUSED
+            } else {
+                Status::RUNNING
+            };
+            Ok(())
+        })?;
+        if pause {
+            self.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id: cid,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        } else {
+            self.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id: cid,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    async fn agent_call<T: Send + 'static>(
+        &self,
+        cid: &str,
+        what: &str,
+        f: impl FnOnce(
+                &TtrpcAgentClient,
+                &str,
+            ) -> std::result::Result<T, nacre_runtime::agent::AgentClientError>
+            + Send
+            + 'static,
+    ) -> Result<T> {
+        if !self.containers()?.contains_key(cid) {
+            return Err(ShimError::NotFound(format!("container {cid}")));
+        }
+        let (_, client) = self.client().await?;
+        let (id, what) = (cid.to_string(), format!("{what} of container {cid}"));
+        blocking(move || f(&client, &id).map_err(ShimError::agent(what))).await
+    }
+}
+
+/// `hostname` of the bundle's spec.
+fn spec_hostname(bundle: &Path) -> Option<String> {
+    let bytes = std::fs::read(bundle.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("hostname")?.as_str().map(str::to_string)
+}
+
+fn delete_response(pid: u32, exit: Exit) -> DeleteResponse {
+    DeleteResponse {
+        pid,
+        exit_status: exit.status,
+        exited_at: Some(timestamp(exit.at)).into(),
+        ..Default::default()
+    }
+}
+
+/// Unmounts a container's directory in the share and removes it.
+fn remove_share(share: &Path) {
+    vm::unmount_all(share);
+    if mounts::mounts_under(share).is_empty() {
+        if let Err(e) = std::fs::remove_dir_all(share) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {}: {e}", share.display());
+            }
+        }
+    }
+}
+
+/// Mounts containerd's rootfs mounts, in order, on `target`; on failure
+/// unmounts what was mounted.
+fn mount_rootfs(list: &[(String, String, Vec<String>)], target: &Path) -> Result<()> {
+    for (kind, source, options) in list {
+        let kind = Some(kind.as_str()).filter(|s| !s.is_empty());
+        let source = Some(source.as_str()).filter(|s| !s.is_empty());
+        if let Err(e) = containerd_shim::mount::mount_rootfs(kind, source, options, target) {
+            vm::unmount_all(target);
+            return Err(ShimError::InvalidArgument(format!(
+                "mounting the rootfs ({} {}) on {}: {e}",
+                kind.unwrap_or("-"),
+                source.unwrap_or("-"),
+                target.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn spawn_watchdog(inner: Arc<Inner>, vm: Arc<Vm>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if vm.is_shut_down() {
+                return;
+            }
+            let v = vm.clone();
+            let exited = tokio::task::spawn_blocking(move || v.poll_exit())
+                .await
+                .ok()
+                .flatten();
+            if let Some(status) = exited {
+                if vm.is_shut_down() {
+                    return;
+                }
+                inner.vm_died(vm, status).await;
+                return;
+            }
+        }
+    });
+}
+
+#[async_trait::async_trait]
+impl containerd_shim::Task for Service {
+    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        Ok(self.inner.state(req).await?)
+    }
+
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        tracing::info!(id = req.id, bundle = req.bundle, "create");
+        Ok(self.inner.create(req).await?)
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        Ok(self.inner.start(req).await?)
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        Ok(self.inner.delete(req).await?)
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        let pids = self
+            .inner
+            .agent_call(&req.id, "listing the processes", |c, id| {
+                c.list_processes(id)
+            })
+            .await?;
+        Ok(PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        self.inner.pause_resume(req.id, true).await?;
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        self.inner.pause_resume(req.id, false).await?;
+        Ok(Empty::new())
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: containerd_shim::protos::api::CheckpointTaskRequest,
+    ) -> TtrpcResult<Empty> {
+        Err(ShimError::Unimplemented("checkpoint of a VM sandbox's task".into()).into())
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        self.inner.kill(req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        self.inner.exec(req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        let exec_id = req.exec_id.clone();
+        self.inner
+            .agent_call(&req.id, "resizing the terminal", move |c, id| {
+                c.resize_tty(id, &exec_id, req.height, req.width)
+            })
+            .await?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        // The stdin copier closes the process's stdin when containerd's
+        // side of the FIFO reaches EOF; nothing else is held open here.
+        tracing::debug!(id = req.id, exec_id = req.exec_id, "close_io");
+        Ok(Empty::new())
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|a| a.value.clone())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ShimError::InvalidArgument("update without resources".into()))?;
+        self.inner
+            .agent_call(&req.id, "updating the resources", move |c, id| {
+                c.update_container(id, &resources)
+            })
+            .await?;
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        let mut rx = self
+            .inner
+            .with_process(&req.id, &req.exec_id, |p| Ok(p.exit.subscribe()))?;
+        let exit = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| ShimError::Internal("the process record went away".into()))?
+            .ok_or_else(|| ShimError::Internal("no exit recorded".into()))?;
+        Ok(WaitResponse {
+            exit_status: exit.status,
+            exited_at: Some(timestamp(exit.at)).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let stats = self
+            .inner
+            .agent_call(&req.id, "reading the statistics", |c, id| {
+                c.stats_container(id)
+            })
+            .await?;
+        Ok(StatsResponse {
+            stats: Some(metrics::to_any(&stats)?).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConnectRequest,
+    ) -> TtrpcResult<ConnectResponse> {
+        let task_pid = self
+            .inner
+            .with_process(&req.id, "", |p| Ok(p.pid))
+            .unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+        if !self.inner.containers()?.is_empty() {
+            return Ok(Empty::new());
+        }
+        let vm = self.inner.vm.lock().await.take();
+        if let Some(vm) = vm {
+            let _ = blocking(move || {
+                vm.shutdown();
+                Ok(())
+            })
+            .await;
+        }
+        tracing::info!("last container gone; shim exits");
+        self.inner.exit.signal();
+        Ok(Empty::new())
+    }
+}

@@ -1,0 +1,226 @@
+//! The sandbox's VM: booted on the first container's create, shut down when
+//! the last container is deleted, watched for an unexpected death.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use nacre_runtime::agent::{ClientOptions, Endpoint, TtrpcAgentClient};
+use nacre_runtime::container::mounts;
+use nacre_runtime::container::paths::SHARED_TAG;
+use nacre_runtime::image::{locate_vmm, GuestImage};
+use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
+use nacre_runtime::vm::VmSpec;
+
+use crate::config::{Config, VmShape};
+use crate::error::ShimError;
+
+/// Bound of each agent call (blocking stdio and wait calls have none).
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One booted sandbox VM.
+#[derive(Debug)]
+pub struct Vm {
+    client: TtrpcAgentClient,
+    sandbox: Mutex<Option<Sandbox>>,
+    dir: PathBuf,
+    exit: OnceLock<u32>,
+    pid: u32,
+    shut: AtomicBool,
+}
+
+impl Vm {
+    /// Creates the sandbox directory `dir` and its private shared
+    /// directory, boots the VM and waits for its agent. Blocking. On
+    /// failure nothing is left behind.
+    pub fn boot(
+        dir: &Path,
+        config: &Config,
+        shape: &VmShape,
+        hostname: Option<&str>,
+    ) -> Result<Self, ShimError> {
+        let image = match (&config.vm.kernel, &config.vm.initrd) {
+            (None, None) => GuestImage::locate(),
+            (k, i) => {
+                let located = GuestImage::locate().ok();
+                let kernel = k
+                    .clone()
+                    .or_else(|| located.as_ref().map(|g| g.kernel.clone()))
+                    .unwrap_or_else(|| nacre_runtime::image::DEFAULT_KERNEL.into());
+                let initrd = i
+                    .clone()
+                    .or_else(|| located.as_ref().map(|g| g.initrd.clone()))
+                    .unwrap_or_else(|| nacre_runtime::image::DEFAULT_INITRD.into());
+                GuestImage::checked(kernel, initrd)
+            }
+        }
+        .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+        let vmm = locate_vmm().map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+        let shared = dir.join("shared");
+        mounts::make_private_dir(&shared)
+            .map_err(|e| ShimError::Internal(format!("preparing {}: {e}", shared.display())))?;
+        let spec = VmSpec {
+            vcpus: shape.vcpus,
+            memory_mib: shape.memory_mib,
+            extra_cmdline: Some(cmdline(shape, hostname)),
+            shared_dirs: vec![(SHARED_TAG.to_string(), shared.clone())],
+            image,
+        };
+        let timeout = match config.vm.boot_timeout_secs {
+            0 => default_boot_timeout(),
+            s => Duration::from_secs(s),
+        };
+        match Sandbox::boot(&vmm, &spec, &dir.join("vm"), timeout) {
+            Ok(sandbox) => {
+                if let Err(e) = sandbox.agent().set_time(std::time::SystemTime::now()) {
+                    tracing::warn!("setting the guest clock: {e}");
+                }
+                tracing::info!(pid = sandbox.vm().pid(), boot = ?sandbox.boot_time(), "sandbox VM ready");
+                // Container calls get more time than the boot probe's:
+                // a loaded host running emulated guests is slow.
+                let client = TtrpcAgentClient::connect(
+                    Endpoint::agent_vsock(sandbox.vm().vsock_socket()),
+                    ClientOptions {
+                        call_timeout: CALL_TIMEOUT,
+                        ..ClientOptions::default()
+                    },
+                )
+                .unwrap_or_else(|e| {
+                    tracing::warn!("second agent connection: {e}; using the boot one");
+                    sandbox.client()
+                });
+                Ok(Self {
+                    client,
+                    pid: sandbox.vm().pid(),
+                    sandbox: Mutex::new(Some(sandbox)),
+                    dir: dir.to_path_buf(),
+                    exit: OnceLock::new(),
+                    shut: AtomicBool::new(false),
+                })
+            }
+            Err(e) => {
+                remove_dir(dir);
+                Err(ShimError::Internal(format!("booting the sandbox VM: {e}")))
+            }
+        }
+    }
+
+    /// Whether [`Vm::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut.load(Ordering::SeqCst)
+    }
+
+    /// The agent connection.
+    pub fn client(&self) -> &TtrpcAgentClient {
+        &self.client
+    }
+
+    /// The VMM's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The shared directory (virtio-fs share) on the host.
+    pub fn shared(&self) -> PathBuf {
+        self.dir.join("shared")
+    }
+
+    /// The status tasks get when the VM went away under them: 128 + the
+    /// signal that killed the VMM, else 255.
+    pub fn exit_status(&self) -> Option<u32> {
+        self.exit.get().copied()
+    }
+
+    /// Polls the VMM; once it has exited, records the status, drops its
+    /// run directory and returns the status.
+    pub fn poll_exit(&self) -> Option<u32> {
+        if let Some(s) = self.exit.get() {
+            return Some(*s);
+        }
+        let mut guard = self.sandbox.lock().ok()?;
+        let sandbox = guard.as_mut()?;
+        let status = match sandbox.vm_mut().try_wait() {
+            Ok(Some(status)) => status,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!("polling the VMM: {e}");
+                return None;
+            }
+        };
+        let code = status.signal().map_or(255, |s| 128 + s.unsigned_abs());
+        tracing::warn!(%status, "the sandbox VM exited");
+        // Dropping the sandbox removes the VMM's run directory.
+        drop(guard.take());
+        let _ = self.exit.set(code);
+        Some(code)
+    }
+
+    /// Shuts the VM down (agent Shutdown, kill after a timeout), unmounts
+    /// the shared directory and removes the sandbox directory. Blocking.
+    pub fn shutdown(&self) {
+        self.shut.store(true, Ordering::SeqCst);
+        let sandbox = self.sandbox.lock().ok().and_then(|mut g| g.take());
+        if let Some(sandbox) = sandbox {
+            if let Err(e) = sandbox.shutdown(Duration::from_secs(10)) {
+                tracing::warn!("sandbox VM shutdown: {e}");
+            }
+        }
+        let _ = self.exit.set(255);
+        remove_dir(&self.dir);
+    }
+}
+
+/// The guest kernel command line the shim adds: the share's tag, the
+/// host name (when it is a plain DNS name) and the configured extras.
+fn cmdline(shape: &VmShape, hostname: Option<&str>) -> String {
+    let mut parts = vec![format!("nacre.shared={SHARED_TAG}")];
+    if let Some(h) = hostname.filter(|h| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    }) {
+        parts.push(format!("nacre.hostname={h}"));
+    }
+    if !shape.kernel_params.trim().is_empty() {
+        parts.push(shape.kernel_params.trim().to_string());
+    }
+    parts.join(" ")
+}
+
+/// Unmounts everything under the sandbox directory `dir` and removes it.
+pub fn remove_dir(dir: &Path) {
+    unmount_all(dir);
+    let left = mounts::mounts_under(dir);
+    if !left.is_empty() {
+        tracing::warn!(
+            ?left,
+            "mounts remain under {}; not removing it",
+            dir.display()
+        );
+        return;
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("removing {}: {e}", dir.display());
+        }
+    }
+}
+
+/// Lazily unmounts every mount at or under `dir`, deepest first.
+pub fn unmount_all(dir: &Path) {
+    for _ in 0..8 {
+        let mut left = mounts::mounts_under(dir);
+        if left.is_empty() {
+            return;
+        }
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in left {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: a NUL-terminated path that outlives the call.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! VM tier: a private containerd runs tasks through `containerd-shim-nacre-v2`.
+//!
+//! Three VM boots: (1) `ctr run --rm` of a one-shot task (guest kernel,
+//! exit code, stdin, 10 MiB of output); (2) a long-running task for exec,
+//! TTY, pids, pause/resume, metrics, containerd restart, kill and delete;
+//! (3) kill -9 of the VMM under a running task. Bad input needs no boot.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failure is a test failure"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Containerd, RUNTIME};
+
+const IMAGE_BASE: &str = "docker.io/library/nacre-busybox";
+const IMAGE: &str = "docker.io/library/nacre-busybox:latest";
+const OUTPUT_BYTES: usize = 10 * 1024 * 1024;
+
+fn setup(name: &str) -> Option<(Containerd, String)> {
+    if !common::require_root(name) {
+        return None;
+    }
+    let prereqs = nacre_runtime::testing::vm_prereqs(name)?;
+    let env = vec![
+        (
+            "NACRE_KERNEL".to_string(),
+            prereqs.image.kernel.display().to_string(),
+        ),
+        (
+            "NACRE_INITRD".to_string(),
+            prereqs.image.initrd.display().to_string(),
+        ),
+        ("NACRE_VMM".to_string(), prereqs.vmm.display().to_string()),
+        ("RUST_LOG".to_string(), "debug".to_string()),
+    ];
+    let ctd = Containerd::start(name, env);
+    let image_dir = ctd.dir.join("image");
+    std::fs::create_dir_all(&image_dir).unwrap();
+    let archive = common::image::build(&image_dir);
+    ctd.import(&archive, IMAGE_BASE);
+    let images = ctd.ctr_ok(&["images", "ls", "-q"]);
+    assert!(images.contains(IMAGE), "imported images: {images}");
+    let host_release = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    Some((ctd, host_release))
+}
+
+/// Nothing of sandbox `id` is left on the host: no VMM, shim, mount or
+/// directory.
+fn assert_sandbox_gone(ctd: &Containerd, id: &str) {
+    let dir = nacre_shim::layout::sandbox_dir(common::NS, id);
+    ctd.wait_until(
+        "the sandbox to be cleaned up",
+        Duration::from_secs(60),
+        || !dir.exists() && common::pids_with(&dir.display().to_string()).is_empty(),
+    );
+    assert!(
+        nacre_runtime::container::mounts::mounts_under(&dir).is_empty(),
+        "mounts left under {}",
+        dir.display()
+    );
+    let bundle_mounts = nacre_runtime::container::mounts::mounts_under(&ctd.dir)
+        .into_iter()
+        .filter(|m| m.contains(id))
+        .collect::<Vec<_>>();
+    assert!(bundle_mounts.is_empty(), "mounts left: {bundle_mounts:?}");
+}
+
+#[test]
+fn ctr_run_rm_prints_the_guest_kernel_and_propagates_exit_stdin_output() {
+    let Some((ctd, host_release)) = setup("run-rm") else {
+        return;
+    };
+    // Bad input first (no boot): an unknown nacre annotation and an
+    // oversize VM are refused with a clear error, and leave nothing.
+    for (annotation, expect) in [
+        ("io.nacre.vm.gpus=1", "unknown nacre annotation"),
+        ("io.nacre.vm.memory_mib=99999999", "99999999 MiB"),
+    ] {
+        let out = ctd.ctr(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            "--annotation",
+            annotation,
+            IMAGE,
+            "bad",
+            "true",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{annotation} was accepted");
+        assert!(err.contains(expect), "{annotation}: {err}");
+        let _ = ctd.ctr(&["containers", "rm", "bad"]);
+        assert_sandbox_gone(&ctd, "bad");
+    }
+
+    let script = format!(
+        "uname -r; read line; echo \"got:$line\"; yes nacre-output | head -c {OUTPUT_BYTES}; exit 7"
+    );
+    let out = ctd.ctr_input(
+        &[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            IMAGE,
+            "once",
+            "sh",
+            "-c",
+            &script,
+        ],
+        b"hello-from-the-host\n",
+    );
+    let stdout = out.stdout;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "ctr run: {stderr}\n--- log ---\n{}",
+        common::tail(&ctd.log(), 80)
+    );
+    let mut lines = stdout.splitn(3, |b| *b == b'\n');
+    let release = String::from_utf8_lossy(lines.next().unwrap()).to_string();
+    assert!(release.starts_with("6.1."), "guest release {release:?}");
+    assert_ne!(release, host_release, "ran on the host kernel");
+    let got = String::from_utf8_lossy(lines.next().unwrap()).to_string();
+    assert_eq!(got, "got:hello-from-the-host");
+    let rest = lines.next().unwrap_or_default();
+    let expected: Vec<u8> = b"nacre-output\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(OUTPUT_BYTES)
+        .collect();
+    assert_eq!(rest.len(), expected.len(), "output length");
+    assert!(rest == expected.as_slice(), "10 MiB of output differ");
+    assert_sandbox_gone(&ctd, "once");
+    assert!(ctd.task_status("once").is_none());
+}
+
+fn exec_out(ctd: &Containerd, args: &[&str]) -> (Option<i32>, String) {
+    let out = ctd.ctr(args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
+    let Some((mut ctd, _)) = setup("long") else {
+        return;
+    };
+    let id = "long";
+    ctd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        id,
+        "sleep",
+        "100000",
+    ]);
+    assert_eq!(ctd.task_status(id).as_deref(), Some("RUNNING"));
+
+    let (code, out) = exec_out(
+        &ctd,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            id,
+            "sh",
+            "-c",
+            "echo exec-ok; uname -r; exit 3",
+        ],
+    );
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("exec-ok") && out.contains("6.1."), "{out}");
+
+    // A TTY: ctr -t needs a terminal of its own; script(1) gives it one.
+    let tty_cmd = format!(
+        "ctr -a {} -n {} task exec -t --exec-id t1 {id} sh -c 'tty; echo tty-ok'",
+        ctd.socket().display(),
+        common::NS
+    );
+    let out = Command::new("script")
+        .args(["-qec", &tty_cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tty-ok"), "tty exec: {text}");
+    assert!(
+        text.contains("/dev/pts/"),
+        "no terminal in the guest: {text}"
+    );
+
+    let pids = ctd.ctr_ok(&["task", "ps", id]);
+    assert!(pids.lines().count() >= 2, "ctr task ps: {pids}");
+
+    ctd.ctr_ok(&["task", "pause", id]);
+    assert_eq!(ctd.task_status(id).as_deref(), Some("PAUSED"));
+    ctd.ctr_ok(&["task", "resume", id]);
+    assert_eq!(ctd.task_status(id).as_deref(), Some("RUNNING"));
+
+    let metrics = ctd.ctr_ok(&["task", "metrics", id]);
+    let lower = metrics.to_lowercase();
+    assert!(lower.contains("memory"), "metrics: {metrics}");
+    assert!(lower.contains("cpu"), "metrics: {metrics}");
+
+    let out = ctd.ctr(&["task", "checkpoint", id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not supported"),
+        "{err}"
+    );
+
+    // containerd restarts; the shim and the task survive.
+    ctd.restart();
+    assert_eq!(ctd.task_status(id).as_deref(), Some("RUNNING"));
+    let (code, out) = exec_out(
+        &ctd,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "e2",
+            id,
+            "echo",
+            "after-restart",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("after-restart"), "{out}");
+
+    ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+    ctd.wait_until("the task to stop", Duration::from_secs(60), || {
+        ctd.task_status(id).as_deref() == Some("STOPPED")
+    });
+    ctd.ctr_ok(&["task", "delete", id]);
+    assert!(ctd.task_status(id).is_none());
+    ctd.ctr_ok(&["containers", "rm", id]);
+    assert_sandbox_gone(&ctd, id);
+}
+
+#[test]
+fn vm_death_ends_the_task_and_frees_everything() {
+    let Some((ctd, _)) = setup("vmdeath") else {
+        return;
+    };
+    let id = "vmdeath";
+    ctd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        id,
+        "sleep",
+        "100000",
+    ]);
+    let dir = nacre_shim::layout::sandbox_dir(common::NS, id);
+    let pid_file = dir.join("vm").join("vmm.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    // SAFETY: kill(2) of the VMM this test started through containerd.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    ctd.wait_until("the task to stop", Duration::from_secs(60), || {
+        ctd.task_status(id).as_deref() == Some("STOPPED")
+    });
+    let out = ctd.ctr_ok(&["task", "delete", id]);
+    assert!(out.contains("137") || out.is_empty(), "{out}");
+    ctd.ctr_ok(&["containers", "rm", id]);
+    assert_sandbox_gone(&ctd, id);
+}
