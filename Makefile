@@ -24,7 +24,7 @@ INITRD := $(GUEST_DIR)/initrd.cpio
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio \
 	linux-source-6.1 busybox-static qemu-system-x86 \
 	iproute2 procps runc crun podman containerd containernetworking-plugins \
-	protobuf-compiler
+	protobuf-compiler util-linux
 
 export NACRE_CACHE
 
@@ -66,6 +66,7 @@ guest: deps kernel initrd
 install: build guest
 	install -D -m 0755 target/release/nacre-vmm $(PREFIX)/bin/nacre-vmm
 	install -D -m 0755 target/release/nacre $(PREFIX)/bin/nacre
+	install -D -m 0755 target/release/containerd-shim-nacre-v2 $(PREFIX)/bin/containerd-shim-nacre-v2
 	install -D -m 0644 $(KERNEL) $(PREFIX)/share/nacre/vmlinux
 	install -D -m 0644 $(INITRD) $(PREFIX)/share/nacre/initrd.cpio
 
