@@ -66,6 +66,7 @@ impl Vm {
             memory_mib: shape.memory_mib,
             extra_cmdline: Some(cmdline(shape, hostname)),
             shared_dirs: vec![(SHARED_TAG.to_string(), shared.clone())],
+            nets: Vec::new(),
             image,
         };
         let timeout = match config.vm.boot_timeout_secs {
