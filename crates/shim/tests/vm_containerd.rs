@@ -209,8 +209,10 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
     assert!(out.contains("exec-ok") && out.contains("6.1."), "{out}");
 
     // A TTY: ctr -t needs a terminal of its own; script(1) gives it one.
+    // (ttyname fails in the container: the agent's pty lives in the
+    // guest's devpts, not the container's; isatty is what matters.)
     let tty_cmd = format!(
-        "ctr -a {} -n {} task exec -t --exec-id t1 {id} sh -c 'tty; echo tty-ok'",
+        "ctr -a {} -n {} task exec -t --exec-id t1 {id} sh -c '[ -t 0 ] && [ -t 1 ] && echo tty-ok'",
         ctd.socket().display(),
         common::NS
     );
@@ -221,10 +223,6 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("tty-ok"), "tty exec: {text}");
-    assert!(
-        text.contains("/dev/pts/"),
-        "no terminal in the guest: {text}"
-    );
 
     let pids = ctd.ctr_ok(&["task", "ps", id]);
     assert!(pids.lines().count() >= 2, "ctr task ps: {pids}");
