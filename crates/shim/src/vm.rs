@@ -17,8 +17,12 @@ use nacre_runtime::vm::VmSpec;
 use crate::config::{Config, VmShape};
 use crate::error::ShimError;
 
-/// Bound of each agent call (blocking stdio and wait calls have none).
-const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bound of each agent call (blocking stdio and wait calls have none):
+/// as long as a boot may take, at least two minutes. A starved guest on a
+/// loaded host where kernel mode is emulated answers slowly.
+fn call_timeout() -> Duration {
+    default_boot_timeout().max(Duration::from_secs(120))
+}
 
 /// One booted sandbox VM.
 #[derive(Debug)]
@@ -84,7 +88,7 @@ impl Vm {
                 let client = TtrpcAgentClient::connect(
                     Endpoint::agent_vsock(sandbox.vm().vsock_socket()),
                     ClientOptions {
-                        call_timeout: CALL_TIMEOUT,
+                        call_timeout: call_timeout(),
                         ..ClientOptions::default()
                     },
                 )

@@ -244,6 +244,48 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
         "{err}"
     );
 
+    // A second container of the same sandbox (the CRI annotation) joins
+    // the running shim and VM; its output goes to a file:// log.
+    let log = ctd.dir.join("c2.log");
+    let log_uri = format!("file://{}", log.display());
+    ctd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=long",
+        "--log-uri",
+        &log_uri,
+        IMAGE,
+        "long-c2",
+        "sh",
+        "-c",
+        "echo to-the-log; uname -r; sleep 100000",
+    ]);
+    let sandbox = nacre_shim::layout::sandbox_dir(common::NS, id);
+    let vmms: Vec<u32> = common::pids_with(&sandbox.display().to_string())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .unwrap_or_default()
+                .trim()
+                == "nacre-vmm"
+        })
+        .collect();
+    assert_eq!(vmms.len(), 1, "one VM for the sandbox: {vmms:?}");
+    ctd.wait_until("the file:// log", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("to-the-log") && l.contains("6.1."))
+    });
+    ctd.ctr_ok(&["task", "kill", "-s", "SIGKILL", "long-c2"]);
+    ctd.wait_until("long-c2 to stop", Duration::from_secs(60), || {
+        ctd.task_status("long-c2").as_deref() == Some("STOPPED")
+    });
+    ctd.ctr_ok(&["task", "delete", "long-c2"]);
+    ctd.ctr_ok(&["containers", "rm", "long-c2"]);
+    // The sandbox's VM stays for its other container.
+    assert!(Path::new(&format!("/proc/{}", vmms[0])).exists());
+
     // containerd restarts; the shim and the task survive.
     ctd.restart();
     assert_eq!(ctd.task_status(id).as_deref(), Some("RUNNING"));
