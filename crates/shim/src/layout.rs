@@ -3,7 +3,6 @@
 //!
 //! ```text
 //! /run/nacre-shim/<hash of namespace and sandbox id>/
-//!     sandbox          "<namespace>/<sandbox id>"
 //!     vm/              the VMM's run directory (sockets, logs, vmm.pid)
 //!     shared/          private bind mount, served as virtio-fs tag `nacre`
 //!         <cid>/rootfs       bind of <bundle>/rootfs (containerd's mounts)
