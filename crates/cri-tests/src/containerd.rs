@@ -68,6 +68,7 @@ pub struct CriContainerd {
     /// The pod subnet (`10.243.N.0/24`) and its gateway on the bridge.
     pub subnet: String,
     pub gateway: String,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -96,6 +97,12 @@ impl CriContainerd {
     /// Writes the config and CNI conflist, starts containerd, waits for
     /// CRI, and imports the pause and test images.
     pub fn start(name: &str) -> Result<Self, HarnessError> {
+        Self::start_with_env(name, Vec::new())
+    }
+
+    /// [`CriContainerd::start`] with extra environment for containerd and
+    /// so for the shims it starts (guest image, VMM).
+    pub fn start_with_env(name: &str, env: Vec<(String, String)>) -> Result<Self, HarnessError> {
         let pid = std::process::id();
         let dir = PathBuf::from(format!("/tmp/nacre-cri-{name}-{pid}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -106,6 +113,7 @@ impl CriContainerd {
             subnet: format!("10.243.{n}.0/24"),
             gateway: format!("10.243.{n}.1"),
             dir,
+            env,
             child: None,
         };
         me.write_files()?;
@@ -203,6 +211,7 @@ state = "{d}/state"
             .arg(self.dir.join("config.toml"))
             .args(["--log-level", "debug"])
             .env("PATH", path)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

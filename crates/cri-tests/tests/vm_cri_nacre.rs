@@ -1,0 +1,287 @@
+//! VM tier, issue 5's acceptance through CRI: a nacre pod (one VM) next to
+//! a runc pod on one containerd. One VM boot for the pod tests; the
+//! connectivity test boots a second one.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nacre_cri_tests::containerd::{target_bin_dir, CriContainerd};
+use nacre_cri_tests::cri::v1::Mount;
+use nacre_cri_tests::cri::CriClient;
+
+const SHIM: &str = "containerd-shim-nacre-v2";
+
+/// One VM test at a time: each boots guests on a small, shared host.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The private containerd with the guest image for the shim, or `None`
+/// (skipped outside CI) when a prerequisite lacks.
+fn setup(test: &str) -> Option<CriContainerd> {
+    if !nacre_runtime::testing::root_prereqs(test) {
+        return None;
+    }
+    let prereqs = nacre_runtime::testing::vm_prereqs(test)?;
+    let shim = target_bin_dir().map(|d| d.join(SHIM));
+    if !shim.as_ref().is_some_and(|s| s.exists()) {
+        let why = format!("{SHIM} is not built next to the tests ({shim:?}); build the workspace");
+        assert!(
+            !nacre_runtime::testing::vm_tests_required(),
+            "{test}: {why}"
+        );
+        eprintln!("SKIPPED VM test {test}: {why}");
+        return None;
+    }
+    let env = vec![
+        (
+            "NACRE_KERNEL".into(),
+            prereqs.image.kernel.display().to_string(),
+        ),
+        (
+            "NACRE_INITRD".into(),
+            prereqs.image.initrd.display().to_string(),
+        ),
+        ("NACRE_VMM".into(), prereqs.vmm.display().to_string()),
+    ];
+    Some(CriContainerd::start_with_env(test, env).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn client(ctd: &CriContainerd) -> CriClient {
+    let mut cri = ctd.client().unwrap();
+    // A guest boot takes 30-200 s on a loaded host with emulated kernel mode.
+    cri.timeout = Duration::from_secs(600);
+    cri
+}
+
+fn boot_id(cri: &CriClient, c: &str) -> String {
+    exec_ok(cri, c, &["cat", "/proc/sys/kernel/random/boot_id"])
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn nacre_pod_next_to_a_runc_pod() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "vm_cri_nacre::nacre_pod_next_to_a_runc_pod";
+    let netns_before = cni_netns();
+    let Some(ctd) = setup(test) else { return };
+    let cri = client(&ctd);
+    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+
+    // runc pod.
+    let runc_cfg = pod_config(&ctd, "runc-pod", "runc-host");
+    let runc_pod = cri.run_pod_sandbox(&runc_cfg, "runc").unwrap();
+    let runc_c = run_container(
+        &cri,
+        &runc_pod,
+        &runc_cfg,
+        &container_config(
+            "web",
+            &["httpd", "-f", "-p", "8080", "-h", "/var/www"],
+            vec![],
+        ),
+    );
+    let runc_ip = cri.pod_ip(&runc_pod).unwrap();
+
+    // nacre pod: two containers, an emptyDir both mount, a read-only hostPath.
+    let empty_dir = ctd.dir.join("volumes/empty");
+    let host_path = ctd.dir.join("volumes/config");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    std::fs::create_dir_all(&host_path).unwrap();
+    std::fs::write(host_path.join("setting"), "from the host\n").unwrap();
+    let mounts = |ro_config: bool| {
+        let mut m = vec![Mount {
+            container_path: "/data".into(),
+            host_path: empty_dir.to_string_lossy().into_owned(),
+            ..Default::default()
+        }];
+        if ro_config {
+            m.push(Mount {
+                container_path: "/config".into(),
+                host_path: host_path.to_string_lossy().into_owned(),
+                readonly: true,
+                ..Default::default()
+            });
+        }
+        m
+    };
+    let vm_cfg = pod_config(&ctd, "vm-pod", "vm-host");
+    let vm_pod = cri
+        .run_pod_sandbox(&vm_cfg, "nacre")
+        .unwrap_or_else(|e| panic!("RunPodSandbox(nacre): {e}\n{}", ctd.log_tail(40)));
+    let vm_ip = cri.pod_ip(&vm_pod).unwrap();
+    assert_ne!(vm_ip, runc_ip);
+    let shims = pids_of(SHIM, &ctd.socket().to_string_lossy());
+    assert_eq!(shims.len(), 1, "one shim per nacre pod: {shims:?}");
+    let vmms: Vec<u32> = shims
+        .iter()
+        .flat_map(|s| children_named(*s, "nacre-vmm"))
+        .collect();
+    assert_eq!(vmms.len(), 1, "one VM per nacre pod: {vmms:?}");
+
+    let web = run_container(
+        &cri,
+        &vm_pod,
+        &vm_cfg,
+        &container_config(
+            "web",
+            &["httpd", "-f", "-p", "8081", "-h", "/var/www"],
+            mounts(true),
+        ),
+    );
+    let side = run_container(
+        &cri,
+        &vm_pod,
+        &vm_cfg,
+        &container_config("side", &["sleep", "3600"], mounts(false)),
+    );
+    // Still one VM: the pod's containers joined it.
+    let vmms_now: Vec<u32> = shims
+        .iter()
+        .flat_map(|s| children_named(*s, "nacre-vmm"))
+        .collect();
+    assert_eq!(vmms_now, vmms, "a container of the pod got a VM of its own");
+    let guest_boot = boot_id(&cri, &web);
+    assert_eq!(
+        boot_id(&cri, &side),
+        guest_boot,
+        "containers of one pod in different VMs"
+    );
+    assert_ne!(guest_boot, host_boot.trim());
+
+    let guest_release = exec_ok(&cri, &web, &["uname", "-r"]).trim().to_string();
+    assert_ne!(
+        guest_release,
+        host_release(),
+        "nacre pod runs on the host kernel"
+    );
+    assert_eq!(
+        exec_ok(&cri, &runc_c, &["uname", "-r"]).trim(),
+        host_release()
+    );
+
+    // Hostname and DNS from the CRI request.
+    assert_eq!(exec_ok(&cri, &web, &["hostname"]).trim(), "vm-host");
+    let resolv = exec_ok(&cri, &side, &["cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+    assert!(resolv.contains("search test.svc.cluster.local"), "{resolv}");
+
+    // emptyDir shared by the two containers (and the host directory).
+    exec_ok(&cri, &web, &["sh", "-c", "echo shared > /data/note"]);
+    assert_eq!(exec_ok(&cri, &side, &["cat", "/data/note"]), "shared\n");
+    assert_eq!(
+        std::fs::read_to_string(empty_dir.join("note")).unwrap(),
+        "shared\n"
+    );
+
+    // Read-only hostPath.
+    assert_eq!(
+        exec_ok(&cri, &web, &["cat", "/config/setting"]),
+        "from the host\n"
+    );
+    let denied = cri.exec_sync(&web, &["touch", "/config/new"], 60).unwrap();
+    assert_ne!(denied.exit_code, 0, "wrote into a read-only hostPath");
+    assert!(!host_path.join("new").exists());
+
+    // Status, stats, listing.
+    let mut listed = cri.list_containers(&vm_pod).unwrap();
+    listed.sort();
+    let mut want = vec![web.clone(), side.clone()];
+    want.sort();
+    assert_eq!(listed, want);
+    let stats = cri.container_stats(&web).unwrap();
+    assert!(stats.memory.is_some(), "no memory stats: {stats:?}");
+
+    // Teardown leaves nothing: VM, shim, netns, mounts.
+    for c in [&web, &side] {
+        cri.stop_container(c, 10).unwrap();
+        cri.remove_container(c).unwrap();
+    }
+    cri.stop_pod_sandbox(&vm_pod).unwrap();
+    cri.remove_pod_sandbox(&vm_pod).unwrap();
+    cri.stop_pod_sandbox(&runc_pod).unwrap();
+    cri.remove_pod_sandbox(&runc_pod).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while vmms.iter().chain(&shims).any(|p| alive(*p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VM or shim outlived its pod"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        cni_netns(),
+        netns_before,
+        "CNI network namespace left behind"
+    );
+    let mounts_left =
+        nacre_runtime::container::mounts::mounts_under(std::path::Path::new("/run/nacre-shim"));
+    assert!(mounts_left.is_empty(), "mounts left: {mounts_left:?}");
+}
+
+/// Pod-to-pod traffic across runtimes, and localhost between the two
+/// containers of a nacre pod. Needs the shim to wire the pod network
+/// (`nacre_runtime::network`) into the VM.
+#[test]
+#[ignore = "containerd-shim-nacre-v2 does not attach the pod network to the VM yet (docs/kubernetes.md, Status)"]
+fn nacre_and_runc_pods_reach_each_other() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "vm_cri_nacre::nacre_and_runc_pods_reach_each_other";
+    let Some(ctd) = setup(test) else { return };
+    let cri = client(&ctd);
+    let runc_cfg = pod_config(&ctd, "runc-pod", "runc-host");
+    let runc_pod = cri.run_pod_sandbox(&runc_cfg, "runc").unwrap();
+    let runc_c = run_container(
+        &cri,
+        &runc_pod,
+        &runc_cfg,
+        &container_config(
+            "web",
+            &["httpd", "-f", "-p", "8080", "-h", "/var/www"],
+            vec![],
+        ),
+    );
+    let runc_ip = cri.pod_ip(&runc_pod).unwrap();
+    let vm_cfg = pod_config(&ctd, "vm-pod", "vm-host");
+    let vm_pod = cri.run_pod_sandbox(&vm_cfg, "nacre").unwrap();
+    let vm_ip = cri.pod_ip(&vm_pod).unwrap();
+    let web = run_container(
+        &cri,
+        &vm_pod,
+        &vm_cfg,
+        &container_config(
+            "web",
+            &["httpd", "-f", "-p", "8081", "-h", "/var/www"],
+            vec![],
+        ),
+    );
+    let side = run_container(
+        &cri,
+        &vm_pod,
+        &vm_cfg,
+        &container_config("side", &["sleep", "3600"], vec![]),
+    );
+    // The guest has the pod IP.
+    let addrs = exec_ok(&cri, &web, &["ip", "-4", "addr"]);
+    assert!(addrs.contains(&format!("inet {vm_ip}/")), "{addrs}");
+    // localhost between the containers of the nacre pod.
+    let page = exec_ok(&cri, &side, &["wget", "-qO-", "http://127.0.0.1:8081/"]);
+    assert_eq!(page, "hello from a pod\n");
+    // nacre -> runc and runc -> nacre.
+    let page = exec_ok(
+        &cri,
+        &web,
+        &["wget", "-qO-", &format!("http://{runc_ip}:8080/")],
+    );
+    assert_eq!(page, "hello from a pod\n");
+    let page = exec_ok(
+        &cri,
+        &runc_c,
+        &["wget", "-qO-", &format!("http://{vm_ip}:8081/")],
+    );
+    assert_eq!(page, "hello from a pod\n");
+    // The host reaches the nacre pod.
+    assert!(http_get(&vm_ip, 8081).contains("hello from a pod"));
+}
