@@ -104,6 +104,12 @@ impl CriContainerd {
     /// so for the shims it starts (guest image, VMM).
     pub fn start_with_env(name: &str, env: Vec<(String, String)>) -> Result<Self, HarnessError> {
         let pid = std::process::id();
+        // Only [A-Za-z0-9-] in the path: overlay mount options split on
+        // ':' and ','.
+        let name: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
         let dir = PathBuf::from(format!("/tmp/nacre-cri-{name}-{pid}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("cni")).map_err(io("mkdir", &dir))?;

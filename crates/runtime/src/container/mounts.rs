@@ -93,8 +93,12 @@ pub fn setup_shared(paths: &ContainerPaths, bundle: &Bundle) -> Result<(), Conta
 /// source at `<dir>/mounts/<n>` (the layout the guest spec names, see
 /// [`super::spec::Bundle::guest_spec`]). `dir` lies in an already private
 /// shared directory; the caller unmounts it on failure.
+///
+/// The rootfs is shared read-write even when `root.readonly` is set: as
+/// with runc, mount points (e.g. CRI's `/etc/resolv.conf`) are created in
+/// it before the agent remounts the container's root read-only.
 pub fn bind_container(bundle: &Bundle, dir: &Path) -> Result<(), ContainerError> {
-    bind(&bundle.rootfs, &dir.join("rootfs"), bundle.readonly)?;
+    bind(&bundle.rootfs, &dir.join("rootfs"), false)?;
     for b in &bundle.binds {
         bind(
             &b.source,
