@@ -8,3 +8,4 @@ pub mod boot;
 pub mod container;
 pub mod memory;
 pub mod report;
+pub mod template;
