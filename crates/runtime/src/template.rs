@@ -273,12 +273,28 @@ pub enum StartKind {
     Cold(Option<String>),
 }
 
+/// The kernel command line a cold boot gets for `identity`: what a
+/// restored guest is told by `Agent.Restored` instead.
+pub fn cold_cmdline(spec: &VmSpec, identity: &RestoredIdentity) -> VmSpec {
+    let mut parts: Vec<String> = spec.extra_cmdline.iter().cloned().collect();
+    if let Some(tag) = &identity.shared_tag {
+        parts.push(format!("nacre.shared={tag}"));
+    }
+    if !identity.hostname.is_empty() {
+        parts.push(format!("nacre.hostname={}", identity.hostname));
+    }
+    VmSpec {
+        extra_cmdline: (!parts.is_empty()).then(|| parts.join(" ")),
+        ..spec.clone()
+    }
+}
+
 /// Starts a sandbox of `spec` in `dir`: restored from its template (made
 /// on first use) when `store` is given, else, or when anything about the
 /// template fails, booted cold. A template the VMM refuses is removed, so
-/// the next start makes a new one. `identity` is given to a restored
-/// agent; its `shared_tag` is mounted there (a cold boot mounts what the
-/// command line says).
+/// the next start makes a new one. `spec.extra_cmdline` must not carry the
+/// identity: a restored agent gets `identity` over `Agent.Restored`, a
+/// cold boot gets it on the command line ([`cold_cmdline`]).
 pub fn start_sandbox(
     store: Option<&TemplateStore>,
     vmm: &Path,
@@ -287,8 +303,9 @@ pub fn start_sandbox(
     identity: &RestoredIdentity,
     timeout: Duration,
 ) -> Result<(Sandbox, StartKind), SandboxError> {
+    let cold = cold_cmdline(spec, identity);
     let Some(store) = store else {
-        return Sandbox::boot(vmm, spec, dir, timeout).map(|s| (s, StartKind::Cold(None)));
+        return Sandbox::boot(vmm, &cold, dir, timeout).map(|s| (s, StartKind::Cold(None)));
     };
     let reason = match store.get_or_create(vmm, spec, timeout) {
         Ok(template) => {
@@ -313,7 +330,7 @@ pub fn start_sandbox(
         Err(e) => e.to_string(),
     };
     tracing::warn!("template not used, booting cold: {reason}");
-    Sandbox::boot(vmm, spec, dir, timeout).map(|s| (s, StartKind::Cold(Some(reason))))
+    Sandbox::boot(vmm, &cold, dir, timeout).map(|s| (s, StartKind::Cold(Some(reason))))
 }
 
 #[cfg(test)]
@@ -351,6 +368,25 @@ mod tests {
             .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("vmm") && e.contains("missing")));
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cold_boots_get_the_identity_on_the_command_line() {
+        let dir = std::env::temp_dir();
+        let mut s = spec(&dir);
+        let mut id = RestoredIdentity::new("pod-1", "c1").unwrap_or_else(|e| panic!("{e}"));
+        id.shared_tag = Some("nacre".into());
+        assert_eq!(
+            cold_cmdline(&s, &id).extra_cmdline.as_deref(),
+            Some("nacre.shared=nacre nacre.hostname=pod-1")
+        );
+        s.extra_cmdline = Some("nacre.log=info".into());
+        id.hostname.clear();
+        id.shared_tag = None;
+        assert_eq!(
+            cold_cmdline(&s, &id).extra_cmdline.as_deref(),
+            Some("nacre.log=info")
+        );
     }
 
     #[test]

@@ -235,6 +235,7 @@ pub fn monitor(g: &Global, a: &MonitorArgs) -> Result<i32> {
         console_socket: a.console_socket.clone(),
         pid_file: a.pid_file.clone(),
         shared_fs: a.shared_fs,
+        templates: true,
     };
     Ok(run_monitor(&opts, &mut reporter))
 }

@@ -13,9 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
-use crate::agent::{AgentClient, ClientOptions, Endpoint, TtrpcAgentClient, INIT_EXEC_ID};
+use crate::agent::{
+    AgentClient, ClientOptions, Endpoint, RestoredIdentity, TtrpcAgentClient, INIT_EXEC_ID,
+};
 use crate::image::GuestImage;
 use crate::sandbox::{default_boot_timeout, Sandbox};
+use crate::template::{start_sandbox, TemplateStore};
 use crate::vm::VmSpec;
 
 use super::console::{open_pty, send_console};
@@ -44,6 +47,9 @@ pub struct MonitorOptions {
     pub pid_file: Option<PathBuf>,
     /// Serve the shared directory over virtio-fs (`--shared-dir`).
     pub shared_fs: bool,
+    /// Start the sandbox from a VM template when the environment allows
+    /// (`NACRE_TEMPLATES`, `NACRE_TEMPLATE_DIR`; see `crate::template`).
+    pub templates: bool,
 }
 
 static TERMINATE: AtomicBool = AtomicBool::new(false);
@@ -109,7 +115,6 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
     let paths = &opts.paths;
     let bundle = Bundle::load(&opts.bundle_dir)?;
     let io = console_io(opts.console_socket.as_deref())?;
-    let mut cmdline = Vec::new();
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut spec = VmSpec {
         vcpus: opts
@@ -118,22 +123,40 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
         memory_mib: opts.memory_mib.max(bundle.vm_memory_mib()),
         ..VmSpec::new(opts.image.clone())
     };
+    let hostname = bundle
+        .hostname
+        .as_deref()
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+        .unwrap_or("");
+    let mut identity =
+        RestoredIdentity::new(hostname, paths.id()).map_err(|source| ContainerError::Io {
+            what: "reading host entropy (getrandom) for",
+            path: paths.vm_dir(),
+            source,
+        })?;
     if opts.shared_fs {
-        cmdline.push(format!("nacre.shared={SHARED_TAG}"));
+        identity.shared_tag = Some(SHARED_TAG.to_string());
         spec.shared_dirs
             .push((SHARED_TAG.to_string(), paths.shared_dir()));
     }
-    if let Some(h) = bundle.hostname.as_deref().filter(|h| {
-        !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    }) {
-        cmdline.push(format!("nacre.hostname={h}"));
-    }
-    if !cmdline.is_empty() {
-        spec.extra_cmdline = Some(cmdline.join(" "));
-    }
-    let sandbox = Sandbox::boot(&opts.vmm, &spec, &paths.vm_dir(), default_boot_timeout())?;
+    let store = if opts.templates {
+        TemplateStore::from_env()
+    } else {
+        None
+    };
+    let (sandbox, kind) = start_sandbox(
+        store.as_ref(),
+        &opts.vmm,
+        &spec,
+        &paths.vm_dir(),
+        &identity,
+        default_boot_timeout(),
+    )?;
+    tracing::info!(id = paths.id(), ?kind, "sandbox started");
     let agent = Arc::new(connect_agent(paths)?);
     if let Err(e) = agent.set_time(SystemTime::now()) {
         tracing::warn!("setting the guest clock: {e}");
