@@ -225,7 +225,6 @@ fn nacre_pod_next_to_a_runc_pod() {
 /// containers of a nacre pod. Needs the shim to wire the pod network
 /// (`nacre_runtime::network`) into the VM.
 #[test]
-#[ignore = "containerd-shim-nacre-v2 does not attach the pod network to the VM yet (docs/kubernetes.md, Status)"]
 fn nacre_and_runc_pods_reach_each_other() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let test = "vm_cri_nacre::nacre_and_runc_pods_reach_each_other";

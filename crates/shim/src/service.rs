@@ -248,10 +248,8 @@ impl Inner {
             None => {
                 let (dir, config, shape) =
                     (self.sandbox_dir.clone(), config.clone(), shape.clone());
-                let hostname = spec_hostname(bundle);
-                let vm = Arc::new(
-                    blocking(move || Vm::boot(&dir, &config, &shape, hostname.as_deref())).await?,
-                );
+                let pod = crate::podnet::PodSpec::load(bundle);
+                let vm = Arc::new(blocking(move || Vm::boot(&dir, &config, &shape, &pod)).await?);
                 *guard = Some(vm.clone());
                 spawn_watchdog(self.clone(), vm.clone());
                 vm
@@ -268,7 +266,13 @@ impl Inner {
                 .map_err(|e| ShimError::Internal(format!("sharing the rootfs with the VM: {e}")))?;
             let paths = ContainerPaths::new(&sandbox_dir, &id)
                 .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
-            let spec = serde_json::to_vec(&b.guest_spec(&paths))
+            let mut guest = b.guest_spec(&paths);
+            // A container in the pod's network namespace shares the VM's
+            // (the pod's, configured by the agent) instead of a new one.
+            if nacre_runtime::network::netns_path(&b.spec).is_some() {
+                nacre_runtime::network::join_vm_network(&mut guest);
+            }
+            let spec = serde_json::to_vec(&guest)
                 .map_err(|e| ShimError::Internal(format!("encoding the spec: {e}")))?;
             client
                 .create_container(&id, &spec)
@@ -772,13 +776,6 @@ impl Inner {
         let (id, what) = (cid.to_string(), format!("{what} of container {cid}"));
         blocking(move || f(&client, &id).map_err(ShimError::agent(what))).await
     }
-}
-
-/// `hostname` of the bundle's spec.
-fn spec_hostname(bundle: &Path) -> Option<String> {
-    let bytes = std::fs::read(bundle.join("config.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("hostname")?.as_str().map(str::to_string)
 }
 
 fn delete_response(pid: u32, exit: Exit) -> DeleteResponse {

@@ -11,11 +11,13 @@ use nacre_runtime::agent::{ClientOptions, Endpoint, TtrpcAgentClient};
 use nacre_runtime::container::mounts;
 use nacre_runtime::container::paths::SHARED_TAG;
 use nacre_runtime::image::{locate_vmm, GuestImage};
+use nacre_runtime::network::{self, PodNetwork};
 use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
 use nacre_runtime::vm::VmSpec;
 
 use crate::config::{Config, VmShape};
 use crate::error::ShimError;
+use crate::podnet::{self, PodSpec};
 
 /// Bound of each agent call (blocking stdio and wait calls have none):
 /// as long as a boot may take, at least two minutes. A starved guest on a
@@ -33,18 +35,23 @@ pub struct Vm {
     exit: OnceLock<u32>,
     pid: u32,
     shut: AtomicBool,
+    /// The pod network the VM is attached to, torn down once the VMM
+    /// has exited.
+    net: Mutex<Option<PodNetwork>>,
 }
 
 impl Vm {
     /// Creates the sandbox directory `dir` and its private shared
-    /// directory, boots the VM and waits for its agent. Blocking. On
-    /// failure nothing is left behind.
+    /// directory, attaches the pod network (when `pod` names a network
+    /// namespace), boots the VM, waits for its agent and has it configure
+    /// the network. Blocking. On failure nothing is left behind.
     pub fn boot(
         dir: &Path,
         config: &Config,
         shape: &VmShape,
-        hostname: Option<&str>,
+        pod: &PodSpec,
     ) -> Result<Self, ShimError> {
+        let hostname = pod.hostname.as_deref();
         let image = match (&config.vm.kernel, &config.vm.initrd) {
             (None, None) => GuestImage::locate(),
             (k, i) => {
@@ -62,15 +69,32 @@ impl Vm {
         }
         .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
         let vmm = locate_vmm().map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+        let net = match &pod.netns {
+            Some(netns) => {
+                let net = network::attach(netns)
+                    .map_err(|e| ShimError::Internal(format!("attaching the pod network: {e}")))?;
+                tracing::info!(netns = %netns.display(), taps = net.endpoints().len(), "pod network attached");
+                Some(net)
+            }
+            None => None,
+        };
         let shared = dir.join("shared");
-        mounts::make_private_dir(&shared)
-            .map_err(|e| ShimError::Internal(format!("preparing {}: {e}", shared.display())))?;
+        if let Err(e) = mounts::make_private_dir(&shared) {
+            if let Some(n) = net {
+                podnet::teardown(n);
+            }
+            remove_dir(dir);
+            return Err(ShimError::Internal(format!(
+                "preparing {}: {e}",
+                shared.display()
+            )));
+        }
         let spec = VmSpec {
             vcpus: shape.vcpus,
             memory_mib: shape.memory_mib,
             extra_cmdline: Some(cmdline(shape, hostname)),
             shared_dirs: vec![(SHARED_TAG.to_string(), shared.clone())],
-            nets: Vec::new(),
+            nets: net.as_ref().map(PodNetwork::vm_nets).unwrap_or_default(),
             image,
         };
         let timeout = match config.vm.boot_timeout_secs {
@@ -81,6 +105,20 @@ impl Vm {
             Ok(sandbox) => {
                 if let Err(e) = sandbox.agent().set_time(std::time::SystemTime::now()) {
                     tracing::warn!("setting the guest clock: {e}");
+                }
+                if let Some(n) = &net {
+                    if let Err(e) = sandbox.agent().configure_network(&pod.guest_network(n)) {
+                        if let Err(e) = sandbox.shutdown(Duration::from_secs(10)) {
+                            tracing::warn!("sandbox VM shutdown: {e}");
+                        }
+                        if let Some(n) = net {
+                            podnet::teardown(n);
+                        }
+                        remove_dir(dir);
+                        return Err(ShimError::Internal(format!(
+                            "configuring the pod network in the VM: {e}"
+                        )));
+                    }
                 }
                 tracing::info!(pid = sandbox.vm().pid(), boot = ?sandbox.boot_time(), "sandbox VM ready");
                 // Container calls get more time than the boot probe's:
@@ -103,9 +141,13 @@ impl Vm {
                     dir: dir.to_path_buf(),
                     exit: OnceLock::new(),
                     shut: AtomicBool::new(false),
+                    net: Mutex::new(net),
                 })
             }
             Err(e) => {
+                if let Some(n) = net {
+                    podnet::teardown(n);
+                }
                 remove_dir(dir);
                 Err(ShimError::Internal(format!("booting the sandbox VM: {e}")))
             }
@@ -158,6 +200,7 @@ impl Vm {
         tracing::warn!(%status, "the sandbox VM exited");
         // Dropping the sandbox removes the VMM's run directory.
         drop(guard.take());
+        self.teardown_net();
         let _ = self.exit.set(code);
         Some(code)
     }
@@ -172,8 +215,20 @@ impl Vm {
                 tracing::warn!("sandbox VM shutdown: {e}");
             }
         }
+        self.teardown_net();
         let _ = self.exit.set(255);
         remove_dir(&self.dir);
+    }
+
+    /// Tears the pod network down (once the VMM has exited).
+    fn teardown_net(&self) {
+        let net = match self.net.lock() {
+            Ok(mut g) => g.take(),
+            Err(e) => e.into_inner().take(),
+        };
+        if let Some(n) = net {
+            podnet::teardown(n);
+        }
     }
 }
 
