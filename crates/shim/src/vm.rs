@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use nacre_runtime::agent::{ClientOptions, Endpoint, TtrpcAgentClient};
+use nacre_runtime::agent::{AgentClient, ClientOptions, Endpoint, TtrpcAgentClient};
 use nacre_runtime::container::mounts;
 use nacre_runtime::container::paths::SHARED_TAG;
 use nacre_runtime::image::{locate_vmm, GuestImage};
@@ -106,20 +106,6 @@ impl Vm {
                 if let Err(e) = sandbox.agent().set_time(std::time::SystemTime::now()) {
                     tracing::warn!("setting the guest clock: {e}");
                 }
-                if let Some(n) = &net {
-                    if let Err(e) = sandbox.agent().configure_network(&pod.guest_network(n)) {
-                        if let Err(e) = sandbox.shutdown(Duration::from_secs(10)) {
-                            tracing::warn!("sandbox VM shutdown: {e}");
-                        }
-                        if let Some(n) = net {
-                            podnet::teardown(n);
-                        }
-                        remove_dir(dir);
-                        return Err(ShimError::Internal(format!(
-                            "configuring the pod network in the VM: {e}"
-                        )));
-                    }
-                }
                 tracing::info!(pid = sandbox.vm().pid(), boot = ?sandbox.boot_time(), "sandbox VM ready");
                 // Container calls get more time than the boot probe's:
                 // a loaded host running emulated guests is slow.
@@ -134,6 +120,20 @@ impl Vm {
                     tracing::warn!("second agent connection: {e}; using the boot one");
                     sandbox.client()
                 });
+                if let Some(n) = &net {
+                    if let Err(e) = client.configure_network(&pod.guest_network(n)) {
+                        if let Err(e) = sandbox.shutdown(Duration::from_secs(10)) {
+                            tracing::warn!("sandbox VM shutdown: {e}");
+                        }
+                        if let Some(n) = net {
+                            podnet::teardown(n);
+                        }
+                        remove_dir(dir);
+                        return Err(ShimError::Internal(format!(
+                            "configuring the pod network in the VM: {e}"
+                        )));
+                    }
+                }
                 Ok(Self {
                     client,
                     pid: sandbox.vm().pid(),
