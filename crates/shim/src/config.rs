@@ -13,6 +13,7 @@
 //! initrd = "/usr/local/share/nacre/initrd.cpio"
 //! kernel_params = ""          # appended to the guest kernel command line
 //! boot_timeout_secs = 300
+//! templates = true            # restore sandboxes from VM templates
 //! ```
 
 use std::collections::HashMap;
@@ -89,6 +90,9 @@ pub struct VmConfig {
     /// Appended to the guest kernel command line.
     pub kernel_params: String,
     pub boot_timeout_secs: u64,
+    /// Start sandboxes from VM templates (also subject to
+    /// `NACRE_TEMPLATES` and `NACRE_TEMPLATE_DIR`).
+    pub templates: bool,
 }
 
 impl Default for Config {
@@ -111,6 +115,7 @@ impl Default for VmConfig {
             initrd: None,
             kernel_params: String::new(),
             boot_timeout_secs: 0,
+            templates: true,
         }
     }
 }
@@ -282,6 +287,9 @@ mod tests {
         assert_eq!(shape.vcpus, 2);
         assert_eq!(shape.memory_mib, 1024);
         assert_eq!(shape.kernel_params, "quiet debug");
+        assert!(c.vm.templates);
+        let off = Config::parse("[vm]\ntemplates = false\n", Path::new("x.toml")).unwrap();
+        assert!(!off.vm.templates);
     }
 
     #[test]

@@ -249,7 +249,9 @@ impl Inner {
                 let (dir, config, shape) =
                     (self.sandbox_dir.clone(), config.clone(), shape.clone());
                 let pod = crate::podnet::PodSpec::load(bundle);
-                let vm = Arc::new(blocking(move || Vm::boot(&dir, &config, &shape, &pod)).await?);
+                let id = cid.to_string();
+                let vm =
+                    Arc::new(blocking(move || Vm::boot(&id, &dir, &config, &shape, &pod)).await?);
                 *guard = Some(vm.clone());
                 spawn_watchdog(self.clone(), vm.clone());
                 vm

@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use nacre_runtime::agent::{AgentClient, ClientOptions, Endpoint, TtrpcAgentClient};
+use nacre_runtime::agent::{
+    AgentClient, ClientOptions, Endpoint, RestoredIdentity, TtrpcAgentClient,
+};
 use nacre_runtime::container::mounts;
 use nacre_runtime::container::paths::SHARED_TAG;
 use nacre_runtime::image::{locate_vmm, GuestImage};
 use nacre_runtime::network::{self, PodNetwork};
 use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
+use nacre_runtime::template::{start_sandbox, StartKind, TemplateStore};
 use nacre_runtime::vm::VmSpec;
 
 use crate::config::{Config, VmShape};
@@ -46,6 +49,7 @@ impl Vm {
     /// namespace), boots the VM, waits for its agent and has it configure
     /// the network. Blocking. On failure nothing is left behind.
     pub fn boot(
+        id: &str,
         dir: &Path,
         config: &Config,
         shape: &VmShape,
@@ -92,7 +96,7 @@ impl Vm {
         let spec = VmSpec {
             vcpus: shape.vcpus,
             memory_mib: shape.memory_mib,
-            extra_cmdline: Some(cmdline(shape, hostname)),
+            extra_cmdline: kernel_params(shape),
             shared_dirs: vec![(SHARED_TAG.to_string(), shared.clone())],
             nets: net.as_ref().map(PodNetwork::vm_nets).unwrap_or_default(),
             image,
@@ -101,12 +105,37 @@ impl Vm {
             0 => default_boot_timeout(),
             s => Duration::from_secs(s),
         };
-        match Sandbox::boot(&vmm, &spec, &dir.join("vm"), timeout) {
-            Ok(sandbox) => {
+        let started = identity(id, hostname).and_then(|identity| {
+            let store = template_store(config, &spec);
+            start_sandbox(
+                store.as_ref(),
+                &vmm,
+                &spec,
+                &dir.join("vm"),
+                &identity,
+                timeout,
+            )
+            .map_err(|e| ShimError::Internal(format!("booting the sandbox VM: {e}")))
+        });
+        match started {
+            Ok((sandbox, kind)) => {
                 if let Err(e) = sandbox.agent().set_time(std::time::SystemTime::now()) {
                     tracing::warn!("setting the guest clock: {e}");
                 }
-                tracing::info!(pid = sandbox.vm().pid(), boot = ?sandbox.boot_time(), "sandbox VM ready");
+                match &kind {
+                    StartKind::Template(t) => tracing::info!(
+                        pid = sandbox.vm().pid(),
+                        restore = ?sandbox.boot_time(),
+                        template = %t.display(),
+                        "sandbox VM ready (restored from a template)"
+                    ),
+                    StartKind::Cold(reason) => tracing::info!(
+                        pid = sandbox.vm().pid(),
+                        boot = ?sandbox.boot_time(),
+                        template_skipped = reason.as_deref().unwrap_or("templates off"),
+                        "sandbox VM ready (cold boot)"
+                    ),
+                }
                 // Container calls get more time than the boot probe's:
                 // a loaded host running emulated guests is slow.
                 let client = TtrpcAgentClient::connect(
@@ -149,7 +178,7 @@ impl Vm {
                     podnet::teardown(n);
                 }
                 remove_dir(dir);
-                Err(ShimError::Internal(format!("booting the sandbox VM: {e}")))
+                Err(e)
             }
         }
     }
@@ -232,21 +261,40 @@ impl Vm {
     }
 }
 
-/// The guest kernel command line the shim adds: the share's tag, the
-/// host name (when it is a plain DNS name) and the configured extras.
-fn cmdline(shape: &VmShape, hostname: Option<&str>) -> String {
-    let mut parts = vec![format!("nacre.shared={SHARED_TAG}")];
-    if let Some(h) = hostname.filter(|h| {
-        !h.is_empty()
-            && h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    }) {
-        parts.push(format!("nacre.hostname={h}"));
+/// The configured extra kernel command line (the identity, host name
+/// and share, is not on it: see [`identity`]).
+fn kernel_params(shape: &VmShape) -> Option<String> {
+    let params = shape.kernel_params.trim();
+    (!params.is_empty()).then(|| params.to_string())
+}
+
+/// The host name (when it is a plain DNS name) and the share a cold boot
+/// gets on its command line and a restored agent over `Agent.Restored`.
+fn identity(id: &str, hostname: Option<&str>) -> Result<RestoredIdentity, ShimError> {
+    let hostname = hostname
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+        .unwrap_or("");
+    let mut identity = RestoredIdentity::new(hostname, id)
+        .map_err(|e| ShimError::Internal(format!("reading host entropy (getrandom): {e}")))?;
+    identity.shared_tag = Some(SHARED_TAG.to_string());
+    Ok(identity)
+}
+
+/// The template store for `spec`, or None when templates are off (the
+/// configuration's `vm.templates`, `NACRE_TEMPLATES`).
+fn template_store(config: &Config, spec: &VmSpec) -> Option<TemplateStore> {
+    if !config.vm.templates {
+        return None;
     }
-    if !shape.kernel_params.trim().is_empty() {
-        parts.push(shape.kernel_params.trim().to_string());
+    if !spec.nets.is_empty() {
+        // virtio-net has no snapshot support yet: not a failure.
+        return None;
     }
-    parts.join(" ")
+    TemplateStore::from_env()
 }
 
 /// Unmounts everything under the sandbox directory `dir` and removes it.

@@ -4,6 +4,9 @@
 //! exit code, stdin, 10 MiB of output); (2) a long-running task for exec,
 //! TTY, pids, pause/resume, metrics, containerd restart, kill and delete;
 //! (3) kill -9 of the VMM under a running task. Bad input needs no boot.
+//! Sandboxes start from VM templates (`NACRE_TEMPLATES`,
+//! `NACRE_TEMPLATE_DIR` are passed on): (1) runs a second task that must
+//! be restored from one.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -48,6 +51,13 @@ fn setup(name: &str) -> Option<(Containerd, String)> {
         ("NACRE_VMM".to_string(), prereqs.vmm.display().to_string()),
         ("RUST_LOG".to_string(), "debug".to_string()),
     ];
+    // Templates (on by default) go where the caller keeps them.
+    let mut env = env;
+    for key in ["NACRE_TEMPLATES", "NACRE_TEMPLATE_DIR"] {
+        if let Ok(value) = std::env::var(key) {
+            env.push((key.to_string(), value));
+        }
+    }
     let ctd = Containerd::start(name, env);
     let image_dir = ctd.dir.join("image");
     std::fs::create_dir_all(&image_dir).unwrap();
@@ -163,6 +173,40 @@ fn ctr_run_rm_prints_the_guest_kernel_and_propagates_exit_stdin_output() {
     );
     assert_sandbox_gone(&ctd, "once");
     assert!(ctd.task_status("once").is_none());
+
+    // The first sandbox of this shape made the VM template (unless one
+    // existed); the next one is restored from it.
+    if !nacre_runtime::template::disabled_by_env() {
+        const RESTORED: &str = "sandbox VM ready (restored from a template)";
+        let before = ctd.log().matches(RESTORED).count();
+        let out = ctd.ctr(&[
+            "run",
+            "--runtime",
+            RUNTIME,
+            "--rm",
+            IMAGE,
+            "again",
+            "ls",
+            "/",
+        ]);
+        let log = ctd.log();
+        assert!(
+            out.status.success(),
+            "ctr run again: {}\n--- log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            common::tail(&log, 80)
+        );
+        // The container's rootfs comes over the virtio-fs share the
+        // restored agent mounted.
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(listing.lines().any(|l| l == "bin"), "ls /: {listing}");
+        assert!(
+            log.matches(RESTORED).count() > before,
+            "the second sandbox was not restored from a template:\n{}",
+            common::tail(&log, 80)
+        );
+        assert_sandbox_gone(&ctd, "again");
+    }
 }
 
 fn exec_out(ctd: &Containerd, args: &[&str]) -> (Option<i32>, String) {
