@@ -19,6 +19,12 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The private containerd with the guest image for the shim, or `None`
 /// (skipped outside CI) when a prerequisite lacks.
+/// The shims' sandbox directories of this test process: leftovers are
+/// checked there, not among other users' sandboxes under /run/nacre-shim.
+fn shim_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/run/nacre-shim-cri-{}", std::process::id()))
+}
+
 fn setup(test: &str) -> Option<CriContainerd> {
     if !nacre_runtime::testing::root_prereqs(test) {
         return None;
@@ -44,6 +50,7 @@ fn setup(test: &str) -> Option<CriContainerd> {
             prereqs.image.initrd.display().to_string(),
         ),
         ("NACRE_VMM".into(), prereqs.vmm.display().to_string()),
+        ("NACRE_SHIM_ROOT".into(), shim_root().display().to_string()),
     ];
     Some(CriContainerd::start_with_env(test, env).unwrap_or_else(|e| panic!("{e}")))
 }
@@ -216,9 +223,10 @@ fn nacre_pod_next_to_a_runc_pod() {
         netns_before,
         "CNI network namespace left behind"
     );
-    let mounts_left =
-        nacre_runtime::container::mounts::mounts_under(std::path::Path::new("/run/nacre-shim"));
+    let mounts_left = nacre_runtime::container::mounts::mounts_under(&shim_root());
     assert!(mounts_left.is_empty(), "mounts left: {mounts_left:?}");
+    // Empty once every sandbox is gone (remove_dir refuses otherwise).
+    std::fs::remove_dir(shim_root()).unwrap();
 }
 
 /// Pod-to-pod traffic across runtimes, and localhost between the two

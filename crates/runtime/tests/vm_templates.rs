@@ -3,7 +3,8 @@
 //! sandboxes from that one template and checks they are two machines:
 //! both answer, run containers, have their own host names and RNG output,
 //! and a write in one is not seen by the other (nor by the template).
-//! Then checks a damaged or mismatched template is refused by name.
+//! Then checks a damaged or mismatched template is refused by name, and
+//! that the runtime boots cold after such a refusal (one more cold boot).
 //!
 //! Needs /dev/kvm, the guest image (`make guest`) with an agent that
 //! serves `Agent.Restored`, and root.
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use nacre_runtime::agent::{AgentClient, HealthStatus, RestoredIdentity};
 use nacre_runtime::sandbox::{default_boot_timeout, Sandbox, SandboxError};
-use nacre_runtime::template::TemplateStore;
+use nacre_runtime::template::{start_sandbox, StartKind, TemplateStore};
 use nacre_runtime::testing::vm_prereqs;
 use nacre_runtime::vm::VmSpec;
 use serde_json::json;
@@ -252,5 +253,44 @@ fn two_sandboxes_from_one_template() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+
+    // The runtime's path: a store whose template for this shape is the
+    // damaged one. `start_sandbox` is refused, discards the template, and
+    // boots cold; the sandbox works and leaves nothing behind.
+    let damaged_store = TemplateStore::new(dir.join("damaged-store"));
+    std::fs::create_dir_all(damaged_store.root()).unwrap();
+    let planted = damaged_store
+        .root()
+        .join(TemplateStore::key(&p.vmm, &spec_vm).unwrap());
+    std::fs::rename(&damaged, &planted).unwrap();
+    assert_eq!(
+        damaged_store.find(&p.vmm, &spec_vm).unwrap().as_deref(),
+        Some(planted.as_path())
+    );
+    let identity = RestoredIdentity::new("fallback", "fallback").unwrap();
+    let (sandbox, kind) = start_sandbox(
+        Some(&damaged_store),
+        &p.vmm,
+        &spec_vm,
+        &dir.join("fallback-run"),
+        &identity,
+        default_boot_timeout(),
+    )
+    .unwrap_or_else(|e| panic!("cold boot after a refused template: {e}"));
+    match &kind {
+        StartKind::Cold(Some(reason)) => assert!(reason.contains("checksum"), "{reason}"),
+        other => panic!("expected a cold boot after a refusal, got {other:?}"),
+    }
+    assert!(!planted.exists(), "the refused template was kept");
+    assert_eq!(sandbox.agent().health().unwrap(), HealthStatus::Serving);
+    assert_eq!(
+        sandbox.agent().guest_details().unwrap().hostname,
+        "fallback"
+    );
+    let (status, out) = run(sandbox.agent(), "after-fallback", "hostname");
+    assert_eq!((status, out.trim()), (0, "fallback"));
+    let leftovers = sandbox.shutdown(Duration::from_secs(180)).unwrap();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(!dir.join("fallback-run").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
