@@ -8,7 +8,8 @@
 //! |      | version, other kernel or initrd (`--restore`)                   |
 //! | 66   | kernel or initrd missing, unreadable or not a valid ELF; a      |
 //! |      | shared directory missing or not a directory                     |
-//! |      | (64 too: a `--net` tap descriptor not open or not a tap)        |
+//! |      | (64 too: a `--net` tap descriptor not open or not a tap; `--net`|
+//! |      | devices that do not match the template's at `--restore`)        |
 //! | 69   | `/dev/kvm` unavailable (missing, no permission, no capability)  |
 //! | 70   | VMM or guest failure (KVM internal error, guest kernel panic,   |
 //! |      | device failure, ...)                                            |
@@ -110,6 +111,9 @@ pub enum VmmError {
     Template(#[from] TemplateError),
     #[error("restoring the template: {0}")]
     Restore(String),
+    /// The restore's arguments do not fit the template (e.g. `--net`).
+    #[error("restoring the template: {0}")]
+    RestoreArgs(String),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -123,7 +127,9 @@ impl VmmError {
     pub fn exit_code(&self) -> i32 {
         use exit_code::*;
         match self {
-            Self::Config(_) | Self::SerialLog { .. } | Self::Vsock(_) => CONFIG,
+            Self::Config(_) | Self::SerialLog { .. } | Self::Vsock(_) | Self::RestoreArgs(_) => {
+                CONFIG
+            }
             Self::Template(_) => TEMPLATE,
             Self::Fs { source, .. } => match source {
                 FsError::Tag(_) | FsError::NotUtf8 { .. } => CONFIG,

@@ -14,7 +14,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    the guest shut down or reset (e.g. reboot), or `shutdown` on the API
   64   bad configuration (vcpus or memory out of range, malformed arguments,
-       a --net MAC that is malformed, a --net fd that is not an open tap)
+       a --net MAC that is malformed, a --net fd that is not an open tap,
+       --restore: --net devices that differ in count or MTU from the template's)
   65   --restore: the template is corrupt, incomplete, of another format or
        VMM version, or was made from another kernel or initrd than given
   66   kernel or initrd missing, unreadable or not a valid ELF, or a
@@ -42,7 +43,9 @@ struct Cli {
     /// Restore the VM saved in this template directory (made with the
     /// `snapshot` API request) instead of booting. The VM's shape comes
     /// from the template; give the new VM's --vsock-uds, --api-socket,
-    /// --serial-log and one --shared-dir per share of the template.
+    /// --serial-log, one --shared-dir per share of the template and one
+    /// --net per network device of the template (in order, same MTU; the
+    /// MAC may differ, the guest keeps the template's until told another).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["cmdline", "vcpus", "memory_mib"])]
     restore: Option<PathBuf>,
     /// Extra kernel command-line arguments, appended to the VMM's own.
@@ -79,9 +82,10 @@ struct Cli {
     /// A virtio-net device on a tap: `fd=N` is a tap descriptor inherited
     /// from the parent (opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, e.g. in
     /// a pod's network namespace), `tap=NAME` opens or creates a tap here
-    /// (needs CAP_NET_ADMIN). `mac=` is the guest's address, `mtu=` is
-    /// advertised to the guest. Repeatable (at most 4).
-    #[arg(long = "net", value_name = "fd=N|tap=NAME,mac=XX:XX:XX:XX:XX:XX[,mtu=M]", value_parser = NetConfig::parse)]
+    /// (needs CAP_NET_ADMIN), `detached` has no host side (frames sent are
+    /// dropped, none arrive: for a template's VM). `mac=` is the guest's
+    /// address, `mtu=` is advertised to the guest. Repeatable (at most 4).
+    #[arg(long = "net", value_name = "fd=N|tap=NAME|detached,mac=XX:XX:XX:XX:XX:XX[,mtu=M]", value_parser = NetConfig::parse)]
     nets: Vec<NetConfig>,
     /// Control socket (JSON lines; see below).
     #[arg(long, value_name = "PATH")]
@@ -114,6 +118,7 @@ impl Cli {
                 .collect(),
             kernel: self.kernel.clone(),
             initrd: self.initrd.clone(),
+            nets: self.nets.clone(),
         }
     }
 

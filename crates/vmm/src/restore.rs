@@ -15,6 +15,7 @@ use crate::arch::x86_64::cpuid;
 use crate::cleanup::Cleanup;
 use crate::devices::legacy::{cmos, i8042, serial, Cmos, SerialDevice, SerialOutput, I8042};
 use crate::devices::virtio::fs::{SharedDir, VirtioFs};
+use crate::devices::virtio::net::{self as virtio_net, NetConfig, VirtioNet};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::Bus;
@@ -39,6 +40,10 @@ pub struct RestoreConfig {
     pub serial_stdout: bool,
     /// One per virtio-fs device of the template, matched by tag.
     pub shared_dirs: Vec<SharedDir>,
+    /// One per virtio-net device of the template, in device order, with
+    /// the template's MTU; the MAC may differ (the guest keeps the
+    /// template's until it is told another).
+    pub nets: Vec<NetConfig>,
     /// When given, the template must have been booted from this kernel.
     pub kernel: Option<PathBuf>,
     /// When given, the template must have been booted with this initrd.
@@ -75,6 +80,8 @@ pub fn restore(config: &RestoreConfig) -> Result<ExitEvent, VmmError> {
         .into());
     }
     // Bad host-side inputs before KVM, as a boot does.
+    check_nets(&state.devices.virtio, &config.nets)?;
+    let mut nets = config.nets.iter().enumerate();
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let mut cleanup = Cleanup::default();
     for saved in &state.devices.virtio {
@@ -99,6 +106,15 @@ pub fn restore(config: &RestoreConfig) -> Result<ExitEvent, VmmError> {
                     source,
                 })?;
                 devices.push(Box::new(fs));
+            }
+            DeviceState::Net { .. } => {
+                // check_nets matched the counts.
+                let (index, net) = nets.next().ok_or_else(|| {
+                    VmmError::RestoreArgs("fewer --net devices than the template has".into())
+                })?;
+                let device =
+                    VirtioNet::new(net).map_err(|source| VmmError::Net { index, source })?;
+                devices.push(Box::new(device));
             }
         }
     }
@@ -234,6 +250,42 @@ pub fn restore(config: &RestoreConfig) -> Result<ExitEvent, VmmError> {
     ))
 }
 
+/// Checks the `--net` devices against the template's virtio-net devices:
+/// as many, in the same order, each with the saved MTU (the guest driver
+/// sized its buffers and limits by it). MACs may differ.
+pub fn check_nets(
+    saved: &[crate::snapshot::MmioState],
+    nets: &[NetConfig],
+) -> Result<(), VmmError> {
+    virtio_net::validate_all(nets).map_err(|e| VmmError::RestoreArgs(format!("--net: {e}")))?;
+    let template: Vec<Option<u16>> = saved
+        .iter()
+        .filter_map(|d| match &d.device {
+            DeviceState::Net { mtu, .. } => Some(*mtu),
+            _ => None,
+        })
+        .collect();
+    if template.len() != nets.len() {
+        return Err(VmmError::RestoreArgs(format!(
+            "the template has {} network device(s), {} --net given: give one --net per \
+             device of the template, in order",
+            template.len(),
+            nets.len()
+        )));
+    }
+    for (index, (mtu, net)) in template.iter().zip(nets).enumerate() {
+        if *mtu != net.mtu {
+            let show = |m: Option<u16>| m.map_or("none".to_string(), |m| m.to_string());
+            return Err(VmmError::RestoreArgs(format!(
+                "--net device {index}: MTU {} differs from the template's {}",
+                show(net.mtu),
+                show(*mtu)
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn restored_serial(
     vm: &VmFd,
     config: &RestoreConfig,
@@ -261,4 +313,58 @@ fn restored_serial(
     let out = SerialOutput::new(log, config.serial_stdout);
     let device = SerialDevice::from_snapshot(saved, irq, out).map_err(restore_err("serial"))?;
     Ok(Arc::new(Mutex::new(device)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::MmioState;
+
+    fn saved(device: DeviceState) -> MmioState {
+        MmioState {
+            device_type: 0,
+            device,
+            status: 0,
+            acked_features: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            queue_select: 0,
+            interrupt_status: 0,
+            activated: false,
+            queues: Vec::new(),
+        }
+    }
+
+    fn net(value: &str) -> NetConfig {
+        NetConfig::parse(value).unwrap_or_else(|e| panic!("{value}: {e}"))
+    }
+
+    #[test]
+    fn nets_must_match_the_template_in_count_and_mtu() {
+        let template = [
+            saved(DeviceState::Vsock { cid: 3 }),
+            saved(DeviceState::Net {
+                mac: "02:00:00:00:00:01".into(),
+                mtu: Some(1500),
+            }),
+        ];
+        let pod = net("fd=5,mac=0a:58:0a:58:00:05,mtu=1500");
+        assert!(check_nets(&template, std::slice::from_ref(&pod)).is_ok());
+        let err = |nets: &[NetConfig]| match check_nets(&template, nets) {
+            Err(e) => {
+                assert_eq!(e.exit_code(), crate::error::exit_code::CONFIG);
+                e.to_string()
+            }
+            Ok(()) => panic!("{nets:?} accepted"),
+        };
+        let e = err(&[]);
+        assert!(e.contains("1 network device(s), 0 --net"), "{e}");
+        let e = err(&[pod.clone(), net("fd=6,mac=0a:58:0a:58:00:06,mtu=1500")]);
+        assert!(e.contains("2 --net"), "{e}");
+        let e = err(&[net("fd=5,mac=0a:58:0a:58:00:05,mtu=9000")]);
+        assert!(e.contains("MTU 9000") && e.contains("1500"), "{e}");
+        let e = err(&[net("fd=5,mac=0a:58:0a:58:00:05")]);
+        assert!(e.contains("MTU none"), "{e}");
+        assert!(check_nets(&template[..1], &[]).is_ok());
+    }
 }

@@ -73,6 +73,10 @@ pub enum DeviceState {
     Vsock { cid: u64 },
     /// virtio-fs before the guest mounted it (no FUSE session).
     Fs { tag: String },
+    /// virtio-net: the MAC and MTU the guest driver read. A restore
+    /// attaches the next `--net` (same MTU) in device order; the guest
+    /// keeps this MAC until it is given another.
+    Net { mac: String, mtu: Option<u16> },
 }
 
 /// One virtio-mmio transport.

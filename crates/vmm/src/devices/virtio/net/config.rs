@@ -71,6 +71,10 @@ pub enum NetBackend {
     /// A tap interface opened (or created) by name in the VMM's own
     /// network namespace: needs CAP_NET_ADMIN.
     TapName(String),
+    /// No host side: transmitted frames are dropped, none is ever
+    /// received. For a template's VM, whose restored copies get their
+    /// own taps (`--restore DIR --net fd=N,...`).
+    Detached,
 }
 
 /// One `--net` device.
@@ -85,13 +89,13 @@ pub struct NetConfig {
 /// A malformed `--net` value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetConfigError {
-    #[error("{0:?}: expected fd=N,mac=XX:XX:XX:XX:XX:XX[,mtu=M] or tap=NAME,mac=...[,mtu=M]")]
+    #[error("{0:?}: expected fd=N,mac=XX:XX:XX:XX:XX:XX[,mtu=M], tap=NAME,mac=...[,mtu=M] or detached,mac=...[,mtu=M]")]
     Syntax(String),
     #[error("unknown --net key {key:?} in {value:?} (known: fd, tap, mac, mtu)")]
     UnknownKey { key: String, value: String },
     #[error("--net key {key:?} given twice in {value:?}")]
     DuplicateKey { key: String, value: String },
-    #[error("{0:?}: give exactly one of fd=N and tap=NAME")]
+    #[error("{0:?}: give exactly one of fd=N, tap=NAME and detached")]
     Backend(String),
     #[error("{0:?}: mac=XX:XX:XX:XX:XX:XX is required")]
     MissingMac(String),
@@ -116,13 +120,24 @@ pub enum NetConfigError {
 }
 
 impl NetConfig {
-    /// Parses `fd=N,mac=M[,mtu=U]` or `tap=NAME,mac=M[,mtu=U]`.
+    /// Parses `fd=N,mac=M[,mtu=U]`, `tap=NAME,mac=M[,mtu=U]` or
+    /// `detached,mac=M[,mtu=U]`.
     pub fn parse(value: &str) -> Result<Self, NetConfigError> {
         let mut fd = None;
         let mut tap = None;
+        let mut detached = false;
         let mut mac = None;
         let mut mtu = None;
         for item in value.split(',') {
+            if item == "detached" {
+                if std::mem::replace(&mut detached, true) {
+                    return Err(NetConfigError::DuplicateKey {
+                        key: item.to_string(),
+                        value: value.to_string(),
+                    });
+                }
+                continue;
+            }
             let Some((key, val)) = item.split_once('=') else {
                 return Err(NetConfigError::Syntax(value.to_string()));
             };
@@ -145,9 +160,10 @@ impl NetConfig {
                 });
             }
         }
-        let backend = match (fd, tap) {
-            (Some(fd), None) => NetBackend::Fd(parse_fd(fd)?),
-            (None, Some(name)) => {
+        let backend = match (fd, tap, detached) {
+            (None, None, true) => NetBackend::Detached,
+            (Some(fd), None, false) => NetBackend::Fd(parse_fd(fd)?),
+            (None, Some(name), false) => {
                 validate_tap_name(name)?;
                 NetBackend::TapName(name.to_string())
             }
@@ -248,6 +264,14 @@ mod tests {
             })
         );
         assert_eq!(MAC.to_string(), "02:00:00:aa:bb:0c");
+        assert_eq!(
+            NetConfig::parse("detached,mac=02:00:00:aa:bb:0c,mtu=1500"),
+            Ok(NetConfig {
+                backend: NetBackend::Detached,
+                mac: MAC,
+                mtu: Some(1500)
+            })
+        );
     }
 
     #[test]
@@ -306,6 +330,14 @@ mod tests {
             NetConfigError::DuplicateKey { .. }
         ));
         assert!(matches!(err("fd3"), NetConfigError::Syntax(_)));
+        assert!(matches!(
+            err("detached,fd=3,mac=02:00:00:00:00:01"),
+            NetConfigError::Backend(_)
+        ));
+        assert!(matches!(
+            err("detached,detached,mac=02:00:00:00:00:01"),
+            NetConfigError::DuplicateKey { .. }
+        ));
     }
 
     #[test]

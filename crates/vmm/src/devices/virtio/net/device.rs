@@ -25,10 +25,11 @@ const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 /// VIRTIO_NET_F_MAC: the configuration space holds the MAC address.
 const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 
-/// A virtio-net device on a tap.
+/// A virtio-net device on a tap (or detached: no host side).
 #[derive(Debug)]
 pub struct VirtioNet {
-    tap: Arc<File>,
+    /// None: detached (frames sent are dropped, none arrive).
+    tap: Option<Arc<File>>,
     tap_name: String,
     mac: MacAddr,
     mtu: Option<u16>,
@@ -43,6 +44,7 @@ impl VirtioNet {
         let tap = match &config.backend {
             NetBackend::Fd(fd) => Tap::from_inherited_fd(*fd)?,
             NetBackend::TapName(name) => Tap::open(name)?,
+            NetBackend::Detached => return Ok(Self::detached(config.mac, config.mtu)),
         };
         Ok(Self::with_tap(
             tap.name().to_string(),
@@ -52,11 +54,25 @@ impl VirtioNet {
         ))
     }
 
+    /// A device without a host side: what the guest sends is dropped,
+    /// nothing arrives (a template's VM; its copies get real taps).
+    pub fn detached(mac: MacAddr, mtu: Option<u16>) -> Self {
+        Self {
+            tap: None,
+            tap_name: "detached".into(),
+            mac,
+            mtu,
+            config: config_space(mac, mtu),
+            acked_features: 0,
+            worker: None,
+        }
+    }
+
     /// Builds the device over `tap`, a non-blocking descriptor carrying
     /// one frame (with its 12-byte vnet header) per read or write.
     pub fn with_tap(tap_name: String, tap: File, mac: MacAddr, mtu: Option<u16>) -> Self {
         Self {
-            tap: Arc::new(tap),
+            tap: Some(Arc::new(tap)),
             tap_name,
             mac,
             mtu,
@@ -74,6 +90,11 @@ impl VirtioNet {
     /// The guest's MAC address.
     pub fn mac(&self) -> MacAddr {
         self.mac
+    }
+
+    /// The advertised MTU.
+    pub fn mtu(&self) -> Option<u16> {
+        self.mtu
     }
 
     fn stop_worker(&mut self) {
@@ -144,6 +165,23 @@ impl VirtioDevice for VirtioNet {
         self.stop_worker();
         self.acked_features = 0;
         true
+    }
+
+    /// The MAC and MTU the guest driver read at probe time: a restore
+    /// needs a device with the same MTU (the MAC may differ; the guest
+    /// keeps the saved one until it is told another).
+    fn snapshot_state(&self) -> Result<crate::snapshot::DeviceState, String> {
+        Ok(crate::snapshot::DeviceState::Net {
+            mac: self.mac.to_string(),
+            mtu: self.mtu,
+        })
+    }
+
+    /// The worker returns every chain it takes before it takes the next;
+    /// a frame read from the tap and waiting for a receive buffer is
+    /// dropped, as a wire would.
+    fn quiesce(&mut self) {
+        self.stop_worker();
     }
 }
 

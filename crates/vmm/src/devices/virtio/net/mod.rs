@@ -23,6 +23,8 @@ mod tap;
 mod worker;
 
 #[cfg(test)]
+mod snapshot_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::{validate_all, MacAddr, NetBackend, NetConfig, NetConfigError, CONFIG_LEN};

@@ -20,27 +20,27 @@ use vmm_sys_util::eventfd::EventFd;
 use super::super::{ActiveQueue, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING};
 use super::{MacAddr, VirtioNet, VNET_HDR_LEN};
 
-const QSIZE: u16 = 16;
-const MEM_SIZE: usize = 4 << 20;
-const RX_RING: u64 = 0x0;
-const TX_RING: u64 = 0x1000;
-const BUF: u64 = 0x10_0000;
-const WAIT: Duration = Duration::from_secs(30);
-const MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x42]);
+pub(super) const QSIZE: u16 = 16;
+pub(super) const MEM_SIZE: usize = 4 << 20;
+pub(super) const RX_RING: u64 = 0x0;
+pub(super) const TX_RING: u64 = 0x1000;
+pub(super) const BUF: u64 = 0x10_0000;
+pub(super) const WAIT: Duration = Duration::from_secs(30);
+pub(super) const MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x42]);
 
 /// The driver's view of one split virtqueue.
-struct Ring<'a> {
+pub(super) struct Ring<'a> {
     mem: &'a GuestMemory,
-    desc: u64,
-    avail: u64,
-    used: u64,
+    pub(super) desc: u64,
+    pub(super) avail: u64,
+    pub(super) used: u64,
     next_desc: u16,
     next_avail: u16,
     next_used: u16,
 }
 
 impl<'a> Ring<'a> {
-    fn at(mem: &'a GuestMemory, base: u64) -> Self {
+    pub(super) fn at(mem: &'a GuestMemory, base: u64) -> Self {
         let avail = base + 16 * u64::from(QSIZE);
         let used = (avail + 6 + 2 * u64::from(QSIZE) + 3) & !3;
         Self {
@@ -69,7 +69,7 @@ impl<'a> Ring<'a> {
 
     /// Publishes a chain of (addr, len, device-writable) descriptors;
     /// returns its head index.
-    fn push(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
+    pub(super) fn push(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
         let head = self.next_desc;
         for (k, &(addr, len, writable)) in descs.iter().enumerate() {
             let index = (head + k as u16) % QSIZE;
@@ -96,7 +96,7 @@ impl<'a> Ring<'a> {
     }
 
     /// Waits for the next used element; returns (head, length).
-    fn wait_used(&mut self) -> (u32, u32) {
+    pub(super) fn wait_used(&mut self) -> (u32, u32) {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(used) = self.try_used() {
@@ -107,7 +107,7 @@ impl<'a> Ring<'a> {
         }
     }
 
-    fn try_used(&mut self) -> Option<(u32, u32)> {
+    pub(super) fn try_used(&mut self) -> Option<(u32, u32)> {
         let idx: u16 = self.mem.read_obj(GuestAddress(self.used + 2)).unwrap();
         std::sync::atomic::fence(Ordering::Acquire);
         if idx == self.next_used {
@@ -131,7 +131,7 @@ struct Harness {
     wire: UnixDatagram,
 }
 
-fn frame(payload_len: usize, fill: u8) -> Vec<u8> {
+pub(super) fn frame(payload_len: usize, fill: u8) -> Vec<u8> {
     let mut f = vec![0u8; VNET_HDR_LEN];
     f.extend(std::iter::repeat_n(fill, payload_len));
     f

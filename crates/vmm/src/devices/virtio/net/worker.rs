@@ -35,7 +35,8 @@ pub struct Worker {
     interrupt: Arc<Interrupt>,
     rx: ActiveQueue,
     tx: ActiveQueue,
-    tap: Arc<File>,
+    /// None: a detached device (transmit frames dropped, nothing received).
+    tap: Option<Arc<File>>,
     kill: EventFd,
     epoll: Epoll,
     tap_armed: bool,
@@ -50,22 +51,25 @@ pub struct Worker {
 impl Worker {
     /// Builds a worker over the receive and transmit queues (in that
     /// order) and `tap`, a non-blocking descriptor that reads and writes
-    /// one frame (with its vnet header) per call.
+    /// one frame (with its vnet header) per call (None: detached).
     pub fn new(
         mem: GuestMemory,
         interrupt: Arc<Interrupt>,
         queues: [ActiveQueue; 2],
-        tap: Arc<File>,
+        tap: Option<Arc<File>>,
     ) -> std::io::Result<Self> {
         let [rx, tx] = queues;
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
-        for (fd, token) in [
+        let mut fds = vec![
             (kill.as_raw_fd(), KILL_TOKEN),
             (rx.notify.as_raw_fd(), RX_TOKEN),
             (tx.notify.as_raw_fd(), TX_TOKEN),
-            (tap.as_raw_fd(), TAP_TOKEN),
-        ] {
+        ];
+        if let Some(tap) = &tap {
+            fds.push((tap.as_raw_fd(), TAP_TOKEN));
+        }
+        for (fd, token) in fds {
             epoll.ctl(
                 ControlOperation::Add,
                 fd,
@@ -77,10 +81,10 @@ impl Worker {
             interrupt,
             rx,
             tx,
+            tap_armed: tap.is_some(),
             tap,
             kill,
             epoll,
-            tap_armed: true,
             rx_buf: vec![0; MAX_FRAME_LEN],
             pending: None,
             tx_buf: Vec::with_capacity(MAX_FRAME_LEN),
@@ -149,7 +153,8 @@ impl Worker {
             let head = chain.head_index();
             match read_tx(&self.mem, chain, &mut self.tx_buf) {
                 Ok(()) => {
-                    if let Err(e) = (&*self.tap).write(&self.tx_buf) {
+                    let written = self.tap.as_deref().map(|mut tap| tap.write(&self.tx_buf));
+                    if let Some(Err(e)) = written {
                         // A full tap queue drops the frame, as a wire would.
                         self.warn(format_args!("dropping a transmit frame: {e}"));
                     }
@@ -167,11 +172,14 @@ impl Worker {
     /// Fills guest receive buffers with frames from the tap; returns the
     /// chains used.
     fn receive(&mut self) -> usize {
+        let Some(tap) = self.tap.clone() else {
+            return 0;
+        };
         let mut count = 0;
         loop {
             let len = match self.pending.take() {
                 Some(len) => len,
-                None => match (&*self.tap).read(&mut self.rx_buf) {
+                None => match (&*tap).read(&mut self.rx_buf) {
                     Ok(len) => len,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         self.arm_tap(true);
@@ -208,6 +216,9 @@ impl Worker {
 
     /// Puts the tap in (or takes it out of) the epoll set.
     fn arm_tap(&mut self, armed: bool) {
+        let Some(tap) = &self.tap else {
+            return;
+        };
         if armed == self.tap_armed {
             return;
         }
@@ -218,7 +229,7 @@ impl Worker {
         };
         match self.epoll.ctl(
             op,
-            self.tap.as_raw_fd(),
+            tap.as_raw_fd(),
             EpollEvent::new(EventSet::IN, TAP_TOKEN),
         ) {
             Ok(()) => self.tap_armed = armed,
