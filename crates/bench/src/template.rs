@@ -131,6 +131,7 @@ pub fn run(
             &template,
             image,
             &[],
+            &[],
             &scratch.join(&name),
             &identity,
             timeout,

@@ -145,6 +145,16 @@ impl Handle {
         })
     }
 
+    /// Gives link `index` the hardware address `mac` (RTM_NEWLINK with
+    /// IFLA_ADDRESS). Drivers that cannot change it while the link is up
+    /// answer EBUSY; virtio-net can.
+    pub fn set_link_address(&mut self, index: u32, mac: MacAddr) -> Result<(), NetlinkError> {
+        self.sock
+            .request(RTM_NEWLINK, 0, &link_address_msg(index, mac), &|| {
+                format!("setting the MAC address of link {index} to {mac}")
+            })
+    }
+
     /// Adds (or replaces) `ip/prefix_len` on link `index`. IPv6 addresses
     /// skip duplicate address detection: the host side owns the address.
     pub fn add_address(
@@ -343,9 +353,31 @@ fn parse_neighbour(m: &Message) -> Option<Neighbour> {
     })
 }
 
+/// The RTM_NEWLINK payload that sets link `index`'s address to `mac`
+/// and changes no flag.
+fn link_address_msg(index: u32, mac: MacAddr) -> Vec<u8> {
+    let mut msg = ifinfomsg(index, 0, 0);
+    attr::push(&mut msg, IFLA_ADDRESS, &mac.0);
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_address_message_names_the_link_and_mac() {
+        let mac: MacAddr = "0a:58:0a:58:00:05".parse().unwrap();
+        let payload = link_address_msg(7, mac);
+        // ifinfomsg: no flag changed.
+        assert_eq!(ne_u32(&payload, 12), 0);
+        let link = parse_link(&Message {
+            kind: RTM_NEWLINK,
+            payload,
+        })
+        .unwrap();
+        assert_eq!((link.index, link.mac), (7, Some(mac)));
+    }
 
     #[test]
     fn loopback_is_listed() {

@@ -13,7 +13,7 @@ use crate::agent::{
 };
 use crate::host::{kernel_mode, KernelMode};
 use crate::image::GuestImage;
-use crate::vm::{VmError, VmProcess, VmSpec};
+use crate::vm::{VmError, VmNet, VmProcess, VmSpec};
 
 /// How long a boot may take before the agent answers.
 pub fn default_boot_timeout() -> Duration {
@@ -99,18 +99,22 @@ impl Sandbox {
     /// exist) restored from the template in `template`, which must have
     /// been made from `image`; waits up to `timeout` for its agent and
     /// gives the agent `identity`. `shared_dirs` serves the template's
-    /// virtio-fs shares (mounted when `identity.shared_tag` names one).
+    /// virtio-fs shares (mounted when `identity.shared_tag` names one),
+    /// `nets` its network devices (in order; the guest NICs keep the
+    /// template's MACs until the agent is told otherwise).
+    #[allow(clippy::too_many_arguments)]
     pub fn restore(
         vmm: &Path,
         template: &Path,
         image: &GuestImage,
         shared_dirs: &[(String, PathBuf)],
+        nets: &[VmNet],
         dir: &Path,
         identity: &RestoredIdentity,
         timeout: Duration,
     ) -> Result<Self, SandboxError> {
         let start = Instant::now();
-        let mut vm = VmProcess::spawn_restore(vmm, template, image, shared_dirs, dir)?;
+        let mut vm = VmProcess::spawn_restore(vmm, template, image, shared_dirs, nets, dir)?;
         // The VMM checks the template before it binds its sockets: wait for
         // one or the other, so a refusal is seen at once.
         while !vm.api_socket().exists() && vm.try_wait()?.is_none() && start.elapsed() < timeout {

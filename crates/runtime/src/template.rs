@@ -6,8 +6,14 @@
 //! sub-directory per key. A key hashes what the template depends on: the
 //! VMM binary, kernel and initrd (path, size, inode, mtime; the VMM also
 //! checks the kernel and initrd content at restore), vCPUs, memory and
-//! the extra command line, and the virtio-fs tags. `NACRE_TEMPLATES=0`
-//! turns templates off.
+//! the extra command line, the virtio-fs tags, and the number and MTUs of
+//! the network devices. `NACRE_TEMPLATES=0` turns templates off.
+//!
+//! A template's network devices are detached (no host side) and have
+//! placeholder MACs ([`placeholder_mac`]); a restore attaches the
+//! sandbox's taps in the same order, and the agent's
+//! `Network.ConfigureNetwork` gives each guest NIC its pod MAC
+//! ([`mark_restored`]).
 //!
 //! A template is made by booting the VM cold, waiting for its agent, and
 //! asking the VMM for a snapshot (`{"op":"snapshot"}`) into a temporary
@@ -22,8 +28,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::agent::RestoredIdentity;
+use crate::network::GuestNetwork;
 use crate::sandbox::{Sandbox, SandboxError};
-use crate::vm::{VmError, VmSpec};
+use crate::vm::{VmError, VmNet, VmSpec};
 
 /// Default template directory.
 pub const DEFAULT_DIR: &str = "/var/lib/nacre/templates";
@@ -31,7 +38,7 @@ pub const DEFAULT_DIR: &str = "/var/lib/nacre/templates";
 /// before the snapshot.
 const SETTLE: Duration = Duration::from_secs(3);
 /// Bumped when what a key covers changes.
-const KEY_VERSION: &str = "nacre-template-key-1";
+const KEY_VERSION: &str = "nacre-template-key-2";
 
 /// Errors managing templates.
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +64,6 @@ pub enum TemplateError {
     Snapshot(String),
     #[error("snapshot request: {0}")]
     Api(#[from] VmError),
-    #[error("templates do not support {0}")]
-    Unsupported(&'static str),
 }
 
 /// Where templates are kept.
@@ -133,6 +138,9 @@ impl TemplateStore {
         for (tag, _) in &spec.shared_dirs {
             text.push(format!("share={tag}"));
         }
+        for net in &spec.nets {
+            text.push(format!("net=mtu:{}", net.mtu.unwrap_or(0)));
+        }
         let digest = Sha256::digest(text.join("\n").as_bytes());
         Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
     }
@@ -185,18 +193,14 @@ impl TemplateStore {
     /// The template for `spec`, made now (a cold boot and a snapshot) if
     /// there is none yet. The template VM boots with `spec`'s shares
     /// served from an empty directory: the guest must not mount them
-    /// before the snapshot (no `nacre.shared=` on its command line).
+    /// before the snapshot (no `nacre.shared=` on its command line); its
+    /// network devices are detached, with [`placeholder_mac`]s.
     pub fn get_or_create(
         &self,
         vmm: &Path,
         spec: &VmSpec,
         timeout: Duration,
     ) -> Result<PathBuf, TemplateError> {
-        if !spec.nets.is_empty() {
-            return Err(TemplateError::Unsupported(
-                "network devices (virtio-net cannot be snapshotted yet)",
-            ));
-        }
         self.ensure_root()?;
         if let Some(dir) = self.find(vmm, spec)? {
             return Ok(dir);
@@ -230,6 +234,7 @@ impl TemplateStore {
         for share in &mut template_spec.shared_dirs {
             share.1 = empty.clone();
         }
+        template_spec.nets = template_nets(&spec.nets);
         let sandbox = Sandbox::boot(vmm, &template_spec, &work.join("vm"), timeout)
             .map_err(|e| TemplateError::Boot(Box::new(e)))?;
         // The agent's side of our connection (a reader and worker threads)
@@ -261,6 +266,34 @@ impl TemplateStore {
         }
         tracing::info!(template = %final_dir.display(), took = ?start.elapsed(), "template created");
         Ok(())
+    }
+}
+
+/// The MAC of the `index`th network device of a template's VM:
+/// locally administered, `02:6e:61:63:00:<index>` ("nac").
+pub fn placeholder_mac(index: usize) -> String {
+    format!("02:6e:61:63:00:{:02x}", index & 0xff)
+}
+
+/// The network devices of the template for a VM with `nets`: detached,
+/// placeholder MACs, the same MTUs.
+fn template_nets(nets: &[VmNet]) -> Vec<VmNet> {
+    nets.iter()
+        .enumerate()
+        .map(|(i, net)| VmNet {
+            fd: None,
+            mac: placeholder_mac(i),
+            mtu: net.mtu,
+        })
+        .collect()
+}
+
+/// Tells the agent of a restored VM that its NICs still have the
+/// template's MACs: the `i`th interface of `net` (the `i`th network
+/// device) is given its MAC first.
+pub fn mark_restored(net: &mut GuestNetwork) {
+    for (i, iface) in net.interfaces.iter_mut().enumerate() {
+        iface.current_mac = Some(placeholder_mac(i));
     }
 }
 
@@ -314,6 +347,7 @@ pub fn start_sandbox(
                 &template,
                 &spec.image,
                 &spec.shared_dirs,
+                &spec.nets,
                 dir,
                 identity,
                 timeout,
@@ -363,11 +397,72 @@ mod tests {
         let mut shared = s.clone();
         shared.shared_dirs.push(("nacre".into(), dir.clone()));
         assert_ne!(TemplateStore::key(&vmm, &shared).unwrap_or_default(), k1);
+        // Network devices count by number and MTU, not by tap or MAC.
+        let net = |fd, mac: &str, mtu| VmNet {
+            fd: Some(fd),
+            mac: mac.into(),
+            mtu: Some(mtu),
+        };
+        let mut pod = s.clone();
+        pod.nets.push(net(5, "0a:58:0a:58:00:05", 1500));
+        let k_pod = TemplateStore::key(&vmm, &pod).unwrap_or_default();
+        assert_ne!(k_pod, k1);
+        let mut other_pod = s.clone();
+        other_pod.nets.push(net(9, "0a:58:0a:58:00:09", 1500));
+        assert_eq!(
+            TemplateStore::key(&vmm, &other_pod).unwrap_or_default(),
+            k_pod
+        );
+        other_pod.nets[0].mtu = Some(9000);
+        assert_ne!(
+            TemplateStore::key(&vmm, &other_pod).unwrap_or_default(),
+            k_pod
+        );
+        other_pod.nets[0].mtu = Some(1500);
+        other_pod.nets.push(net(10, "0a:58:0a:58:00:0a", 1500));
+        assert_ne!(
+            TemplateStore::key(&vmm, &other_pod).unwrap_or_default(),
+            k_pod
+        );
         let e = TemplateStore::key(&dir.join("missing"), &s)
             .err()
             .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("vmm") && e.contains("missing")));
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn template_nets_are_detached_placeholders_in_order() {
+        let nets = [
+            VmNet {
+                fd: Some(7),
+                mac: "0a:58:0a:58:00:05".into(),
+                mtu: Some(1450),
+            },
+            VmNet {
+                fd: Some(8),
+                mac: "0a:58:0a:58:00:06".into(),
+                mtu: None,
+            },
+        ];
+        let t = template_nets(&nets);
+        assert_eq!(t[0].arg(), "detached,mac=02:6e:61:63:00:00,mtu=1450");
+        assert_eq!(t[1].arg(), "detached,mac=02:6e:61:63:00:01");
+        let mut net = GuestNetwork::default();
+        for n in &nets {
+            net.interfaces.push(crate::network::GuestInterface {
+                mac: n.mac.clone(),
+                name: "eth".into(),
+                mtu: 1500,
+                addresses: Vec::new(),
+                current_mac: None,
+            });
+        }
+        mark_restored(&mut net);
+        assert_eq!(
+            net.interfaces[1].current_mac.as_deref(),
+            Some("02:6e:61:63:00:01")
+        );
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub struct VmSpec {
 /// MAC and the MTU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmNet {
-    pub fd: std::os::fd::RawFd,
+    /// None: a detached device (no host side; a template's VM).
+    pub fd: Option<std::os::fd::RawFd>,
     pub mac: String,
     pub mtu: Option<u32>,
 }
@@ -43,7 +44,10 @@ pub struct VmNet {
 impl VmNet {
     /// The `--net` argument.
     pub fn arg(&self) -> String {
-        let mut arg = format!("fd={},mac={}", self.fd, self.mac);
+        let mut arg = match self.fd {
+            Some(fd) => format!("fd={fd},mac={}", self.mac),
+            None => format!("detached,mac={}", self.mac),
+        };
         if let Some(mtu) = self.mtu {
             arg.push_str(&format!(",mtu={mtu}"));
         }
@@ -125,6 +129,14 @@ fn inherit_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
     }
 }
 
+/// `--net` per device; the child inherits their tap descriptors.
+fn net_args(cmd: &mut Command, nets: &[VmNet]) {
+    for net in nets {
+        cmd.arg("--net").arg(net.arg());
+    }
+    inherit_fds(cmd, nets.iter().filter_map(|n| n.fd).collect());
+}
+
 impl VmProcess {
     /// Creates `dir` (which must not exist) and starts the VMM in it.
     pub fn spawn(vmm: &Path, spec: &VmSpec, dir: &Path) -> Result<Self, VmError> {
@@ -141,22 +153,21 @@ impl VmProcess {
                 cmd.arg("--cmdline").arg(extra);
             }
             shared_dir_args(cmd, &spec.shared_dirs);
-            for net in &spec.nets {
-                cmd.arg("--net").arg(net.arg());
-            }
-            inherit_fds(cmd, spec.nets.iter().map(|n| n.fd).collect());
+            net_args(cmd, &spec.nets);
         })
     }
 
     /// Creates `dir` (which must not exist) and starts a VMM in it that
     /// restores the VM saved in `template` (`nacre-vmm --restore`). The
     /// VMM checks the template was made from `image`; `shared_dirs` must
-    /// name one directory per share of the template.
+    /// name one directory per share of the template, `nets` one device
+    /// per network device of the template, in order, with its MTU.
     pub fn spawn_restore(
         vmm: &Path,
         template: &Path,
         image: &GuestImage,
         shared_dirs: &[(String, PathBuf)],
+        nets: &[VmNet],
         dir: &Path,
     ) -> Result<Self, VmError> {
         Self::start(vmm, dir, |cmd| {
@@ -167,6 +178,7 @@ impl VmProcess {
                 .arg("--initrd")
                 .arg(&image.initrd);
             shared_dir_args(cmd, shared_dirs);
+            net_args(cmd, nets);
         })
     }
 

@@ -56,7 +56,7 @@ fn attach_and_teardown_leave_nothing() {
     assert_eq!(nets.len(), 1);
     assert!(nets[0]
         .arg()
-        .starts_with(&format!("fd={},mac={}", nets[0].fd, ns.mac)));
+        .starts_with(&format!("fd={},mac={}", nets[0].fd.unwrap(), ns.mac)));
     assert_eq!(nets[0].mtu, Some(1450));
 
     let tap = ns.exec(&format!("ip -o link show {}", ep.tap_name));

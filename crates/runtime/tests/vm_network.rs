@@ -1,7 +1,10 @@
 //! VM tier: a guest on a pod network. A scratch namespace wired like
 //! CNI's bridge plugin (veth, address, default route via the host end),
-//! the runtime's tap + tc plumbing, one VM booted with `--net fd=N`, the
-//! agent configuring the guest from the runtime's description. Then
+//! the runtime's tap + tc plumbing, one VM restored from a template (made
+//! here: one cold boot with a detached network device and a placeholder
+//! MAC) with `--net fd=N`, the agent giving the guest NIC the pod's MAC
+//! and configuring the guest from the runtime's description
+//! (`NACRE_TEMPLATES=0`: the VM boots cold with the tap instead). Then
 //! traffic both ways (the host pings the guest; a container in the guest
 //! reaches a TCP server on the host; the host reaches a TCP server in the
 //! guest), the guest's hostname, resolv.conf and hosts; after shutdown and
@@ -20,9 +23,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{sh, sh_ok, PodNetns};
-use nacre_runtime::agent::{AgentClient, ClientOptions, Endpoint, TtrpcAgentClient};
+use nacre_runtime::agent::{
+    AgentClient, ClientOptions, Endpoint, RestoredIdentity, TtrpcAgentClient,
+};
 use nacre_runtime::network::{self, GuestNetwork};
 use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
+use nacre_runtime::template::{self, start_sandbox, StartKind, TemplateStore};
 use nacre_runtime::testing::{root_prereqs, vm_prereqs};
 use nacre_runtime::vm::VmSpec;
 use serde_json::json;
@@ -66,6 +72,7 @@ fn spec(args: &[&str]) -> Vec<u8> {
         "process": {"args": args, "env": ["PATH=/bin"], "cwd": "/"},
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["ro"]},
             bind("/etc/resolv.conf"),
             bind("/etc/hosts")
         ],
@@ -178,8 +185,23 @@ fn guest_on_a_pod_network() {
         nets: pod.vm_nets(),
         ..VmSpec::new(p.image.clone())
     };
-    let sandbox = Sandbox::boot(&p.vmm, &vm_spec, &dir.join("run"), default_boot_timeout())
-        .unwrap_or_else(|e| panic!("boot: {e}"));
+    let store = (!template::disabled_by_env()).then(|| TemplateStore::new(dir.join("templates")));
+    let identity = RestoredIdentity::new("pod-net", "vm-net").unwrap();
+    let (sandbox, kind) = start_sandbox(
+        store.as_ref(),
+        &p.vmm,
+        &vm_spec,
+        &dir.join("run"),
+        &identity,
+        default_boot_timeout(),
+    )
+    .unwrap_or_else(|e| panic!("start: {e}"));
+    if store.is_some() {
+        assert!(
+            matches!(kind, StartKind::Template(_)),
+            "not restored from the template: {kind:?}"
+        );
+    }
     // A loaded 2-core host with emulated guest kernel mode can take more
     // than the default 30 s for a container step.
     let client = TtrpcAgentClient::connect(
@@ -191,15 +213,20 @@ fn guest_on_a_pod_network() {
     )
     .unwrap();
     let agent: &dyn AgentClient = &client;
-    step("booted");
-    let net = GuestNetwork {
+    step(&format!("started: {kind:?} in {:?}", sandbox.boot_time()));
+    let mut net = GuestNetwork {
         hostname: Some("pod-net".into()),
         resolv_conf: Some(RESOLV.into()),
         hosts: Some(HOSTS.into()),
         ..pod.guest_network()
     };
+    if matches!(kind, StartKind::Template(_)) {
+        // The guest NIC still has the template's placeholder MAC.
+        template::mark_restored(&mut net);
+    }
     let names = agent.configure_network(&net).unwrap();
     assert_eq!(names.len(), 1, "{names:?}");
+    let nic = names[0].clone();
     assert_eq!(agent.guest_details().unwrap().hostname, "pod-net");
     step("network configured");
 
@@ -234,8 +261,8 @@ fn guest_on_a_pod_network() {
     // kernel mode the guest was seen starved for 20 s at a time (RCU stall
     // warnings on its console).
     let script = format!(
-        "hostname; cat /etc/resolv.conf; cat /etc/hosts; ping -c 1 -W 300 {gw} >&2 && \
-         echo from-guest | nc -w 300 {gw} {port}",
+        "cat /sys/class/net/{nic}/address; hostname; cat /etc/resolv.conf; cat /etc/hosts; \
+         ping -c 1 -W 300 {gw} >&2 && echo from-guest | nc -w 300 {gw} {port}",
         gw = ns.gateway
     );
     let (status, out, err) = run(agent, "client", &["sh", "-c", &script]);
@@ -248,7 +275,7 @@ fn guest_on_a_pod_network() {
     );
     assert_eq!(
         out,
-        format!("pod-net\n{RESOLV}{HOSTS}echo:from-guest\n"),
+        format!("{}\npod-net\n{RESOLV}{HOSTS}echo:from-guest\n", ns.mac),
         "stderr: {err}"
     );
     assert_eq!(

@@ -15,7 +15,7 @@ use nacre_runtime::container::paths::SHARED_TAG;
 use nacre_runtime::image::{locate_vmm, GuestImage};
 use nacre_runtime::network::{self, PodNetwork};
 use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
-use nacre_runtime::template::{start_sandbox, StartKind, TemplateStore};
+use nacre_runtime::template::{mark_restored, start_sandbox, StartKind, TemplateStore};
 use nacre_runtime::vm::VmSpec;
 
 use crate::config::{Config, VmShape};
@@ -106,7 +106,7 @@ impl Vm {
             s => Duration::from_secs(s),
         };
         let started = identity(id, hostname).and_then(|identity| {
-            let store = template_store(config, &spec);
+            let store = template_store(config);
             start_sandbox(
                 store.as_ref(),
                 &vmm,
@@ -150,7 +150,12 @@ impl Vm {
                     sandbox.client()
                 });
                 if let Some(n) = &net {
-                    if let Err(e) = client.configure_network(&pod.guest_network(n)) {
+                    let mut guest = pod.guest_network(n);
+                    if matches!(kind, StartKind::Template(_)) {
+                        // The NICs still have the template's MACs.
+                        mark_restored(&mut guest);
+                    }
+                    if let Err(e) = client.configure_network(&guest) {
                         if let Err(e) = sandbox.shutdown(Duration::from_secs(10)) {
                             tracing::warn!("sandbox VM shutdown: {e}");
                         }
@@ -286,12 +291,8 @@ fn identity(id: &str, hostname: Option<&str>) -> Result<RestoredIdentity, ShimEr
 
 /// The template store for `spec`, or None when templates are off (the
 /// configuration's `vm.templates`, `NACRE_TEMPLATES`).
-fn template_store(config: &Config, spec: &VmSpec) -> Option<TemplateStore> {
+fn template_store(config: &Config) -> Option<TemplateStore> {
     if !config.vm.templates {
-        return None;
-    }
-    if !spec.nets.is_empty() {
-        // virtio-net has no snapshot support yet: not a failure.
         return None;
     }
     TemplateStore::from_env()

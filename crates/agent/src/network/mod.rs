@@ -2,7 +2,9 @@
 //! namespace (`Network.ConfigureNetwork`) with netlink (nacre-netlink):
 //! each interface found by MAC gets its MTU, addresses and link up; then
 //! routes (on-link ones first, so gateways are reachable), permanent
-//! neighbours, `/etc/resolv.conf`, `/etc/hosts` and the hostname.
+//! neighbours, `/etc/resolv.conf`, `/etc/hosts` and the hostname. An
+//! interface whose NIC still has another MAC (`current_mac`: a VM restored
+//! from a template) is given its MAC first.
 //!
 //! The request is checked whole before anything changes ([`plan`]); then
 //! [`apply`] makes the changes, each replacing what exists, so a request
@@ -47,9 +49,29 @@ pub enum NetworkError {
 /// Returns the guest interface names, in request order.
 pub fn apply(plan: &NetworkPlan, etc: &Path) -> Result<Vec<String>, NetworkError> {
     let mut nl = Handle::new()?;
-    let links = nl.links()?;
+    let mut links = nl.links()?;
     if let Some(lo) = links.iter().find(|l| l.loopback && !l.up) {
         nl.set_link(lo.index, None, true)?;
+    }
+    // A NIC restored from a template still has the template's MAC.
+    let mut renamed = false;
+    for iface in &plan.interfaces {
+        let Some(current) = iface.current_mac else {
+            continue;
+        };
+        if links.iter().any(|l| l.mac == Some(iface.mac)) {
+            continue;
+        }
+        let link = links
+            .iter()
+            .find(|l| l.mac == Some(current))
+            .ok_or_else(|| NetworkError::NoInterface(format!("{} (nor {current})", iface.mac)))?;
+        nl.set_link_address(link.index, iface.mac)?;
+        tracing::info!(name = %link.name, from = %current, to = %iface.mac, "interface MAC set");
+        renamed = true;
+    }
+    if renamed {
+        links = nl.links()?;
     }
     let mut names = Vec::new();
     for iface in &plan.interfaces {

@@ -14,6 +14,9 @@ const MAX_FILE: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfacePlan {
     pub mac: MacAddr,
+    /// The MAC the NIC has now when it is to be given `mac` (a VM
+    /// restored from a template).
+    pub current_mac: Option<MacAddr>,
     pub mtu: Option<u32>,
     pub addresses: Vec<(IpAddr, u8)>,
 }
@@ -91,8 +94,24 @@ pub fn plan(req: &ConfigureNetworkRequest) -> Result<NetworkPlan, NetworkError> 
             let addr = ip(&a.address, &what)?;
             addresses.push((addr, prefix(addr, a.prefix_len, &what)?));
         }
+        let current_mac = if iface.current_mac.is_empty() {
+            None
+        } else {
+            Some(mac(&iface.current_mac, &format!("{what} current MAC"))?)
+        };
+        if current_mac.is_some_and(|c| {
+            interfaces
+                .iter()
+                .any(|i: &InterfacePlan| i.current_mac == Some(c) || i.mac == c)
+        }) {
+            return Err(invalid(format!(
+                "{what}: current MAC {:?} is given twice",
+                iface.current_mac
+            )));
+        }
         interfaces.push(InterfacePlan {
             mac: m,
+            current_mac,
             mtu: (iface.mtu != 0).then_some(iface.mtu),
             addresses,
         });
@@ -217,6 +236,13 @@ mod tests {
         let p = plan(&request()).unwrap();
         assert_eq!(p.interfaces.len(), 1);
         assert_eq!(p.interfaces[0].mtu, Some(1450));
+        assert_eq!(p.interfaces[0].current_mac, None);
+        let mut restored = request();
+        restored.interfaces[0].current_mac = "02:6e:61:63:00:00".into();
+        assert_eq!(
+            plan(&restored).unwrap().interfaces[0].current_mac,
+            Some("02:6e:61:63:00:00".parse().unwrap())
+        );
         assert_eq!(
             p.interfaces[0].addresses[1],
             ("fd00::5".parse().unwrap(), 64)
@@ -265,6 +291,19 @@ mod tests {
             "mixed address families",
         );
         check(&|r| r.hostname = "a/b".into(), "hostname");
+        check(
+            &|r| r.interfaces[0].current_mac = "02:00".into(),
+            "current MAC: bad MAC address",
+        );
+        check(
+            &|r| {
+                r.interfaces[0].current_mac = "02:6e:61:63:00:00".into();
+                let mut other = r.interfaces[0].clone();
+                other.mac = "0a:58:0a:58:00:06".into();
+                r.interfaces.push(other);
+            },
+            "current MAC \"02:6e:61:63:00:00\" is given twice",
+        );
         check(&|r| r.hosts = "x".repeat(MAX_FILE + 1), "hosts is");
     }
 }

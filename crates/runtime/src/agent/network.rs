@@ -12,6 +12,7 @@ pub fn to_request(net: &GuestNetwork) -> ConfigureNetworkRequest {
         iface.mac.clone_from(&i.mac);
         iface.name.clone_from(&i.name);
         iface.mtu = i.mtu;
+        iface.current_mac = i.current_mac.clone().unwrap_or_default();
         for a in &i.addresses {
             let mut addr = IpAddress::new();
             addr.address = a.ip.to_string();
@@ -63,6 +64,7 @@ mod tests {
                     ip: "10.88.0.5".parse().unwrap(),
                     prefix_len: 16,
                 }],
+                current_mac: Some("02:6e:61:63:00:00".into()),
             }],
             routes: vec![GuestRoute {
                 destination: None,
@@ -81,6 +83,7 @@ mod tests {
         let req = to_request(&net);
         assert_eq!(req.interfaces[0].addresses[0].address, "10.88.0.5");
         assert_eq!(req.interfaces[0].addresses[0].prefix_len, 16);
+        assert_eq!(req.interfaces[0].current_mac, "02:6e:61:63:00:00");
         assert_eq!(req.routes[0].destination, "");
         assert_eq!(req.routes[0].gateway, "10.88.0.1");
         assert_eq!(req.hostname, "pod");

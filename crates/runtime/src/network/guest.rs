@@ -21,6 +21,11 @@ pub struct GuestInterface {
     pub name: String,
     pub mtu: u32,
     pub addresses: Vec<IpNet>,
+    /// The MAC the guest NIC has now, when it differs from `mac` (a VM
+    /// restored from a template: [`crate::template::placeholder_mac`]);
+    /// the agent then gives the NIC `mac`.
+    #[serde(default)]
+    pub current_mac: Option<String>,
 }
 
 /// One route.

@@ -283,7 +283,7 @@ impl PodNetwork {
             .iter()
             .filter_map(|ep| {
                 Some(VmNet {
-                    fd: ep.tap.as_ref()?.as_raw_fd(),
+                    fd: Some(ep.tap.as_ref()?.as_raw_fd()),
                     mac: ep.interface.mac.clone(),
                     mtu: Some(ep.interface.mtu),
                 })
@@ -303,6 +303,7 @@ impl PodNetwork {
                     name: ep.interface.name.clone(),
                     mtu: ep.interface.mtu,
                     addresses: ep.interface.addresses.clone(),
+                    current_mac: None,
                 })
                 .collect(),
             routes: self.routes.clone(),
