@@ -1,6 +1,9 @@
 //! VM tier, issue 5's acceptance through CRI: a nacre pod (one VM) next to
 //! a runc pod on one containerd. One VM boot for the pod tests; the
-//! connectivity test boots a second one.
+//! connectivity test boots a second one. With templates on (default;
+//! `NACRE_TEMPLATES`, `NACRE_TEMPLATE_DIR` are passed on) each pod's VM is
+//! restored from a template with its network device: the first one of
+//! the run makes the template (one extra cold boot).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod common;
@@ -52,6 +55,14 @@ fn setup(test: &str) -> Option<CriContainerd> {
         ("NACRE_VMM".into(), prereqs.vmm.display().to_string()),
         ("NACRE_SHIM_ROOT".into(), shim_root().display().to_string()),
     ];
+    // Pods start from VM templates (on by default) kept where the caller
+    // keeps them.
+    let mut env = env;
+    for key in ["NACRE_TEMPLATES", "NACRE_TEMPLATE_DIR"] {
+        if let Ok(value) = std::env::var(key) {
+            env.push((key.into(), value));
+        }
+    }
     Some(CriContainerd::start_with_env(test, env).unwrap_or_else(|e| panic!("{e}")))
 }
 
@@ -60,6 +71,20 @@ fn client(ctd: &CriContainerd) -> CriClient {
     // A guest boot takes 30-200 s on a loaded host with emulated kernel mode.
     cri.timeout = Duration::from_secs(600);
     cri
+}
+
+/// With templates on, the nacre pod's VM was restored from one (made by
+/// this start if it did not exist), network device included.
+fn assert_restored_from_a_template(ctd: &CriContainerd) {
+    if nacre_runtime::template::disabled_by_env() {
+        return;
+    }
+    let log = ctd.log_tail(usize::MAX);
+    assert!(
+        log.contains("sandbox VM ready (restored from a template)"),
+        "the pod's VM was not restored from a template:\n{}",
+        ctd.log_tail(60)
+    );
 }
 
 fn boot_id(cri: &CriClient, c: &str) -> String {
@@ -127,6 +152,7 @@ fn nacre_pod_next_to_a_runc_pod() {
         .flat_map(|s| children_named(*s, "nacre-vmm"))
         .collect();
     assert_eq!(vmms.len(), 1, "one VM per nacre pod: {vmms:?}");
+    assert_restored_from_a_template(&ctd);
 
     let web = run_container(
         &cri,
@@ -254,6 +280,7 @@ fn nacre_and_runc_pods_reach_each_other() {
     let vm_cfg = pod_config(&ctd, "vm-pod", "vm-host");
     let vm_pod = cri.run_pod_sandbox(&vm_cfg, "nacre").unwrap();
     let vm_ip = cri.pod_ip(&vm_pod).unwrap();
+    assert_restored_from_a_template(&ctd);
     let web = run_container(
         &cri,
         &vm_pod,
