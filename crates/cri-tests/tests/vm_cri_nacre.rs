@@ -76,10 +76,17 @@ fn client(ctd: &CriContainerd) -> CriClient {
 /// With templates on, the nacre pod's VM was restored from one (made by
 /// this start if it did not exist), network device included.
 fn assert_restored_from_a_template(ctd: &CriContainerd) {
+    let log = ctd.log_tail(usize::MAX);
+    // Boot and restore times, for the record.
+    for line in log
+        .lines()
+        .filter(|l| l.contains("sandbox VM ready") || l.contains("template created"))
+    {
+        eprintln!("{line}");
+    }
     if nacre_runtime::template::disabled_by_env() {
         return;
     }
-    let log = ctd.log_tail(usize::MAX);
     assert!(
         log.contains("sandbox VM ready (restored from a template)"),
         "the pod's VM was not restored from a template:\n{}",

@@ -207,6 +207,14 @@ fn ctr_run_rm_prints_the_guest_kernel_and_propagates_exit_stdin_output() {
         );
         assert_sandbox_gone(&ctd, "again");
     }
+    // Boot and restore times, for the record.
+    for line in ctd
+        .log()
+        .lines()
+        .filter(|l| l.contains("sandbox VM ready") || l.contains("template created"))
+    {
+        eprintln!("{line}");
+    }
 }
 
 fn exec_out(ctd: &Containerd, args: &[&str]) -> (Option<i32>, String) {
