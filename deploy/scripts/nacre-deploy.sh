@@ -2,8 +2,8 @@
 # nacre-deploy: installs or removes nacre on a Kubernetes node.
 #
 # Runs in the nacre-deploy DaemonSet pod (deploy/nacre-deploy.yaml), which
-# mounts the node's /usr/local/bin, /usr/local/share/nacre and
-# /etc/containerd under /host and shares the node's PID namespace.
+# mounts the node's /usr/local/bin, /usr/local/share/nacre, /etc/containerd
+# and /var/lib/nacre under /host and shares the node's PID namespace.
 #
 #   nacre-deploy.sh install     copy binaries + guest image, patch
 #                               containerd's config, restart containerd if
@@ -18,6 +18,8 @@ ARTIFACTS=${NACRE_ARTIFACTS:-/opt/nacre-artifacts}
 HOST_BIN=${NACRE_HOST_BIN:-/host/usr/local/bin}
 HOST_SHARE=${NACRE_HOST_SHARE:-/host/usr/local/share/nacre}
 HOST_CONTAINERD=${NACRE_HOST_CONTAINERD:-/host/etc/containerd}
+# The shim's VM templates (NACRE_TEMPLATE_DIR's default).
+HOST_TEMPLATES=${NACRE_HOST_TEMPLATES:-/host/var/lib/nacre/templates}
 SNIPPET=${NACRE_SNIPPET:-/nacre-deploy/nacre-runtime.toml}
 RESTART=${NACRE_RESTART_CMD:-nsenter -t 1 -m -u -i -n -p -- systemctl restart containerd}
 STAY=${NACRE_STAY:-1}
@@ -103,6 +105,10 @@ install() {
 	for b in $BINARIES; do put "$ARTIFACTS/bin/$b" "$HOST_BIN/$b" 0755; done
 	for f in $GUEST_FILES; do put "$ARTIFACTS/share/$f" "$HOST_SHARE/$f" 0644; done
 	say "installed $BINARIES in $HOST_BIN, $GUEST_FILES in $HOST_SHARE"
+	# Templates are keyed by the files just replaced: none is usable now.
+	# A running VM keeps its mapping; a template being made fails and
+	# that sandbox boots cold.
+	rm -rf "$HOST_TEMPLATES"
 	if patch_config; then
 		restart_containerd
 	else
@@ -120,6 +126,8 @@ uninstall() {
 	for b in $BINARIES; do rm -f "$HOST_BIN/$b"; done
 	for f in $GUEST_FILES; do rm -f "$HOST_SHARE/$f"; done
 	rmdir "$HOST_SHARE" 2>/dev/null || true
+	rm -rf "$HOST_TEMPLATES"
+	rmdir "$(dirname "$HOST_TEMPLATES")" 2>/dev/null || true
 	say "removed"
 }
 

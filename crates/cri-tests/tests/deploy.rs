@@ -175,7 +175,8 @@ fn check_daemonset(file: &str, action: &str) {
         [
             "/etc/containerd",
             "/usr/local/bin",
-            "/usr/local/share/nacre"
+            "/usr/local/share/nacre",
+            "/var/lib/nacre"
         ]
     );
     let cm_name = str_field(cm, "metadata.name");
@@ -235,6 +236,7 @@ impl Node {
             .env("NACRE_HOST_BIN", self.root.join("usr/local/bin"))
             .env("NACRE_HOST_SHARE", self.root.join("usr/local/share/nacre"))
             .env("NACRE_HOST_CONTAINERD", self.root.join("etc/containerd"))
+            .env("NACRE_HOST_TEMPLATES", self.root.join("var/lib/nacre/templates"))
             .env(
                 "NACRE_SNIPPET",
                 deploy_dir().join("containerd/nacre-runtime.toml"),
@@ -303,10 +305,16 @@ fn install_patches_containerd_once_and_uninstall_restores_it() {
     );
     assert_eq!(node.restart_count(), 1);
 
-    // Idempotent: same file, no second restart.
+    // Idempotent: same file, no second restart. Templates of the
+    // replaced files (the shim's, keyed by them) are dropped.
+    let templates = node.root.join("var/lib/nacre/templates");
+    std::fs::create_dir_all(templates.join("0123abcd")).unwrap();
+    std::fs::write(templates.join("0123abcd/memory.bin"), b"old").unwrap();
     node.run_ok("install");
     assert_eq!(node.config(), patched);
     assert_eq!(node.restart_count(), 1);
+    assert!(!templates.exists(), "stale templates kept");
+    std::fs::create_dir_all(templates.join("4567cdef")).unwrap();
 
     // Refused while a nacre sandbox runs on the node.
     let shim = node.root.join("proc/42");
@@ -327,6 +335,7 @@ fn install_patches_containerd_once_and_uninstall_restores_it() {
     assert_eq!(node.restart_count(), 2);
     assert!(!node.root.join("usr/local/bin/nacre-vmm").exists());
     assert!(!node.root.join("usr/local/share/nacre").exists());
+    assert!(!node.root.join("var/lib/nacre").exists(), "templates left");
     node.run_ok("uninstall");
     assert_eq!(node.restart_count(), 2);
     let left: Vec<_> = std::fs::read_dir(node.root.join("etc/containerd"))
