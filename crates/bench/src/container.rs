@@ -75,10 +75,48 @@ pub struct Runtime {
     pub root: PathBuf,
 }
 
+/// crun 1.8 refuses a hybrid cgroup host whose v2 `unified` hierarchy
+/// has controllers ("cgroups in hybrid mode not supported"), as these
+/// hosts have (hugetlb). runc uses the v1 hierarchies there.
+fn hybrid_cgroup2_has_controllers() -> bool {
+    std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
+        .is_ok_and(|c| !c.trim().is_empty())
+}
+
+/// Runs the command in a mount namespace of its own without the v2
+/// `unified` mount, so crun uses the v1 hierarchies as runc does. The
+/// host's mounts are untouched.
+fn hide_unified_cgroup2(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // only async-signal-safe system calls (unshare, mount, umount2) on
+    // constant C strings; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 impl Runtime {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root);
+        if self.name == "crun" && hybrid_cgroup2_has_controllers() {
+            hide_unified_cgroup2(&mut cmd);
+        }
         cmd
     }
 

@@ -319,7 +319,10 @@ fn container_section_in(scratch: &std::path::Path, runs: usize) -> Result<Sectio
         notes: [
             format!(
                 "Foreground `<runtime> --root R run --bundle B id`, spawn to exit, median of {runs}. \
-                 nacre's time includes booting the sandbox VM and shutting it down."
+                 nacre's time includes booting the sandbox VM (from its template unless \
+                 NACRE_TEMPLATES=0) and shutting it down. On a hybrid cgroup host whose v2 \
+                 hierarchy has controllers, which crun 1.8 refuses, crun runs in a mount \
+                 namespace without the v2 mount (v1 cgroups, as runc uses here)."
             ),
             format!(
                 "Host memory of one running nacre sandbox (monitor + nacre-vmm, idle `sleep`): \
