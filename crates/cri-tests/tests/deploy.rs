@@ -236,7 +236,10 @@ impl Node {
             .env("NACRE_HOST_BIN", self.root.join("usr/local/bin"))
             .env("NACRE_HOST_SHARE", self.root.join("usr/local/share/nacre"))
             .env("NACRE_HOST_CONTAINERD", self.root.join("etc/containerd"))
-            .env("NACRE_HOST_TEMPLATES", self.root.join("var/lib/nacre/templates"))
+            .env(
+                "NACRE_HOST_TEMPLATES",
+                self.root.join("var/lib/nacre/templates"),
+            )
             .env(
                 "NACRE_SNIPPET",
                 deploy_dir().join("containerd/nacre-runtime.toml"),

@@ -19,6 +19,9 @@
 //! asking the VMM for a snapshot (`{"op":"snapshot"}`) into a temporary
 //! directory that is renamed into place when complete. A template the VMM
 //! refuses (corrupt, other version) is removed, and the caller boots cold.
+//! Before a new template is made, stale ones are pruned: each records the
+//! stat lines of its VMM, kernel and initrd (`inputs`), and one whose
+//! files changed or went away can never be found again.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -126,6 +129,14 @@ impl TemplateStore {
 
     /// The key of the template for `spec` under the VMM at `vmm`.
     pub fn key(vmm: &Path, spec: &VmSpec) -> Result<String, TemplateError> {
+        let text = Self::inputs(vmm, spec)?;
+        let digest = Sha256::digest(text.join("\n").as_bytes());
+        Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// What a template's key hashes, one line each; kept in the template
+    /// (`inputs`) so [`TemplateStore::prune`] can tell a stale one.
+    fn inputs(vmm: &Path, spec: &VmSpec) -> Result<Vec<String>, TemplateError> {
         let mut text = vec![
             KEY_VERSION.to_owned(),
             stat_line("vmm", vmm)?,
@@ -141,8 +152,38 @@ impl TemplateStore {
         for net in &spec.nets {
             text.push(format!("net=mtu:{}", net.mtu.unwrap_or(0)));
         }
-        let digest = Sha256::digest(text.join("\n").as_bytes());
-        Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
+        Ok(text)
+    }
+
+    /// Removes templates no key can reach any more: those whose VMM,
+    /// kernel or initrd changed or went away since they were made (their
+    /// `inputs` no longer match the files), those made before `inputs`
+    /// were recorded, and work directories of processes that died while
+    /// making one. Running sandboxes restored from a removed template keep
+    /// their private mapping of its memory.
+    pub fn prune(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = match name.strip_prefix('.') {
+                Some(work) => work_dir_orphaned(work),
+                None => template_stale(&path),
+            };
+            if stale {
+                match fs::remove_dir_all(&path) {
+                    Ok(()) => {
+                        tracing::info!(template = %path.display(), "removed a stale template");
+                        removed.push(path);
+                    }
+                    Err(e) => tracing::warn!("removing stale template {}: {e}", path.display()),
+                }
+            }
+        }
+        removed
     }
 
     /// Creates the store's directory (0700) or checks an existing one is
@@ -205,6 +246,7 @@ impl TemplateStore {
         if let Some(dir) = self.find(vmm, spec)? {
             return Ok(dir);
         }
+        self.prune();
         let key = Self::key(vmm, spec)?;
         let final_dir = self.root.join(&key);
         let work = self.root.join(format!(".{key}.{}", std::process::id()));
@@ -253,6 +295,10 @@ impl TemplateStore {
         }
         // The template VM is paused for good: dropping it kills it.
         drop(vm);
+        let inputs = snapshot.join(INPUTS);
+        let mut text = Self::inputs(vmm, spec)?.join("\n");
+        text.push('\n');
+        fs::write(&inputs, text).map_err(dir_err(&inputs))?;
         match fs::rename(&snapshot, final_dir) {
             Ok(()) => {}
             // Another process made the same template meanwhile.
@@ -267,6 +313,45 @@ impl TemplateStore {
         tracing::info!(template = %final_dir.display(), took = ?start.elapsed(), "template created");
         Ok(())
     }
+}
+
+/// The file of a template that lists its key's inputs.
+const INPUTS: &str = "inputs";
+
+/// A template directory is stale when it has no `inputs`, or one of the
+/// files its `inputs` name (`vmm=`, `kernel=`, `initrd=` stat lines) is
+/// gone or changed.
+fn template_stale(dir: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(dir.join(INPUTS)) else {
+        return dir.is_dir();
+    };
+    text.lines().any(|line| {
+        let Some((what, rest)) = line.split_once('=') else {
+            return false;
+        };
+        let what: &'static str = match what {
+            "vmm" => "vmm",
+            "kernel" => "kernel",
+            "initrd" => "initrd",
+            _ => return false,
+        };
+        // The path is everything before the five stat fields.
+        let mut fields = rest.rsplitn(5, ':');
+        let path = fields.nth(4).map(Path::new);
+        path.is_none_or(|p| stat_line(what, p).map_or(true, |now| now != line))
+    })
+}
+
+/// `<key>.<pid>`: the work directory of a template being made by `pid`,
+/// orphaned when that process is gone.
+fn work_dir_orphaned(name: &str) -> bool {
+    let Some(pid) = name
+        .rsplit_once('.')
+        .and_then(|(_, pid)| pid.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// The MAC of the `index`th network device of a template's VM:
@@ -378,6 +463,47 @@ mod tests {
         fs::write(&kernel, b"k").unwrap_or_default();
         fs::write(&initrd, b"i").unwrap_or_default();
         VmSpec::new(GuestImage { kernel, initrd })
+    }
+
+    #[test]
+    fn prune_removes_stale_and_orphaned_templates_only() {
+        let dir = std::env::temp_dir().join(format!("nacre-tplprune-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let inputs_dir = dir.join("inputs");
+        fs::create_dir_all(&inputs_dir).unwrap_or_default();
+        let vmm = inputs_dir.join("nacre-vmm");
+        fs::write(&vmm, b"v").unwrap_or_default();
+        let s = spec(&inputs_dir);
+        let store = TemplateStore::new(dir.join("store"));
+        let make = |name: &str, inputs: Option<String>| {
+            let t = store.root().join(name);
+            fs::create_dir_all(&t).unwrap_or_default();
+            fs::write(t.join("header.json"), b"{}").unwrap_or_default();
+            if let Some(text) = inputs {
+                fs::write(t.join(INPUTS), text).unwrap_or_default();
+            }
+            t
+        };
+        let text = TemplateStore::inputs(&vmm, &s)
+            .map(|l| l.join("\n"))
+            .unwrap_or_default();
+        let current = make("current", Some(text.clone()));
+        let legacy = make("legacy", None);
+        let gone = make(
+            "gone",
+            Some(text.replace(&s.image.initrd.display().to_string(), "/nonexistent/initrd")),
+        );
+        let live_work = make(&format!(".k.{}", std::process::id()), None);
+        let dead_work = make(".k.4294967295", None);
+        assert!(store.prune().len() == 3);
+        assert!(current.exists() && live_work.exists());
+        assert!(!legacy.exists() && !gone.exists() && !dead_work.exists());
+        // The kernel is rebuilt: the template made from the old one goes.
+        std::thread::sleep(Duration::from_millis(20));
+        fs::write(&s.image.kernel, b"new kernel").unwrap_or_default();
+        assert_eq!(store.prune(), vec![current.clone()]);
+        assert!(!current.exists());
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

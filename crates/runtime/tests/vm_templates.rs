@@ -138,6 +138,7 @@ fn two_sandboxes_from_one_template() {
             .unwrap(),
         template
     );
+    assert!(template.join("inputs").is_file(), "no inputs record");
     let memory = template.join("memory.bin");
     let memory_sha = sha256(&memory);
 
