@@ -386,6 +386,7 @@ impl agent_ttrpc::Agent for AgentService {
         resp.pids_limit = s.pids_limit;
         resp.io_read_bytes = s.io_read_bytes;
         resp.io_write_bytes = s.io_write_bytes;
+        resp.memory_oom_kill = s.memory_oom_kill;
         Ok(resp)
     }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod layout;
 pub mod metrics;
+pub mod options;
 pub mod podnet;
 pub mod service;
 pub mod stdio;

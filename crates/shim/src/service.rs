@@ -16,7 +16,7 @@ use containerd_shim::protos::api::{
     UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::error::ShimError;
 use crate::layout;
 use crate::metrics;
+use crate::options::RuntimeOptions;
 use crate::stdio::{self, StdioPaths};
 use crate::task::{Container, Exit, Process};
 use crate::vm::{self, Vm};
@@ -151,7 +152,13 @@ impl Inner {
         if self.containers()?.contains_key(&cid) {
             return Err(ShimError::AlreadyExists(format!("container {cid}")));
         }
-        let config = self.config.clone().map_err(ShimError::Internal)?;
+        let config = match RuntimeOptions::from_any(req.options.as_ref())? {
+            Some(options) => match options.config()? {
+                Some(config) => config,
+                None => self.config.clone().map_err(ShimError::Internal)?,
+            },
+            None => self.config.clone().map_err(ShimError::Internal)?,
+        };
         let bundle = PathBuf::from(&req.bundle);
         let annotations = layout::bundle_annotations(&bundle);
         let shape = config.vm_shape(&annotations)?;
@@ -168,9 +175,20 @@ impl Inner {
             blocking(move || mount_rootfs(&list, &target)).await?;
             Some(rootfs.clone())
         };
-        let created = self
-            .create_in_vm(&cid, &bundle, &config, &shape, &req)
-            .await;
+        // The bundle is checked (rootfs, bind sources, spec) before a VM
+        // boots for it.
+        let dir = bundle.clone();
+        let loaded = blocking(move || {
+            Bundle::load(&dir).map_err(|e| ShimError::InvalidArgument(format!("bundle: {e}")))
+        })
+        .await;
+        let created = match loaded {
+            Ok(b) => {
+                self.create_in_vm(&cid, &bundle, b, &config, &shape, &req)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         let (pid, io) = match created {
             Ok(v) => v,
             Err(e) => {
@@ -198,6 +216,7 @@ impl Inner {
                 mounted_rootfs,
                 share,
                 processes,
+                oom_kills: 0,
             },
         );
         self.publish(
@@ -232,6 +251,7 @@ impl Inner {
         self: &Arc<Self>,
         cid: &str,
         bundle: &Path,
+        b: Bundle,
         config: &Config,
         shape: &crate::config::VmShape,
         req: &CreateTaskRequest,
@@ -254,16 +274,15 @@ impl Inner {
                     Arc::new(blocking(move || Vm::boot(&id, &dir, &config, &shape, &pod)).await?);
                 *guard = Some(vm.clone());
                 spawn_watchdog(self.clone(), vm.clone());
+                spawn_oom_poller(self.clone(), vm.clone());
                 vm
             }
         };
         let share = vm.shared().join(cid);
-        let (bundle_dir, id) = (bundle.to_path_buf(), cid.to_string());
+        let id = cid.to_string();
         let (sandbox_dir, client) = (self.sandbox_dir.clone(), vm.client().clone());
         let share2 = share.clone();
         let result = blocking(move || {
-            let b = Bundle::load(&bundle_dir)
-                .map_err(|e| ShimError::InvalidArgument(format!("bundle: {e}")))?;
             mounts::bind_container(&b, &share2)
                 .map_err(|e| ShimError::Internal(format!("sharing the rootfs with the VM: {e}")))?;
             let paths = ContainerPaths::new(&sandbox_dir, &id)
@@ -351,14 +370,61 @@ impl Inner {
                     }
                 };
                 if let Some(io) = io {
+                    io.close_stdin();
                     io.wait_outputs(Duration::from_secs(10));
                 }
                 status
             })
             .await
             .unwrap_or(255);
+            // A process the OOM killer took: TaskOOM goes out before its
+            // TaskExit.
+            inner.check_oom(&cid).await;
             inner.record_exit(&cid, &exec_id, status).await;
         });
+    }
+
+    /// Publishes TaskOOM if the OOM kill count of container `cid`'s
+    /// cgroup grew since it was last read.
+    async fn check_oom(&self, cid: &str) {
+        let Ok((_, client)) = self.client().await else {
+            return;
+        };
+        let id = cid.to_string();
+        let stats = blocking(move || {
+            client
+                .stats_container(&id)
+                .map_err(ShimError::agent(format!("reading the statistics of {id}")))
+        })
+        .await;
+        let kills = match stats {
+            Ok(s) => s.memory_oom_kill,
+            Err(e) => {
+                tracing::debug!(cid, "checking for OOM kills: {e}");
+                return;
+            }
+        };
+        let grew = match self.containers() {
+            Ok(mut table) => match table.get_mut(cid) {
+                Some(c) if kills > c.oom_kills => {
+                    c.oom_kills = kills;
+                    true
+                }
+                _ => false,
+            },
+            Err(_) => false,
+        };
+        if grew {
+            tracing::info!(cid, kills, "OOM kill in the container");
+            self.publish(
+                topics::TASK_OOM_EVENT_TOPIC,
+                Box::new(TaskOOM {
+                    container_id: cid.to_string(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        }
     }
 
     /// Records that a process exited (once) and publishes TaskExit.
@@ -843,6 +909,32 @@ fn spawn_watchdog(inner: Arc<Inner>, vm: Arc<Vm>) {
     });
 }
 
+/// How often running containers are checked for OOM kills that did not
+/// end a process the shim waits for (a child of one, say).
+const OOM_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+fn spawn_oom_poller(inner: Arc<Inner>, vm: Arc<Vm>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(OOM_POLL_INTERVAL).await;
+            if vm.is_shut_down() || vm.exit_status().is_some() {
+                return;
+            }
+            let running: Vec<String> = match inner.containers() {
+                Ok(table) => table
+                    .iter()
+                    .filter(|(_, c)| c.init().is_some_and(|p| p.status == Status::RUNNING))
+                    .map(|(cid, _)| cid.clone())
+                    .collect(),
+                Err(_) => return,
+            };
+            for cid in running {
+                inner.check_oom(&cid).await;
+            }
+        }
+    });
+}
+
 #[async_trait::async_trait]
 impl containerd_shim::Task for Service {
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
@@ -924,9 +1016,17 @@ impl containerd_shim::Task for Service {
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
-        // The stdin copier closes the process's stdin when containerd's
-        // side of the FIFO reaches EOF; nothing else is held open here.
         tracing::debug!(id = req.id, exec_id = req.exec_id, "close_io");
+        if req.stdin {
+            // The stdin copy then reaches EOF (after what containerd's
+            // side wrote) and closes the process's stdin in the guest.
+            let io = self
+                .inner
+                .with_process(&req.id, &req.exec_id, |p| Ok(p.io.clone()))?;
+            if let Some(io) = io {
+                io.close_stdin();
+            }
+        }
         Ok(Empty::new())
     }
 

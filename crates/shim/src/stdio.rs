@@ -5,6 +5,11 @@
 //! `Agent.WriteStdin` (then `CloseStdin` at EOF), `Agent.ReadStdout` /
 //! `ReadStderr` to the FIFO or log until the agent reports the end of the
 //! stream. The agent calls block, so these are plain threads.
+//!
+//! The stdin copy ends (and closes the process's stdin in the guest) when
+//! every writer of the FIFO closed it, or on `CloseIO` once the FIFO holds
+//! nothing more: a client that keeps its end open (CRI does) ends the
+//! input with `CloseIO`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -32,6 +37,8 @@ pub struct StdioPaths {
 pub struct IoHandle {
     outputs: Mutex<Vec<mpsc::Receiver<()>>>,
     logger: Option<Arc<Mutex<Child>>>,
+    /// Dropped on `CloseIO`: wakes the stdin copy to finish.
+    stdin_close: Mutex<Option<std::io::PipeWriter>>,
 }
 
 #[derive(Clone, Copy)]
@@ -114,6 +121,7 @@ pub fn start(
     }
     let client = client.clone();
     let (cid, exec_id) = (cid.to_string(), exec_id.to_string());
+    let mut stdin_close = None;
     if paths.stdin.is_empty() {
         // No stdin: the process reads EOF, as from /dev/null under runc.
         if let Err(e) = client.close_stdin(&cid, &exec_id) {
@@ -121,17 +129,31 @@ pub fn start(
         }
     } else {
         let stdin = PathBuf::from(paths.stdin.strip_prefix("fifo://").unwrap_or(&paths.stdin));
+        let (wake, close) = std::io::pipe().map_err(ShimError::io("creating a pipe"))?;
+        stdin_close = Some(close);
         spawn_thread("stdio-in", move || {
-            pump_stdin(&client, &cid, &exec_id, &stdin)
+            pump_stdin(&client, &cid, &exec_id, &stdin, &wake)
         })?;
     }
     Ok(IoHandle {
         outputs: Mutex::new(outputs),
         logger,
+        stdin_close: Mutex::new(stdin_close),
     })
 }
 
 impl IoHandle {
+    /// `CloseIO` with stdin (or the process exited): the stdin copy
+    /// forwards what the FIFO still holds, then closes the process's
+    /// stdin.
+    pub fn close_stdin(&self) {
+        let mut close = match self.stdin_close.lock() {
+            Ok(w) => w,
+            Err(p) => p.into_inner(),
+        };
+        close.take();
+    }
+
     /// Waits up to `timeout` for the output streams to end (the process
     /// and anything that inherited its stdout exited), so that the exit
     /// event does not overtake the last output.
@@ -212,45 +234,131 @@ fn pump_output(
     let _ = sink.flush();
 }
 
-fn pump_stdin(client: &TtrpcAgentClient, cid: &str, exec_id: &str, fifo: &Path) {
+fn pump_stdin(
+    client: &TtrpcAgentClient,
+    cid: &str,
+    exec_id: &str,
+    fifo: &Path,
+    wake: &std::io::PipeReader,
+) {
     // Blocks until containerd's side opens the FIFO for writing.
     match File::open(fifo) {
-        Ok(mut f) => {
+        Ok(f) => {
             tracing::debug!(cid, exec_id, "stdin open");
-            let mut total = 0usize;
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match f.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::debug!(cid, exec_id, "reading stdin: {e}");
-                        break;
-                    }
-                };
-                tracing::debug!(cid, exec_id, n, total, "stdin data");
-                let mut data = &buf[..n];
-                while !data.is_empty() {
-                    match client.write_stdin(cid, exec_id, data) {
-                        Ok(0) => break,
-                        Err(e) => {
-                            tracing::warn!(cid, exec_id, "writing stdin: {e}");
-                            break;
-                        }
-                        Ok(w) => {
-                            total += w;
-                            data = &data[w.min(data.len())..];
-                        }
-                    }
-                }
-            }
+            let total = copy_stdin(client, cid, exec_id, f, wake);
+            tracing::debug!(cid, exec_id, total, "stdin closed");
         }
         Err(e) => tracing::warn!("opening stdin {}: {e}", fifo.display()),
     }
-    tracing::debug!(cid, exec_id, "stdin closed");
     if let Err(e) = client.close_stdin(cid, exec_id) {
         tracing::debug!(cid, exec_id, "closing stdin: {e}");
+    }
+}
+
+/// What the stdin FIFO had for the copy.
+enum Input {
+    Data(usize),
+    /// Every writer closed it.
+    Eof,
+    /// Nothing right now.
+    Empty,
+}
+
+fn read_input(fifo: &mut File, buf: &mut [u8]) -> Input {
+    loop {
+        return match fifo.read(buf) {
+            Ok(0) => Input::Eof,
+            Ok(n) => Input::Data(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Input::Empty,
+            Err(e) => {
+                tracing::debug!("reading stdin: {e}");
+                Input::Eof
+            }
+        };
+    }
+}
+
+/// Copies the FIFO to the process until its end, or until `wake` closes
+/// and the FIFO is drained. Returns the bytes copied.
+fn copy_stdin(
+    client: &TtrpcAgentClient,
+    cid: &str,
+    exec_id: &str,
+    mut fifo: File,
+    wake: &std::io::PipeReader,
+) -> usize {
+    use std::os::fd::AsRawFd;
+
+    let fd = fifo.as_raw_fd();
+    // SAFETY: fcntl on a descriptor `fifo` owns; no memory is touched.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        tracing::warn!(
+            cid,
+            exec_id,
+            "stdin FIFO: {}",
+            std::io::Error::last_os_error()
+        );
+        return 0;
+    }
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut closing = false;
+    loop {
+        if !closing {
+            let mut fds = [
+                libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfds for the call.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if ready < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::warn!(cid, exec_id, "waiting for stdin: {e}");
+                return total;
+            }
+            // Data first: CloseIO ends the input after what was written.
+            if fds[0].revents == 0 {
+                closing = fds[1].revents != 0;
+                if !closing {
+                    continue;
+                }
+            }
+        }
+        let n = match read_input(&mut fifo, &mut buf) {
+            Input::Data(n) => n,
+            Input::Eof => return total,
+            Input::Empty if closing => return total,
+            Input::Empty => continue,
+        };
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            match client.write_stdin(cid, exec_id, data) {
+                Ok(0) => return total,
+                Err(e) => {
+                    // The process is gone (or closed its stdin).
+                    tracing::debug!(cid, exec_id, "writing stdin: {e}");
+                    return total;
+                }
+                Ok(w) => {
+                    total += w;
+                    data = &data[w.min(data.len())..];
+                }
+            }
+        }
     }
 }
 

@@ -55,6 +55,9 @@ pub struct Container {
     /// `<sandbox>/shared/<cid>`.
     pub share: PathBuf,
     pub processes: HashMap<String, Process>,
+    /// The guest cgroup's OOM kill count last seen (memory.events
+    /// `oom_kill`); a TaskOOM event goes out when it grows.
+    pub oom_kills: u64,
 }
 
 impl Container {

@@ -2,8 +2,10 @@
 //!
 //! Three VM boots: (1) `ctr run --rm` of a one-shot task (guest kernel,
 //! exit code, stdin, 10 MiB of output); (2) a long-running task for exec,
-//! TTY, pids, pause/resume, metrics, containerd restart, kill and delete;
-//! (3) kill -9 of the VMM under a running task. Bad input needs no boot.
+//! TTY (exec and `ctr run -t`, resize), stdin and close, update, OOM,
+//! pids, pause/resume, metrics, containerd restart, kill and delete (more
+//! containers join its sandbox); (3) kill -9 of the VMM under a running
+//! task. Bad input (annotations, runtime options, rootfs) needs no boot.
 //! Sandboxes start from VM templates (`NACRE_TEMPLATES`,
 //! `NACRE_TEMPLATE_DIR` are passed on): (1) runs a second task that must
 //! be restored from one.
@@ -122,6 +124,39 @@ fn ctr_run_rm_prints_the_guest_kernel_and_propagates_exit_stdin_output() {
         let _ = ctd.ctr(&["containers", "rm", "bad"]);
         assert_sandbox_gone(&ctd, "bad");
     }
+    // Bad runtime options (a configuration file that is not there, or
+    // not valid) and a missing rootfs: refused before any VM boots.
+    let bad_config = ctd.dir.join("bad-config.toml");
+    std::fs::write(&bad_config, "[vm]\nvcpus = 0\n").unwrap();
+    let bad_config = bad_config.display().to_string();
+    for (args, expect) in [
+        (
+            vec!["--runtime-config-path", "/nonexistent/nacre.toml", IMAGE],
+            "/nonexistent/nacre.toml",
+        ),
+        (
+            vec!["--runtime-config-path", bad_config.as_str(), IMAGE],
+            "vm.vcpus = 0",
+        ),
+        (
+            vec!["--rootfs", "/nonexistent/rootfs"],
+            "rootfs /nonexistent/rootfs does not exist",
+        ),
+    ] {
+        let mut all = vec!["run", "--runtime", RUNTIME, "--rm"];
+        all.extend(&args);
+        all.extend(["bad", "true"]);
+        let out = ctd.ctr(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        let _ = ctd.ctr(&["containers", "rm", "bad"]);
+        assert_sandbox_gone(&ctd, "bad");
+    }
+    assert!(
+        !ctd.log().contains("sandbox VM ready"),
+        "a VM booted for bad input"
+    );
 
     // 10 MiB of host data goes in through stdin and comes back out.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -275,6 +310,125 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("tty-ok"), "tty exec: {text}");
+
+    // A TTY as a task's init (`ctr run -t`, in this sandbox): ctr sets the
+    // window size of its terminal on the task (resize_pty); the exit
+    // code comes back through ctr and script.
+    let inner = "i=0; while [ $i -lt 100 ]; do s=$(stty size); \
+                 [ \"$s\" = \"40 100\" ] && break; sleep 0.2; i=$((i+1)); done; \
+                 echo size=$s; [ -t 0 ] && [ -t 1 ] && echo run-tty-ok; exit 5";
+    let run_cmd = format!(
+        "stty rows 40 cols 100; ctr -a {} -n {} run -t --rm --runtime {RUNTIME} \
+         --annotation io.kubernetes.cri.sandbox-id={id} {IMAGE} long-tty sh -c '{inner}'",
+        ctd.socket().display(),
+        common::NS
+    );
+    let out = Command::new("script")
+        .args(["-qec", &run_cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("size=40 100") && text.contains("run-tty-ok"),
+        "ctr run -t: {text}\n--- log ---\n{}",
+        common::tail(&ctd.log(), 60)
+    );
+    assert_eq!(out.status.code(), Some(5), "ctr run -t: {text}");
+    assert!(ctd.task_status("long-tty").is_none());
+
+    // Piped stdin reaches an exec and its end reaches the process.
+    let out = ctd.ctr_input(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "in1",
+            id,
+            "sh",
+            "-c",
+            "cat; echo cat-eof",
+        ],
+        b"piped-in\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "piped-in\ncat-eof\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // update: a new memory limit lands in the container's guest cgroup.
+    ctd.ctr_ok(&["task", "update", "--memory-limit", "67108864", id]);
+    let (code, out) = exec_out(
+        &ctd,
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "u1",
+            id,
+            "sh",
+            "-c",
+            "read l < /proc/self/cgroup; cat /sys/fs/cgroup${l#0::}/memory.max",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.trim(), "67108864", "memory.max after update");
+
+    // OOM: a container over its memory limit is killed (137) and
+    // containerd gets /tasks/oom for it.
+    let events_log = ctd.dir.join("events.log");
+    let mut events = Command::new("ctr")
+        .arg("-a")
+        .arg(ctd.socket())
+        .args(["-n", common::NS, "events"])
+        .stdout(std::fs::File::create(&events_log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "io.kubernetes.cri.sandbox-id=long",
+        "--memory-limit",
+        "33554432",
+        IMAGE,
+        "long-oom",
+        "sh",
+        "-c",
+        "x=0123456789abcdef; while :; do x=$x$x; done",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "OOM: {}\n--- log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        common::tail(&ctd.log(), 60)
+    );
+    ctd.wait_until("the OOM event", Duration::from_secs(30), || {
+        std::fs::read_to_string(&events_log).is_ok_and(|e| {
+            e.lines()
+                .any(|l| l.contains("/tasks/oom") && l.contains("long-oom"))
+        })
+    });
+    let _ = events.kill();
+    let _ = events.wait();
+    let seen = std::fs::read_to_string(&events_log).unwrap();
+    let oom_at = seen.find("/tasks/oom").unwrap();
+    let exit_at = seen
+        .lines()
+        .filter(|l| l.contains("/tasks/exit") && l.contains("long-oom"))
+        .map(|l| seen.find(l).unwrap())
+        .next();
+    assert!(
+        exit_at.is_some_and(|e| e > oom_at),
+        "TaskOOM before TaskExit:\n{seen}"
+    );
 
     let pids = ctd.ctr_ok(&["task", "ps", id]);
     assert!(pids.lines().count() >= 2, "ctr task ps: {pids}");

@@ -138,6 +138,8 @@ pub struct Stats {
     pub io_read_bytes: u64,
     /// Sum of io.stat wbytes.
     pub io_write_bytes: u64,
+    /// memory.events oom_kill.
+    pub memory_oom_kill: u64,
 }
 
 /// Parses `key value` lines (cpu.stat) into the value of `key`.
@@ -338,6 +340,7 @@ impl Cgroup {
             pids_limit: single_value(&read("pids.max")),
             io_read_bytes,
             io_write_bytes,
+            memory_oom_kill: flat_key(&read("memory.events"), "oom_kill").unwrap_or(0),
         }
     }
 

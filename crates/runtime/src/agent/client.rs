@@ -480,6 +480,7 @@ fn stats_from(resp: &pb::StatsContainerResponse) -> ContainerStats {
         pids_limit: limit(resp.pids_limit),
         io_read_bytes: resp.io_read_bytes,
         io_write_bytes: resp.io_write_bytes,
+        memory_oom_kill: resp.memory_oom_kill,
     }
 }
 

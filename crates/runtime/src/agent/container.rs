@@ -39,6 +39,8 @@ pub struct ContainerStats {
     pub io_read_bytes: u64,
     /// Bytes written to block devices.
     pub io_write_bytes: u64,
+    /// OOM kills in the container's cgroup so far.
+    pub memory_oom_kill: u64,
 }
 
 /// The lifecycle state of a container, as runc names it.
