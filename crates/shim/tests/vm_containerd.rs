@@ -455,6 +455,28 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
         "TaskOOM before TaskExit:\n{seen}"
     );
 
+    // 10 MiB of exec output arrive complete.
+    let out = Command::new("timeout")
+        .args(["-k", "5", "180", "ctr", "-a"])
+        .arg(ctd.socket())
+        .args(["-n", common::NS, "task", "exec", "--exec-id", "big", id])
+        .args(["sh", "-c", "yes | head -c 10485760"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n--- log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        common::tail(&ctd.log(), 60)
+    );
+    assert_eq!(out.stdout.len(), OUTPUT_BYTES, "exec output length");
+    assert!(
+        out.stdout.chunks(2).all(|c| c == b"y\n"),
+        "exec output differs"
+    );
+
     let pids = ctd.ctr_ok(&["task", "ps", id]);
     assert!(pids.lines().count() >= 2, "ctr task ps: {pids}");
 
