@@ -39,6 +39,12 @@ pub const ALLOWED_ANNOTATIONS: &[&str] = &[
     ANNOTATION_KERNEL_PARAMS,
 ];
 const NACRE_PREFIX: &str = "io.nacre.";
+/// CRI annotation (containerd 1.7+): the pod's memory limit in bytes.
+pub const ANNOTATION_SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+/// CRI annotation (containerd 1.7+): the pod's CPU quota (microseconds).
+pub const ANNOTATION_SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+/// CRI annotation (containerd 1.7+): the pod's CPU period (microseconds).
+pub const ANNOTATION_SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
 
 /// Errors reading the configuration or applying annotations.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +196,7 @@ impl Config {
             memory_mib: self.vm.memory_mib,
             kernel_params: self.vm.kernel_params.clone(),
         };
+        self.add_pod_resources(&mut shape, annotations)?;
         let mut keys: Vec<&String> = annotations.keys().collect();
         keys.sort();
         for key in keys {
@@ -237,6 +244,71 @@ impl Config {
             }
         }
         Ok(shape)
+    }
+}
+
+impl Config {
+    /// Grows `shape` by the pod's resources when containerd passes them
+    /// (the CRI `sandbox-memory` and `sandbox-cpu-*` annotations, from the
+    /// sum of the pod's container limits): the configured VM is the base
+    /// for the kernel, agent and caches, the pod's limits come on top, as
+    /// Kata's static sandbox sizing does. Explicit `io.nacre.vm.*`
+    /// annotations are applied afterwards and win.
+    fn add_pod_resources(
+        &self,
+        shape: &mut VmShape,
+        annotations: &HashMap<String, String>,
+    ) -> Result<(), ConfigError> {
+        let number = |key: &str| -> Result<Option<u64>, ConfigError> {
+            let Some(value) = annotations.get(key) else {
+                return Ok(None);
+            };
+            value
+                .trim()
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| ConfigError::Annotation {
+                    key: key.to_owned(),
+                    reason: format!("{value:?} is not a non-negative integer"),
+                    allowed: ALLOWED_ANNOTATIONS.join(", "),
+                })
+        };
+        let too_big = |key: &str, reason: String| ConfigError::Annotation {
+            key: key.to_owned(),
+            reason,
+            allowed: ALLOWED_ANNOTATIONS.join(", "),
+        };
+        if let Some(bytes) = number(ANNOTATION_SANDBOX_MEMORY)?.filter(|b| *b > 0) {
+            let mib = u32::try_from(bytes.div_ceil(1024 * 1024)).unwrap_or(u32::MAX);
+            let total = shape.memory_mib.saturating_add(mib);
+            if total > self.vm.max_memory_mib {
+                return Err(too_big(
+                    ANNOTATION_SANDBOX_MEMORY,
+                    format!(
+                        "the pod's {mib} MiB on top of the VM's {} MiB exceeds vm.max_memory_mib = {}",
+                        shape.memory_mib, self.vm.max_memory_mib
+                    ),
+                ));
+            }
+            shape.memory_mib = total;
+        }
+        let quota = number(ANNOTATION_SANDBOX_CPU_QUOTA)?.filter(|q| *q > 0);
+        let period = number(ANNOTATION_SANDBOX_CPU_PERIOD)?.filter(|p| *p > 0);
+        if let (Some(quota), Some(period)) = (quota, period) {
+            let cpus = u8::try_from(quota.div_ceil(period)).unwrap_or(u8::MAX);
+            let total = shape.vcpus.saturating_add(cpus);
+            if total > self.vm.max_vcpus {
+                return Err(too_big(
+                    ANNOTATION_SANDBOX_CPU_QUOTA,
+                    format!(
+                        "the pod's {cpus} CPUs on top of the VM's {} exceed vm.max_vcpus = {}",
+                        shape.vcpus, self.vm.max_vcpus
+                    ),
+                ));
+            }
+            shape.vcpus = total;
+        }
+        Ok(())
     }
 }
 
@@ -301,6 +373,43 @@ mod tests {
         assert!(err.to_string().contains("memory_mib = 1"), "{err}");
         let err = Config::parse("log_level = \"loud\"\n", Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("loud"), "{err}");
+    }
+
+    #[test]
+    fn pod_resources_grow_the_vm_and_nacre_annotations_win() {
+        let c = Config::default();
+        let pod = [
+            (ANNOTATION_SANDBOX_MEMORY, "536870912"),
+            (ANNOTATION_SANDBOX_CPU_QUOTA, "150000"),
+            (ANNOTATION_SANDBOX_CPU_PERIOD, "100000"),
+        ];
+        let shape = c.vm_shape(&ann(&pod)).unwrap();
+        assert_eq!((shape.vcpus, shape.memory_mib), (3, 256 + 512));
+        // No limits (0) leave the defaults.
+        let shape = c
+            .vm_shape(&ann(&[
+                (ANNOTATION_SANDBOX_MEMORY, "0"),
+                (ANNOTATION_SANDBOX_CPU_QUOTA, "0"),
+                (ANNOTATION_SANDBOX_CPU_PERIOD, "100000"),
+            ]))
+            .unwrap();
+        assert_eq!((shape.vcpus, shape.memory_mib), (1, 256));
+        let mut explicit = ann(&pod);
+        explicit.insert(ANNOTATION_MEMORY.into(), "300".into());
+        assert_eq!(c.vm_shape(&explicit).unwrap().memory_mib, 300);
+        let err = c
+            .vm_shape(&ann(&[(ANNOTATION_SANDBOX_MEMORY, "99999999999999")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sandbox-memory") && err.contains("max_memory_mib"),
+            "{err}"
+        );
+        let err = c
+            .vm_shape(&ann(&[(ANNOTATION_SANDBOX_MEMORY, "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"lots\""), "{err}");
     }
 
     #[test]
