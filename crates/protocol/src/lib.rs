@@ -52,7 +52,8 @@ pub const GUEST_CID: u32 = 3;
 /// Version of the API in `proto/`, reported by the agent in
 /// `GetGuestDetailsResponse.protocol_version`. Bump when RPCs or fields are
 /// added, so a host can tell what an agent supports.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: `Interface.current_mac` (a restored VM's NIC is given its MAC).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Fully qualified ttRPC service names (for logs and error messages).
 pub mod service {

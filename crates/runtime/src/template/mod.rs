@@ -30,10 +30,14 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::agent::RestoredIdentity;
-use crate::network::GuestNetwork;
+mod net;
+mod start;
+
+pub use net::{mark_restored, placeholder_mac};
+pub use start::{cold_cmdline, start_sandbox, StartKind, NET_RESTORE_PROTOCOL};
+
 use crate::sandbox::{Sandbox, SandboxError};
-use crate::vm::{VmError, VmNet, VmSpec};
+use crate::vm::{VmError, VmSpec};
 
 /// Default template directory.
 pub const DEFAULT_DIR: &str = "/var/lib/nacre/templates";
@@ -276,7 +280,7 @@ impl TemplateStore {
         for share in &mut template_spec.shared_dirs {
             share.1 = empty.clone();
         }
-        template_spec.nets = template_nets(&spec.nets);
+        template_spec.nets = net::template_nets(&spec.nets);
         let sandbox = Sandbox::boot(vmm, &template_spec, &work.join("vm"), timeout)
             .map_err(|e| TemplateError::Boot(Box::new(e)))?;
         // The agent's side of our connection (a reader and worker threads)
@@ -354,110 +358,12 @@ fn work_dir_orphaned(name: &str) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The MAC of the `index`th network device of a template's VM:
-/// locally administered, `02:6e:61:63:00:<index>` ("nac").
-pub fn placeholder_mac(index: usize) -> String {
-    format!("02:6e:61:63:00:{:02x}", index & 0xff)
-}
-
-/// The network devices of the template for a VM with `nets`: detached,
-/// placeholder MACs, the same MTUs.
-fn template_nets(nets: &[VmNet]) -> Vec<VmNet> {
-    nets.iter()
-        .enumerate()
-        .map(|(i, net)| VmNet {
-            fd: None,
-            mac: placeholder_mac(i),
-            mtu: net.mtu,
-        })
-        .collect()
-}
-
-/// Tells the agent of a restored VM that its NICs still have the
-/// template's MACs: the `i`th interface of `net` (the `i`th network
-/// device) is given its MAC first.
-pub fn mark_restored(net: &mut GuestNetwork) {
-    for (i, iface) in net.interfaces.iter_mut().enumerate() {
-        iface.current_mac = Some(placeholder_mac(i));
-    }
-}
-
-/// How a sandbox was started.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StartKind {
-    /// Restored from the template in this directory.
-    Template(PathBuf),
-    /// Booted cold (templates off, or the template failed: the reason).
-    Cold(Option<String>),
-}
-
-/// The kernel command line a cold boot gets for `identity`: what a
-/// restored guest is told by `Agent.Restored` instead.
-pub fn cold_cmdline(spec: &VmSpec, identity: &RestoredIdentity) -> VmSpec {
-    let mut parts: Vec<String> = spec.extra_cmdline.iter().cloned().collect();
-    if let Some(tag) = &identity.shared_tag {
-        parts.push(format!("nacre.shared={tag}"));
-    }
-    if !identity.hostname.is_empty() {
-        parts.push(format!("nacre.hostname={}", identity.hostname));
-    }
-    VmSpec {
-        extra_cmdline: (!parts.is_empty()).then(|| parts.join(" ")),
-        ..spec.clone()
-    }
-}
-
-/// Starts a sandbox of `spec` in `dir`: restored from its template (made
-/// on first use) when `store` is given, else, or when anything about the
-/// template fails, booted cold. A template the VMM refuses is removed, so
-/// the next start makes a new one. `spec.extra_cmdline` must not carry the
-/// identity: a restored agent gets `identity` over `Agent.Restored`, a
-/// cold boot gets it on the command line ([`cold_cmdline`]).
-pub fn start_sandbox(
-    store: Option<&TemplateStore>,
-    vmm: &Path,
-    spec: &VmSpec,
-    dir: &Path,
-    identity: &RestoredIdentity,
-    timeout: Duration,
-) -> Result<(Sandbox, StartKind), SandboxError> {
-    let cold = cold_cmdline(spec, identity);
-    let Some(store) = store else {
-        return Sandbox::boot(vmm, &cold, dir, timeout).map(|s| (s, StartKind::Cold(None)));
-    };
-    let reason = match store.get_or_create(vmm, spec, timeout) {
-        Ok(template) => {
-            match Sandbox::restore(
-                vmm,
-                &template,
-                &spec.image,
-                &spec.shared_dirs,
-                &spec.nets,
-                dir,
-                identity,
-                timeout,
-            ) {
-                Ok(sandbox) => return Ok((sandbox, StartKind::Template(template))),
-                Err(e) => {
-                    if matches!(e, SandboxError::TemplateRefused { .. }) {
-                        store.discard(&template);
-                    }
-                    e.to_string()
-                }
-            }
-        }
-        Err(e) => e.to_string(),
-    };
-    tracing::warn!("template not used, booting cold: {reason}");
-    Sandbox::boot(vmm, &cold, dir, timeout).map(|s| (s, StartKind::Cold(Some(reason))))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::image::GuestImage;
 
-    fn spec(dir: &Path) -> VmSpec {
+    pub(super) fn spec(dir: &Path) -> VmSpec {
         let kernel = dir.join("vmlinux");
         let initrd = dir.join("initrd");
         fs::write(&kernel, b"k").unwrap_or_default();
@@ -524,7 +430,7 @@ mod tests {
         shared.shared_dirs.push(("nacre".into(), dir.clone()));
         assert_ne!(TemplateStore::key(&vmm, &shared).unwrap_or_default(), k1);
         // Network devices count by number and MTU, not by tap or MAC.
-        let net = |fd, mac: &str, mtu| VmNet {
+        let net = |fd, mac: &str, mtu| crate::vm::VmNet {
             fd: Some(fd),
             mac: mac.into(),
             mtu: Some(mtu),
@@ -555,59 +461,6 @@ mod tests {
             .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("vmm") && e.contains("missing")));
         let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn template_nets_are_detached_placeholders_in_order() {
-        let nets = [
-            VmNet {
-                fd: Some(7),
-                mac: "0a:58:0a:58:00:05".into(),
-                mtu: Some(1450),
-            },
-            VmNet {
-                fd: Some(8),
-                mac: "0a:58:0a:58:00:06".into(),
-                mtu: None,
-            },
-        ];
-        let t = template_nets(&nets);
-        assert_eq!(t[0].arg(), "detached,mac=02:6e:61:63:00:00,mtu=1450");
-        assert_eq!(t[1].arg(), "detached,mac=02:6e:61:63:00:01");
-        let mut net = GuestNetwork::default();
-        for n in &nets {
-            net.interfaces.push(crate::network::GuestInterface {
-                mac: n.mac.clone(),
-                name: "eth".into(),
-                mtu: 1500,
-                addresses: Vec::new(),
-                current_mac: None,
-            });
-        }
-        mark_restored(&mut net);
-        assert_eq!(
-            net.interfaces[1].current_mac.as_deref(),
-            Some("02:6e:61:63:00:01")
-        );
-    }
-
-    #[test]
-    fn cold_boots_get_the_identity_on_the_command_line() {
-        let dir = std::env::temp_dir();
-        let mut s = spec(&dir);
-        let mut id = RestoredIdentity::new("pod-1", "c1").unwrap_or_else(|e| panic!("{e}"));
-        id.shared_tag = Some("nacre".into());
-        assert_eq!(
-            cold_cmdline(&s, &id).extra_cmdline.as_deref(),
-            Some("nacre.shared=nacre nacre.hostname=pod-1")
-        );
-        s.extra_cmdline = Some("nacre.log=info".into());
-        id.hostname.clear();
-        id.shared_tag = None;
-        assert_eq!(
-            cold_cmdline(&s, &id).extra_cmdline.as_deref(),
-            Some("nacre.log=info")
-        );
     }
 
     #[test]
