@@ -463,6 +463,13 @@ mod tests {
         .unwrap();
         assert!(!cg.path().join("pids.max").exists());
         assert_eq!(cg.stats(), Stats::default());
+        fs::write(
+            cg.path().join("memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 2\noom_kill 1\noom_group_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(cg.stats().memory_oom_kill, 1);
+        fs::remove_file(cg.path().join("memory.events")).unwrap();
         cg.destroy().unwrap();
         assert!(!cg.path().exists());
         fs::remove_dir_all(&dir).unwrap();
