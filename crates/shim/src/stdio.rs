@@ -203,6 +203,11 @@ fn open_target(target: Target) -> Box<dyn Write + Send> {
     }
 }
 
+/// The most one output read asks for: all the agent holds, up to its cap
+/// (1 MiB). Fewer, larger reads move bulk output faster (each is a round
+/// trip through the guest).
+const READ_MAX: u32 = 1 << 20;
+
 fn pump_output(
     client: &TtrpcAgentClient,
     cid: &str,
@@ -212,8 +217,8 @@ fn pump_output(
 ) {
     loop {
         let chunk = match stream {
-            Stream::Stdout => client.read_stdout(cid, exec_id, 0),
-            Stream::Stderr => client.read_stderr(cid, exec_id, 0),
+            Stream::Stdout => client.read_stdout(cid, exec_id, READ_MAX),
+            Stream::Stderr => client.read_stderr(cid, exec_id, READ_MAX),
         };
         match chunk {
             Ok(data) if data.is_empty() => break,

@@ -455,12 +455,20 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
         "TaskOOM before TaskExit:\n{seen}"
     );
 
-    // 10 MiB of exec output arrive complete.
+    // Over 10 MiB of exec output (the image's busybox binary, six times)
+    // arrive intact.
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .unwrap();
+    let copies = OUTPUT_BYTES / busybox.len() + 1;
+    let script = format!("cat{}", " /bin/busybox".repeat(copies));
+    let started = std::time::Instant::now();
     let out = Command::new("timeout")
-        .args(["-k", "5", "180", "ctr", "-a"])
+        .args(["-k", "5", "300", "ctr", "-a"])
         .arg(ctd.socket())
         .args(["-n", common::NS, "task", "exec", "--exec-id", "big", id])
-        .args(["sh", "-c", "yes | head -c 10485760"])
+        .args(["sh", "-c", &script])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
@@ -471,10 +479,21 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
         String::from_utf8_lossy(&out.stderr),
         common::tail(&ctd.log(), 60)
     );
-    assert_eq!(out.stdout.len(), OUTPUT_BYTES, "exec output length");
+    assert_eq!(
+        out.stdout.len(),
+        busybox.len() * copies,
+        "exec output length"
+    );
     assert!(
-        out.stdout.chunks(2).all(|c| c == b"y\n"),
-        "exec output differs"
+        out.stdout
+            .chunks(busybox.len())
+            .all(|c| c == busybox.as_slice()),
+        "exec output differs from {copies} copies of busybox"
+    );
+    eprintln!(
+        "{} bytes of exec output in {:?}",
+        out.stdout.len(),
+        started.elapsed()
     );
 
     let pids = ctd.ctr_ok(&["task", "ps", id]);

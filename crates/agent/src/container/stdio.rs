@@ -57,7 +57,8 @@ impl Output {
     }
 
     fn fill(&self, mut source: File) {
-        let mut buf = vec![0u8; 16 << 10];
+        // A pipe's default capacity: one read takes what a full pipe holds.
+        let mut buf = vec![0u8; 64 << 10];
         loop {
             match source.read(&mut buf) {
                 Ok(0) => break,
