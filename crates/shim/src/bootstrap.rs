@@ -18,7 +18,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::api::DeleteResponse;
 use containerd_shim::protos::protobuf::Message;
@@ -219,9 +218,9 @@ async fn serve(flags: &Flags) -> Result<(), BootstrapError> {
     }
     let ttrpc_address = std::env::var("TTRPC_ADDRESS")
         .map_err(|_| BootstrapError::Shim("TTRPC_ADDRESS is not set".into()))?;
-    let publisher = RemotePublisher::new(&ttrpc_address)
+    let publisher = crate::events::Publisher::connect(&ttrpc_address)
         .await
-        .map_err(|e| BootstrapError::Shim(format!("connecting to {ttrpc_address}: {e}")))?;
+        .map_err(|e| BootstrapError::Shim(e.to_string()))?;
     let exit = Arc::new(ExitSignal::default());
     let service = Service::new(&flags.namespace, &flags.id, config, publisher, exit.clone());
     let task: Arc<dyn containerd_shim::Task + Send + Sync> = Arc::new(service);

@@ -12,6 +12,7 @@
 pub mod bootstrap;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod layout;
 pub mod metrics;
 pub mod options;

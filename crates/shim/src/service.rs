@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::api::{
     CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse,
@@ -22,7 +21,6 @@ use containerd_shim::protos::events::task::{
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics;
-use containerd_shim::protos::ttrpc::context::with_timeout;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::protos::ttrpc::Result as TtrpcResult;
 use containerd_shim::protos::types::empty::Empty;
@@ -33,6 +31,7 @@ use nacre_runtime::container::spec::Bundle;
 
 use crate::config::Config;
 use crate::error::ShimError;
+use crate::events::Publisher;
 use crate::layout;
 use crate::metrics;
 use crate::options::RuntimeOptions;
@@ -50,7 +49,7 @@ struct Inner {
     namespace: String,
     sandbox_dir: PathBuf,
     config: std::result::Result<Config, String>,
-    publisher: RemotePublisher,
+    publisher: Publisher,
     exit: Arc<ExitSignal>,
     vm: tokio::sync::Mutex<Option<Arc<Vm>>>,
     containers: Mutex<HashMap<String, Container>>,
@@ -79,7 +78,7 @@ impl Service {
         namespace: &str,
         sandbox_id: &str,
         config: std::result::Result<Config, String>,
-        publisher: RemotePublisher,
+        publisher: Publisher,
         exit: Arc<ExitSignal>,
     ) -> Self {
         Self {
@@ -130,13 +129,7 @@ impl Inner {
     }
 
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) = self
-            .publisher
-            .publish(with_timeout(0), topic, &self.namespace, event)
-            .await
-        {
-            tracing::warn!(topic, "publishing an event: {e}");
-        }
+        self.publisher.publish(topic, &self.namespace, event).await;
     }
 
     async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<CreateTaskResponse> {

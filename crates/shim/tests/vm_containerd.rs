@@ -298,6 +298,8 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
         return;
     };
     let id = "long";
+    let events_log = ctd.dir.join("events.log");
+    let events = common::EventLog::start(&ctd, &events_log);
     ctd.ctr_ok(&[
         "run",
         "-d",
@@ -404,15 +406,6 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
 
     // OOM: a container over its memory limit is killed (137) and
     // containerd gets /tasks/oom for it.
-    let events_log = ctd.dir.join("events.log");
-    let mut events = Command::new("ctr")
-        .arg("-a")
-        .arg(ctd.socket())
-        .args(["-n", common::NS, "events"])
-        .stdout(std::fs::File::create(&events_log).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let out = ctd.ctr(&[
         "run",
         "--rm",
@@ -436,14 +429,12 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
         common::tail(&ctd.log(), 60)
     );
     ctd.wait_until("the OOM event", Duration::from_secs(30), || {
-        std::fs::read_to_string(&events_log).is_ok_and(|e| {
-            e.lines()
-                .any(|l| l.contains("/tasks/oom") && l.contains("long-oom"))
-        })
+        events
+            .text()
+            .lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains("long-oom"))
     });
-    let _ = events.kill();
-    let _ = events.wait();
-    let seen = std::fs::read_to_string(&events_log).unwrap();
+    let seen = events.text();
     let oom_at = seen.find("/tasks/oom").unwrap();
     let exit_at = seen
         .lines()
@@ -559,7 +550,9 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
     assert!(Path::new(&format!("/proc/{}", vmms[0])).exists());
 
     // containerd restarts; the shim and the task survive.
+    drop(events);
     ctd.restart();
+    let events = common::EventLog::start(&ctd, &events_log);
     assert_eq!(ctd.task_status(id).as_deref(), Some("RUNNING"));
     let (code, out) = exec_out(
         &ctd,
@@ -584,6 +577,33 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
     assert!(ctd.task_status(id).is_none());
     ctd.ctr_ok(&["containers", "rm", id]);
     assert_sandbox_gone(&ctd, id);
+
+    // Every task event reached containerd (the ones after its restart
+    // too).
+    ctd.wait_until("the delete event", Duration::from_secs(30), || {
+        events
+            .text()
+            .lines()
+            .any(|l| l.contains("/tasks/delete") && l.contains(r#""container_id":"long""#))
+    });
+    let seen = events.text();
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/oom",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(
+            seen.lines()
+                .any(|l| l.split_whitespace().any(|w| w == topic)),
+            "no {topic} event:\n{seen}"
+        );
+    }
 }
 
 #[test]

@@ -289,3 +289,47 @@ pub fn pids_with(needle: &str) -> Vec<u32> {
     }
     pids
 }
+
+/// `ctr events` writing to a file (appended to) while it lives.
+pub struct EventLog {
+    child: Child,
+    path: PathBuf,
+}
+
+impl EventLog {
+    /// Starts `ctr events` of `ctd` (again after a containerd restart:
+    /// its connection ends with containerd).
+    pub fn start(ctd: &Containerd, path: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        let child = Command::new("ctr")
+            .arg("-a")
+            .arg(ctd.socket())
+            .args(["-n", NS, "events"])
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr (Debian package containerd) must be installed");
+        Self {
+            child,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// What was logged so far: one event per line, `<time> <namespace>
+    /// <topic> <event JSON>`.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
