@@ -94,6 +94,42 @@ fn assert_restored_from_a_template(ctd: &CriContainerd) {
     );
 }
 
+/// The container's /proc/mounts line of `dest`.
+fn mount_line(cri: &CriClient, c: &str, dest: &str) -> String {
+    let mounts = exec_ok(cri, c, &["cat", "/proc/mounts"]);
+    mounts
+        .lines()
+        .rfind(|l| l.split(' ').nth(1) == Some(dest))
+        .unwrap_or_else(|| panic!("no mount on {dest}:\n{mounts}"))
+        .to_string()
+}
+
+/// A 16 MiB tmpfs like the one kubelet mounts for a memory-backed
+/// emptyDir; unmounted when dropped.
+struct TmpfsMount(std::path::PathBuf);
+
+impl TmpfsMount {
+    fn new(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m,mode=0777", "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs on {}", dir.display());
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 fn boot_id(cri: &CriClient, c: &str) -> String {
     exec_ok(cri, c, &["cat", "/proc/sys/kernel/random/boot_id"])
         .trim()
@@ -124,25 +160,39 @@ fn nacre_pod_next_to_a_runc_pod() {
     );
     let runc_ip = cri.pod_ip(&runc_pod).unwrap();
 
-    // nacre pod: two containers, an emptyDir both mount, a read-only hostPath.
+    // nacre pod: two containers, a disk and a memory emptyDir both mount,
+    // a read-only hostPath, a read-only "configmap" directory and a
+    // subPath-style single-file bind.
     let empty_dir = ctd.dir.join("volumes/empty");
     let host_path = ctd.dir.join("volumes/config");
     std::fs::create_dir_all(&empty_dir).unwrap();
     std::fs::create_dir_all(&host_path).unwrap();
     std::fs::write(host_path.join("setting"), "from the host\n").unwrap();
-    let mounts = |ro_config: bool| {
-        let mut m = vec![Mount {
-            container_path: "/data".into(),
-            host_path: empty_dir.to_string_lossy().into_owned(),
-            ..Default::default()
-        }];
-        if ro_config {
-            m.push(Mount {
-                container_path: "/config".into(),
-                host_path: host_path.to_string_lossy().into_owned(),
-                readonly: true,
-                ..Default::default()
-            });
+    let memory_dir = TmpfsMount::new(
+        &ctd.dir
+            .join("pods/p1/volumes/kubernetes.io~empty-dir/cache"),
+    );
+    let config_map = ctd.dir.join("volumes/configmap");
+    std::fs::create_dir_all(&config_map).unwrap();
+    std::fs::write(config_map.join("key"), "value\n").unwrap();
+    let app_conf = ctd.dir.join("volumes/app.conf");
+    std::fs::write(&app_conf, "port=8081\n").unwrap();
+    let bind = |container: &str, host: &std::path::Path, readonly: bool| Mount {
+        container_path: container.into(),
+        host_path: host.to_string_lossy().into_owned(),
+        readonly,
+        ..Default::default()
+    };
+    let mounts = |web: bool| {
+        let mut m = vec![
+            bind("/data", &empty_dir, false),
+            bind("/cache", &memory_dir.0, false),
+        ];
+        if web {
+            m.push(bind("/config", &host_path, true));
+            m.push(bind("/etc/config", &config_map, true));
+        } else {
+            m.push(bind("/etc/app.conf", &app_conf, true));
         }
         m
     };
@@ -225,6 +275,49 @@ fn nacre_pod_next_to_a_runc_pod() {
     assert_ne!(denied.exit_code, 0, "wrote into a read-only hostPath");
     assert!(!host_path.join("new").exists());
 
+    // Memory-backed emptyDir: one guest tmpfs (16 MiB like the host's)
+    // for both containers; nothing reaches the host's tmpfs.
+    exec_ok(&cri, &web, &["sh", "-c", "echo in memory > /cache/note"]);
+    assert_eq!(exec_ok(&cri, &side, &["cat", "/cache/note"]), "in memory\n");
+    assert!(!memory_dir.0.join("note").exists());
+    let line = mount_line(&cri, &side, "/cache");
+    assert!(line.starts_with("tmpfs /cache tmpfs "), "{line}");
+    assert!(line.contains("size=16384k"), "{line}");
+    // /dev/shm: one 64 MiB tmpfs for the pod, and one IPC namespace.
+    let line = mount_line(&cri, &web, "/dev/shm");
+    assert!(line.starts_with("tmpfs /dev/shm tmpfs "), "{line}");
+    assert!(line.contains("size=65536k"), "{line}");
+    exec_ok(&cri, &web, &["sh", "-c", "echo posix > /dev/shm/seg"]);
+    assert_eq!(exec_ok(&cri, &side, &["cat", "/dev/shm/seg"]), "posix\n");
+    let ipc = |c: &str| exec_ok(&cri, c, &["readlink", "/proc/self/ns/ipc"]);
+    assert_eq!(
+        ipc(&web),
+        ipc(&side),
+        "the pod's containers in different IPC namespaces"
+    );
+    // A read-only configmap directory.
+    assert_eq!(exec_ok(&cri, &web, &["cat", "/etc/config/key"]), "value\n");
+    for cmd in ["echo x > /etc/config/key", "touch /etc/config/new"] {
+        let denied = cri.exec_sync(&web, &["sh", "-c", cmd], 60).unwrap();
+        assert_ne!(
+            denied.exit_code, 0,
+            "{cmd}: wrote into a read-only configmap"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(config_map.join("key")).unwrap(),
+        "value\n"
+    );
+    // A subPath-style bind of one file.
+    assert_eq!(
+        exec_ok(&cri, &side, &["cat", "/etc/app.conf"]),
+        "port=8081\n"
+    );
+    let denied = cri
+        .exec_sync(&side, &["sh", "-c", "echo x >> /etc/app.conf"], 60)
+        .unwrap();
+    assert_ne!(denied.exit_code, 0, "wrote into a read-only file bind");
+
     // Status, stats, listing.
     let mut listed = cri.list_containers(&vm_pod).unwrap();
     listed.sort();
@@ -258,6 +351,9 @@ fn nacre_pod_next_to_a_runc_pod() {
     );
     let mounts_left = nacre_runtime::container::mounts::mounts_under(&shim_root());
     assert!(mounts_left.is_empty(), "mounts left: {mounts_left:?}");
+    // The memory emptyDir's host tmpfs got nothing and unmounts.
+    assert_eq!(std::fs::read_dir(&memory_dir.0).unwrap().count(), 0);
+    drop(memory_dir);
     // Empty once every sandbox is gone (remove_dir refuses otherwise).
     std::fs::remove_dir(shim_root()).unwrap();
 }

@@ -255,6 +255,9 @@ fn same_ns(pid: libc::pid_t, name: &str) -> bool {
 
 impl Launcher for LinuxLauncher {
     fn create(&self, req: &CreateRequest<'_>) -> Result<Launched, String> {
+        // The pod's tmpfs volumes, in the agent's mount namespace so that
+        // every container of the pod binds the same one.
+        super::ephemeral::prepare(req.spec)?;
         let (child_io, io) =
             stdio(&req.spec.process()).map_err(|e| format!("creating stdio: {e}"))?;
         let (start_r, start_w) = ffi::pipe().map_err(|e| format!("creating start pipe: {e}"))?;

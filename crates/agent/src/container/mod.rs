@@ -5,7 +5,8 @@
 //!   those are behind the [`engine::Launcher`] trait);
 //! - [`launch`]: the real launcher (fork, namespaces, execve), with
 //!   [`child`] running in the forked child and [`ffi`] the system calls;
-//! - [`cgroup`], [`mounts`], [`caps`], [`stdio`]: the pieces.
+//! - [`cgroup`], [`mounts`], [`caps`], [`stdio`]: the pieces;
+//! - [`ephemeral`]: the pod's tmpfs volumes (memory emptyDirs, /dev/shm).
 //!
 //! Not implemented: user namespaces (refused), `linux.devices` (the
 //! standard nodes are bind-mounted from the guest's /dev), the device
@@ -15,6 +16,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod child;
 pub mod engine;
+pub mod ephemeral;
 pub mod error;
 pub mod ffi;
 pub mod launch;

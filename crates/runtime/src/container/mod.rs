@@ -23,6 +23,7 @@ pub mod relay;
 pub mod signal;
 pub mod spec;
 pub mod state;
+pub mod volumes;
 
 pub use error::ContainerError;
 pub use paths::{ContainerPaths, DEFAULT_ROOT};

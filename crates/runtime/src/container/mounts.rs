@@ -90,7 +90,8 @@ pub fn setup_shared(paths: &ContainerPaths, bundle: &Bundle) -> Result<(), Conta
 }
 
 /// Bind-mounts the bundle's rootfs at `<dir>/rootfs` and each bind
-/// source at `<dir>/mounts/<n>` (the layout the guest spec names, see
+/// source at `<dir>/mounts/<n>` except those the guest makes a tmpfs
+/// for (see [`super::volumes`]) (the layout the guest spec names, see
 /// [`super::spec::Bundle::guest_spec`]). `dir` lies in an already private
 /// shared directory; the caller unmounts it on failure.
 ///
@@ -99,7 +100,8 @@ pub fn setup_shared(paths: &ContainerPaths, bundle: &Bundle) -> Result<(), Conta
 /// it before the agent remounts the container's root read-only.
 pub fn bind_container(bundle: &Bundle, dir: &Path) -> Result<(), ContainerError> {
     bind(&bundle.rootfs, &dir.join("rootfs"), false)?;
-    for b in &bundle.binds {
+    // A guest tmpfs needs nothing from the host.
+    for b in bundle.binds.iter().filter(|b| b.ephemeral.is_none()) {
         bind(
             &b.source,
             &dir.join("mounts").join(b.index.to_string()),

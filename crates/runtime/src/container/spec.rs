@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::paths::ContainerPaths;
+use super::volumes::{self, Ephemeral};
 use super::ContainerError;
 
 /// A bundle, loaded and checked.
@@ -50,6 +51,9 @@ pub struct BindMount {
     pub source: PathBuf,
     /// `ro` among its options.
     pub readonly: bool,
+    /// A tmpfs the guest makes instead of sharing the source
+    /// ([`volumes`]).
+    pub ephemeral: Option<Ephemeral>,
 }
 
 /// The parts of the spec nacre reads; deserializing into it checks types.
@@ -75,7 +79,6 @@ struct RootView {
 
 #[derive(Deserialize)]
 struct MountView {
-    #[allow(dead_code, reason = "checked for presence and type only")]
     destination: String,
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -137,10 +140,20 @@ impl Bundle {
             if !source.exists() {
                 return Err(ContainerError::NoMountSource(source));
             }
+            let ephemeral = volumes::detect(&source, &m.destination);
+            if let Some(e) = &ephemeral {
+                tracing::info!(
+                    "mount {index} ({}): a guest tmpfs {} of {} bytes instead of a share",
+                    source.display(),
+                    e.guest_path(),
+                    e.size
+                );
+            }
             binds.push(BindMount {
                 index,
                 source,
                 readonly: m.options.iter().any(|o| o == "ro"),
+                ephemeral,
             });
         }
         let resources = spec.pointer("/linux/resources");
@@ -198,9 +211,27 @@ fn guest_spec(spec: &Value, binds: &[BindMount], paths: &ContainerPaths) -> Valu
     }
     if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
         for b in binds {
-            if let Some(m) = mounts.get_mut(b.index).and_then(Value::as_object_mut) {
+            let Some(m) = mounts.get_mut(b.index).and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let Some(e) = &b.ephemeral else {
                 m.insert("source".into(), Value::String(paths.guest_mount(b.index)));
-            }
+                continue;
+            };
+            m.insert("source".into(), Value::String(e.guest_path()));
+            // The agent reads size= and mode= to make the tmpfs; the bind
+            // itself ignores them.
+            let mut options: Vec<Value> = m
+                .get("options")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            options.retain(|o| {
+                o.as_str()
+                    .is_none_or(|o| !o.starts_with("size=") && !o.starts_with("mode="))
+            });
+            options.extend(e.options().into_iter().map(Value::String));
+            m.insert("options".into(), Value::Array(options));
         }
     }
     if let Some(obj) = spec.as_object_mut() {
@@ -213,6 +244,11 @@ fn guest_spec(spec: &Value, binds: &[BindMount], paths: &ContainerPaths) -> Valu
             Value::String(format!("/nacre/{}", paths.id())),
         );
         if let Some(nss) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
+            // A container joining another's IPC namespace (CRI: the
+            // sandbox's) joins the VM's, which the pod's containers share.
+            nss.retain(|ns| {
+                ns.get("type").and_then(Value::as_str) != Some("ipc") || ns.get("path").is_none()
+            });
             for ns in nss.iter_mut().filter_map(Value::as_object_mut) {
                 // A path names a host namespace the guest cannot join.
                 ns.remove("path");
@@ -255,7 +291,8 @@ mod tests {
         "hooks": {"prestart": [{"path": "/bin/true"}]},
         "linux": {
             "cgroupsPath": "system.slice:libpod:x",
-            "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}],
+            "namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"},
+                {"type": "ipc", "path": "/proc/7/ns/ipc"}],
             "unknownField": 1
         }
     }"#;
@@ -274,12 +311,14 @@ mod tests {
                 BindMount {
                     index: 1,
                     source: dir.join("data"),
-                    readonly: true
+                    readonly: true,
+                    ephemeral: None,
                 },
                 BindMount {
                     index: 2,
                     source: "/etc/hostname".into(),
-                    readonly: false
+                    readonly: false,
+                    ephemeral: None,
                 },
             ]
         );
@@ -303,6 +342,32 @@ mod tests {
         assert_eq!(g["process"]["args"], json!(["sh"]));
         assert_eq!(b.vm_memory_mib(), 256);
         assert_eq!(b.vm_vcpus(8), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ephemeral_binds_name_a_guest_tmpfs() {
+        let dir = bundle_dir(
+            r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "mounts": [
+                {"destination": "/dev/shm", "type": "bind", "source": "data",
+                 "options": ["rbind", "ro", "size=1"]},
+                {"destination": "/data", "type": "bind", "source": "data"}]}"#,
+        );
+        let mut b = Bundle::load(&dir).unwrap();
+        // Detection needs a real tmpfs (see volumes); set what it finds.
+        b.binds[0].ephemeral = Some(Ephemeral {
+            key: "shm".into(),
+            size: 65536 * 1024,
+            mode: 0o1777,
+        });
+        let paths = ContainerPaths::new(Path::new("/run/nacre"), "c1").unwrap();
+        let g = b.guest_spec(&paths);
+        assert_eq!(g["mounts"][0]["source"], "/run/nacre/ephemeral/shm");
+        assert_eq!(
+            g["mounts"][0]["options"],
+            json!(["rbind", "ro", "size=67108864", "mode=1777"])
+        );
+        assert_eq!(g["mounts"][1]["source"], "/run/nacre/shared/c1/mounts/1");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
