@@ -289,7 +289,7 @@ fn nacre_pod_next_to_a_runc_pod() {
     assert!(line.contains("size=65536k"), "{line}");
     exec_ok(&cri, &web, &["sh", "-c", "echo posix > /dev/shm/seg"]);
     assert_eq!(exec_ok(&cri, &side, &["cat", "/dev/shm/seg"]), "posix\n");
-    let ipc = |c: &str| exec_ok(&cri, c, &["readlink", "/proc/self/ns/ipc"]);
+    let ipc = |c: &str| exec_ok(&cri, c, &["busybox", "readlink", "/proc/self/ns/ipc"]);
     assert_eq!(
         ipc(&web),
         ipc(&side),
