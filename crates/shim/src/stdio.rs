@@ -250,7 +250,16 @@ fn pump_stdin(
     match File::open(fifo) {
         Ok(f) => {
             tracing::debug!(cid, exec_id, "stdin open");
-            let total = copy_stdin(client, cid, exec_id, f, wake);
+            let write = |data: &[u8]| match client.write_stdin(cid, exec_id, data) {
+                Ok(0) => None,
+                Ok(n) => Some(n),
+                Err(e) => {
+                    // The process is gone (or closed its stdin).
+                    tracing::debug!(cid, exec_id, "writing stdin: {e}");
+                    None
+                }
+            };
+            let total = copy_stdin(f, wake, write);
             tracing::debug!(cid, exec_id, total, "stdin closed");
         }
         Err(e) => tracing::warn!("opening stdin {}: {e}", fifo.display()),
@@ -284,14 +293,13 @@ fn read_input(fifo: &mut File, buf: &mut [u8]) -> Input {
     }
 }
 
-/// Copies the FIFO to the process until its end, or until `wake` closes
-/// and the FIFO is drained. Returns the bytes copied.
+/// Copies the FIFO with `write` (bytes taken, or `None` when the process
+/// takes no more) until its end, or until `wake` closes and the FIFO is
+/// drained. Returns the bytes copied.
 fn copy_stdin(
-    client: &TtrpcAgentClient,
-    cid: &str,
-    exec_id: &str,
     mut fifo: File,
     wake: &std::io::PipeReader,
+    mut write: impl FnMut(&[u8]) -> Option<usize>,
 ) -> usize {
     use std::os::fd::AsRawFd;
 
@@ -300,12 +308,7 @@ fn copy_stdin(
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     // SAFETY: as above.
     if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        tracing::warn!(
-            cid,
-            exec_id,
-            "stdin FIFO: {}",
-            std::io::Error::last_os_error()
-        );
+        tracing::warn!("stdin FIFO: {}", std::io::Error::last_os_error());
         return 0;
     }
     let mut total = 0usize;
@@ -332,7 +335,7 @@ fn copy_stdin(
                 if e.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
-                tracing::warn!(cid, exec_id, "waiting for stdin: {e}");
+                tracing::warn!("waiting for stdin: {e}");
                 return total;
             }
             // Data first: CloseIO ends the input after what was written.
@@ -351,18 +354,11 @@ fn copy_stdin(
         };
         let mut data = &buf[..n];
         while !data.is_empty() {
-            match client.write_stdin(cid, exec_id, data) {
-                Ok(0) => return total,
-                Err(e) => {
-                    // The process is gone (or closed its stdin).
-                    tracing::debug!(cid, exec_id, "writing stdin: {e}");
-                    return total;
-                }
-                Ok(w) => {
-                    total += w;
-                    data = &data[w.min(data.len())..];
-                }
-            }
+            let Some(w) = write(data) else {
+                return total;
+            };
+            total += w;
+            data = &data[w.min(data.len())..];
         }
     }
 }
@@ -453,6 +449,65 @@ mod tests {
         assert_eq!(a, vec!["id", "1", "verbose"]);
         assert!(parse_binary_uri("binary://rel/path").is_err());
         assert!(parse_binary_uri("file:///x").is_err());
+    }
+
+    /// A FIFO in a temp dir, opened for reading (as the stdin copy
+    /// does, once a writer is there) and for writing.
+    fn fifo() -> (tempfile::TempDir, File, File) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdin");
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let p = path.clone();
+        let reader = std::thread::spawn(move || File::open(p).unwrap());
+        let writer = OpenOptions::new().write(true).open(&path).unwrap();
+        (dir, reader.join().unwrap(), writer)
+    }
+
+    fn collect(out: &Arc<Mutex<Vec<u8>>>) -> impl FnMut(&[u8]) -> Option<usize> + '_ {
+        move |data| {
+            out.lock().unwrap().extend_from_slice(data);
+            Some(data.len())
+        }
+    }
+
+    #[test]
+    fn stdin_ends_when_the_writers_close() {
+        let (_dir, reader, mut writer) = fifo();
+        let (wake, _close) = std::io::pipe().unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        writer.write_all(b"hello").unwrap();
+        drop(writer);
+        assert_eq!(copy_stdin(reader, &wake, collect(&out)), 5);
+        assert_eq!(out.lock().unwrap().as_slice(), b"hello");
+    }
+
+    #[test]
+    fn close_io_ends_stdin_after_what_was_written() {
+        // The client keeps its end open (as CRI does); CloseIO ends the
+        // input once the FIFO is drained.
+        let (_dir, reader, mut writer) = fifo();
+        let (wake, close) = std::io::pipe().unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let copy = {
+            let out = out.clone();
+            std::thread::spawn(move || copy_stdin(reader, &wake, collect(&out)))
+        };
+        writer.write_all(&data).unwrap();
+        drop(close);
+        assert_eq!(copy.join().unwrap(), data.len());
+        assert_eq!(*out.lock().unwrap(), data);
+        drop(writer);
+    }
+
+    #[test]
+    fn stdin_stops_when_the_process_takes_no_more() {
+        let (_dir, reader, mut writer) = fifo();
+        let (wake, _close) = std::io::pipe().unwrap();
+        writer.write_all(b"abc").unwrap();
+        assert_eq!(copy_stdin(reader, &wake, |_| None), 0);
     }
 
     #[test]
