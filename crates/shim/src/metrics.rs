@@ -1,7 +1,9 @@
 //! Container statistics in containerd's format: the cgroup v2 `Metrics`
 //! message (the guest runs cgroup v2) wrapped in an `Any`.
 
-use containerd_shim::protos::cgroups_v2::metrics::{CPUStat, MemoryStat, Metrics, PidsStat};
+use containerd_shim::protos::cgroups_v2::metrics::{
+    CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::Message;
 use nacre_runtime::agent::ContainerStats;
@@ -33,6 +35,11 @@ pub fn to_metrics(s: &ContainerStats) -> Metrics {
             ..Default::default()
         })
         .into(),
+        memory_events: Some(MemoryEvents {
+            oom_kill: s.memory_oom_kill,
+            ..Default::default()
+        })
+        .into(),
         ..Default::default()
     }
 }
@@ -59,6 +66,7 @@ mod tests {
             cpu_usage_usec: 10,
             memory_usage_bytes: 4096,
             pids_current: 2,
+            memory_oom_kill: 3,
             ..Default::default()
         };
         let any = to_any(&s).unwrap();
@@ -67,5 +75,6 @@ mod tests {
         assert_eq!(m.cpu.usage_usec, 10);
         assert_eq!(m.memory.usage, 4096);
         assert_eq!(m.pids.current, 2);
+        assert_eq!(m.memory_events.oom_kill, 3);
     }
 }
