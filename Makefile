@@ -4,7 +4,8 @@
 #                image, install, then run a container in its own VM
 #   make test    everything above but install, then all test tiers
 #   make guest   the guest image alone (kernel + initrd)
-#   make bench   benchmarks: writes target/bench/report.md and report.json
+#   make bench   benchmarks (all sections: boot, containers, templates, ctr,
+#                pods): writes target/bench/report.md and report.json
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c

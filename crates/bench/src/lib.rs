@@ -6,6 +6,12 @@
 
 pub mod boot;
 pub mod container;
+pub mod ctr_run;
+pub mod harness;
 pub mod memory;
+pub mod pods;
+pub mod pods_report;
+pub mod procs;
 pub mod report;
+pub mod stats;
 pub mod template;

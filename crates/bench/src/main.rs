@@ -7,8 +7,13 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use nacre_bench::boot::{boot_to_ready, BootSample, Vmm};
 use nacre_bench::container::{busybox_bundle, Runtime};
+use nacre_bench::harness::Harness;
 use nacre_bench::report::{HostInfo, Report, Section};
+use nacre_bench::stats::median;
 use nacre_runtime::image::{locate_vmm, GuestImage};
+
+/// The report's sections, in order, as `--only` names them.
+const SECTIONS: [&str; 5] = ["boot", "containers", "templates", "ctr", "pods"];
 
 #[derive(Parser)]
 #[command(version, about = "nacre benchmarks: writes report.md and report.json")]
@@ -31,7 +36,15 @@ struct Args {
     /// Sandboxes restored from one template for the density figures.
     #[arg(long, default_value_t = 20)]
     template_sandboxes: usize,
-    /// Run only these sections (boot, containers, templates); all by default.
+    /// Pods started together in the `pods` section.
+    #[arg(long, default_value_t = 10)]
+    pods_concurrent: usize,
+    /// Time limit in seconds of each CRI call and of each pod start in the
+    /// `pods` section (cold VMs started together on a small host are slow).
+    #[arg(long, default_value_t = 1800)]
+    pods_timeout: u64,
+    /// Run only these sections (boot, containers, templates, ctr, pods); all
+    /// by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -50,6 +63,12 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(bad) = args.only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        anyhow::bail!(
+            "--only: unknown section {bad:?} (sections: {})",
+            SECTIONS.join(", ")
+        );
+    }
     let image = GuestImage::locate().context("guest image")?;
     let vmms = [
         Vmm::Nacre {
@@ -103,6 +122,12 @@ fn main() -> Result<()> {
     if args.wants("templates") {
         sections.push(template_section(&args, &image).context("template benchmark")?);
     }
+    let mut leftovers = Vec::new();
+    if args.wants("ctr") || args.wants("pods") {
+        let (mut cri_sections, left) = containerd_sections(&args, &image)?;
+        sections.append(&mut cri_sections);
+        leftovers = left;
+    }
     let report = Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         host: HostInfo::current(),
@@ -111,7 +136,35 @@ fn main() -> Result<()> {
     report.write(&args.out).context("writing the report")?;
     print!("{}", report.markdown());
     eprintln!("report written to {}", args.out.display());
+    if !leftovers.is_empty() {
+        anyhow::bail!("left after the pods were removed: {}", leftovers.join(", "));
+    }
     Ok(())
+}
+
+/// The `ctr` and `pods` sections, on one private containerd; also returns
+/// what the pods left behind.
+fn containerd_sections(args: &Args, image: &GuestImage) -> Result<(Vec<Section>, Vec<String>)> {
+    eprintln!("starting a private containerd (CRI, runc + nacre handlers)...");
+    let vmm = locate_vmm().context("nacre-vmm")?;
+    let h = Harness::start("bench", image, &vmm).context("private containerd")?;
+    let mut sections = Vec::new();
+    if args.wants("ctr") {
+        let times = nacre_bench::ctr_run::measure(&h, args.runs);
+        sections.push(nacre_bench::ctr_run::section(&times, args.runs));
+    }
+    let mut leftovers = Vec::new();
+    if args.wants("pods") {
+        let r = nacre_bench::pods::measure(
+            &h,
+            args.runs,
+            args.pods_concurrent,
+            Duration::from_secs(args.pods_timeout),
+        );
+        leftovers = r.leftovers.clone();
+        sections.push(nacre_bench::pods_report::section(&r));
+    }
+    Ok((sections, leftovers))
 }
 
 /// Cold boot vs. template restore, and the memory of N restored sandboxes.
@@ -188,11 +241,6 @@ fn template_section(args: &Args, image: &GuestImage) -> Result<Section> {
         ],
         data: serde_json::to_value(&s).unwrap_or_default(),
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn boot_section(samples: &[BootSample], vmms: &[Vmm], memory_mib: u32) -> Section {
