@@ -10,8 +10,8 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerFilter, ContainerStats, ContainerStatsRequest, ContainerStatus,
-    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ExecSyncResponse, ImageSpec,
-    ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig,
+    ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest, ExecSyncResponse,
+    ImageSpec, ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig,
     PodSandboxStatus, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
     VersionRequest,
@@ -93,6 +93,11 @@ impl CriClient {
             images: ImageServiceClient::new(channel),
             timeout: Duration::from_secs(600),
         })
+    }
+
+    /// Runs `fut` on the client's runtime (the streaming module's sessions).
+    pub(crate) fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.rt.block_on(fut)
     }
 
     fn call<T, F>(&self, call: &'static str, fut: F) -> Result<T, CriError>
@@ -258,6 +263,20 @@ impl CriClient {
                 timeout: timeout_s,
             }),
         )
+    }
+
+    /// CRI Exec: the URL of the exec's stream on the runtime's streaming
+    /// server; [`CriClient::exec_stream`] runs the whole exec.
+    pub fn exec(&self, request: &ExecRequest) -> Result<String, CriError> {
+        let mut c = self.runtime.clone();
+        let r = self.call("Exec", c.exec(request.clone()))?;
+        if r.url.is_empty() {
+            return Err(CriError::Missing {
+                call: "Exec",
+                what: "url",
+            });
+        }
+        Ok(r.url)
     }
 
     pub fn container_status(&self, id: &str) -> Result<ContainerStatus, CriError> {

@@ -1,5 +1,6 @@
 //! Root tier: a runc pod through CRI on the private containerd (proves the
 //! harness): pod IP from the bridge CNI, a container that runs, ExecSync,
+//! Exec through the streaming server (stdio, exit code, stdin, terminal),
 //! status, stats, listing, an HTTP server reachable from the host, DNS
 //! and hostname from the request, and teardown that leaves no netns.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
@@ -47,6 +48,7 @@ fn runc_pod_through_cri() {
     assert!(resolv.contains("search test.svc.cluster.local"), "{resolv}");
     let failed = cri.exec_sync(&c, &["sh", "-c", "exit 3"], 60).unwrap();
     assert_eq!(failed.exit_code, 3);
+    check_exec_stream(&cri, &c);
 
     let body = http_get(&ip, 8080);
     assert!(body.contains("hello from a pod"), "{body}");

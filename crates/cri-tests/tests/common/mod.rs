@@ -13,6 +13,7 @@ use nacre_cri_tests::cri::v1::{
     PodSandboxConfig, PodSandboxMetadata,
 };
 use nacre_cri_tests::cri::CriClient;
+use nacre_cri_tests::stream::{StreamError, TerminalSize};
 
 /// The DNS configuration every test pod asks for.
 pub fn dns() -> DnsConfig {
@@ -201,4 +202,67 @@ pub fn children_named(parent: u32, exe: &str) -> Vec<u32> {
 
 pub fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// CRI Exec through the streaming server (WebSocket) in running container
+/// `id`: stdout, stderr and a non-zero exit code apart; stdin, small and
+/// over several messages (containerd 1.6 cannot close it: the commands
+/// read a known length); a terminal of the size asked; an unknown
+/// container refused by the Exec call.
+pub fn check_exec_stream(cri: &CriClient, id: &str) {
+    let out = cri
+        .exec_stream(
+            id,
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            None,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("exec stream: {e}"));
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice(), out.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 3),
+        "{out:?}"
+    );
+
+    let out = cri
+        .exec_stream(id, &["head", "-c", "6"], Some(b"hello\nnot read"), None)
+        .unwrap_or_else(|e| panic!("exec stream with stdin: {e}"));
+    assert_eq!(out.stdout, b"hello\n", "{out:?}");
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    let big = vec![b'x'; 100 * 1024];
+    let out = cri
+        .exec_stream(
+            id,
+            &["sh", "-c", "head -c 102400 | wc -c"],
+            Some(&big),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("exec stream with 100 KiB of stdin: {e}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "102400",
+        "{out:?}"
+    );
+
+    // The resize goes its own way to the process: poll for it.
+    let size = TerminalSize {
+        width: 111,
+        height: 33,
+    };
+    let poll = "i=0; while [ $i -lt 100 ]; do s=$(busybox stty size 2>/dev/null); \
+                [ \"$s\" = '33 111' ] && break; i=$((i+1)); sleep 0.1; done; echo \"$s\"";
+    let out = cri
+        .exec_stream(id, &["sh", "-c", poll], None, Some(size))
+        .unwrap_or_else(|e| panic!("exec stream with a terminal: {e}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "33 111",
+        "{out:?}"
+    );
+    assert_eq!(out.exit_code, 0, "{out:?}");
+
+    let err = cri
+        .exec_stream("no-such-container", &["true"], None, None)
+        .unwrap_err();
+    assert!(matches!(err, StreamError::Cri(_)), "{err}");
 }
