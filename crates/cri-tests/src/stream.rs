@@ -76,8 +76,6 @@ pub enum StreamError {
         #[source]
         source: Box<tungstenite::Error>,
     },
-    #[error("exec stream {url}: the server chose subprotocol {chosen:?}, offered {PROTOCOLS:?}")]
-    Protocol { url: String, chosen: String },
     #[error("exec stream {url}: {source}")]
     Io {
         url: String,
@@ -98,8 +96,8 @@ impl CriClient {
     /// Runs `cmd` in container `id` through CRI Exec and its stream:
     /// writes `stdin` (if any) to the command, collects stdout, stderr and
     /// the exit code. With `tty` the command gets a terminal of that size
-    /// (stderr is then part of stdout, and input is echoed). Everything, the Exec call
-    /// included, gives up after the client's `timeout`.
+    /// (stderr is then part of stdout, and input is echoed). Everything,
+    /// the Exec call included, gives up after the client's `timeout`.
     ///
     /// On containerd 1.6 stdin is never closed (see the module
     /// documentation): give stdin only to commands that stop reading by
@@ -123,13 +121,24 @@ impl CriClient {
             // CRI refuses stderr with a terminal: the terminal merges it.
             stderr: tty.is_none(),
         })?;
-        let timeout = self.timeout;
-        let left = timeout.saturating_sub(start.elapsed());
-        let session = stream(&url, stdin, tty);
-        match self.block_on(async { tokio::time::timeout(left, session).await }) {
-            Ok(result) => result,
-            Err(_) => Err(StreamError::Timeout { url, timeout }),
-        }
+        let left = self.timeout.saturating_sub(start.elapsed());
+        self.block_on(session(&url, stdin, tty, left))
+    }
+}
+
+/// [`stream`] within `timeout`.
+async fn session(
+    url: &str,
+    stdin: Option<&[u8]>,
+    tty: Option<TerminalSize>,
+    timeout: Duration,
+) -> Result<ExecOutput, StreamError> {
+    match tokio::time::timeout(timeout, stream(url, stdin, tty)).await {
+        Ok(result) => result,
+        Err(_) => Err(StreamError::Timeout {
+            url: url.to_string(),
+            timeout,
+        }),
     }
 }
 
@@ -182,18 +191,11 @@ async fn stream(
     let (ws, response) = tokio_tungstenite::connect_async(request)
         .await
         .map_err(connect_err)?;
-    let chosen = response
+    // tungstenite refuses an answer without one of the offered protocols.
+    let v5 = response
         .headers()
         .get("Sec-WebSocket-Protocol")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    if !PROTOCOLS.contains(&chosen.as_str()) {
-        return Err(StreamError::Protocol {
-            url: url.to_string(),
-            chosen,
-        });
-    }
+        .is_some_and(|v| v == V5);
     let io_err = |source| StreamError::Io {
         url: url.to_string(),
         source: Box::new(source),
@@ -211,7 +213,7 @@ async fn stream(
             for chunk in data.chunks(STDIN_CHUNK) {
                 sink.send(frame(STDIN, chunk)).await?;
             }
-            if chosen == V5 {
+            if v5 {
                 sink.send(Message::binary(vec![CLOSE, STDIN])).await?;
             }
         }
@@ -285,60 +287,4 @@ fn exit_code(raw: &[u8]) -> Result<i32, StreamError> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
-    use super::*;
-
-    #[test]
-    fn exit_code_from_a_v4_status() {
-        assert_eq!(
-            exit_code(br#"{"metadata":{},"status":"Success"}"#).unwrap(),
-            0
-        );
-        let failed = br#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: exit code 3","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#;
-        assert_eq!(exit_code(failed).unwrap(), 3);
-    }
-
-    #[test]
-    fn a_failure_without_exit_code_is_an_error() {
-        let internal = br#"{"metadata":{},"status":"Failure","message":"error executing command in container: no such process","reason":"InternalError","code":500}"#;
-        let err = exit_code(internal).unwrap_err();
-        assert!(
-            matches!(&err, StreamError::Failed { message } if message.contains("no such process")),
-            "{err}"
-        );
-        for raw in [
-            &b"not json"[..],
-            br#"{"status":"Failure","reason":"NonZeroExitCode"}"#,
-            br#"{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"three"}]}}"#,
-            br#"{"status":"Unknown"}"#,
-        ] {
-            assert!(
-                matches!(exit_code(raw), Err(StreamError::BadStatus { .. })),
-                "{}",
-                String::from_utf8_lossy(raw)
-            );
-        }
-    }
-
-    #[test]
-    fn frames_and_urls() {
-        assert_eq!(OFFERED, PROTOCOLS.join(", "));
-        assert_eq!(frame(STDIN, b"hi"), Message::binary(vec![0, b'h', b'i']));
-        let Message::Binary(resize) = resize_frame(TerminalSize {
-            width: 111,
-            height: 33,
-        }) else {
-            panic!("not binary")
-        };
-        assert_eq!(resize[0], RESIZE);
-        let size: serde_json::Value = serde_json::from_slice(&resize[1..]).unwrap();
-        assert_eq!(size, serde_json::json!({"Width": 111, "Height": 33}));
-        assert_eq!(
-            websocket_url("http://127.0.0.1:4000/exec/abc").unwrap(),
-            "ws://127.0.0.1:4000/exec/abc"
-        );
-        assert!(websocket_url("https://127.0.0.1:4000/exec/abc").is_err());
-        assert!(websocket_url("unix:///x").is_err());
-    }
-}
+mod tests;

@@ -252,6 +252,10 @@ fn nacre_pod_next_to_a_runc_pod() {
         host_release()
     );
 
+    // Exec through containerd's streaming server into the VM: stdio,
+    // exit code, stdin, a terminal and its size.
+    check_exec_stream(&cri, &side);
+
     // Hostname and DNS from the CRI request.
     assert_eq!(exec_ok(&cri, &web, &["hostname"]).trim(), "vm-host");
     let resolv = exec_ok(&cri, &side, &["cat", "/etc/resolv.conf"]);
