@@ -283,6 +283,18 @@ fn update_task(ctd: &Containerd, id: &str, resources_json: &str) {
         .unwrap_or_else(|e| panic!("update of {id}: {e}"));
 }
 
+/// Runs shell `cmd` with a terminal of its own (script(1)); its exit
+/// code and output.
+fn in_a_terminal(cmd: &str) -> (Option<i32>, String) {
+    let out = Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), text)
+}
+
 fn exec_out(ctd: &Containerd, args: &[&str]) -> (Option<i32>, String) {
     let out = ctd.ctr(args);
     (
@@ -336,12 +348,7 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
         ctd.socket().display(),
         common::NS
     );
-    let out = Command::new("script")
-        .args(["-qec", &tty_cmd, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text) = in_a_terminal(&tty_cmd);
     assert!(text.contains("tty-ok"), "tty exec: {text}");
 
     // A TTY as a task's init (`ctr run -t`, in this sandbox): ctr sets the
@@ -356,18 +363,13 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
         ctd.socket().display(),
         common::NS
     );
-    let out = Command::new("script")
-        .args(["-qec", &run_cmd, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = in_a_terminal(&run_cmd);
     assert!(
         text.contains("size=40 100") && text.contains("run-tty-ok"),
         "ctr run -t: {text}\n--- log ---\n{}",
         common::tail(&ctd.log(), 60)
     );
-    assert_eq!(out.status.code(), Some(5), "ctr run -t: {text}");
+    assert_eq!(code, Some(5), "ctr run -t: {text}");
     assert!(ctd.task_status("long-tty").is_none());
 
     // Piped stdin reaches an exec and its end reaches the process.
