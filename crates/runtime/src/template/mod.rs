@@ -17,14 +17,17 @@
 //!
 //! A template is made by booting the VM cold, waiting for its agent, and
 //! asking the VMM for a snapshot (`{"op":"snapshot"}`) into a temporary
-//! directory that is renamed into place when complete. A template the VMM
+//! directory that is renamed into place when complete, by one process at
+//! a time (a `flock` on `.lock`: concurrent first starts of a shape wait
+//! for that one template, then restore it). A template the VMM
 //! refuses (corrupt, other version) is removed, and the caller boots cold.
 //! Before a new template is made, stale ones are pruned: each records the
 //! stat lines of its VMM, kernel and initrd (`inputs`), and one whose
 //! files changed or went away can never be found again.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -71,6 +74,8 @@ pub enum TemplateError {
     Snapshot(String),
     #[error("snapshot request: {0}")]
     Api(#[from] VmError),
+    #[error("waited {timeout:?} for another process making a template (lock {path})")]
+    LockTimeout { path: PathBuf, timeout: Duration },
 }
 
 /// Where templates are kept.
@@ -250,6 +255,11 @@ impl TemplateStore {
         if let Some(dir) = self.find(vmm, spec)? {
             return Ok(dir);
         }
+        let _lock = self.lock(timeout)?;
+        // Made by the process we waited for?
+        if let Some(dir) = self.find(vmm, spec)? {
+            return Ok(dir);
+        }
         self.prune();
         let key = Self::key(vmm, spec)?;
         let final_dir = self.root.join(&key);
@@ -258,6 +268,40 @@ impl TemplateStore {
         let result = self.create_in(vmm, spec, &work, &final_dir, timeout);
         let _ = fs::remove_dir_all(&work);
         result.map(|()| final_dir)
+    }
+
+    /// Takes the store's creation lock (`flock` on [`LOCK`], released
+    /// when the returned file is dropped), waiting at most `timeout`.
+    /// Concurrent first starts of a shape then wait for one template
+    /// instead of booting a template VM each.
+    fn lock(&self, timeout: Duration) -> Result<fs::File, TemplateError> {
+        let path = self.root.join(LOCK);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| TemplateError::Dir {
+                path: path.clone(),
+                source,
+            })?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            // SAFETY: flock on a descriptor this function owns; no memory
+            // is passed to the kernel.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(file);
+            }
+            let source = std::io::Error::last_os_error();
+            if source.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(TemplateError::Dir { path, source });
+            }
+            if Instant::now() >= deadline {
+                return Err(TemplateError::LockTimeout { path, timeout });
+            }
+            std::thread::sleep(LOCK_POLL);
+        }
     }
 
     fn create_in(
@@ -321,6 +365,13 @@ impl TemplateStore {
 
 /// The file of a template that lists its key's inputs.
 const INPUTS: &str = "inputs";
+/// The store's creation lock file (a dot name that [`prune`] keeps:
+/// `lock` is no pid).
+///
+/// [`prune`]: TemplateStore::prune
+const LOCK: &str = ".lock";
+/// How often a start waiting for the creation lock tries again.
+const LOCK_POLL: Duration = Duration::from_millis(100);
 
 /// A template directory is stale when it has no `inputs`, or one of the
 /// files its `inputs` name (`vmm=`, `kernel=`, `initrd=` stat lines) is
@@ -369,6 +420,31 @@ mod tests {
         fs::write(&kernel, b"k").unwrap_or_default();
         fs::write(&initrd, b"i").unwrap_or_default();
         VmSpec::new(GuestImage { kernel, initrd })
+    }
+
+    #[test]
+    fn one_process_at_a_time_makes_templates() {
+        let dir = std::env::temp_dir().join(format!("nacre-tpllock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = TemplateStore::new(dir.clone());
+        store.ensure_root().unwrap_or_else(|e| panic!("{e}"));
+        let held = store
+            .lock(Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // flock locks belong to the open file: a second open waits.
+        let err = store.lock(Duration::from_millis(250)).err();
+        assert!(
+            matches!(err, Some(TemplateError::LockTimeout { .. })),
+            "{err:?}"
+        );
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("another process"), "{text}");
+        drop(held);
+        assert!(store.lock(Duration::from_millis(250)).is_ok());
+        // The lock file survives a prune.
+        assert!(store.prune().is_empty());
+        assert!(dir.join(LOCK).is_file());
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
