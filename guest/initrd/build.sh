@@ -49,6 +49,13 @@ log "writing $out"
     find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
         cpio --quiet -o -H newc -R 0:0 --reproducible >"$tmp_out"
 ) || { rm -f "$tmp_out"; die "cpio failed"; }
-mv "$tmp_out" "$out"
+# The same archive again keeps the old file (inode, mtime): VM templates
+# are keyed by them, and stay valid across rebuilds.
+if cmp -s "$tmp_out" "$out"; then
+    rm -f "$tmp_out"
+    log "unchanged"
+else
+    mv "$tmp_out" "$out"
+fi
 size=$(stat -c %s "$out")
 log "done: $out, $size bytes, sha256 $(sha256sum "$out" | cut -d' ' -f1)"

@@ -43,9 +43,15 @@ finish() {
 	local vmlinux=$1 dest=${2:-}
 	if [[ -n $dest ]]; then
 		mkdir -p "$(dirname "$dest")"
-		cp -f "$vmlinux" "$dest.tmp.$$"
-		mv -f "$dest.tmp.$$" "$dest"
-		log "copied to $dest"
+		# An unchanged copy keeps its inode and mtime: VM templates are
+		# keyed by them, and stay valid across rebuilds.
+		if cmp -s "$vmlinux" "$dest"; then
+			log "$dest is up to date"
+		else
+			cp -f "$vmlinux" "$dest.tmp.$$"
+			mv -f "$dest.tmp.$$" "$dest"
+			log "copied to $dest"
+		fi
 	fi
 	printf '%s\n' "$vmlinux"
 }
