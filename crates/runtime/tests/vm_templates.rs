@@ -241,22 +241,54 @@ fn two_sandboxes_from_one_template() {
     let mid = state.len() / 2;
     state[mid] = if state[mid] == b'1' { b'2' } else { b'1' };
     std::fs::write(damaged.join("state.json"), state).unwrap();
-    let refused = Sandbox::restore(
-        &p.vmm,
-        &damaged,
-        &p.image,
-        &[],
-        &[],
-        &dir.join("damaged-run"),
-        &identity,
-        Duration::from_secs(180),
-    );
-    match refused {
-        Err(SandboxError::TemplateRefused { reason, .. }) => {
-            assert!(reason.contains("checksum"), "{reason}");
-        }
-        other => panic!("expected a refusal, got {other:?}"),
+    // A damaged memory file is refused by its checksum too: one flipped
+    // byte in a sparse copy.
+    let damaged_mem = dir.join("damaged-mem");
+    std::fs::create_dir(&damaged_mem).unwrap();
+    for f in ["header.json", "state.json"] {
+        std::fs::copy(template.join(f), damaged_mem.join(f)).unwrap();
     }
+    let mem_copy = damaged_mem.join("memory.bin");
+    let cp = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&memory)
+        .arg(&mem_copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&mem_copy)
+            .unwrap();
+        let mut byte = [0u8; 1];
+        f.read_exact_at(&mut byte, 0x100_0100).unwrap();
+        f.write_all_at(&[byte[0] ^ 0xff], 0x100_0100).unwrap();
+    }
+    for (bad, file) in [(&damaged, "state.json"), (&damaged_mem, "memory.bin")] {
+        let refused = Sandbox::restore(
+            &p.vmm,
+            bad,
+            &p.image,
+            &[],
+            &[],
+            &dir.join("damaged-run"),
+            &identity,
+            Duration::from_secs(180),
+        );
+        match refused {
+            Err(SandboxError::TemplateRefused { reason, .. }) => {
+                assert!(
+                    reason.contains("checksum") && reason.contains(file),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a refusal of {file}, got {other:?}"),
+        }
+    }
+    std::fs::remove_dir_all(&damaged_mem).unwrap();
 
     // The runtime's path: a store whose template for this shape is the
     // damaged one. `start_sandbox` is refused, discards the template, and

@@ -125,7 +125,13 @@ pub fn restore(config: &RestoreConfig) -> Result<ExitEvent, VmmError> {
         .map_err(io_err("starting the signal thread"))?;
 
     let kvm = vm::open_kvm()?;
-    let ram = memory::map_private(&config.dir.join(MEMORY_FILE), header.memory_size)
+    let memory_path = config.dir.join(MEMORY_FILE);
+    let sha256 =
+        memory::digest(&memory_path, header.memory_size).map_err(format::TemplateError::from)?;
+    if sha256 != header.memory_sha256 {
+        return Err(format::TemplateError::Checksum { path: memory_path }.into());
+    }
+    let ram = memory::map_private(&memory_path, header.memory_size)
         .map_err(format::TemplateError::from)?;
     let vm = Arc::new(vm::create_vm(&kvm, &ram)?);
     crate::snapshot::vm::restore(&vm, &state.vm)

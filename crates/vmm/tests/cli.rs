@@ -230,12 +230,13 @@ fn bad_net_devices_are_64_and_named() {
 fn template(dir: &std::path::Path, patch: &[(&str, serde_json::Value)]) {
     let mut header = serde_json::json!({
         "magic": "nacre-vm-template",
-        "format_version": 1,
+        "format_version": 2,
         "vmm_version": env!("CARGO_PKG_VERSION"),
         "kernel": {"path": "/k", "sha256": "00", "size": 1, "dev": 0, "ino": 0, "mtime_ns": 0},
         "initrd": null,
         "memory_size": 33554432,
         "state_sha256": "not-the-checksum",
+        "memory_sha256": "not-the-checksum",
         "created_unix": 0
     });
     for (k, v) in patch {

@@ -18,7 +18,7 @@ use super::{HEADER_FILE, STATE_FILE};
 /// The first field of every header.
 pub const MAGIC: &str = "nacre-vm-template";
 /// The layout of `state.json` and `memory.bin`; bumped on any change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// This VMM's version, which must match the template's.
 pub const VMM_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -41,7 +41,7 @@ pub enum TemplateError {
     FormatVersion { path: PathBuf, found: u32 },
     #[error("template {path}: made by nacre-vmm {found}, this is nacre-vmm {VMM_VERSION}")]
     VmmVersion { path: PathBuf, found: String },
-    #[error("template {path}: checksum mismatch (the state file is corrupt)")]
+    #[error("template {path}: checksum mismatch (the file is corrupt)")]
     Checksum { path: PathBuf },
     #[error("template was made from {what} {saved} (sha256 {saved_sha256}), not from {given} (sha256 {given_sha256})")]
     ImageMismatch {
@@ -162,13 +162,22 @@ pub struct Header {
     pub memory_size: u64,
     /// sha256 of `state.json`.
     pub state_sha256: String,
+    /// Checksum of `memory.bin` (`memory::digest`: sha256 over its
+    /// non-zero pages and their offsets).
+    pub memory_sha256: String,
     /// When the template was written, seconds since the Unix epoch.
     pub created_unix: u64,
 }
 
 impl Header {
-    /// A header for this VMM; the checksum is filled in by [`write_state`].
-    pub fn new(kernel: FileId, initrd: Option<FileId>, memory_size: u64) -> Self {
+    /// A header for this VMM; the state's checksum is filled in by
+    /// [`write_state`].
+    pub fn new(
+        kernel: FileId,
+        initrd: Option<FileId>,
+        memory_size: u64,
+        memory_sha256: String,
+    ) -> Self {
         Self {
             magic: MAGIC.to_string(),
             format_version: FORMAT_VERSION,
@@ -177,6 +186,7 @@ impl Header {
             initrd,
             memory_size,
             state_sha256: String::new(),
+            memory_sha256,
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -338,7 +348,7 @@ mod tests {
         let Ok(kernel) = FileId::of(&k) else {
             panic!("file id");
         };
-        let h = Header::new(kernel, None, 1 << 20);
+        let h = Header::new(kernel, None, 1 << 20, "m".into());
         assert!(h.check_compatible(&dir).is_ok());
         let mut bad = h.clone();
         bad.vmm_version = "0.0.0-old".into();

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestMemoryMmap, GuestRegionMmap};
 
@@ -34,6 +35,86 @@ pub enum MemoryFileError {
     },
     #[error("mapping template memory: {0}")]
     Map(String),
+}
+
+/// The checksum of a memory image: sha256 over each non-zero page and its
+/// offset, so it does not depend on where the file's holes fall.
+struct PageDigest(Sha256);
+
+impl PageDigest {
+    fn new() -> Self {
+        Self(Sha256::new())
+    }
+
+    /// Adds `page` at `offset`; false (and nothing added) if it is all zero.
+    fn page(&mut self, offset: u64, page: &[u8]) -> bool {
+        if page.iter().all(|&b| b == 0) {
+            return false;
+        }
+        self.0.update(offset.to_le_bytes());
+        self.0.update(page);
+        true
+    }
+
+    fn finish(self) -> String {
+        self.0
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// What [`save`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// Bytes of non-zero pages written.
+    pub written: u64,
+    /// The image's checksum ([`digest`] of the file).
+    pub sha256: String,
+}
+
+/// Calls `each(offset, page)` for every page of the data ranges of
+/// `file` (of `size` bytes).
+fn for_each_page(
+    file: &File,
+    size: u64,
+    mut each: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    for (start, end) in data_ranges(file, size)? {
+        let mut at = start;
+        while at < end {
+            let len = ((end - at) as usize).min(COPY_CHUNK);
+            let chunk = &mut buf[..len];
+            file.read_exact_at(chunk, at)?;
+            for (i, page) in chunk.chunks(PAGE).enumerate() {
+                each(at + (i * PAGE) as u64, page)?;
+            }
+            at += len as u64;
+        }
+    }
+    Ok(())
+}
+
+/// The checksum of the memory image at `path` (`size` bytes), as [`save`]
+/// computed it; reads only the file's data ranges.
+pub fn digest(path: &Path, size: u64) -> Result<String, MemoryFileError> {
+    let io = |what| {
+        move |source| MemoryFileError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let file = File::open(path).map_err(io("opening"))?;
+    let mut digest = PageDigest::new();
+    for_each_page(&file, size, |offset, page| {
+        digest.page(offset, page);
+        Ok(())
+    })
+    .map_err(io("reading"))?;
+    Ok(digest.finish())
 }
 
 /// `lseek(fd, offset, whence)`, `None` at ENXIO (no more data/holes).
@@ -72,8 +153,8 @@ fn data_ranges(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
 }
 
 /// Writes `ram` to `path` (created; must not exist): a file of `ram.size`
-/// bytes with only the non-zero pages written. Returns the bytes written.
-pub fn save(ram: &GuestRam, path: &Path) -> Result<u64, MemoryFileError> {
+/// bytes with only the non-zero pages written, and their checksum.
+pub fn save(ram: &GuestRam, path: &Path) -> Result<Saved, MemoryFileError> {
     let io = |what| {
         move |source| MemoryFileError::Io {
             what,
@@ -87,30 +168,21 @@ pub fn save(ram: &GuestRam, path: &Path) -> Result<u64, MemoryFileError> {
         .open(path)
         .map_err(io("creating"))?;
     out.set_len(ram.size).map_err(io("sizing"))?;
-    let ranges =
-        data_ranges(&ram.file, ram.size).map_err(io("finding the data in guest RAM for"))?;
-    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut digest = PageDigest::new();
     let mut written = 0u64;
-    for (start, end) in ranges {
-        let mut at = start;
-        while at < end {
-            let len = ((end - at) as usize).min(COPY_CHUNK);
-            let chunk = &mut buf[..len];
-            ram.file
-                .read_exact_at(chunk, at)
-                .map_err(io("reading guest RAM for"))?;
-            for (i, page) in chunk.chunks(PAGE).enumerate() {
-                if page.iter().any(|&b| b != 0) {
-                    out.write_all_at(page, at + (i * PAGE) as u64)
-                        .map_err(io("writing"))?;
-                    written += page.len() as u64;
-                }
-            }
-            at += len as u64;
+    for_each_page(&ram.file, ram.size, |offset, page| {
+        if digest.page(offset, page) {
+            out.write_all_at(page, offset)?;
+            written += page.len() as u64;
         }
-    }
+        Ok(())
+    })
+    .map_err(io("copying guest RAM to"))?;
     out.sync_all().map_err(io("syncing"))?;
-    Ok(written)
+    Ok(Saved {
+        written,
+        sha256: digest.finish(),
+    })
 }
 
 /// Maps the memory file at `path` (`size` bytes) as guest RAM, private and
@@ -174,8 +246,20 @@ mod tests {
             .write_obj(0x1234_5678u32, GuestAddress(0x20_0000))
             .is_ok());
         let path = dir.join("memory.bin");
-        let written = save(&ram, &path).unwrap_or(0);
-        assert_eq!(written, PAGE as u64, "only the one non-zero page");
+        let saved = save(&ram, &path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(saved.written, PAGE as u64, "only the one non-zero page");
+        assert_eq!(digest(&path, 64 << 20).ok(), Some(saved.sha256.clone()));
+        // One changed byte changes the checksum.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{e}"));
+        file.write_all_at(&[1], 0x30_0000)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(digest(&path, 64 << 20).ok(), Some(saved.sha256.clone()));
+        file.write_all_at(&[0], 0x30_0000)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(digest(&path, 64 << 20).ok(), Some(saved.sha256));
         assert!(matches!(
             map_private(&path, 32 << 20),
             Err(MemoryFileError::Size { .. })

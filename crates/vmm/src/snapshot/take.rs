@@ -112,18 +112,22 @@ impl Snapshotter {
             cmos_index: lock(&self.cmos).index(),
             virtio,
         };
-        let written = memory::save(&self.ram, &dir.join(MEMORY_FILE)).map_err(|e| e.to_string())?;
+        let saved = memory::save(&self.ram, &dir.join(MEMORY_FILE)).map_err(|e| e.to_string())?;
         let state = SnapshotState {
             shape: self.shape.clone(),
             vm,
             vcpus,
             devices,
         };
-        format::write_state(dir, Header::new(kernel, initrd, self.ram.size), &state)
-            .map_err(|e| e.to_string())?;
+        format::write_state(
+            dir,
+            Header::new(kernel, initrd, self.ram.size, saved.sha256),
+            &state,
+        )
+        .map_err(|e| e.to_string())?;
         tracing::info!(
             dir = %dir.display(),
-            memory_written_mib = written >> 20,
+            memory_written_mib = saved.written >> 20,
             took = ?start.elapsed(),
             "snapshot written"
         );
