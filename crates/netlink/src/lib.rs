@@ -12,6 +12,7 @@
 //! (the requests on them).
 
 mod attr;
+mod links;
 mod ops;
 mod socket;
 mod types;

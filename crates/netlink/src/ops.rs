@@ -49,7 +49,7 @@ const NDMSG_LEN: usize = 12;
 /// A netlink connection in the namespace of the thread that made it.
 #[derive(Debug)]
 pub struct Handle {
-    sock: Socket,
+    pub(crate) sock: Socket,
 }
 
 fn family_of(ip: IpAddr) -> u8 {

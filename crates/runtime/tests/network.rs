@@ -86,6 +86,52 @@ fn attach_and_teardown_leave_nothing() {
 }
 
 #[test]
+fn macvtap_model_attaches_and_leaves_nothing() {
+    if !root_prereqs("macvtap_model_attaches_and_leaves_nothing") {
+        return;
+    }
+    let ns = PodNetns::create("mvt", 4);
+    let pod = network::attach_with(&ns.path(), network::NetworkModel::Macvtap).unwrap();
+    let ep = &pod.endpoints()[0];
+    let name = ep.tap_name.clone();
+    // Passthru: the macvtap has the interface's MAC and MTU, no tc rules.
+    let link = ns.exec(&format!("ip -o -d link show {name}"));
+    assert!(
+        link.contains("macvtap") && link.contains("passthru"),
+        "{link}"
+    );
+    assert!(
+        link.contains(&ns.mac) && link.contains("mtu 1450") && link.contains(",UP"),
+        "{link}"
+    );
+    let filters = ns.exec("tc filter show dev eth0 ingress");
+    assert!(filters.trim().is_empty(), "{filters}");
+    let index: u32 = ns
+        .exec(&format!("cat /sys/class/net/{name}/ifindex"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(std::path::Path::new(&format!("/dev/tap{index}")).exists());
+    let nets = pod.vm_nets();
+    assert_eq!(nets.len(), 1);
+    assert_eq!(nets[0].mac, ns.mac);
+    pod.teardown().unwrap();
+    assert!(
+        !sh_ok(&format!("ip netns exec {} ip link show {name}", ns.name)),
+        "the macvtap is still there"
+    );
+    let gone = (0..50).any(|_| {
+        let gone = !std::path::Path::new(&format!("/dev/tap{index}")).exists();
+        if !gone {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        gone
+    });
+    assert!(gone, "/dev/tap{index} is still there");
+    assert!(sh("ip netns list").contains(&ns.name));
+}
+
+#[test]
 fn failed_attach_leaves_nothing() {
     if !root_prereqs("failed_attach_leaves_nothing") {
         return;

@@ -8,7 +8,9 @@
 //! traffic both ways (the host pings the guest; a container in the guest
 //! reaches a TCP server on the host; the host reaches a TCP server in the
 //! guest), the guest's hostname, resolv.conf and hosts; after shutdown and
-//! teardown no tap, no tc rule and no VMM are left.
+//! teardown no tap, no tc rule and no VMM are left. Then the same with
+//! the macvtap model (a second sandbox from the same template): the host
+//! pings the guest, and the macvtap is deleted at teardown.
 //!
 //! Needs root, /dev/kvm, the guest image (`make guest`) and busybox.
 
@@ -331,6 +333,67 @@ fn guest_on_a_pod_network() {
     );
     let qdiscs = ns.exec("tc qdisc show dev eth0");
     assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+    step("tc model torn down");
+
+    // The macvtap model on the same namespace: another sandbox (from the
+    // same template: same NIC count and MTU), the host pings the guest,
+    // and teardown deletes the macvtap.
+    let pod = network::attach_with(&ns.path(), network::NetworkModel::Macvtap).unwrap();
+    let mvtap = pod.endpoints()[0].tap_name.clone();
+    let vm_spec = VmSpec {
+        nets: pod.vm_nets(),
+        ..VmSpec::new(p.image.clone())
+    };
+    let identity = RestoredIdentity::new("pod-mvt", "vm-mvt").unwrap();
+    let (sandbox, kind) = start_sandbox(
+        store.as_ref(),
+        &p.vmm,
+        &vm_spec,
+        &dir.join("run-mvt"),
+        &identity,
+        default_boot_timeout(),
+    )
+    .unwrap_or_else(|e| panic!("start on a macvtap: {e}"));
+    let client = TtrpcAgentClient::connect(
+        Endpoint::agent_vsock(sandbox.vm().vsock_socket()),
+        ClientOptions {
+            call_timeout: Duration::from_secs(300),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let mut net = GuestNetwork {
+        hostname: Some("pod-mvt".into()),
+        ..pod.guest_network()
+    };
+    if matches!(kind, StartKind::Template(_)) {
+        template::mark_restored(&mut net);
+    }
+    let agent: &dyn AgentClient = &client;
+    agent.configure_network(&net).unwrap();
+    step(&format!(
+        "macvtap sandbox started ({kind:?}) and configured"
+    ));
+    let ping = Command::new("busybox")
+        .args(["ping", "-c", "2", "-W", "120", &ns.pod_ip])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "host ping of the guest on a macvtap failed: {}{}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr)
+    );
+    step("host pinged the guest on a macvtap");
+    drop(client);
+    let leftovers = sandbox.shutdown(Duration::from_secs(120)).unwrap();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    pod.teardown().unwrap();
+    assert!(
+        !sh_ok(&format!("ip netns exec {} ip link show {mvtap}", ns.name)),
+        "the macvtap is still there"
+    );
+
     let ns_name = ns.name.clone();
     drop(ns);
     assert!(!sh("ip netns list").contains(&ns_name));

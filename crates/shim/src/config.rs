@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use nacre_runtime::network::NetworkModel;
 use serde::Deserialize;
 
 /// Where the configuration file is looked for.
@@ -79,6 +80,32 @@ pub struct Config {
     pub log_level: String,
     /// VM defaults.
     pub vm: VmConfig,
+    /// Pod network.
+    pub network: NetworkConfig,
+}
+
+/// How the VM joins the pod network.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// `"tcfilter"` (a tap and tc redirects, the default) or `"macvtap"`
+    /// (a passthru macvtap on each CNI interface).
+    pub model: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            model: "tcfilter".into(),
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// The model named by `model` (checked when the file is parsed).
+    pub fn model(&self) -> NetworkModel {
+        self.model.parse().unwrap_or_default()
+    }
 }
 
 /// Defaults of every sandbox VM.
@@ -106,6 +133,7 @@ impl Default for Config {
         Self {
             log_level: "info".into(),
             vm: VmConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -178,6 +206,9 @@ impl Config {
                 "vm.memory_mib = {} must be between 64 and vm.max_memory_mib = {}",
                 vm.memory_mib, vm.max_memory_mib
             )));
+        }
+        if let Err(reason) = config.network.model.parse::<NetworkModel>() {
+            return Err(invalid(format!("network.model: {reason}")));
         }
         if log::LevelFilter::from_str_opt(&config.log_level).is_none() {
             return Err(invalid(format!(
@@ -362,6 +393,9 @@ mod tests {
         assert!(c.vm.templates);
         let off = Config::parse("[vm]\ntemplates = false\n", Path::new("x.toml")).unwrap();
         assert!(!off.vm.templates);
+        assert_eq!(c.network.model(), NetworkModel::TcFilter);
+        let mvt = Config::parse("[network]\nmodel = \"macvtap\"\n", Path::new("x")).unwrap();
+        assert_eq!(mvt.network.model(), NetworkModel::Macvtap);
     }
 
     #[test]
@@ -371,6 +405,11 @@ mod tests {
         assert!(err.to_string().contains("vcpu"), "{err}");
         let err = Config::parse("[vm]\nmemory_mib = 1\n", Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("memory_mib = 1"), "{err}");
+        let err = Config::parse("[network]\nmodel = \"ipvtap\"\n", Path::new("x")).unwrap_err();
+        assert!(
+            err.to_string().contains("network.model") && err.to_string().contains("ipvtap"),
+            "{err}"
+        );
         let err = Config::parse("log_level = \"loud\"\n", Path::new("x")).unwrap_err();
         assert!(err.to_string().contains("loud"), "{err}");
     }

@@ -75,7 +75,7 @@ impl Vm {
         let vmm = locate_vmm().map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
         let net = match &pod.netns {
             Some(netns) => {
-                let net = network::attach(netns)
+                let net = network::attach_with(netns, config.network.model())
                     .map_err(|e| ShimError::Internal(format!("attaching the pod network: {e}")))?;
                 tracing::info!(netns = %netns.display(), taps = net.endpoints().len(), "pod network attached");
                 Some(net)

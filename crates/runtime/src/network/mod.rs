@@ -13,12 +13,18 @@
 //! ([`PodNetwork::guest_network`]): the guest NIC takes the CNI
 //! interface's MAC and addresses, so the pod's IP is the guest's.
 //!
-//! [`PodNetwork::teardown`] (or drop) removes the tc rules and closes the
-//! taps; a tap goes away once the VMM's copy is closed too (the VMM
+//! With [`NetworkModel::Macvtap`] (an option, as in Kata) each interface
+//! gets a passthru macvtap instead of tap + tc ([`macvtap`]): it takes the
+//! interface's MAC and all its traffic, and the VMM gets its character
+//! device.
+//!
+//! [`PodNetwork::teardown`] (or drop) removes the tc rules (or deletes the
+//! macvtaps) and closes the taps; a tap goes away once the VMM's copy is closed too (the VMM
 //! exited). Any failure in [`attach`] undoes what was done. Nothing here
 //! creates or deletes the namespace or the CNI interfaces: CNI does.
 
 mod guest;
+mod macvtap;
 pub mod netns;
 mod tap;
 pub mod tc;
@@ -74,8 +80,41 @@ pub enum NetworkError {
         #[source]
         source: Box<TcError>,
     },
+    #[error("creating a macvtap on {interface} in {netns}: {source}")]
+    Macvtap {
+        netns: PathBuf,
+        interface: String,
+        #[source]
+        source: NetlinkError,
+    },
     #[error("tearing down the network of {netns}: {}", errors.join("; "))]
     Teardown { netns: PathBuf, errors: Vec<String> },
+}
+
+/// How a VM's NIC is tied to the pod's CNI interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NetworkModel {
+    /// A tap, and tc ingress + mirred redirects between it and the
+    /// interface (the default: works with any CNI interface type).
+    #[default]
+    TcFilter,
+    /// A passthru macvtap on the interface: no tc, the kernel hands the
+    /// interface's frames to the VMM directly.
+    Macvtap,
+}
+
+impl std::str::FromStr for NetworkModel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcfilter" => Ok(Self::TcFilter),
+            "macvtap" => Ok(Self::Macvtap),
+            other => Err(format!(
+                "unknown network model {other:?} (expected \"tcfilter\" or \"macvtap\")"
+            )),
+        }
+    }
 }
 
 /// A CNI interface of the pod as read in its namespace.
@@ -94,6 +133,8 @@ pub struct Endpoint {
     pub interface: PodInterface,
     pub tap_name: String,
     tap: Option<OwnedFd>,
+    /// The index of the macvtap made for this endpoint (macvtap model).
+    macvtap: Option<u32>,
     /// Which redirects are in place (teardown removes only these).
     from_interface: bool,
     from_tap: bool,
@@ -166,6 +207,11 @@ pub fn inspect(netns: &Path) -> Result<NamespaceInfo, NetworkError> {
 /// `linux.namespaces[type=network].path`): reads it, then creates and
 /// connects one tap per CNI interface. On error nothing is left behind.
 pub fn attach(netns: &Path) -> Result<PodNetwork, NetworkError> {
+    attach_with(netns, NetworkModel::TcFilter)
+}
+
+/// [`attach`] with the given model.
+pub fn attach_with(netns: &Path, model: NetworkModel) -> Result<PodNetwork, NetworkError> {
     let info = inspect(netns)?;
     if info.interfaces.is_empty() {
         return Err(NetworkError::NoInterface(netns.to_path_buf()));
@@ -202,11 +248,16 @@ pub fn attach(netns: &Path) -> Result<PodNetwork, NetworkError> {
                 interface,
                 tap_name,
                 tap: None,
+                macvtap: None,
                 from_interface: false,
                 from_tap: false,
             });
             if let Some(ep) = endpoints.last_mut() {
-                if let Err(e) = connect(&path, ep) {
+                let connected = match model {
+                    NetworkModel::TcFilter => connect(&path, ep),
+                    NetworkModel::Macvtap => macvtap::connect(&path, ep),
+                };
+                if let Err(e) = connected {
                     return (endpoints, Err(e));
                 }
             }
@@ -218,7 +269,7 @@ pub fn attach(netns: &Path) -> Result<PodNetwork, NetworkError> {
     match outcome {
         Ok(()) => {
             for ep in &pod.endpoints {
-                tracing::info!(netns = %netns.display(), interface = %ep.interface.name, tap = %ep.tap_name, mac = %ep.interface.mac, "pod interface attached");
+                tracing::info!(netns = %netns.display(), interface = %ep.interface.name, tap = %ep.tap_name, mac = %ep.interface.mac, ?model, "pod interface attached");
             }
             Ok(pod)
         }
@@ -333,11 +384,14 @@ impl PodNetwork {
                 devices.push(ep.tap_name.clone());
             }
         }
+        let macvtaps: Vec<u32> = self.endpoints.iter().filter_map(|ep| ep.macvtap).collect();
         let result = netns::run_in(&self.netns, || {
-            devices
+            let mut errors: Vec<String> = devices
                 .iter()
                 .filter_map(|dev| tc::remove_ingress(dev).err().map(|e| e.to_string()))
-                .collect::<Vec<_>>()
+                .collect();
+            errors.extend(macvtaps.iter().filter_map(|i| macvtap::delete(*i).err()));
+            errors
         });
         // Closing our descriptors deletes taps the VMM no longer holds.
         for ep in &mut self.endpoints {
