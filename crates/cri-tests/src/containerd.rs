@@ -168,10 +168,21 @@ state = "{d}/state"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
 
-{NACRE_RUNTIME_TOML}"#
+{NACRE_RUNTIME_TOML}
+# Tests only: the nacre shim with the macvtap network model, through
+# runtime options (ConfigPath: a shim configuration file; containerd 1.6
+# does not pass ConfigBody on).
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nacre-macvtap]
+  runtime_type = "io.containerd.nacre.v2"
+  privileged_without_host_devices = true
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nacre-macvtap.options]
+    ConfigPath = "{d}/nacre-macvtap.toml"
+"#
         );
         let path = self.dir.join("config.toml");
         std::fs::write(&path, config).map_err(io("write", &path))?;
+        let path = self.dir.join("nacre-macvtap.toml");
+        std::fs::write(&path, "[network]\nmodel = \"macvtap\"\n").map_err(io("write", &path))?;
         let conflist = serde_json::json!({
             "cniVersion": "0.4.0",
             "name": format!("nacre-test-{}", self.bridge),

@@ -425,4 +425,46 @@ fn nacre_and_runc_pods_reach_each_other() {
     assert_eq!(page, "hello from a pod\n");
     // The host reaches the nacre pod.
     assert!(http_get(&vm_ip, 8081).contains("hello from a pod"));
+
+    // A nacre pod on the macvtap network model (handler nacre-macvtap:
+    // the shim's configuration comes in the runtime options) reaches and
+    // is reached by the runc pod too.
+    let mvt_cfg = pod_config(&ctd, "mvt-pod", "mvt-host");
+    let mvt_pod = cri.run_pod_sandbox(&mvt_cfg, "nacre-macvtap").unwrap();
+    let mvt_ip = cri.pod_ip(&mvt_pod).unwrap();
+    let mvt_web = run_container(
+        &cri,
+        &mvt_pod,
+        &mvt_cfg,
+        &container_config(
+            "web",
+            &["httpd", "-f", "-p", "8082", "-h", "/var/www"],
+            vec![],
+        ),
+    );
+    // The pod's namespace (CNI's, under /var/run/netns) holds a
+    // passthru macvtap on eth0, not a tap.
+    let links = std::process::Command::new("ip")
+        .args([
+            "-all", "netns", "exec", "ip", "-d", "-o", "link", "show", "type", "macvtap",
+        ])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        links.contains("nacre_tap0@eth0") && links.contains("passthru"),
+        "no macvtap in the pod's namespace: {links}"
+    );
+    let page = exec_ok(
+        &cri,
+        &mvt_web,
+        &["wget", "-qO-", &format!("http://{runc_ip}:8080/")],
+    );
+    assert_eq!(page, "hello from a pod\n");
+    let page = exec_ok(
+        &cri,
+        &runc_c,
+        &["wget", "-qO-", &format!("http://{mvt_ip}:8082/")],
+    );
+    assert_eq!(page, "hello from a pod\n");
 }
