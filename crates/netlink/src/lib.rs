@@ -6,10 +6,11 @@
 //! them to the guest's NIC. The agent is copied into guest memory byte by
 //! byte at boot, so this crate depends on libc and thiserror only.
 //!
-//! It does not enter namespaces, create interfaces or touch traffic
-//! control: callers do that. Files: `socket` (framing, requests, dumps),
-//! `attr` (attribute encoding and decoding), `types` (the objects), `ops`
-//! (the requests on them).
+//! It does not enter namespaces or touch traffic control: callers do
+//! that; the only interfaces it creates are the runtime's macvtaps.
+//! Files: `socket` (framing, requests, dumps), `attr` (attribute encoding
+//! and decoding), `types` (the objects), `ops` (the requests on them),
+//! `links` (creating and deleting links).
 
 mod attr;
 mod links;
