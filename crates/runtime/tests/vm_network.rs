@@ -109,6 +109,34 @@ fn run(agent: &dyn AgentClient, id: &str, args: &[&str]) -> (i32, String, String
     (status, out, err)
 }
 
+/// A ttRPC client of `sandbox`'s agent with a long call timeout: a loaded
+/// 2-core host with emulated guest kernel mode can take more than the
+/// default 30 s for a container step.
+fn agent_client(sandbox: &Sandbox) -> TtrpcAgentClient {
+    TtrpcAgentClient::connect(
+        Endpoint::agent_vsock(sandbox.vm().vsock_socket()),
+        ClientOptions {
+            call_timeout: Duration::from_secs(300),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// The host pings `ip` twice with busybox `ping` or `ping6`.
+fn host_pings(ping: &str, ip: &str, what: &str) {
+    let out = Command::new("busybox")
+        .args([ping, "-c", "2", "-W", "120", ip])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The tc counters, neighbours and logs, for a failure message.
 fn diagnostics(ns: &PodNetns, tap: &str, sandbox: &Sandbox) -> String {
     let tc = |dev: &str| {
@@ -204,16 +232,7 @@ fn guest_on_a_pod_network() {
             "not restored from the template: {kind:?}"
         );
     }
-    // A loaded 2-core host with emulated guest kernel mode can take more
-    // than the default 30 s for a container step.
-    let client = TtrpcAgentClient::connect(
-        Endpoint::agent_vsock(sandbox.vm().vsock_socket()),
-        ClientOptions {
-            call_timeout: Duration::from_secs(300),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
+    let client = agent_client(&sandbox);
     let agent: &dyn AgentClient = &client;
     step(&format!("started: {kind:?} in {:?}", sandbox.boot_time()));
     let mut net = GuestNetwork {
@@ -233,29 +252,11 @@ fn guest_on_a_pod_network() {
     step("network configured");
 
     // Host -> guest: ICMP.
-    let ping = Command::new("busybox")
-        .args(["ping", "-c", "2", "-W", "120", &ns.pod_ip])
-        .output()
-        .unwrap();
-    assert!(
-        ping.status.success(),
-        "host ping of the guest failed: {}{}",
-        String::from_utf8_lossy(&ping.stdout),
-        String::from_utf8_lossy(&ping.stderr)
-    );
+    host_pings("ping", &ns.pod_ip, "host ping of the guest");
 
     step("host pinged the guest");
     // Host -> guest: ICMPv6 (the CNI gave an IPv6 address too).
-    let ping6 = Command::new("busybox")
-        .args(["ping6", "-c", "2", "-W", "120", &ns.pod_ip6])
-        .output()
-        .unwrap();
-    assert!(
-        ping6.status.success(),
-        "host ping6 of the guest failed: {}{}",
-        String::from_utf8_lossy(&ping6.stdout),
-        String::from_utf8_lossy(&ping6.stderr)
-    );
+    host_pings("ping6", &ns.pod_ip6, "host ping6 of the guest");
 
     step("host pinged the guest over IPv6");
     // Guest -> host: ICMP and TCP from a container, plus the guest's
@@ -354,14 +355,7 @@ fn guest_on_a_pod_network() {
         default_boot_timeout(),
     )
     .unwrap_or_else(|e| panic!("start on a macvtap: {e}"));
-    let client = TtrpcAgentClient::connect(
-        Endpoint::agent_vsock(sandbox.vm().vsock_socket()),
-        ClientOptions {
-            call_timeout: Duration::from_secs(300),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
+    let client = agent_client(&sandbox);
     let mut net = GuestNetwork {
         hostname: Some("pod-mvt".into()),
         ..pod.guest_network()
@@ -374,16 +368,7 @@ fn guest_on_a_pod_network() {
     step(&format!(
         "macvtap sandbox started ({kind:?}) and configured"
     ));
-    let ping = Command::new("busybox")
-        .args(["ping", "-c", "2", "-W", "120", &ns.pod_ip])
-        .output()
-        .unwrap();
-    assert!(
-        ping.status.success(),
-        "host ping of the guest on a macvtap failed: {}{}",
-        String::from_utf8_lossy(&ping.stdout),
-        String::from_utf8_lossy(&ping.stderr)
-    );
+    host_pings("ping", &ns.pod_ip, "host ping of the guest on a macvtap");
     step("host pinged the guest on a macvtap");
     drop(client);
     let leftovers = sandbox.shutdown(Duration::from_secs(120)).unwrap();
