@@ -94,6 +94,58 @@ fn missing_rootfs_and_mount_source_are_named() {
     assert_nothing_left(&root, "c2");
 }
 
+/// A bad configuration file or an unknown `io.nacre.*` annotation stops
+/// `create` before anything exists, with the file or the key named.
+#[test]
+fn bad_configuration_and_annotations_are_named() {
+    if !require_root("bad_configuration_and_annotations_are_named") {
+        return;
+    }
+    let s = Scratch::new("badconf");
+    let root = s.path().join("root");
+    let b = bundle(s.path(), &config(&["true"], ""));
+    let file = s.path().join("config.toml");
+    std::fs::write(&file, "[vm]\nmemory_mib = 16\n").unwrap();
+    let o = nacre()
+        .env("NACRE_CONFIG", &file)
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle"])
+        .arg(&b)
+        .arg("c4")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&*file.to_string_lossy()) && err.contains("memory_mib = 16"),
+        "{err}"
+    );
+    assert_nothing_left(&root, "c4");
+
+    let spec = config(&["true"], "").replace(
+        r#""hostname""#,
+        r#""annotations": {"io.nacre.vm.gpus": "1"}, "hostname""#,
+    );
+    std::fs::write(b.join("config.json"), spec).unwrap();
+    let o = nacre()
+        .env("NACRE_CONFIG", "")
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "--bundle"])
+        .arg(&b)
+        .arg("c4")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("io.nacre.vm.gpus") && err.contains("io.nacre.vm.memory_mib"),
+        "{err}"
+    );
+    assert_nothing_left(&root, "c4");
+}
+
 #[test]
 fn unknown_id_is_reported_by_every_command() {
     let s = Scratch::new("unknown");

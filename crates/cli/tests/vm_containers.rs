@@ -207,18 +207,34 @@ fn guest_release(out: &str) -> String {
     release
 }
 
+/// Also: the VM is sized and booted as `/etc/nacre/config.toml` (here
+/// `NACRE_CONFIG`) says, grown by the container's memory limit, with the
+/// configured kernel parameters, and cold (`templates = false`).
 #[test]
 fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
     let Some(vm) = Vm::new("vm_run_prints_guest_kernel") else {
         return;
     };
-    let b = busybox_bundle(
-        vm.scratch.path(),
-        &config(&["sh", "-c", "uname -r; echo to-stderr >&2; exit 7"], ""),
+    let script = "uname -r; grep MemTotal /proc/meminfo; cat /proc/cmdline; \
+                  echo to-stderr >&2; exit 7";
+    let spec = config(&["sh", "-c", script], "").replace(
+        r#""linux": {"#,
+        r#""linux": {"resources": {"memory": {"limit": 134217728}}, "#,
     );
+    let b = busybox_bundle(vm.scratch.path(), &spec);
+    let config_file = vm.scratch.path().join("config.toml");
+    std::fs::write(
+        &config_file,
+        "[vm]\nmemory_mib = 192\nkernel_params = \"nacre.test=config\"\ntemplates = false\n",
+    )
+    .unwrap();
+    let log = vm.scratch.path().join("nacre.log");
     let t = Instant::now();
     let o = vm
         .nacre()
+        .env("NACRE_CONFIG", &config_file)
+        .arg("--log")
+        .arg(&log)
         .args(["run", "-b"])
         .arg(&b)
         .arg("run1")
@@ -231,8 +247,26 @@ fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
         stderr(&o)
     );
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
-    guest_release(&stdout(&o));
+    let out = stdout(&o);
+    guest_release(&out);
     assert!(stderr(&o).contains("to-stderr"), "{}", stderr(&o));
+    // 192 MiB configured + the 128 MiB limit, less what the kernel keeps.
+    let mem_kib: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {out}"));
+    assert!(
+        (256 * 1024..=320 * 1024).contains(&mem_kib),
+        "guest MemTotal {mem_kib} KiB is not a 320 MiB VM's"
+    );
+    assert!(out.contains("nacre.test=config"), "{out}");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("sandbox started") && log.contains("Cold(None)"),
+        "templates = false did not boot cold:\n{log}"
+    );
     assert_nothing_left(&vm.root, "run1");
 }
 

@@ -5,6 +5,7 @@
 //! the agent's, everything about vCPUs and devices is the VMM's.
 
 pub mod agent;
+pub mod config;
 pub mod container;
 pub mod host;
 pub mod image;

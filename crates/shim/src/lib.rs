@@ -10,7 +10,7 @@
 //! agent does not also hold, except the stdio wiring and exit statuses.
 
 pub mod bootstrap;
-pub mod config;
+pub use nacre_runtime::config;
 pub mod error;
 pub mod events;
 pub mod layout;

@@ -12,7 +12,7 @@ use nacre_runtime::agent::{
 };
 use nacre_runtime::container::mounts;
 use nacre_runtime::container::paths::SHARED_TAG;
-use nacre_runtime::image::{locate_vmm, GuestImage};
+use nacre_runtime::image::locate_vmm;
 use nacre_runtime::network::{self, PodNetwork};
 use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
 use nacre_runtime::template::{mark_restored, start_sandbox, StartKind, TemplateStore};
@@ -56,22 +56,10 @@ impl Vm {
         pod: &PodSpec,
     ) -> Result<Self, ShimError> {
         let hostname = pod.hostname.as_deref();
-        let image = match (&config.vm.kernel, &config.vm.initrd) {
-            (None, None) => GuestImage::locate(),
-            (k, i) => {
-                let located = GuestImage::locate().ok();
-                let kernel = k
-                    .clone()
-                    .or_else(|| located.as_ref().map(|g| g.kernel.clone()))
-                    .unwrap_or_else(|| nacre_runtime::image::DEFAULT_KERNEL.into());
-                let initrd = i
-                    .clone()
-                    .or_else(|| located.as_ref().map(|g| g.initrd.clone()))
-                    .unwrap_or_else(|| nacre_runtime::image::DEFAULT_INITRD.into());
-                GuestImage::checked(kernel, initrd)
-            }
-        }
-        .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+        let image = config
+            .vm
+            .guest_image()
+            .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
         let vmm = locate_vmm().map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
         let net = match &pod.netns {
             Some(netns) => {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
+use nacre_runtime::config::Config;
 use nacre_runtime::container::launch::Reporter;
 use nacre_runtime::container::monitor::{run_monitor, MonitorOptions};
 use nacre_runtime::container::{ops, parse_signal};
@@ -94,6 +95,10 @@ pub struct MonitorArgs {
     #[arg(long, default_value_t = 1)]
     pub vcpus: u8,
     #[arg(long)]
+    pub kernel_params: Option<String>,
+    #[arg(long)]
+    pub no_templates: bool,
+    #[arg(long)]
     pub shared_fs: bool,
     #[arg(long)]
     pub sync_fd: Option<i32>,
@@ -149,8 +154,11 @@ fn create_inner(g: &Global, a: &CreateArgs) -> Result<std::process::Child> {
     if paths.dir().exists() {
         anyhow::bail!("container {} already exists", a.id);
     }
-    nacre_runtime::container::spec::Bundle::load(&a.bundle)?;
-    let image = GuestImage::locate()?;
+    let bundle = nacre_runtime::container::spec::Bundle::load(&a.bundle)?;
+    let config = Config::load()?;
+    let shape =
+        config.container_shape(&bundle.annotations, bundle.memory_limit, bundle.cpu_limit)?;
+    let image = config.vm.guest_image()?;
     let vmm = locate_vmm()?;
     let mut cmd = Command::new(std::env::current_exe().context("finding the nacre binary")?);
     global_args(g, &mut cmd)?;
@@ -163,7 +171,18 @@ fn create_inner(g: &Global, a: &CreateArgs) -> Result<std::process::Child> {
         .arg("--kernel")
         .arg(&image.kernel)
         .arg("--initrd")
-        .arg(&image.initrd);
+        .arg(&image.initrd)
+        .arg("--vcpus")
+        .arg(shape.vcpus.to_string())
+        .arg("--memory-mib")
+        .arg(shape.memory_mib.to_string());
+    let kernel_params = shape.kernel_params.trim();
+    if !kernel_params.is_empty() {
+        cmd.arg("--kernel-params").arg(kernel_params);
+    }
+    if !config.vm.templates {
+        cmd.arg("--no-templates");
+    }
     if vmm_has_shared_dir(&vmm) {
         cmd.arg("--shared-fs");
     }
@@ -232,10 +251,11 @@ pub fn monitor(g: &Global, a: &MonitorArgs) -> Result<i32> {
         image: GuestImage::checked(a.kernel.clone(), a.initrd.clone())?,
         vcpus: a.vcpus,
         memory_mib: a.memory_mib,
+        kernel_params: a.kernel_params.clone(),
         console_socket: a.console_socket.clone(),
         pid_file: a.pid_file.clone(),
         shared_fs: a.shared_fs,
-        templates: true,
+        templates: !a.no_templates,
     };
     Ok(run_monitor(&opts, &mut reporter))
 }

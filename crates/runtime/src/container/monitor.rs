@@ -41,14 +41,18 @@ pub struct MonitorOptions {
     pub bundle_dir: PathBuf,
     pub vmm: PathBuf,
     pub image: GuestImage,
+    /// The VM's shape (`crate::config::Config::container_shape`).
     pub vcpus: u8,
     pub memory_mib: u32,
+    /// Appended to the guest kernel command line.
+    pub kernel_params: Option<String>,
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     /// Serve the shared directory over virtio-fs (`--shared-dir`).
     pub shared_fs: bool,
-    /// Start the sandbox from a VM template when the environment allows
-    /// (`NACRE_TEMPLATES`, `NACRE_TEMPLATE_DIR`; see `crate::template`).
+    /// Start the sandbox from a VM template (the configuration's
+    /// `vm.templates`) when the environment allows (`NACRE_TEMPLATES`,
+    /// `NACRE_TEMPLATE_DIR`; see `crate::template`).
     pub templates: bool,
 }
 
@@ -115,12 +119,10 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
     let paths = &opts.paths;
     let bundle = Bundle::load(&opts.bundle_dir)?;
     let io = console_io(opts.console_socket.as_deref())?;
-    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut spec = VmSpec {
-        vcpus: opts
-            .vcpus
-            .max(bundle.vm_vcpus(u32::try_from(host_cpus).unwrap_or(1))),
-        memory_mib: opts.memory_mib.max(bundle.vm_memory_mib()),
+        vcpus: opts.vcpus,
+        memory_mib: opts.memory_mib,
+        extra_cmdline: opts.kernel_params.clone(),
         ..VmSpec::new(opts.image.clone())
     };
     let hostname = bundle

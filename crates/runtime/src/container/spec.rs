@@ -36,11 +36,6 @@ pub struct Bundle {
     pub cpu_limit: Option<u32>,
 }
 
-/// Memory of a VM beyond its container's limit (kernel, agent, caches).
-const VM_BASE_MIB: u64 = 256;
-/// The largest VM a spec may ask for.
-const VM_MAX_MIB: u64 = 16 * 1024;
-
 /// A bind mount of the spec, which the guest reaches through the shared
 /// directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,22 +173,6 @@ impl Bundle {
             hostname: view.hostname,
             terminal: view.process.is_some_and(|p| p.terminal),
         })
-    }
-
-    /// The VM's memory in MiB: a base plus the container's memory limit.
-    pub fn vm_memory_mib(&self) -> u32 {
-        let mib = self
-            .memory_limit
-            .map_or(VM_BASE_MIB, |l| VM_BASE_MIB + l.div_ceil(1 << 20))
-            .min(VM_MAX_MIB);
-        u32::try_from(mib).unwrap_or(256)
-    }
-
-    /// The VM's vCPUs: what the CPU quota allows, at least 1, at most
-    /// `host_cpus`.
-    pub fn vm_vcpus(&self, host_cpus: u32) -> u8 {
-        let n = self.cpu_limit.unwrap_or(1).clamp(1, host_cpus.max(1));
-        u8::try_from(n).unwrap_or(u8::MAX)
     }
 
     /// The spec as the guest gets it: rootfs and bind sources moved into
@@ -340,8 +319,7 @@ mod tests {
         );
         assert_eq!(g["linux"]["unknownField"], 1);
         assert_eq!(g["process"]["args"], json!(["sh"]));
-        assert_eq!(b.vm_memory_mib(), 256);
-        assert_eq!(b.vm_vcpus(8), 1);
+        assert_eq!((b.memory_limit, b.cpu_limit), (None, None));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -372,15 +350,14 @@ mod tests {
     }
 
     #[test]
-    fn resources_size_the_vm() {
+    fn resources_are_read() {
         let dir = bundle_dir(
             r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "linux": {"resources":
                 {"memory": {"limit": 536870912}, "cpu": {"quota": 150000, "period": 100000}}}}"#,
         );
         let b = Bundle::load(&dir).unwrap();
-        assert_eq!(b.vm_memory_mib(), 256 + 512);
-        assert_eq!(b.vm_vcpus(8), 2);
-        assert_eq!(b.vm_vcpus(1), 1);
+        assert_eq!(b.memory_limit, Some(512 << 20));
+        assert_eq!(b.cpu_limit, Some(2));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,9 +1,11 @@
-//! The shim's configuration: `/etc/nacre/config.toml` (or the file named by
+//! nacre's configuration, read by the containerd shim and the `nacre`
+//! CLI alike: `/etc/nacre/config.toml` (or the file named by
 //! `NACRE_CONFIG`), built-in defaults when there is no file, and per-pod
-//! overrides through an allow-list of `io.nacre.*` annotations.
+//! (per-container for the CLI) overrides through an allow-list of
+//! `io.nacre.*` annotations.
 //!
 //! ```toml
-//! log_level = "info"          # error, warn, info, debug, trace
+//! log_level = "info"          # the shim's: error, warn, info, debug, trace
 //! [vm]
 //! vcpus = 1
 //! memory_mib = 256
@@ -16,10 +18,11 @@
 //! templates = true            # restore sandboxes from VM templates
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use nacre_runtime::network::NetworkModel;
+use crate::image::{GuestImage, ImageError, DEFAULT_INITRD, DEFAULT_KERNEL};
+use crate::network::NetworkModel;
 use serde::Deserialize;
 
 /// Where the configuration file is looked for.
@@ -154,6 +157,28 @@ impl Default for VmConfig {
     }
 }
 
+impl VmConfig {
+    /// The guest image: `kernel` and `initrd` where set, else
+    /// `NACRE_KERNEL`/`NACRE_INITRD` or the installed files; both checked.
+    pub fn guest_image(&self) -> Result<GuestImage, ImageError> {
+        if self.kernel.is_none() && self.initrd.is_none() {
+            return GuestImage::locate();
+        }
+        let located = GuestImage::locate().ok();
+        let kernel = self
+            .kernel
+            .clone()
+            .or_else(|| located.as_ref().map(|g| g.kernel.clone()))
+            .unwrap_or_else(|| DEFAULT_KERNEL.into());
+        let initrd = self
+            .initrd
+            .clone()
+            .or_else(|| located.as_ref().map(|g| g.initrd.clone()))
+            .unwrap_or_else(|| DEFAULT_INITRD.into());
+        GuestImage::checked(kernel, initrd)
+    }
+}
+
 /// The shape of one sandbox VM, after annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmShape {
@@ -210,7 +235,7 @@ impl Config {
         if let Err(reason) = config.network.model.parse::<NetworkModel>() {
             return Err(invalid(format!("network.model: {reason}")));
         }
-        if log::LevelFilter::from_str_opt(&config.log_level).is_none() {
+        if !LOG_LEVELS.contains(&config.log_level.to_ascii_lowercase().as_str()) {
             return Err(invalid(format!(
                 "log_level = {:?} is not one of off, error, warn, info, debug, trace",
                 config.log_level
@@ -343,16 +368,41 @@ impl Config {
     }
 }
 
-/// `log::LevelFilter` parsing without its error type.
-trait FromStrOpt: Sized {
-    fn from_str_opt(s: &str) -> Option<Self>;
-}
-
-impl FromStrOpt for log::LevelFilter {
-    fn from_str_opt(s: &str) -> Option<Self> {
-        s.parse().ok()
+impl Config {
+    /// The VM shape for one container that the `nacre` CLI runs in a VM of
+    /// its own: the configured VM, grown by the container's memory limit
+    /// and CPU quota the way the shim grows it by a pod's (see
+    /// [`Config::vm_shape`]), then its `io.nacre.*` annotations. Limits the
+    /// annotations already state (a CRI pod's) are not counted twice.
+    pub fn container_shape(
+        &self,
+        annotations: &BTreeMap<String, String>,
+        memory_limit: Option<u64>,
+        cpu_limit: Option<u32>,
+    ) -> Result<VmShape, ConfigError> {
+        let mut all: HashMap<String, String> = annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(bytes) = memory_limit {
+            all.entry(ANNOTATION_SANDBOX_MEMORY.into())
+                .or_insert_with(|| bytes.to_string());
+        }
+        if let Some(cpus) = cpu_limit.filter(|c| *c > 0) {
+            if !all.contains_key(ANNOTATION_SANDBOX_CPU_QUOTA) {
+                all.insert(
+                    ANNOTATION_SANDBOX_CPU_QUOTA.into(),
+                    (u64::from(cpus) * 100_000).to_string(),
+                );
+                all.insert(ANNOTATION_SANDBOX_CPU_PERIOD.into(), "100000".into());
+            }
+        }
+        self.vm_shape(&all)
     }
 }
+
+/// The values `log_level` takes.
+const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
 
 #[cfg(test)]
 mod tests {
@@ -449,6 +499,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"lots\""), "{err}");
+    }
+
+    #[test]
+    fn a_cli_container_grows_the_vm_by_its_limits() {
+        let c = Config::parse("[vm]\nmemory_mib = 128\n", Path::new("x")).unwrap();
+        let none = BTreeMap::new();
+        let shape = c.container_shape(&none, None, None).unwrap();
+        assert_eq!((shape.vcpus, shape.memory_mib), (1, 128));
+        let shape = c.container_shape(&none, Some(512 << 20), Some(2)).unwrap();
+        assert_eq!((shape.vcpus, shape.memory_mib), (3, 128 + 512));
+        // A CRI pod's own annotation is not counted twice; io.nacre.* wins.
+        let mut pod = BTreeMap::new();
+        pod.insert(ANNOTATION_SANDBOX_MEMORY.to_string(), "0".to_string());
+        let shape = c.container_shape(&pod, Some(512 << 20), None).unwrap();
+        assert_eq!(shape.memory_mib, 128);
+        pod.insert(ANNOTATION_MEMORY.to_string(), "300".to_string());
+        assert_eq!(c.container_shape(&pod, None, None).unwrap().memory_mib, 300);
+        pod.insert("io.nacre.vm.disks".to_string(), "2".to_string());
+        let err = c.container_shape(&pod, None, None).unwrap_err().to_string();
+        assert!(err.contains("io.nacre.vm.disks"), "{err}");
+        let err = c
+            .container_shape(&none, Some(64 << 30), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_memory_mib"), "{err}");
     }
 
     #[test]
