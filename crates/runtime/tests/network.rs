@@ -85,6 +85,73 @@ fn attach_and_teardown_leave_nothing() {
     assert!(addrs.contains(&ns.pod_ip), "{addrs}");
 }
 
+/// A pod with two interfaces (as Multus gives one): a tap and a virtio-net
+/// device each, the second interface's address and route described for
+/// the guest on its own MAC, and both taps gone after teardown.
+#[test]
+fn two_interfaces_get_two_devices() {
+    if !root_prereqs("two_interfaces_get_two_devices") {
+        return;
+    }
+    let ns = PodNetns::create("two", 5);
+    let second_host = format!("nvb{}", std::process::id() % 100_000);
+    let second_mac = "0a:58:0a:d6:05:02";
+    sh(&format!(
+        "ip link add {h} type veth peer name net1 netns {n} && \
+         ip addr add 10.214.5.1/24 dev {h} && ip link set {h} up && \
+         ip -n {n} link set net1 address {second_mac} mtu 1400 && \
+         ip -n {n} addr add 10.214.5.2/24 dev net1 && ip -n {n} link set net1 up && \
+         ip -n {n} route add 10.99.0.0/16 via 10.214.5.1 dev net1",
+        h = second_host,
+        n = ns.name,
+    ));
+    let pod = network::attach(&ns.path()).unwrap();
+    let eps = pod.endpoints();
+    let mut names: Vec<&str> = eps.iter().map(|e| e.interface.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["eth0", "net1"]);
+    let net1 = eps.iter().find(|e| e.interface.name == "net1").unwrap();
+    assert_eq!(net1.interface.mac, second_mac);
+    assert_eq!(net1.interface.mtu, 1400);
+    let nets = pod.vm_nets();
+    assert_eq!(nets.len(), 2);
+    assert_ne!(nets[0].fd, nets[1].fd);
+    let mut macs: Vec<&str> = nets.iter().map(|n| n.mac.as_str()).collect();
+    macs.sort_unstable();
+    let mut want = [ns.mac.as_str(), second_mac];
+    want.sort_unstable();
+    assert_eq!(macs, want);
+    let guest = pod.guest_network();
+    assert_eq!(guest.interfaces.len(), 2);
+    let route = guest
+        .routes
+        .iter()
+        .find(|r| {
+            r.destination
+                .as_ref()
+                .is_some_and(|d| d.ip.to_string() == "10.99.0.0")
+        })
+        .expect("the route over net1");
+    assert_eq!(route.interface_mac.as_deref(), Some(second_mac));
+    assert_eq!(route.gateway.unwrap().to_string(), "10.214.5.1");
+    let filters = ns.exec("tc filter show dev net1 ingress");
+    assert!(
+        filters.contains(&format!("Egress Redirect to device {}", net1.tap_name)),
+        "{filters}"
+    );
+    let taps: Vec<String> = eps.iter().map(|e| e.tap_name.clone()).collect();
+    assert_ne!(taps[0], taps[1]);
+    pod.teardown().unwrap();
+    for tap in &taps {
+        assert!(
+            !sh_ok(&format!("ip netns exec {} ip link show {tap}", ns.name)),
+            "tap {tap} is still there"
+        );
+    }
+    let qdiscs = ns.exec("tc qdisc show dev net1");
+    assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+}
+
 #[test]
 fn macvtap_model_attaches_and_leaves_nothing() {
     if !root_prereqs("macvtap_model_attaches_and_leaves_nothing") {
