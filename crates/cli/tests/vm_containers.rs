@@ -235,7 +235,7 @@ fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
         .env("NACRE_CONFIG", &config_file)
         .arg("--log")
         .arg(&log)
-        .args(["run", "-b"])
+        .args(["--log-level", "info", "run", "-b"])
         .arg(&b)
         .arg("run1")
         .stdin(Stdio::null())

@@ -315,11 +315,16 @@ state = "{d}/state"
     /// Stops and removes every pod sandbox (and so every container).
     pub fn remove_all_pods(&self) -> Result<(), HarnessError> {
         let client = self.client()?;
+        let mut first_error = None;
+        // Every pod gets its turn even when one fails.
         for pod in client.list_pod_sandboxes()? {
             let _ = client.stop_pod_sandbox(&pod);
-            client.remove_pod_sandbox(&pod)?;
+            if let Err(e) = client.remove_pod_sandbox(&pod) {
+                eprintln!("removing pod sandbox {pod}: {e}");
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), |e| Err(e.into()))
     }
 
     fn stop(&mut self) {

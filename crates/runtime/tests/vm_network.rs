@@ -10,7 +10,8 @@
 //! guest), the guest's hostname, resolv.conf and hosts; after shutdown and
 //! teardown no tap, no tc rule and no VMM are left. Then the same with
 //! the macvtap model (a second sandbox from the same template): the host
-//! pings the guest, and the macvtap is deleted at teardown.
+//! pings the guest, and the macvtap is deleted at teardown. Last, a
+//! second interface in the namespace: a VM with two NICs, both reachable.
 //!
 //! Needs root, /dev/kvm, the guest image (`make guest`) and busybox.
 
@@ -379,7 +380,66 @@ fn guest_on_a_pod_network() {
         "the macvtap is still there"
     );
 
+    step("macvtap model torn down");
+
+    two_interfaces(&p, &ns, &dir, &step);
     let ns_name = ns.name.clone();
     drop(ns);
     assert!(!sh("ip netns list").contains(&ns_name));
+}
+
+/// A second interface in the pod namespace (as Multus adds): a cold boot
+/// (a template is per NIC count; one is not worth making for one start)
+/// with two virtio-net devices; the agent names and configures both; the
+/// host pings the guest on each; teardown removes both taps.
+fn two_interfaces(
+    p: &nacre_runtime::testing::VmPrereqs,
+    ns: &PodNetns,
+    dir: &Path,
+    step: &dyn Fn(&str),
+) {
+    let host_end = format!("nvb{}", std::process::id() % 100_000);
+    sh(&format!(
+        "ip link add {host_end} type veth peer name net1 netns {n} && \
+         ip addr add 10.214.3.1/24 dev {host_end} && ip link set {host_end} up && \
+         ip -n {n} link set net1 address 0a:58:0a:d6:03:02 && \
+         ip -n {n} addr add 10.214.3.2/24 dev net1 && ip -n {n} link set net1 up",
+        n = ns.name,
+    ));
+    let pod = network::attach(&ns.path()).unwrap();
+    assert_eq!(pod.endpoints().len(), 2);
+    let taps: Vec<String> = pod.endpoints().iter().map(|e| e.tap_name.clone()).collect();
+    let vm_spec = VmSpec {
+        nets: pod.vm_nets(),
+        ..VmSpec::new(p.image.clone())
+    };
+    let identity = RestoredIdentity::new("pod-two", "vm-two").unwrap();
+    let (sandbox, _) = start_sandbox(
+        None,
+        &p.vmm,
+        &vm_spec,
+        &dir.join("run-two"),
+        &identity,
+        default_boot_timeout(),
+    )
+    .unwrap_or_else(|e| panic!("start with two NICs: {e}"));
+    let client = agent_client(&sandbox);
+    let agent: &dyn AgentClient = &client;
+    let names = agent.configure_network(&pod.guest_network()).unwrap();
+    assert_eq!(names.len(), 2, "{names:?}");
+    step("two-NIC sandbox booted and configured");
+    host_pings("ping", &ns.pod_ip, "host ping of the guest's first NIC");
+    host_pings("ping", "10.214.3.2", "host ping of the guest's second NIC");
+    step("host pinged the guest on both NICs");
+    drop(client);
+    let leftovers = sandbox.shutdown(Duration::from_secs(120)).unwrap();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    pod.teardown().unwrap();
+    for tap in &taps {
+        assert!(
+            !sh_ok(&format!("ip netns exec {} ip link show {tap}", ns.name)),
+            "tap {tap} is still there"
+        );
+    }
+    let _ = Command::new("ip").args(["link", "del", &host_end]).status();
 }
