@@ -6,9 +6,30 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use common::*;
+
+/// `nacre --root ROOT VERB --bundle BUNDLE ID` with `env` set, which must
+/// fail; returns its stderr.
+fn fails(root: &Path, verb: &str, bundle: &Path, id: &str, env: &[(&str, &OsStr)]) -> String {
+    let mut cmd = nacre();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd
+        .arg("--root")
+        .arg(root)
+        .args([verb, "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .output()
+        .unwrap_or_else(|e| panic!("running nacre: {e}"));
+    assert!(!o.status.success(), "nacre {verb} {id} succeeded");
+    stderr(&o)
+}
 
 #[test]
 fn malformed_config_names_file_and_error() {
@@ -21,16 +42,7 @@ fn malformed_config_names_file_and_error() {
         s.path(),
         r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "mounts": 7}"#,
     );
-    let o = nacre()
-        .arg("--root")
-        .arg(&root)
-        .args(["create", "-b"])
-        .arg(&b)
-        .arg("c1")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = stderr(&o);
+    let err = fails(&root, "create", &b, "c1", &[]);
     assert!(
         err.contains(&*b.join("config.json").to_string_lossy()),
         "{err}"
@@ -39,16 +51,8 @@ fn malformed_config_names_file_and_error() {
     assert_nothing_left(&root, "c1");
 
     std::fs::write(b.join("config.json"), "{\"ociVersion\": ").unwrap();
-    let o = nacre()
-        .arg("--root")
-        .arg(&root)
-        .args(["run", "-b"])
-        .arg(&b)
-        .arg("c1")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("EOF while parsing"), "{}", stderr(&o));
+    let err = fails(&root, "run", &b, "c1", &[]);
+    assert!(err.contains("EOF while parsing"), "{}", err);
     assert_nothing_left(&root, "c1");
 }
 
@@ -61,36 +65,15 @@ fn missing_rootfs_and_mount_source_are_named() {
     let root = s.path().join("root");
     let b = bundle(s.path(), &config(&["true"], ""));
     std::fs::remove_dir(b.join("rootfs")).unwrap();
-    let o = nacre()
-        .arg("--root")
-        .arg(&root)
-        .args(["create", "--bundle"])
-        .arg(&b)
-        .arg("c2")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = stderr(&o);
+    let err = fails(&root, "create", &b, "c2", &[]);
     assert!(err.contains(&*b.join("rootfs").to_string_lossy()), "{err}");
     assert_nothing_left(&root, "c2");
 
     std::fs::create_dir(b.join("rootfs")).unwrap();
     let extra = r#", {"destination": "/data", "type": "bind", "source": "/nonexistent/nacre-src", "options": ["rbind"]}"#;
     std::fs::write(b.join("config.json"), config(&["true"], extra)).unwrap();
-    let o = nacre()
-        .arg("--root")
-        .arg(&root)
-        .args(["create", "--bundle"])
-        .arg(&b)
-        .arg("c2")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("/nonexistent/nacre-src"),
-        "{}",
-        stderr(&o)
-    );
+    let err = fails(&root, "create", &b, "c2", &[]);
+    assert!(err.contains("/nonexistent/nacre-src"), "{}", err);
     assert_nothing_left(&root, "c2");
 }
 
@@ -106,17 +89,13 @@ fn bad_configuration_and_annotations_are_named() {
     let b = bundle(s.path(), &config(&["true"], ""));
     let file = s.path().join("config.toml");
     std::fs::write(&file, "[vm]\nmemory_mib = 16\n").unwrap();
-    let o = nacre()
-        .env("NACRE_CONFIG", &file)
-        .arg("--root")
-        .arg(&root)
-        .args(["create", "--bundle"])
-        .arg(&b)
-        .arg("c4")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = stderr(&o);
+    let err = fails(
+        &root,
+        "create",
+        &b,
+        "c4",
+        &[("NACRE_CONFIG", file.as_os_str())],
+    );
     assert!(
         err.contains(&*file.to_string_lossy()) && err.contains("memory_mib = 16"),
         "{err}"
@@ -128,17 +107,13 @@ fn bad_configuration_and_annotations_are_named() {
         r#""annotations": {"io.nacre.vm.gpus": "1"}, "hostname""#,
     );
     std::fs::write(b.join("config.json"), spec).unwrap();
-    let o = nacre()
-        .env("NACRE_CONFIG", "")
-        .arg("--root")
-        .arg(&root)
-        .args(["run", "--bundle"])
-        .arg(&b)
-        .arg("c4")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = stderr(&o);
+    let err = fails(
+        &root,
+        "run",
+        &b,
+        "c4",
+        &[("NACRE_CONFIG", std::ffi::OsStr::new(""))],
+    );
     assert!(
         err.contains("io.nacre.vm.gpus") && err.contains("io.nacre.vm.memory_mib"),
         "{err}"
@@ -222,20 +197,8 @@ fn duplicate_id_is_refused_and_the_existing_one_kept() {
     std::fs::create_dir_all(root.join("d1")).unwrap();
     std::fs::write(root.join("d1/marker"), "x").unwrap();
     let b = bundle(s.path(), &config(&["true"], ""));
-    let o = nacre()
-        .arg("--root")
-        .arg(&root)
-        .args(["create", "-b"])
-        .arg(&b)
-        .arg("d1")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("container d1 already exists"),
-        "{}",
-        stderr(&o)
-    );
+    let err = fails(&root, "create", &b, "d1", &[]);
+    assert!(err.contains("container d1 already exists"), "{}", err);
     assert!(
         root.join("d1/marker").exists(),
         "the existing container was touched"
