@@ -29,10 +29,10 @@ use common::{sh, sh_ok, PodNetns};
 use nacre_runtime::agent::{
     AgentClient, ClientOptions, Endpoint, RestoredIdentity, TtrpcAgentClient,
 };
-use nacre_runtime::network::{self, GuestNetwork};
+use nacre_runtime::network::{self, GuestNetwork, PodNetwork};
 use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
 use nacre_runtime::template::{self, start_sandbox, StartKind, TemplateStore};
-use nacre_runtime::testing::{root_prereqs, vm_prereqs};
+use nacre_runtime::testing::{root_prereqs, vm_prereqs, VmPrereqs};
 use nacre_runtime::vm::VmSpec;
 use serde_json::json;
 
@@ -124,6 +124,33 @@ fn agent_client(sandbox: &Sandbox) -> TtrpcAgentClient {
     .unwrap()
 }
 
+/// Starts a sandbox named `name` on the pod network `pod` (restored from
+/// `store` when given, else booted cold) and connects to its agent.
+fn start_on(
+    p: &VmPrereqs,
+    store: Option<&TemplateStore>,
+    pod: &PodNetwork,
+    dir: &Path,
+    name: &str,
+) -> (Sandbox, StartKind, TtrpcAgentClient) {
+    let vm_spec = VmSpec {
+        nets: pod.vm_nets(),
+        ..VmSpec::new(p.image.clone())
+    };
+    let identity = RestoredIdentity::new(name, name).unwrap();
+    let (sandbox, kind) = start_sandbox(
+        store,
+        &p.vmm,
+        &vm_spec,
+        &dir.join(name),
+        &identity,
+        default_boot_timeout(),
+    )
+    .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let client = agent_client(&sandbox);
+    (sandbox, kind, client)
+}
+
 /// The host pings `ip` twice with busybox `ping` or `ping6`.
 fn host_pings(ping: &str, ip: &str, what: &str) {
     let out = Command::new("busybox")
@@ -212,28 +239,14 @@ fn guest_on_a_pod_network() {
         peer.ip().to_string()
     });
 
-    let vm_spec = VmSpec {
-        nets: pod.vm_nets(),
-        ..VmSpec::new(p.image.clone())
-    };
     let store = (!template::disabled_by_env()).then(|| TemplateStore::new(dir.join("templates")));
-    let identity = RestoredIdentity::new("pod-net", "vm-net").unwrap();
-    let (sandbox, kind) = start_sandbox(
-        store.as_ref(),
-        &p.vmm,
-        &vm_spec,
-        &dir.join("run"),
-        &identity,
-        default_boot_timeout(),
-    )
-    .unwrap_or_else(|e| panic!("start: {e}"));
+    let (sandbox, kind, client) = start_on(&p, store.as_ref(), &pod, &dir, "pod-net");
     if store.is_some() {
         assert!(
             matches!(kind, StartKind::Template(_)),
             "not restored from the template: {kind:?}"
         );
     }
-    let client = agent_client(&sandbox);
     let agent: &dyn AgentClient = &client;
     step(&format!("started: {kind:?} in {:?}", sandbox.boot_time()));
     let mut net = GuestNetwork {
@@ -342,21 +355,7 @@ fn guest_on_a_pod_network() {
     // and teardown deletes the macvtap.
     let pod = network::attach_with(&ns.path(), network::NetworkModel::Macvtap).unwrap();
     let mvtap = pod.endpoints()[0].tap_name.clone();
-    let vm_spec = VmSpec {
-        nets: pod.vm_nets(),
-        ..VmSpec::new(p.image.clone())
-    };
-    let identity = RestoredIdentity::new("pod-mvt", "vm-mvt").unwrap();
-    let (sandbox, kind) = start_sandbox(
-        store.as_ref(),
-        &p.vmm,
-        &vm_spec,
-        &dir.join("run-mvt"),
-        &identity,
-        default_boot_timeout(),
-    )
-    .unwrap_or_else(|e| panic!("start on a macvtap: {e}"));
-    let client = agent_client(&sandbox);
+    let (sandbox, kind, client) = start_on(&p, store.as_ref(), &pod, &dir, "pod-mvt");
     let mut net = GuestNetwork {
         hostname: Some("pod-mvt".into()),
         ..pod.guest_network()
@@ -392,12 +391,7 @@ fn guest_on_a_pod_network() {
 /// (a template is per NIC count; one is not worth making for one start)
 /// with two virtio-net devices; the agent names and configures both; the
 /// host pings the guest on each; teardown removes both taps.
-fn two_interfaces(
-    p: &nacre_runtime::testing::VmPrereqs,
-    ns: &PodNetns,
-    dir: &Path,
-    step: &dyn Fn(&str),
-) {
+fn two_interfaces(p: &VmPrereqs, ns: &PodNetns, dir: &Path, step: &dyn Fn(&str)) {
     let host_end = format!("nvb{}", std::process::id() % 100_000);
     sh(&format!(
         "ip link add {host_end} type veth peer name net1 netns {n} && \
@@ -409,21 +403,7 @@ fn two_interfaces(
     let pod = network::attach(&ns.path()).unwrap();
     assert_eq!(pod.endpoints().len(), 2);
     let taps: Vec<String> = pod.endpoints().iter().map(|e| e.tap_name.clone()).collect();
-    let vm_spec = VmSpec {
-        nets: pod.vm_nets(),
-        ..VmSpec::new(p.image.clone())
-    };
-    let identity = RestoredIdentity::new("pod-two", "vm-two").unwrap();
-    let (sandbox, _) = start_sandbox(
-        None,
-        &p.vmm,
-        &vm_spec,
-        &dir.join("run-two"),
-        &identity,
-        default_boot_timeout(),
-    )
-    .unwrap_or_else(|e| panic!("start with two NICs: {e}"));
-    let client = agent_client(&sandbox);
+    let (sandbox, _, client) = start_on(p, None, &pod, dir, "pod-two");
     let agent: &dyn AgentClient = &client;
     let names = agent.configure_network(&pod.guest_network()).unwrap();
     assert_eq!(names.len(), 2, "{names:?}");

@@ -22,6 +22,7 @@ pub mod events;
 pub mod memory;
 pub mod profile;
 pub mod restore;
+pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
 pub mod vcpu;

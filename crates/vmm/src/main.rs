@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use nacre_vmm::devices::virtio::fs::{CacheMode, SharedDir};
 use nacre_vmm::devices::virtio::net::NetConfig;
+use nacre_vmm::seccomp::SeccompMode;
 use nacre_vmm::{exit_code, exit_code_for, RestoreConfig, VmConfig, VsockConfig};
 
 const EXIT_CODES: &str = "\
@@ -93,6 +94,10 @@ struct Cli {
     /// Do not add the PVM host's kernel command-line workarounds.
     #[arg(long)]
     no_host_quirks: bool,
+    /// The seccomp filter on the VMM's system calls: enforce (a call off
+    /// the allow-list kills the VMM), log (the kernel logs it), off.
+    #[arg(long, value_name = "MODE", env = "NACRE_VMM_SECCOMP", default_value_t = SeccompMode::Enforce)]
+    seccomp: SeccompMode,
     /// Log level or filter (error, warn, info, debug, trace, or an
     /// env-filter directive).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
@@ -181,6 +186,10 @@ fn main() -> ExitCode {
     if let Err(e) = init_logging(&cli.log_level) {
         eprintln!("nacre-vmm: {e:#}");
         return code(exit_code::CONFIG);
+    }
+    if let Err(e) = nacre_vmm::seccomp::install(cli.seccomp) {
+        eprintln!("nacre-vmm: {e}");
+        return code(exit_code::FAILURE);
     }
     let result = match cli.restore.clone() {
         Some(dir) => nacre_vmm::restore(&cli.restore_config(dir)),

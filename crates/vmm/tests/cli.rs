@@ -77,6 +77,7 @@ fn bad_configuration_is_64() {
         &["--vcpus", "abc"],
         &["--no-such-flag"],
         &["--vsock-cid", "5"],
+        &["--seccomp", "strict"],
     ] {
         let mut args = vec!["--kernel", k, "--initrd", k];
         args.extend_from_slice(extra);
