@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 /// What the filter does with a system call that is not on the list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -214,8 +217,18 @@ pub fn filter(mode: SeccompMode) -> Result<Option<BpfProgram>, SeccompError> {
         SeccompMode::Enforce => SeccompAction::KillProcess,
         SeccompMode::Log => SeccompAction::Log,
     };
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|(_, nr)| (*nr, Vec::new())).collect();
+    // The virtio-fs thread takes a root, cwd and umask of its own
+    // (`unshare(CLONE_FS)`); no namespace may be unshared. The flags are
+    // an int: only the low 32 bits of the register are defined.
+    let clone_fs = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        u64::try_from(libc::CLONE_FS).unwrap_or(u64::MAX),
+    )?;
+    rules.insert(libc::SYS_unshare, vec![SeccompRule::new(vec![clone_fs])?]);
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)?;
     Ok(Some(filter.try_into()?))
 }
@@ -245,6 +258,7 @@ mod tests {
 
     #[test]
     fn the_list_has_no_duplicates_and_no_escape_hatches() {
+        // unshare is allowed for CLONE_FS alone, outside the list.
         let mut numbers: Vec<_> = ALLOWED.iter().map(|(_, nr)| *nr).collect();
         numbers.sort_unstable();
         numbers.dedup();
@@ -295,6 +309,36 @@ mod tests {
         } else {
             (false, libc::WEXITSTATUS(status))
         }
+    }
+
+    /// Forks a child that installs the enforcing filter and calls
+    /// `unshare(flags)`; returns whether it was killed by SIGSYS.
+    fn child_unshares(flags: libc::c_int) -> bool {
+        let program = filter(SeccompMode::Enforce).unwrap().unwrap();
+        // SAFETY: as in `child_calls_bpf`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: system calls only; _exit never returns.
+            unsafe {
+                if seccompiler::apply_filter(&program).is_err() {
+                    libc::_exit(2);
+                }
+                libc::syscall(libc::SYS_unshare, flags);
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child into a local.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS
+    }
+
+    #[test]
+    fn unshare_is_allowed_for_clone_fs_only() {
+        assert!(!child_unshares(libc::CLONE_FS));
+        assert!(child_unshares(libc::CLONE_NEWNS));
+        assert!(child_unshares(libc::CLONE_FS | libc::CLONE_NEWNET));
     }
 
     #[test]
