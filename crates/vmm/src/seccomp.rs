@@ -281,9 +281,10 @@ mod tests {
         }
     }
 
-    /// Forks a child that installs `mode`'s filter and calls `bpf(2)` (off
-    /// the list) with bad arguments; returns how the child ended.
-    fn child_calls_bpf(mode: SeccompMode) -> (bool, i32) {
+    /// Forks a child that installs `mode`'s filter and makes system call
+    /// `nr` with `arg`; returns how the child ended: (killed, signal or
+    /// exit status).
+    fn in_filtered_child(mode: SeccompMode, nr: libc::c_long, arg: libc::c_long) -> (bool, i32) {
         let program = filter(mode).unwrap().unwrap();
         // SAFETY: the child only makes system calls (no allocation, no
         // locks) and leaves with _exit.
@@ -297,7 +298,7 @@ mod tests {
                     libc::_exit(2);
                 }
                 libc::syscall(libc::SYS_getppid);
-                libc::syscall(libc::SYS_bpf, -1, 0, 0);
+                libc::syscall(nr, arg, 0, 0);
                 libc::_exit(0);
             }
         }
@@ -311,27 +312,10 @@ mod tests {
         }
     }
 
-    /// Forks a child that installs the enforcing filter and calls
-    /// `unshare(flags)`; returns whether it was killed by SIGSYS.
+    /// Whether `unshare(flags)` kills a child under the enforcing filter.
     fn child_unshares(flags: libc::c_int) -> bool {
-        let program = filter(SeccompMode::Enforce).unwrap().unwrap();
-        // SAFETY: as in `child_calls_bpf`.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            // SAFETY: system calls only; _exit never returns.
-            unsafe {
-                if seccompiler::apply_filter(&program).is_err() {
-                    libc::_exit(2);
-                }
-                libc::syscall(libc::SYS_unshare, flags);
-                libc::_exit(0);
-            }
-        }
-        let mut status = 0;
-        // SAFETY: waiting for our own child into a local.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS
+        in_filtered_child(SeccompMode::Enforce, libc::SYS_unshare, flags.into())
+            == (true, libc::SIGSYS)
     }
 
     #[test]
@@ -343,8 +327,14 @@ mod tests {
 
     #[test]
     fn enforce_kills_a_call_off_the_list_and_log_lets_it_through() {
-        assert_eq!(child_calls_bpf(SeccompMode::Enforce), (true, libc::SIGSYS));
-        assert_eq!(child_calls_bpf(SeccompMode::Log), (false, 0));
+        assert_eq!(
+            in_filtered_child(SeccompMode::Enforce, libc::SYS_bpf, -1),
+            (true, libc::SIGSYS)
+        );
+        assert_eq!(
+            in_filtered_child(SeccompMode::Log, libc::SYS_bpf, -1),
+            (false, 0)
+        );
     }
 
     #[test]
