@@ -47,6 +47,15 @@ fn boot_health_details_shutdown_leaves_nothing() {
     assert_eq!(status["ok"], true, "{status}");
     assert_eq!(status["state"], "running", "{status}");
 
+    // The VMM runs under its seccomp filter (unless turned off here).
+    if std::env::var("NACRE_VMM_SECCOMP").as_deref() != Ok("off") {
+        let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(
+            proc_status.contains("Seccomp:\t2") && proc_status.contains("NoNewPrivs:\t1"),
+            "nacre-vmm has no seccomp filter:\n{proc_status}"
+        );
+    }
+
     let leftovers = sandbox
         .shutdown(Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("shutdown: {e}"));
