@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::image::{GuestImage, ImageError, DEFAULT_INITRD, DEFAULT_KERNEL};
+use crate::image::{GuestImage, ImageError};
 use crate::network::NetworkModel;
 use serde::Deserialize;
 
@@ -161,21 +161,7 @@ impl VmConfig {
     /// The guest image: `kernel` and `initrd` where set, else
     /// `NACRE_KERNEL`/`NACRE_INITRD` or the installed files; both checked.
     pub fn guest_image(&self) -> Result<GuestImage, ImageError> {
-        if self.kernel.is_none() && self.initrd.is_none() {
-            return GuestImage::locate();
-        }
-        let located = GuestImage::locate().ok();
-        let kernel = self
-            .kernel
-            .clone()
-            .or_else(|| located.as_ref().map(|g| g.kernel.clone()))
-            .unwrap_or_else(|| DEFAULT_KERNEL.into());
-        let initrd = self
-            .initrd
-            .clone()
-            .or_else(|| located.as_ref().map(|g| g.initrd.clone()))
-            .unwrap_or_else(|| DEFAULT_INITRD.into());
-        GuestImage::checked(kernel, initrd)
+        GuestImage::locate_with(self.kernel.clone(), self.initrd.clone())
     }
 }
 
@@ -185,6 +171,14 @@ pub struct VmShape {
     pub vcpus: u8,
     pub memory_mib: u32,
     pub kernel_params: String,
+}
+
+impl VmShape {
+    /// `kernel_params` for the guest command line, None when blank.
+    pub fn extra_cmdline(&self) -> Option<String> {
+        let params = self.kernel_params.trim();
+        (!params.is_empty()).then(|| params.to_string())
+    }
 }
 
 impl Config {
@@ -421,6 +415,7 @@ mod tests {
         assert_eq!(c, Config::default());
         let shape = c.vm_shape(&HashMap::new()).unwrap();
         assert_eq!((shape.vcpus, shape.memory_mib), (1, 256));
+        assert_eq!(shape.extra_cmdline(), None);
     }
 
     #[test]
@@ -440,6 +435,7 @@ mod tests {
         assert_eq!(shape.vcpus, 2);
         assert_eq!(shape.memory_mib, 1024);
         assert_eq!(shape.kernel_params, "quiet debug");
+        assert_eq!(shape.extra_cmdline().as_deref(), Some("quiet debug"));
         assert!(c.vm.templates);
         let off = Config::parse("[vm]\ntemplates = false\n", Path::new("x.toml")).unwrap();
         assert!(!off.vm.templates);

@@ -40,8 +40,21 @@ impl GuestImage {
     /// Resolves the guest image from the environment or the installed paths,
     /// and checks that both files exist.
     pub fn locate() -> Result<Self, ImageError> {
-        let kernel = env_path("NACRE_KERNEL").unwrap_or_else(|| DEFAULT_KERNEL.into());
-        let initrd = env_path("NACRE_INITRD").unwrap_or_else(|| DEFAULT_INITRD.into());
+        Self::locate_with(None, None)
+    }
+
+    /// Resolves each file from the explicit value when given, else the
+    /// environment, else the installed path, and checks that both exist.
+    pub fn locate_with(
+        kernel: Option<PathBuf>,
+        initrd: Option<PathBuf>,
+    ) -> Result<Self, ImageError> {
+        let kernel = kernel
+            .or_else(|| env_path("NACRE_KERNEL"))
+            .unwrap_or_else(|| DEFAULT_KERNEL.into());
+        let initrd = initrd
+            .or_else(|| env_path("NACRE_INITRD"))
+            .unwrap_or_else(|| DEFAULT_INITRD.into());
         Self::checked(kernel, initrd)
     }
 

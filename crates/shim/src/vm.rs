@@ -84,7 +84,7 @@ impl Vm {
         let spec = VmSpec {
             vcpus: shape.vcpus,
             memory_mib: shape.memory_mib,
-            extra_cmdline: kernel_params(shape),
+            extra_cmdline: shape.extra_cmdline(),
             shared_dirs: vec![(SHARED_TAG.to_string(), shared.clone())],
             nets: net.as_ref().map(PodNetwork::vm_nets).unwrap_or_default(),
             image,
@@ -256,11 +256,6 @@ impl Vm {
 
 /// The configured extra kernel command line (the identity, host name
 /// and share, is not on it: see [`identity`]).
-fn kernel_params(shape: &VmShape) -> Option<String> {
-    let params = shape.kernel_params.trim();
-    (!params.is_empty()).then(|| params.to_string())
-}
-
 /// The host name (when it is a plain DNS name) and the share a cold boot
 /// gets on its command line and a restored agent over `Agent.Restored`.
 fn identity(id: &str, hostname: Option<&str>) -> Result<RestoredIdentity, ShimError> {

@@ -176,9 +176,8 @@ fn create_inner(g: &Global, a: &CreateArgs) -> Result<std::process::Child> {
         .arg(shape.vcpus.to_string())
         .arg("--memory-mib")
         .arg(shape.memory_mib.to_string());
-    let kernel_params = shape.kernel_params.trim();
-    if !kernel_params.is_empty() {
-        cmd.arg("--kernel-params").arg(kernel_params);
+    if let Some(params) = shape.extra_cmdline() {
+        cmd.arg("--kernel-params").arg(params);
     }
     if !config.vm.templates {
         cmd.arg("--no-templates");
