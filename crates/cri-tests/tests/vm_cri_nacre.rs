@@ -365,6 +365,16 @@ fn nacre_pod_next_to_a_runc_pod() {
 /// Pod-to-pod traffic across runtimes, and localhost between the two
 /// containers of a nacre pod. Needs the shim to wire the pod network
 /// (`nacre_runtime::network`) into the VM.
+/// Container `from` fetches the pods' test page from `ip:port` (wget).
+fn assert_serves_the_page(cri: &CriClient, from: &str, ip: &str, port: u16) {
+    let page = exec_ok(
+        cri,
+        from,
+        &["wget", "-qO-", &format!("http://{ip}:{port}/")],
+    );
+    assert_eq!(page, "hello from a pod\n", "{from} fetching {ip}:{port}");
+}
+
 #[test]
 fn nacre_and_runc_pods_reach_each_other() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -408,21 +418,10 @@ fn nacre_and_runc_pods_reach_each_other() {
     let addrs = exec_ok(&cri, &web, &["ip", "-4", "addr"]);
     assert!(addrs.contains(&format!("inet {vm_ip}/")), "{addrs}");
     // localhost between the containers of the nacre pod.
-    let page = exec_ok(&cri, &side, &["wget", "-qO-", "http://127.0.0.1:8081/"]);
-    assert_eq!(page, "hello from a pod\n");
+    assert_serves_the_page(&cri, &side, "127.0.0.1", 8081);
     // nacre -> runc and runc -> nacre.
-    let page = exec_ok(
-        &cri,
-        &web,
-        &["wget", "-qO-", &format!("http://{runc_ip}:8080/")],
-    );
-    assert_eq!(page, "hello from a pod\n");
-    let page = exec_ok(
-        &cri,
-        &runc_c,
-        &["wget", "-qO-", &format!("http://{vm_ip}:8081/")],
-    );
-    assert_eq!(page, "hello from a pod\n");
+    assert_serves_the_page(&cri, &web, &runc_ip, 8080);
+    assert_serves_the_page(&cri, &runc_c, &vm_ip, 8081);
     // The host reaches the nacre pod.
     assert!(http_get(&vm_ip, 8081).contains("hello from a pod"));
 
@@ -455,16 +454,6 @@ fn nacre_and_runc_pods_reach_each_other() {
         links.contains("nacre_tap0@eth0") && links.contains("passthru"),
         "no macvtap in the pod's namespace: {links}"
     );
-    let page = exec_ok(
-        &cri,
-        &mvt_web,
-        &["wget", "-qO-", &format!("http://{runc_ip}:8080/")],
-    );
-    assert_eq!(page, "hello from a pod\n");
-    let page = exec_ok(
-        &cri,
-        &runc_c,
-        &["wget", "-qO-", &format!("http://{mvt_ip}:8082/")],
-    );
-    assert_eq!(page, "hello from a pod\n");
+    assert_serves_the_page(&cri, &mvt_web, &runc_ip, 8080);
+    assert_serves_the_page(&cri, &runc_c, &mvt_ip, 8082);
 }
