@@ -94,17 +94,8 @@ fn two_interfaces_get_two_devices() {
         return;
     }
     let ns = PodNetns::create("two", 5);
-    let second_host = format!("nvb{}", std::process::id() % 100_000);
-    let second_mac = "0a:58:0a:d6:05:02";
-    sh(&format!(
-        "ip link add {h} type veth peer name net1 netns {n} && \
-         ip addr add 10.214.5.1/24 dev {h} && ip link set {h} up && \
-         ip -n {n} link set net1 address {second_mac} mtu 1400 && \
-         ip -n {n} addr add 10.214.5.2/24 dev net1 && ip -n {n} link set net1 up && \
-         ip -n {n} route add 10.99.0.0/16 via 10.214.5.1 dev net1",
-        h = second_host,
-        n = ns.name,
-    ));
+    let (_, second_mac) = ns.add_net1(5, 1400);
+    ns.exec("ip route add 10.99.0.0/16 via 10.214.5.1 dev net1");
     let pod = network::attach(&ns.path()).unwrap();
     let eps = pod.endpoints();
     let mut names: Vec<&str> = eps.iter().map(|e| e.interface.name.as_str()).collect();
@@ -118,7 +109,7 @@ fn two_interfaces_get_two_devices() {
     assert_ne!(nets[0].fd, nets[1].fd);
     let mut macs: Vec<&str> = nets.iter().map(|n| n.mac.as_str()).collect();
     macs.sort_unstable();
-    let mut want = [ns.mac.as_str(), second_mac];
+    let mut want = [ns.mac.as_str(), second_mac.as_str()];
     want.sort_unstable();
     assert_eq!(macs, want);
     let guest = pod.guest_network();
@@ -132,7 +123,7 @@ fn two_interfaces_get_two_devices() {
                 .is_some_and(|d| d.ip.to_string() == "10.99.0.0")
         })
         .expect("the route over net1");
-    assert_eq!(route.interface_mac.as_deref(), Some(second_mac));
+    assert_eq!(route.interface_mac.as_deref(), Some(second_mac.as_str()));
     assert_eq!(route.gateway.unwrap().to_string(), "10.214.5.1");
     let filters = ns.exec("tc filter show dev net1 ingress");
     assert!(

@@ -392,14 +392,7 @@ fn guest_on_a_pod_network() {
 /// with two virtio-net devices; the agent names and configures both; the
 /// host pings the guest on each; teardown removes both taps.
 fn two_interfaces(p: &VmPrereqs, ns: &PodNetns, dir: &Path, step: &dyn Fn(&str)) {
-    let host_end = format!("nvb{}", std::process::id() % 100_000);
-    sh(&format!(
-        "ip link add {host_end} type veth peer name net1 netns {n} && \
-         ip addr add 10.214.3.1/24 dev {host_end} && ip link set {host_end} up && \
-         ip -n {n} link set net1 address 0a:58:0a:d6:03:02 && \
-         ip -n {n} addr add 10.214.3.2/24 dev net1 && ip -n {n} link set net1 up",
-        n = ns.name,
-    ));
+    let (host_end, _) = ns.add_net1(3, 1500);
     let pod = network::attach(&ns.path()).unwrap();
     assert_eq!(pod.endpoints().len(), 2);
     let taps: Vec<String> = pod.endpoints().iter().map(|e| e.tap_name.clone()).collect();

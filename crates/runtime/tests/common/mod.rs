@@ -83,6 +83,23 @@ impl PodNetns {
         ns
     }
 
+    /// Adds `net1`, a second interface as Multus would: a veth whose host
+    /// end has 10.214.<octet>.1/24 and whose `net1` has 10.214.<octet>.2/24,
+    /// MAC `0a:58:0a:d6:<octet>:02` and `mtu`. Returns the host end's name
+    /// and the MAC; the pair goes away with the namespace.
+    pub fn add_net1(&self, octet: u8, mtu: u32) -> (String, String) {
+        let host_end = format!("{}b", self.host_if);
+        let mac = format!("0a:58:0a:d6:{octet:02x}:02");
+        sh(&format!(
+            "ip link add {host_end} type veth peer name net1 netns {n} && \
+             ip addr add 10.214.{octet}.1/24 dev {host_end} && ip link set {host_end} up && \
+             ip -n {n} link set net1 address {mac} mtu {mtu} && \
+             ip -n {n} addr add 10.214.{octet}.2/24 dev net1 && ip -n {n} link set net1 up",
+            n = self.name,
+        ));
+        (host_end, mac)
+    }
+
     pub fn path(&self) -> PathBuf {
         PathBuf::from(format!("/var/run/netns/{}", self.name))
     }
