@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nacre_agent::container::cgroup::INTERFACE_FILES;
 use nacre_runtime::agent::{AgentClient, ContainerStatus};
 use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
 use nacre_runtime::testing::vm_prereqs;
@@ -30,7 +31,7 @@ fn rootfs_cpio(dir: &Path) -> std::path::PathBuf {
     let bin = root.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "sleep", "hostname", "true"] {
+    for applet in ["sh", "echo", "cat", "sleep", "hostname", "true", "ls"] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
     for d in ["proc", "sys", "dev", "tmp"] {
@@ -149,6 +150,52 @@ fn containers_in_a_real_guest() {
     assert!(
         err.contains("can't fork") || err.contains("Resource temporarily"),
         "{err:?}"
+    );
+
+    // Every cgroup interface file the agent writes or reads exists in a
+    // container's cgroup of the built guest kernel (CPU bandwidth, swap
+    // accounting...): a missing kernel option fails here, not in a pod.
+    // The limits are kubelet's (swap = memory: no swap) and a quota.
+    let mut cg_spec: Value = serde_json::from_slice(&spec(
+        &[
+            "sh",
+            "-c",
+            "p=$(cat /proc/self/cgroup); ls /sys/fs/cgroup${p#0::}",
+        ],
+        &json!({"memory": {"limit": 33554432, "swap": 33554432},
+                "cpu": {"quota": 50000, "period": 100000, "shares": 512}}),
+    ))
+    .unwrap();
+    cg_spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"}));
+    let (status, out, err) = run(
+        agent,
+        "cgroup-files",
+        &serde_json::to_vec(&cg_spec).unwrap(),
+    );
+    assert_eq!(status, 0, "{err}");
+    let offered: std::collections::BTreeSet<&str> = out.split_whitespace().collect();
+    let missing: Vec<&&str> = INTERFACE_FILES
+        .iter()
+        .filter(|f| !offered.contains(**f))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the guest kernel lacks {missing:?}; a container cgroup offers {offered:?}"
+    );
+    // A setting the kernel cannot honour is refused naming it.
+    let e = agent
+        .create_container(
+            "bad-resources",
+            &spec(&["true"], &json!({"unified": {"hugetlb.2MB.max": "1"}})),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("linux.resources.unified") && e.contains("hugetlb.2MB.max"),
+        "{e}"
     );
 
     agent

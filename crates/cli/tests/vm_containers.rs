@@ -33,8 +33,13 @@ static ONE_VM: Mutex<()> = Mutex::new(());
 
 const APPLETS: &[&str] = &[
     "sh", "uname", "echo", "cat", "sleep", "seq", "ls", "true", "false", "hostname", "mkdir",
-    "touch", "id", "tty", "stty", "wc", "head", "ps", "kill",
+    "touch", "id", "tty", "stty", "wc", "head", "ps", "kill", "sed",
 ];
+
+/// The guest's cgroup2 file system in the container (no cgroup
+/// namespace: the whole guest hierarchy, read through /proc/self/cgroup).
+const CGROUP_MOUNT: &str =
+    r#", {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup"}"#;
 
 /// A bundle whose rootfs is busybox-static and its applet links.
 fn busybox_bundle(dir: &Path, config: &str) -> PathBuf {
@@ -215,11 +220,18 @@ fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
     let Some(vm) = Vm::new("vm_run_prints_guest_kernel") else {
         return;
     };
+    // Limits as Docker and kubelet send them: memory with a swap limit
+    // (equal: no swap) and a CPU quota; the container reads them back
+    // from its guest cgroup.
     let script = "uname -r; grep MemTotal /proc/meminfo; cat /proc/cmdline; \
+                  p=$(cat /proc/self/cgroup); p=${p#0::}; \
+                  cat /sys/fs/cgroup$p/cpu.max /sys/fs/cgroup$p/memory.max \
+                  /sys/fs/cgroup$p/memory.swap.max | sed 's/^/cgroup: /'; \
                   echo to-stderr >&2; exit 7";
-    let spec = config(&["sh", "-c", script], "").replace(
+    let spec = config(&["sh", "-c", script], CGROUP_MOUNT).replace(
         r#""linux": {"#,
-        r#""linux": {"resources": {"memory": {"limit": 134217728}}, "#,
+        r#""linux": {"resources": {"memory": {"limit": 134217728, "swap": 134217728},
+                     "cpu": {"quota": 50000, "period": 100000}}, "#,
     );
     let b = busybox_bundle(vm.scratch.path(), &spec);
     let config_file = vm.scratch.path().join("config.toml");
@@ -262,6 +274,11 @@ fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
         "guest MemTotal {mem_kib} KiB is not a 320 MiB VM's"
     );
     assert!(out.contains("nacre.test=config"), "{out}");
+    let cgroup: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("cgroup: "))
+        .collect();
+    assert_eq!(cgroup, ["50000 100000", "134217728", "0"], "{out}");
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
         log.contains("sandbox started") && log.contains("Cold(None)"),
@@ -283,6 +300,7 @@ fn vm_lifecycle_exec_readonly_mount_pids_limit() {
         r#", {{"destination": "/data", "type": "bind", "source": "{}", "options": ["rbind", "ro"]}}"#,
         data.display()
     );
+    let mounts = format!("{mounts}{CGROUP_MOUNT}");
     let mut spec: Value = serde_json::from_str(&config(&["sleep", "100000"], &mounts)).unwrap();
     spec["linux"]["resources"] = serde_json::json!({"pids": {"limit": 4}});
     let b = busybox_bundle(vm.scratch.path(), &spec.to_string());
@@ -364,6 +382,25 @@ fn vm_lifecycle_exec_readonly_mount_pids_limit() {
         "6 processes started under a pids limit of 4: {text}"
     );
 
+    // update: a CPU quota reaches the container's guest cgroup (the
+    // guest kernel has CFS bandwidth control).
+    vm.ok(&[
+        "update",
+        "--cpu-quota",
+        "20000",
+        "--cpu-period",
+        "100000",
+        id,
+    ]);
+    let cpu_max = vm.ok(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "p=$(cat /proc/self/cgroup); cat /sys/fs/cgroup${p#0::}/cpu.max",
+    ]);
+    assert_eq!(cpu_max, "20000 100000\n");
+
     let ps: Value = serde_json::from_str(&vm.ok(&["ps", "-f", "json", id])).unwrap();
     assert!(ps.as_array().is_some_and(|a| !a.is_empty()), "{ps}");
 
@@ -386,6 +423,12 @@ fn vm_lifecycle_exec_readonly_mount_pids_limit() {
     assert_eq!(s["pid"], 0, "{s}");
     let o = vm.run(&["kill", id, "KILL"]);
     assert!(!o.status.success(), "kill of a stopped container must fail");
+    // runc's words, which containerd's runc shim takes for "finished".
+    assert!(
+        stderr(&o).contains("container not running"),
+        "{}",
+        stderr(&o)
+    );
     vm.ok(&["delete", id]);
     assert_nothing_left(&vm.root, id);
 }

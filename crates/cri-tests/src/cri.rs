@@ -11,10 +11,10 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerFilter, ContainerStats, ContainerStatsRequest, ContainerStatus,
     ContainerStatusRequest, CreateContainerRequest, ExecRequest, ExecSyncRequest, ExecSyncResponse,
-    ImageSpec, ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig,
-    PodSandboxStatus, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
-    VersionRequest,
+    ImageSpec, ImageStatusRequest, LinuxContainerResources, ListContainersRequest,
+    ListPodSandboxRequest, PodSandboxConfig, PodSandboxStatus, PodSandboxStatusRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -341,6 +341,25 @@ impl CriClient {
             "RemoveContainer",
             c.remove_container(RemoveContainerRequest {
                 container_id: id.to_string(),
+            }),
+        )
+        .map(drop)
+    }
+
+    /// UpdateContainerResources with new Linux resources, as kubelet
+    /// sends for an in-place resize.
+    pub fn update_container_resources(
+        &self,
+        id: &str,
+        linux: &LinuxContainerResources,
+    ) -> Result<(), CriError> {
+        let mut c = self.runtime.clone();
+        self.call(
+            "UpdateContainerResources",
+            c.update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id.to_string(),
+                linux: Some(linux.clone()),
+                ..Default::default()
             }),
         )
         .map(drop)

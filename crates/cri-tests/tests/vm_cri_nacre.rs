@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use common::*;
 use nacre_cri_tests::containerd::{target_bin_dir, CriContainerd};
-use nacre_cri_tests::cri::v1::Mount;
+use nacre_cri_tests::cri::v1::{
+    ContainerConfig, ContainerState, ContainerStatus, LinuxContainerConfig,
+    LinuxContainerResources, Mount,
+};
 use nacre_cri_tests::cri::CriClient;
 
 const SHIM: &str = "containerd-shim-nacre-v2";
@@ -456,4 +459,147 @@ fn nacre_and_runc_pods_reach_each_other() {
     );
     assert_serves_the_page(&cri, &mvt_web, &runc_ip, 8080);
     assert_serves_the_page(&cri, &runc_c, &mvt_ip, 8082);
+}
+
+/// Linux resources as kubelet sends them for a container with CPU and
+/// memory limits while the node has no swap: the swap limit equals the
+/// memory limit ("no swap").
+fn limits(cpu_quota: i64, memory: i64) -> LinuxContainerResources {
+    LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota,
+        cpu_shares: 512,
+        memory_limit_in_bytes: memory,
+        memory_swap_limit_in_bytes: memory,
+        oom_score_adj: 900,
+        ..Default::default()
+    }
+}
+
+fn with_limits(mut cfg: ContainerConfig, linux: LinuxContainerResources) -> ContainerConfig {
+    cfg.linux = Some(LinuxContainerConfig {
+        resources: Some(linux),
+        ..Default::default()
+    });
+    cfg
+}
+
+/// The container's own guest cgroup files `files` (its cgroup path from
+/// /proc/self/cgroup under CRI's read-only cgroupfs mount).
+fn cgroup_files(cri: &CriClient, c: &str, files: &str) -> String {
+    let script =
+        format!("p=$(cat /proc/self/cgroup); p=${{p#0::}}; cd /sys/fs/cgroup$p && cat {files}");
+    exec_ok(cri, c, &["sh", "-c", &script])
+}
+
+/// Waits until CRI reports container `id` exited; its status.
+fn wait_exited(cri: &CriClient, id: &str) -> ContainerStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let st = cri.container_status(id).unwrap();
+        if st.state == ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container {id} did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 11: a pod whose containers have CPU and memory limits (with
+/// kubelet's swap limit) runs, sees its limits in the guest, follows an
+/// UpdateContainerResources, is OOMKilled past its memory limit, and
+/// containers that exit are stopped and removed at once, 20 times, with
+/// no error (the exit race: containerd must never see
+/// "process is not running").
+#[test]
+fn nacre_pod_with_limits_oom_and_exit_races() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "vm_cri_nacre::nacre_pod_with_limits_oom_and_exit_races";
+    let Some(ctd) = setup(test) else { return };
+    let cri = client(&ctd);
+    let pod_cfg = pod_config(&ctd, "limits-pod", "limits-host");
+    let pod = cri
+        .run_pod_sandbox(&pod_cfg, "nacre")
+        .unwrap_or_else(|e| panic!("RunPodSandbox(nacre): {e}\n{}", ctd.log_tail(40)));
+
+    let mib = 1 << 20;
+    let app = run_container(
+        &cri,
+        &pod,
+        &pod_cfg,
+        &with_limits(
+            container_config("app", &["sleep", "3600"], vec![]),
+            limits(50_000, 64 * mib),
+        ),
+    );
+    let seen = cgroup_files(&cri, &app, "cpu.max memory.max memory.swap.max cpu.weight");
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        ["50000 100000", "67108864", "0", "20"],
+        "the container's guest cgroup: {seen}"
+    );
+    cri.update_container_resources(&app, &limits(20_000, 96 * mib))
+        .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}"));
+    let seen = cgroup_files(&cri, &app, "cpu.max memory.max");
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        ["20000 100000", "100663296"],
+        "after UpdateContainerResources: {seen}"
+    );
+
+    // Past its memory limit: killed by the guest's OOM killer, and CRI
+    // says so.
+    let hog = run_container(
+        &cri,
+        &pod,
+        &pod_cfg,
+        &with_limits(
+            container_config(
+                "hog",
+                &["sh", "-c", "x=0123456789abcdef; while :; do x=$x$x; done"],
+                vec![],
+            ),
+            limits(0, 16 * mib),
+        ),
+    );
+    let st = wait_exited(&cri, &hog);
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (137, "OOMKilled"),
+        "{st:?}"
+    );
+    cri.stop_container(&hog, 10).unwrap();
+    cri.remove_container(&hog).unwrap();
+
+    // Exit races: a container that exits on its own, then StopContainer
+    // and RemoveContainer at once (every other round without waiting for
+    // CRI to see the exit).
+    for round in 0..20 {
+        let cfg = with_limits(
+            container_config(&format!("quick-{round}"), &["sh", "-c", "exit 3"], vec![]),
+            limits(50_000, 32 * mib),
+        );
+        let id = cri
+            .create_container(&pod, &cfg, &pod_cfg)
+            .unwrap_or_else(|e| panic!("round {round}: CreateContainer: {e}"));
+        cri.start_container(&id)
+            .unwrap_or_else(|e| panic!("round {round}: StartContainer: {e}"));
+        if round % 2 == 0 {
+            assert_eq!(wait_exited(&cri, &id).exit_code, 3, "round {round}");
+        }
+        cri.stop_container(&id, 10)
+            .unwrap_or_else(|e| panic!("round {round}: StopContainer: {e}\n{}", ctd.log_tail(30)));
+        cri.remove_container(&id).unwrap_or_else(|e| {
+            panic!("round {round}: RemoveContainer: {e}\n{}", ctd.log_tail(30))
+        });
+    }
+
+    // The pod itself stops and goes while its app still runs.
+    cri.stop_pod_sandbox(&pod).unwrap();
+    cri.remove_pod_sandbox(&pod).unwrap();
+    let mounts_left = nacre_runtime::container::mounts::mounts_under(&shim_root());
+    assert!(mounts_left.is_empty(), "mounts left: {mounts_left:?}");
 }

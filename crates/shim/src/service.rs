@@ -346,8 +346,17 @@ impl Inner {
         let (cid, exec_id) = (cid.to_string(), exec_id.to_string());
         tokio::spawn(async move {
             let (c, e) = (cid.clone(), exec_id.clone());
+            let marker = inner.clone();
             let status = tokio::task::spawn_blocking(move || {
-                let status = match client.wait_process(&c, &e) {
+                let waited = client.wait_process(&c, &e);
+                // Kill and Delete know at once that it is gone, while its
+                // last output drains.
+                if let Ok(mut table) = marker.containers() {
+                    if let Some(p) = table.get_mut(&c).and_then(|t| t.processes.get_mut(&e)) {
+                        p.finished = true;
+                    }
+                }
+                let status = match waited {
                     Ok(exit) => u32::try_from(exit.status).unwrap_or(255),
                     Err(err) => {
                         tracing::info!(cid = c, exec_id = e, "waiting for the process: {err}");
@@ -637,10 +646,10 @@ impl Inner {
     }
 
     async fn kill(&self, req: KillRequest) -> Result<()> {
-        let exited = self.with_process(&req.id, &req.exec_id, |p| {
-            Ok(p.exited().is_some() || p.pending_spec.is_some())
-        })?;
+        let exited = self.with_process(&req.id, &req.exec_id, |p| Ok(p.finished_or_unstarted()))?;
         if exited && !req.all {
+            // What containerd's shims answer, and what its CRI takes for
+            // "already stopped".
             return Err(ShimError::NotFound(format!(
                 "process {:?} of container {} (already finished or not started)",
                 req.exec_id, req.id
@@ -658,29 +667,41 @@ impl Inner {
     async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
         let (cid, exec_id) = (req.id.clone(), req.exec_id.clone());
         if !exec_id.is_empty() {
-            let mut table = self.containers()?;
-            let c = table
-                .get_mut(&cid)
-                .ok_or_else(|| ShimError::NotFound(format!("container {cid}")))?;
-            let p = c
-                .processes
-                .get(&exec_id)
-                .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id}")))?;
-            let exit = match (p.exited(), &p.pending_spec) {
-                (Some(e), _) => e,
-                (None, Some(_)) => Exit {
-                    status: 0,
-                    at: SystemTime::now(),
-                },
-                (None, None) => {
-                    return Err(ShimError::FailedPrecondition(format!(
-                        "exec {exec_id} is still running"
-                    )))
-                }
+            let finished = 'finished: {
+                let mut table = self.containers()?;
+                let c = table
+                    .get_mut(&cid)
+                    .ok_or_else(|| ShimError::NotFound(format!("container {cid}")))?;
+                let p = c
+                    .processes
+                    .get(&exec_id)
+                    .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id}")))?;
+                let exit = match (p.exited(), &p.pending_spec, p.finished) {
+                    (Some(e), _, _) => e,
+                    (None, Some(_), _) => Exit {
+                        status: 0,
+                        at: SystemTime::now(),
+                    },
+                    (None, None, true) => break 'finished p.exit.subscribe(),
+                    (None, None, false) => {
+                        return Err(ShimError::FailedPrecondition(format!(
+                            "exec {exec_id} is still running"
+                        )))
+                    }
+                };
+                let pid = p.pid;
+                c.processes.remove(&exec_id);
+                return Ok(delete_response(pid, exit));
             };
-            let pid = p.pid;
-            c.processes.remove(&exec_id);
-            return Ok(delete_response(pid, exit));
+            return self.delete_finished(&cid, &exec_id, finished).await;
+        }
+        // The init exited but its exit is not recorded yet (its output
+        // drains): wait for the record.
+        let pending = self.with_process(&cid, "", |p| {
+            Ok((p.finished && p.exited().is_none()).then(|| p.exit.subscribe()))
+        })?;
+        if let Some(mut rx) = pending {
+            let _ = tokio::time::timeout(EXIT_RECORD_WAIT, rx.wait_for(Option::is_some)).await;
         }
         let (pid, exit) = self.with_process(&cid, "", |p| match (p.status, p.exited()) {
             (_, Some(e)) => Ok((p.pid, e)),
@@ -746,6 +767,30 @@ impl Inner {
         )
         .await;
         Ok(delete_response(pid, exit))
+    }
+
+    /// Deletes exec `exec_id` of `cid` that exited in the guest once its
+    /// exit is recorded (bounded wait).
+    async fn delete_finished(
+        &self,
+        cid: &str,
+        exec_id: &str,
+        mut rx: tokio::sync::watch::Receiver<Option<Exit>>,
+    ) -> Result<DeleteResponse> {
+        let _ = tokio::time::timeout(EXIT_RECORD_WAIT, rx.wait_for(Option::is_some)).await;
+        let mut table = self.containers()?;
+        let c = table
+            .get_mut(cid)
+            .ok_or_else(|| ShimError::NotFound(format!("container {cid}")))?;
+        let p = c
+            .processes
+            .remove(exec_id)
+            .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id}")))?;
+        let exit = p.exited().unwrap_or(Exit {
+            status: 255,
+            at: SystemTime::now(),
+        });
+        Ok(delete_response(p.pid, exit))
     }
 
     async fn state(&self, req: StateRequest) -> Result<StateResponse> {
@@ -905,6 +950,10 @@ fn spawn_watchdog(inner: Arc<Inner>, vm: Arc<Vm>) {
 /// How often running containers are checked for OOM kills that did not
 /// end a process the shim waits for (a child of one, say).
 const OOM_POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a Delete waits for the exit record of a process that already
+/// exited in the guest (its output drains for at most 10 s first).
+const EXIT_RECORD_WAIT: Duration = Duration::from_secs(15);
 
 fn spawn_oom_poller(inner: Arc<Inner>, vm: Arc<Vm>) {
     tokio::spawn(async move {

@@ -27,6 +27,10 @@ pub struct Process {
     pub pending_spec: Option<Vec<u8>>,
     pub exit: watch::Sender<Option<Exit>>,
     pub io: Option<Arc<IoHandle>>,
+    /// The process exited in the guest; its exit is recorded (and
+    /// published) once its output is drained. From here on a kill is
+    /// answered NotFound and a delete waits for the record.
+    pub finished: bool,
 }
 
 impl Process {
@@ -38,11 +42,18 @@ impl Process {
             pending_spec: None,
             exit: watch::channel(None).0,
             io: None,
+            finished: false,
         }
     }
 
     pub fn exited(&self) -> Option<Exit> {
         *self.exit.borrow()
+    }
+
+    /// Whether a signal can no longer reach it: exited (recorded or
+    /// not yet) or an exec never started.
+    pub fn finished_or_unstarted(&self) -> bool {
+        self.finished || self.exited().is_some() || self.pending_spec.is_some()
     }
 }
 

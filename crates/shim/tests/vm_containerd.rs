@@ -312,17 +312,49 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
     let id = "long";
     let events_log = ctd.dir.join("events.log");
     let events = common::EventLog::start(&ctd, &events_log);
+    // With limits as `ctr run` sets them (memory, CFS quota), and the
+    // guest's cgroupfs mounted to read them back.
     ctd.ctr_ok(&[
         "run",
         "-d",
         "--runtime",
         RUNTIME,
+        "--memory-limit",
+        "268435456",
+        "--cpu-quota",
+        "50000",
+        "--cpu-period",
+        "100000",
+        "--mount",
+        "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro",
         IMAGE,
         id,
         "sleep",
         "100000",
     ]);
     assert_eq!(ctd.task_status(id).as_deref(), Some("RUNNING"));
+    let cgroup = |files: &str| {
+        exec_out(
+            &ctd,
+            &[
+                "task",
+                "exec",
+                "--exec-id",
+                "cg",
+                id,
+                "sh",
+                "-c",
+                &format!("p=$(cat /proc/self/cgroup); cd /sys/fs/cgroup${{p#0::}} && cat {files}"),
+            ],
+        )
+    };
+    let (code, out) = cgroup("cpu.max memory.max");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["50000 100000", "268435456"],
+        "{out}"
+    );
 
     let (code, out) = exec_out(
         &ctd,
@@ -397,7 +429,18 @@ fn long_running_task_exec_tty_pause_metrics_restart_kill_delete() {
     // update (ctr 1.6 has no `task update`: the request containerd would
     // forward goes to the shim directly): a new memory limit lands in the
     // container's guest cgroup (memory.max).
-    update_task(&ctd, id, r#"{"memory":{"limit":67108864}}"#);
+    update_task(
+        &ctd,
+        id,
+        r#"{"memory":{"limit":67108864},"cpu":{"quota":20000,"period":100000}}"#,
+    );
+    let (code, out) = cgroup("cpu.max memory.max");
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["20000 100000", "67108864"],
+        "after update: {out}"
+    );
     // (ctr's default spec mounts no cgroupfs in the container; the
     // metrics are read from the container's guest cgroup.)
     let metrics = ctd.ctr_ok(&["task", "metrics", id]);

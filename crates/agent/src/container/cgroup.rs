@@ -17,32 +17,106 @@ use super::spec::Resources;
 /// The directory under the root that holds the containers' cgroups.
 pub const NACRE_DIR: &str = "nacre";
 
-/// A cgroup file operation failed.
+/// A cgroup operation failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{op} {path}: {source}")]
-pub struct CgroupError {
-    /// What was done.
-    pub op: &'static str,
-    /// The file or directory.
-    pub path: String,
-    /// The system error.
-    #[source]
-    pub source: io::Error,
+pub enum CgroupError {
+    /// A file or directory operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// The file or directory.
+        path: String,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
+    /// A resource setting is invalid (as runc judges it).
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The OCI field (`linux.resources.memory.swap`).
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The guest kernel lacks the file a setting needs.
+    #[error("{field}: not supported by the guest kernel (no cgroup file {file})")]
+    Unsupported {
+        /// The OCI field.
+        field: &'static str,
+        /// The cgroup file that is missing.
+        file: String,
+    },
+}
+
+impl CgroupError {
+    /// Whether the request, not the system, is at fault.
+    #[must_use]
+    pub fn is_invalid(&self) -> bool {
+        !matches!(self, CgroupError::Io { .. })
+    }
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError {
+    move |source| CgroupError::Io {
         op,
         path: path.display().to_string(),
         source,
     }
 }
 
-/// The files and values that apply `resources` in cgroup v2, in order.
-#[must_use]
-pub fn resource_files(r: &Resources) -> Vec<(String, String)> {
+/// Every cgroup v2 interface file the agent writes for a container's
+/// resources ([`resource_files`]) or reads for its statistics and
+/// lifecycle. A VM test checks the guest kernel offers each of them in a
+/// container's cgroup, so a missing kernel option fails a test, not a pod.
+pub const INTERFACE_FILES: &[&str] = &[
+    "cgroup.procs",
+    "cgroup.freeze",
+    "cgroup.events",
+    "pids.max",
+    "pids.current",
+    "memory.max",
+    "memory.low",
+    "memory.swap.max",
+    "memory.current",
+    "memory.events",
+    "cpu.weight",
+    "cpu.max",
+    "cpu.stat",
+    "cpuset.cpus",
+    "cpuset.mems",
+    "io.stat",
+];
+
+/// The OCI field of cgroup v2 files given by name.
+const UNIFIED: &str = "linux.resources.unified";
+
+/// One file [`Cgroup::apply`] writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The interface file (`memory.max`).
+    pub file: String,
+    /// What is written.
+    pub value: String,
+    /// The OCI field it comes from, for errors.
+    pub field: &'static str,
+    /// runc's rule for a kernel without the file: a swap limit of `max`
+    /// or `0` (no swap allowed) means nothing there and is skipped.
+    pub skip_if_missing: bool,
+}
+
+/// The files and values that apply `resources` in cgroup v2, in order,
+/// following runc's conversions and checks.
+pub fn resource_files(r: &Resources) -> Result<Vec<Setting>, CgroupError> {
     let mut files = Vec::new();
-    let mut set = |file: &str, value: String| files.push((file.to_owned(), value));
+    let mut set = |field: &'static str, file: &str, value: String| {
+        files.push(Setting {
+            file: file.to_owned(),
+            value,
+            field,
+            skip_if_missing: false,
+        });
+    };
     let limit = |v: i64| {
         if v < 0 {
             "max".to_owned()
@@ -51,34 +125,34 @@ pub fn resource_files(r: &Resources) -> Vec<(String, String)> {
         }
     };
     if let Some(pids) = &r.pids {
-        set(
-            "pids.max",
-            if pids.limit > 0 {
-                pids.limit.to_string()
-            } else {
-                "max".into()
-            },
-        );
+        let value = if pids.limit > 0 {
+            pids.limit.to_string()
+        } else {
+            "max".into()
+        };
+        set("linux.resources.pids.limit", "pids.max", value);
     }
+    let mut swap = None;
     if let Some(mem) = &r.memory {
         if let Some(l) = mem.limit {
-            set("memory.max", limit(l));
+            set("linux.resources.memory.limit", "memory.max", limit(l));
         }
         if let Some(low) = mem.reservation {
-            set("memory.low", limit(low));
+            set(
+                "linux.resources.memory.reservation",
+                "memory.low",
+                limit(low),
+            );
         }
-        // v1's swap is memory + swap; v2's swap.max is swap alone.
-        match (mem.swap, mem.limit) {
-            (Some(s), _) if s < 0 => set("memory.swap.max", "max".into()),
-            (Some(s), Some(l)) if l >= 0 && s >= l => {
-                set("memory.swap.max", (s - l).to_string());
-            }
-            _ => {}
-        }
+        swap = swap_max(mem.swap, mem.limit)?;
     }
     if let Some(cpu) = &r.cpu {
         if let Some(shares) = cpu.shares.filter(|s| *s > 0) {
-            set("cpu.weight", shares_to_weight(shares).to_string());
+            set(
+                "linux.resources.cpu.shares",
+                "cpu.weight",
+                shares_to_weight(shares).to_string(),
+            );
         }
         if cpu.quota.is_some() || cpu.period.is_some() {
             let quota = match cpu.quota {
@@ -86,19 +160,58 @@ pub fn resource_files(r: &Resources) -> Vec<(String, String)> {
                 _ => "max".into(),
             };
             let period = cpu.period.filter(|p| *p > 0).unwrap_or(100_000);
-            set("cpu.max", format!("{quota} {period}"));
+            set(
+                "linux.resources.cpu.quota",
+                "cpu.max",
+                format!("{quota} {period}"),
+            );
         }
         if let Some(cpus) = cpu.cpus.as_ref().filter(|c| !c.is_empty()) {
-            set("cpuset.cpus", cpus.clone());
+            set("linux.resources.cpu.cpus", "cpuset.cpus", cpus.clone());
         }
         if let Some(mems) = cpu.mems.as_ref().filter(|m| !m.is_empty()) {
-            set("cpuset.mems", mems.clone());
+            set("linux.resources.cpu.mems", "cpuset.mems", mems.clone());
         }
     }
     for (file, value) in &r.unified {
-        set(file, value.clone());
+        set(UNIFIED, file, value.clone());
     }
-    files
+    if let Some(value) = swap {
+        let skip_if_missing = value == "max" || value == "0";
+        files.push(Setting {
+            file: "memory.swap.max".into(),
+            value,
+            field: "linux.resources.memory.swap",
+            skip_if_missing,
+        });
+    }
+    Ok(files)
+}
+
+/// runc's conversion of OCI `memory.swap` (memory + swap, v1's meaning)
+/// to v2's `memory.swap.max` (swap alone): -1 is `max`, 0 or unset is
+/// nothing to write, otherwise it needs a memory limit no larger than
+/// itself; equal values mean no swap (`0`).
+fn swap_max(swap: Option<i64>, memory: Option<i64>) -> Result<Option<String>, CgroupError> {
+    let invalid = |reason: String| CgroupError::Invalid {
+        field: "linux.resources.memory.swap",
+        reason,
+    };
+    match (swap, memory) {
+        (None | Some(0), _) => Ok(None),
+        (Some(s), _) if s < 0 => Ok(Some("max".into())),
+        (Some(_), None | Some(0)) => Err(invalid(
+            "a swap limit needs a memory limit (linux.resources.memory.limit)".into(),
+        )),
+        // An unlimited memory with a finite memory+swap: runc refuses it.
+        (Some(s), Some(m)) if m < 0 => Err(invalid(format!(
+            "memory+swap limit {s} with an unlimited memory limit"
+        ))),
+        (Some(s), Some(m)) if s < m => Err(invalid(format!(
+            "memory+swap limit {s} should be >= memory limit {m}"
+        ))),
+        (Some(s), Some(m)) => Ok(Some((s - m).to_string())),
+    }
 }
 
 /// cgroup v1 cpu.shares (2..262144) to v2 cpu.weight (1..10000), as runc
@@ -215,6 +328,17 @@ impl CgroupRoot {
     }
 }
 
+/// Writes `value` to an existing cgroup file: never `O_CREAT`, so a file
+/// the kernel lacks is `NotFound` (cgroupfs answers a create with EACCES).
+fn write_existing(path: &Path, value: &str) -> io::Result<()> {
+    use std::io::Write;
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?
+        .write_all(value.as_bytes())
+}
+
 fn read_controllers(dir: &Path) -> BTreeSet<String> {
     fs::read_to_string(dir.join("cgroup.controllers"))
         .unwrap_or_default()
@@ -258,21 +382,50 @@ impl Cgroup {
         &self.path
     }
 
-    /// Writes the files of `resources`; files of missing controllers are
-    /// skipped with a warning.
+    /// Writes the files of `resources`. Files of controllers the
+    /// hierarchy does not offer are skipped with a warning (the agent on
+    /// a host without them, in tests); a missing file of an available
+    /// controller is an error naming the setting, except where runc
+    /// tolerates it (a swap limit of `max` or `0` without swap support).
     pub fn apply(&self, resources: &Resources) -> Result<(), CgroupError> {
-        for (file, value) in resource_files(resources) {
-            if let Some(c) = controller_of(&file) {
+        for s in resource_files(resources)? {
+            if let Some(c) = controller_of(&s.file) {
+                // runc refuses a unified key of a missing controller.
+                if !self.controllers.contains(c) && s.field == UNIFIED {
+                    return Err(CgroupError::Unsupported {
+                        field: s.field,
+                        file: s.file,
+                    });
+                }
                 if !self.controllers.contains(c) {
                     tracing::warn!(
-                        "cgroup controller {c} not available in {}: {file} not set",
-                        self.path.display()
+                        "cgroup controller {c} not available in {}: {} not set",
+                        self.path.display(),
+                        s.file
                     );
                     continue;
                 }
             }
-            let path = self.path.join(&file);
-            fs::write(&path, value.as_bytes()).map_err(err("writing", &path))?;
+            let path = self.path.join(&s.file);
+            match write_existing(&path, &s.value) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound && s.skip_if_missing => {
+                    tracing::debug!("{} absent: {} = {} skipped", s.file, s.field, s.value);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(CgroupError::Unsupported {
+                        field: s.field,
+                        file: s.file,
+                    });
+                }
+                Err(e) => {
+                    return Err(CgroupError::Io {
+                        op: "writing",
+                        path: format!("{} ({} = {})", path.display(), s.field, s.value),
+                        source: e,
+                    })
+                }
+            }
         }
         Ok(())
     }
@@ -393,8 +546,8 @@ mod tests {
             pids: Some(Pids { limit: 4 }),
             unified: [("memory.high".to_owned(), "32M".to_owned())].into(),
         };
-        let files = resource_files(&r);
-        let get = |f: &str| files.iter().find(|(k, _)| k == f).map(|(_, v)| v.as_str());
+        let files = resource_files(&r).unwrap();
+        let get = |f: &str| files.iter().find(|s| s.file == f).map(|s| s.value.as_str());
         assert_eq!(get("pids.max"), Some("4"));
         assert_eq!(get("memory.max"), Some("67108864"));
         assert_eq!(get("memory.swap.max"), Some("67108864"));
@@ -419,12 +572,107 @@ mod tests {
             pids: Some(Pids { limit: 0 }),
             ..Resources::default()
         };
-        let files = resource_files(&r);
+        let files: Vec<(String, String)> = resource_files(&r)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.file, s.value))
+            .collect();
         assert!(files.contains(&("pids.max".into(), "max".into())));
         assert!(files.contains(&("memory.max".into(), "max".into())));
         assert!(files.contains(&("memory.swap.max".into(), "max".into())));
         assert!(files.contains(&("cpu.max".into(), "max 100000".into())));
-        assert!(resource_files(&Resources::default()).is_empty());
+        assert!(resource_files(&Resources::default()).unwrap().is_empty());
+    }
+
+    fn memory(limit: Option<i64>, swap: Option<i64>) -> Resources {
+        Resources {
+            memory: Some(Memory {
+                limit,
+                reservation: None,
+                swap,
+            }),
+            ..Resources::default()
+        }
+    }
+
+    fn swap_setting(limit: Option<i64>, swap: Option<i64>) -> Option<Setting> {
+        resource_files(&memory(limit, swap))
+            .unwrap()
+            .into_iter()
+            .find(|s| s.file == "memory.swap.max")
+    }
+
+    /// runc's swap rules: kubelet and Docker send memory+swap; equal
+    /// values mean "no swap" (0), which a kernel without swap files may
+    /// skip, as it may skip "max"; a real swap allowance may not.
+    #[test]
+    fn swap_follows_runc() {
+        let m = 128 << 20;
+        let none = swap_setting(Some(m), Some(m)).unwrap();
+        assert_eq!((none.value.as_str(), none.skip_if_missing), ("0", true));
+        let max = swap_setting(Some(m), Some(-1)).unwrap();
+        assert_eq!((max.value.as_str(), max.skip_if_missing), ("max", true));
+        let some = swap_setting(Some(m), Some(2 * m)).unwrap();
+        assert_eq!(
+            (some.value.as_str(), some.skip_if_missing),
+            ("134217728", false)
+        );
+        assert_eq!(swap_setting(Some(m), Some(0)), None);
+        assert_eq!(swap_setting(Some(m), None), None);
+        for (limit, swap, why) in [
+            (None, Some(m), "needs a memory limit"),
+            (Some(m), Some(m / 2), "should be >= memory limit"),
+            (Some(-1), Some(m), "unlimited memory limit"),
+        ] {
+            let e = resource_files(&memory(limit, swap)).unwrap_err();
+            assert!(e.is_invalid(), "{e}");
+            let text = e.to_string();
+            assert!(
+                text.starts_with("linux.resources.memory.swap: ") && text.contains(why),
+                "{text}"
+            );
+        }
+    }
+
+    /// In a hierarchy where the memory controller is on but a file is
+    /// missing: "no swap" is skipped, a swap allowance and any other
+    /// missing file is an error naming the setting and the file.
+    #[test]
+    fn missing_files_follow_runc() {
+        let dir = std::env::temp_dir().join(format!("nacre-cg-missing-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cgroup.controllers"), "memory cpu\n").unwrap();
+        fs::write(dir.join("memory.max"), "max\n").unwrap();
+        let cg = Cgroup::open(dir.clone());
+        let m = 64 << 20;
+        cg.apply(&memory(Some(m), Some(m))).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.max")).unwrap(),
+            "67108864"
+        );
+        assert!(
+            !dir.join("memory.swap.max").exists(),
+            "created a cgroup file"
+        );
+        let e = cg.apply(&memory(Some(m), Some(2 * m))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "linux.resources.memory.swap: not supported by the guest kernel (no cgroup file memory.swap.max)"
+        );
+        let quota = Resources {
+            cpu: Some(Cpu {
+                quota: Some(50_000),
+                ..Cpu::default()
+            }),
+            ..Resources::default()
+        };
+        let e = cg.apply(&quota).unwrap_err();
+        assert!(
+            e.to_string().starts_with("linux.resources.cpu.quota: "),
+            "{e}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

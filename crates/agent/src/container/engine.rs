@@ -383,7 +383,7 @@ impl<L: Launcher> Engine<L> {
                 let cg = root.create(id).map_err(|e| internal(e.to_string()))?;
                 if let Err(e) = cg.apply(&spec.resources()) {
                     let _ = cg.destroy();
-                    return Err(internal(e.to_string()));
+                    return Err(cgroup_error(id, &e));
                 }
                 Some(cg)
             }
@@ -527,10 +527,13 @@ impl<L: Launcher> Engine<L> {
             return Ok(());
         }
         if proc.exit().is_some() {
+            // runc's words, which containerd's runc shim matches to mean
+            // "already finished", and NotFound, which containerd's own
+            // shims answer for it.
             return Err(ContainerError::new(
-                ErrorKind::FailedPrecondition,
+                ErrorKind::NotFound,
                 id,
-                format!("process {exec_id:?} is not running"),
+                format!("process {exec_id:?} already finished: container not running"),
             ));
         }
         self.launcher
@@ -647,7 +650,7 @@ impl<L: Launcher> Engine<L> {
             .map_err(|e| ContainerError::new(ErrorKind::InvalidArgument, id, e.to_string()))?;
         c.cgroup()?
             .apply(&resources)
-            .map_err(|e| ContainerError::new(ErrorKind::Internal, id, e.to_string()))
+            .map_err(|e| cgroup_error(id, &e))
     }
 
     /// `StatsContainer`.
@@ -710,6 +713,17 @@ impl<L: Launcher> Engine<L> {
         tracing::info!("container {id}: removed in {:?}", began.elapsed());
         Ok(())
     }
+}
+
+/// A cgroup error as a container error: a bad or unsupported setting is
+/// the request's fault (InvalidArgument), anything else Internal.
+fn cgroup_error(id: &str, e: &super::cgroup::CgroupError) -> ContainerError {
+    let kind = if e.is_invalid() {
+        ErrorKind::InvalidArgument
+    } else {
+        ErrorKind::Internal
+    };
+    ContainerError::new(kind, id, e.to_string())
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use crate::agent::{AgentClient, ContainerStats, INIT_EXEC_ID};
+use nacre_protocol::ttrpc::Code;
+
+use crate::agent::{AgentClient, AgentClientError, ContainerStats, INIT_EXEC_ID};
 
 use super::launch::launch_detached;
 use super::lock::DirLock;
@@ -22,6 +24,9 @@ use super::ContainerError;
 pub const MONITOR_EXE: &str = "nacre";
 /// The VMM's executable name.
 pub const VMM_EXE: &str = "nacre-vmm";
+/// runc's reason for refusing to signal a stopped container: containerd's
+/// runc shim matches this text to mean "already finished".
+pub const NOT_RUNNING: &str = "container not running";
 
 /// `create`: checks the bundle, makes the state and shared directories,
 /// then starts the monitor (`monitor`, a prepared `nacre monitor ...`
@@ -121,12 +126,18 @@ pub fn kill(paths: &ContainerPaths, signal: i32, all: bool) -> Result<(), Contai
     let (_lock, state) = locked(paths)?;
     let status = state.effective_status();
     if status == Status::Stopped {
-        return Err(wrong(&state, status, "the container is not running"));
+        return Err(wrong(&state, status, NOT_RUNNING));
     }
     let signal =
         u32::try_from(signal).map_err(|_| ContainerError::UnknownSignal(signal.to_string()))?;
-    connect_agent(paths)?.signal_process(paths.id(), INIT_EXEC_ID, signal, all)?;
-    Ok(())
+    match connect_agent(paths)?.signal_process(paths.id(), INIT_EXEC_ID, signal, all) {
+        // Its init exited in the guest before the monitor recorded it.
+        Err(AgentClientError::Status {
+            code: Code::NOT_FOUND,
+            ..
+        }) => Err(wrong(&state, Status::Stopped, NOT_RUNNING)),
+        other => Ok(other?),
+    }
 }
 
 /// `pause` / `resume`.
@@ -153,7 +164,7 @@ fn live_agent(paths: &ContainerPaths) -> Result<impl AgentClient, ContainerError
     let state = load(paths)?;
     let status = state.effective_status();
     if status == Status::Stopped {
-        return Err(wrong(&state, status, "the container is not running"));
+        return Err(wrong(&state, status, NOT_RUNNING));
     }
     connect_agent(paths)
 }
