@@ -119,6 +119,17 @@ impl Inner {
         f(p)
     }
 
+    /// The host pid reported to containerd for every task and exec: the
+    /// sandbox VMM's (Kata reports the hypervisor's), or the shim's own
+    /// when no VM runs. Never a pid the guest chose.
+    async fn host_pid(&self) -> u32 {
+        self.vm
+            .lock()
+            .await
+            .as_ref()
+            .map_or_else(std::process::id, |vm| vm.pid())
+    }
+
     async fn client(&self) -> Result<(Arc<Vm>, TtrpcAgentClient)> {
         let vm =
             self.vm.lock().await.clone().ok_or_else(|| {
@@ -182,7 +193,7 @@ impl Inner {
             }
             Err(e) => Err(e),
         };
-        let (pid, io) = match created {
+        let (guest_pid, io) = match created {
             Ok(v) => v,
             Err(e) => {
                 if let Some(r) = &mounted_rootfs {
@@ -191,6 +202,8 @@ impl Inner {
                 return Err(e);
             }
         };
+        let pid = self.host_pid().await;
+        tracing::info!(cid, guest_pid, pid, "container created");
         let share = self.sandbox_dir.join("shared").join(&cid);
         let mut init = Process::new(StdioPaths {
             stdin: req.stdin.clone(),
@@ -560,7 +573,10 @@ impl Inner {
             Ok((pid, io))
         })
         .await;
-        let (pid, io) = match started {
+        // Reported to containerd: the VMM's host pid, never the number
+        // the guest chose (containerd and host tools act on task pids).
+        let pid = vm.pid();
+        let (guest_pid, io) = match started {
             Ok(v) => v,
             Err(e) => {
                 let _ = self.with_process(&cid, &exec_id, |p| {
@@ -575,6 +591,7 @@ impl Inner {
             }
         };
         let io = Arc::new(io);
+        tracing::info!(cid, exec_id, guest_pid, pid, "exec started");
         self.with_process(&cid, &exec_id, |p| {
             p.pid = pid;
             p.status = Status::RUNNING;

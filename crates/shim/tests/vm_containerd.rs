@@ -676,6 +676,17 @@ fn vm_death_ends_the_task_and_frees_everything() {
         .parse()
         .unwrap();
     assert!(Path::new(&format!("/proc/{pid}")).exists());
+    // The task's pid containerd knows is a host pid nacre owns (the
+    // VMM's), not a number the guest chose.
+    let tasks = ctd.ctr_ok(&["task", "ls"]);
+    let task_pid = tasks
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(id)).then(|| f.next().unwrap_or_default().to_string())
+        })
+        .unwrap_or_else(|| panic!("no task {id}: {tasks}"));
+    assert_eq!(task_pid, pid.to_string(), "ctr task ls: {tasks}");
     // SAFETY: kill(2) of the VMM this test started through containerd.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     ctd.wait_until("the task to stop", Duration::from_secs(60), || {
