@@ -94,7 +94,11 @@ impl RateLimit {
                 meta.target().into()
             },
             location: match (meta.file(), meta.line()) {
-                (Some(file), Some(line)) if key != 0 => format!(" at {file}:{line}"),
+                (Some(file), Some(line)) if key != 0 => {
+                    // Paths of dependencies are long: from their `src/` on.
+                    let file = file.rfind("src/").map_or(file, |i| &file[i..]);
+                    format!(" at {file}:{line}")
+                }
                 _ => String::new(),
             },
             start: now,

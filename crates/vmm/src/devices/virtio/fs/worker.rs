@@ -18,7 +18,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::{ActiveQueue, GuestMemory, Interrupt};
-use super::filter;
+use super::guard::NoDeviceNodes;
 
 const KILL_TOKEN: u64 = 0;
 const HIPRIO_TOKEN: u64 = 1;
@@ -27,7 +27,7 @@ const REQUEST_TOKEN: u64 = 2;
 /// Malformed guest requests logged at warn before switching to debug.
 const WARN_BUDGET: u32 = 16;
 
-type FuseServer = Server<PassthroughFs<()>>;
+type FuseServer = Server<NoDeviceNodes<PassthroughFs<()>>>;
 
 pub struct Worker {
     mem: GuestMemory,
@@ -76,11 +76,15 @@ impl Worker {
     pub fn spawn(self, tag: &str, config: PassthroughConfig) -> std::io::Result<WorkerHandle> {
         let kill = self.kill.try_clone()?;
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        // The thread logs where its creator does (the global logger, or a
+        // test's own subscriber).
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let thread = std::thread::Builder::new()
             .name(format!("fs-{tag}"))
             .spawn(move || match new_server(config) {
                 Ok(server) => {
                     let _ = ready_tx.send(Ok(()));
+                    let _log = tracing::dispatcher::set_default(&dispatch);
                     self.run(&server);
                 }
                 Err(e) => {
@@ -154,7 +158,7 @@ fn new_server(config: PassthroughConfig) -> std::io::Result<FuseServer> {
         return Err(std::io::Error::last_os_error());
     }
     let fs = PassthroughFs::<()>::new(config)?;
-    Ok(Server::new(fs))
+    Ok(Server::new(NoDeviceNodes(fs)))
 }
 
 /// Handles every available chain of `queue`; returns how many were used.
@@ -193,10 +197,6 @@ fn handle_chain(
     chain: DescriptorChain<&GuestMemory>,
     server: &FuseServer,
 ) -> Result<u32, String> {
-    if let Some((unique, errno)) = filter::refusal(mem, &chain) {
-        debug!("virtio-fs: refusing request {unique}: errno {errno}");
-        return filter::reply_error(mem, chain, unique, errno);
-    }
     let reader = Reader::from_descriptor_chain(mem, chain.clone())
         .map_err(|e| format!("request buffers: {e}"))?;
     let writer = VirtioFsWriter::new(mem, chain).map_err(|e| format!("reply buffers: {e}"))?;
