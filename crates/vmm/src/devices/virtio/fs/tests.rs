@@ -767,9 +767,14 @@ fn a_huge_malformed_lookup_logs_a_bounded_line() {
     assert!(text.contains("bytes to cstr error"), "{text}");
     assert!(longest <= limits.max_line, "{longest}");
     assert!(text.len() < 32 << 10, "{}", text.len());
-    // fuse-backend-rs logs twice per request, the worker once (at warn
-    // for its first 16): 40 + 40 + 6 dropped.
-    assert_eq!(handle.suppressed(), 86);
+    // fuse-backend-rs logs twice per request: 40 + 40 dropped. The worker
+    // warns about its first 16 dropped requests in the process (other
+    // tests share that counter), so up to 6 more.
+    assert!(
+        (80..=86).contains(&handle.suppressed()),
+        "{}",
+        handle.suppressed()
+    );
     assert!(text.contains("40 messages from fuse_backend_rs"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
