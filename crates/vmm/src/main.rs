@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use nacre_vmm::devices::virtio::fs::{CacheMode, SharedDir};
 use nacre_vmm::devices::virtio::net::NetConfig;
+use nacre_vmm::logging::LogLimits;
 use nacre_vmm::seccomp::SeccompMode;
 use nacre_vmm::{exit_code, exit_code_for, RestoreConfig, VmConfig, VsockConfig};
 
@@ -102,6 +103,11 @@ struct Cli {
     /// env-filter directive).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: String,
+    /// Stop writing the VMM's log (stderr) after this many bytes; the last
+    /// line says so. Each call site also logs at most 10 messages a minute
+    /// (the rest are counted) and each line is cut at 1 KiB.
+    #[arg(long, value_name = "BYTES", default_value_t = nacre_vmm::logging::DEFAULT_MAX_BYTES)]
+    log_max_bytes: u64,
 }
 
 impl Cli {
@@ -153,19 +159,6 @@ impl Cli {
     }
 }
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        // A closed stderr must not panic the thread that logs.
-        .log_internal_errors(false)
-        .init();
-    Ok(())
-}
-
 fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c).unwrap_or(u8::MAX))
 }
@@ -183,10 +176,23 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Err(e) = init_logging(&cli.log_level) {
-        eprintln!("nacre-vmm: {e:#}");
-        return code(exit_code::CONFIG);
-    }
+    let limits = LogLimits {
+        max_bytes: cli.log_max_bytes,
+        ..LogLimits::default()
+    };
+    let log = match nacre_vmm::logging::init(&cli.log_level, &limits) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("nacre-vmm: --log-level: {e}");
+            return code(exit_code::CONFIG);
+        }
+    };
+    let c = run(cli);
+    log.flush();
+    c
+}
+
+fn run(cli: Cli) -> ExitCode {
     if let Err(e) = nacre_vmm::seccomp::install(cli.seccomp) {
         eprintln!("nacre-vmm: {e}");
         return code(exit_code::FAILURE);

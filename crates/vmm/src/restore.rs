@@ -316,7 +316,8 @@ fn restored_serial(
             what: "KVM_IRQFD for the serial port",
             source,
         })?;
-    let out = SerialOutput::new(log, config.serial_stdout);
+    // The template was made once its agent was ready (see console.rs).
+    let out = SerialOutput::new(log, config.serial_stdout).after_ready();
     let device = SerialDevice::from_snapshot(saved, irq, out).map_err(restore_err("serial"))?;
     Ok(Arc::new(Mutex::new(device)))
 }

@@ -194,8 +194,8 @@ const ALLOWED: &[(&str, libc::c_long)] = &[
     ("fchdir", libc::SYS_fchdir),
     ("getcwd", libc::SYS_getcwd),
     ("umask", libc::SYS_umask),
-    ("name_to_handle_at", libc::SYS_name_to_handle_at),
-    ("open_by_handle_at", libc::SYS_open_by_handle_at),
+    // No name_to_handle_at/open_by_handle_at: inode_file_handles is off
+    // (fs/device.rs), and open_by_handle_at is the classic escape route.
     // virtio-fs acts as the guest's caller (fsuid/fsgid, capabilities).
     ("getuid", libc::SYS_getuid),
     ("geteuid", libc::SYS_geteuid),

@@ -264,6 +264,9 @@ pub(crate) fn wait_for_exit(
         ExitEvent::GuestPanic => tracing::error!("the guest kernel panicked (see its console)"),
         other => tracing::info!(?other, "VM stopping"),
     }
+    if let Some(line) = crate::devices::virtio::guest_errors::summary() {
+        tracing::info!("{line}");
+    }
     // Stop the guest before tearing anything down.
     let _ = control.pause(Duration::from_secs(1));
     serial.lock().unwrap_or_else(|p| p.into_inner()).flush();

@@ -1,16 +1,45 @@
 //! The control socket's listener: one thread accepting, one thread per
-//! connection reading request lines.
+//! connection reading request lines. Bounded: at most [`MAX_CONNECTIONS`]
+//! at a time (more are answered with an error and closed), request lines
+//! of at most [`MAX_LINE`] bytes, and a connection idle for
+//! [`IDLE_TIMEOUT`] is closed.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::{handle_line, VmControl};
+use super::{handle_line, Response, VmControl};
 
 /// The longest request line accepted.
-const MAX_LINE: u64 = 4096;
+pub const MAX_LINE: u64 = 4096;
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 4;
+/// A connection that sends nothing for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One connection slot, given back when the connection's thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Option<Self> {
+        active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_CONNECTIONS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(active.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Errors starting the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +97,28 @@ impl ApiServer {
         std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
+                let active = Arc::new(AtomicUsize::new(0));
+                let mut refused: u64 = 0;
                 for stream in self.listener.incoming() {
                     match stream {
-                        Ok(stream) => {
+                        Ok(mut stream) => {
+                            let Some(slot) = Slot::take(&active) else {
+                                refused += 1;
+                                if refused.is_power_of_two() {
+                                    tracing::warn!(refused, "api: too many connections");
+                                }
+                                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                                let busy = Response::error("too many connections");
+                                let _ = stream.write_all(busy.to_line().as_bytes());
+                                continue;
+                            };
                             let ctl = ctl.clone();
                             let spawned = std::thread::Builder::new()
                                 .name("api-conn".into())
-                                .spawn(move || serve(stream, ctl.as_ref()));
+                                .spawn(move || {
+                                    let _slot = slot;
+                                    serve(stream, ctl.as_ref());
+                                });
                             if let Err(e) = spawned {
                                 tracing::warn!("api connection thread: {e}");
                             }
@@ -90,6 +134,9 @@ impl ApiServer {
 
 /// Serves one connection until it closes.
 pub fn serve(stream: UnixStream, ctl: &dyn VmControl) {
+    if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err() {
+        return;
+    }
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
@@ -98,6 +145,11 @@ pub fn serve(stream: UnixStream, ctl: &dyn VmControl) {
         let mut line = String::new();
         match (&mut reader).take(MAX_LINE).read_line(&mut line) {
             Ok(0) => return,
+            Ok(n) if n as u64 >= MAX_LINE && !line.ends_with('\n') => {
+                let long = Response::error(format!("request longer than {MAX_LINE} bytes"));
+                let _ = writer.write_all(long.to_line().as_bytes());
+                return;
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!("api read: {e}");
@@ -181,6 +233,63 @@ mod tests {
         assert_eq!(lines.next().as_deref(), Some("{\"ok\":true}"));
         assert_eq!(lines.next(), None);
         assert!(fake.shutdown.load(Ordering::SeqCst));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn start(name: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("nacre-api-{name}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("api.sock");
+        let server = ApiServer::bind(&path).unwrap();
+        server.spawn(Arc::new(Fake::default())).unwrap();
+        (dir, path)
+    }
+
+    fn status(client: &UnixStream) -> Option<String> {
+        let mut c = client;
+        c.write_all(b"{\"op\":\"status\"}\n").ok()?;
+        BufReader::new(client).lines().next()?.ok()
+    }
+
+    #[test]
+    fn connections_are_bounded() {
+        let (dir, path) = start("bounded");
+        let held: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        for c in &held {
+            assert!(status(c).is_some_and(|l| l.starts_with("{\"ok\":true")));
+        }
+        // One more is told so and closed, without a thread of its own.
+        let extra = UnixStream::connect(&path).unwrap();
+        let mut lines = BufReader::new(&extra).lines();
+        let line = lines.next().unwrap().unwrap();
+        assert!(line.contains("too many connections"), "{line}");
+        assert!(lines.next().is_none());
+        // A closed connection frees its slot.
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = UnixStream::connect(&path).unwrap();
+            if status(&c).is_some_and(|l| l.starts_with("{\"ok\":true")) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no slot freed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn long_requests_are_refused() {
+        let (dir, path) = start("long");
+        let mut c = UnixStream::connect(&path).unwrap();
+        // 1 MiB without a newline: one error, then the connection closes.
+        let _ = c.write_all(&vec![b'x'; 1 << 20]);
+        let mut lines = BufReader::new(&c).lines();
+        let line = lines.next().unwrap().unwrap();
+        assert!(line.contains("request longer than 4096 bytes"), "{line}");
+        assert!(lines.next().is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

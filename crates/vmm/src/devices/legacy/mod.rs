@@ -2,6 +2,7 @@
 //! its CPU reset line) and the CMOS real-time clock.
 
 pub mod cmos;
+pub mod console;
 pub mod i8042;
 pub mod serial;
 

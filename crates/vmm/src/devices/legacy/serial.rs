@@ -1,11 +1,10 @@
 //! The 8250 UART at 0x3f8 (IRQ 4): the guest console. Output goes to a log
-//! file and/or stdout; there is no input. vm-superio flushes after every
+//! file and/or stdout (bounded, see [`super::console`]); there is no input. vm-superio flushes after every
 //! byte, so output is effectively unbuffered: a write per byte costs far
 //! less than the guest's own trip through the emulated 8250 driver.
 
-use std::fs::File;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use vm_superio::serial::NoEvents;
@@ -14,14 +13,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::BusDevice;
 
+pub use super::console::{SerialOutput, PANIC_MARKER};
+
 /// The COM1 base port.
 pub const COM1_BASE: u64 = 0x3f8;
 /// The COM1 IRQ.
 pub const COM1_IRQ: u32 = 4;
 /// The number of UART registers.
 pub const SERIAL_LEN: u64 = 8;
-
-const FLUSH_AT: usize = 4096;
 
 /// Raises the UART's IRQ through an eventfd registered as a KVM irqfd.
 #[derive(Debug)]
@@ -32,105 +31,6 @@ impl Trigger for IrqTrigger {
 
     fn trigger(&self) -> io::Result<()> {
         self.0.write(1)
-    }
-}
-
-/// What Linux prints when it panics; with `panic=-1` a reset follows, which
-/// must not pass for a clean shutdown.
-pub const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
-const SCAN_MAX: usize = 256;
-
-/// Where the guest console goes: an optional log file and optionally stdout.
-/// Also watches for the kernel's panic message.
-#[derive(Debug, Default)]
-pub struct SerialOutput {
-    log: Option<File>,
-    stdout: bool,
-    line: Vec<u8>,
-    scan: Vec<u8>,
-    panicked: Arc<AtomicBool>,
-    failed_once: bool,
-}
-
-impl SerialOutput {
-    /// Output to `log` (if any) and to stdout when `stdout` is set.
-    pub fn new(log: Option<File>, stdout: bool) -> Self {
-        Self {
-            log,
-            stdout,
-            line: Vec::new(),
-            scan: Vec::new(),
-            panicked: Arc::new(AtomicBool::new(false)),
-            failed_once: false,
-        }
-    }
-
-    /// Set once the guest printed a kernel panic.
-    pub fn panic_flag(&self) -> Arc<AtomicBool> {
-        self.panicked.clone()
-    }
-
-    fn scan(&mut self, buf: &[u8]) {
-        for &b in buf {
-            if b == b'\n' {
-                if self
-                    .scan
-                    .windows(PANIC_MARKER.len())
-                    .any(|w| w == PANIC_MARKER)
-                {
-                    self.panicked.store(true, Ordering::SeqCst);
-                }
-                self.scan.clear();
-            } else if self.scan.len() < SCAN_MAX {
-                self.scan.push(b);
-            }
-        }
-    }
-
-    /// Writes out the pending bytes. A sink that fails loses them (and is
-    /// reported once); the other sink still gets them.
-    fn emit(&mut self) {
-        if self.line.is_empty() {
-            return;
-        }
-        let mut result = Ok(());
-        if let Some(log) = self.log.as_mut() {
-            result = log.write_all(&self.line);
-        }
-        if self.stdout {
-            let mut out = io::stdout().lock();
-            let r = out.write_all(&self.line).and_then(|()| out.flush());
-            result = result.and(r);
-        }
-        if let Err(e) = result {
-            if !self.failed_once {
-                self.failed_once = true;
-                tracing::warn!("guest console output lost: {e}");
-            }
-        }
-        self.line.clear();
-    }
-}
-
-impl Write for SerialOutput {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.scan(buf);
-        self.line.extend_from_slice(buf);
-        if buf.contains(&b'\n') || self.line.len() >= FLUSH_AT {
-            self.emit();
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.emit();
-        Ok(())
-    }
-}
-
-impl Drop for SerialOutput {
-    fn drop(&mut self) {
-        self.emit();
     }
 }
 
@@ -214,6 +114,7 @@ impl BusDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::io::Read;
 
     #[test]
@@ -234,18 +135,5 @@ mod tests {
         let _ = File::open(&path).and_then(|mut f| f.read_to_string(&mut s));
         assert_eq!(s, "hello\nwor");
         let _ = std::fs::remove_file(&path);
-    }
-
-    #[test]
-    fn kernel_panic_is_noticed() {
-        let mut out = SerialOutput::new(None, false);
-        let flag = out.panic_flag();
-        let _ = out.write(b"[    1.0] Kernel panic - not sync");
-        assert!(!flag.load(Ordering::SeqCst), "not before the line ends");
-        let _ = out.write(b"ing: VFS: Unable to mount root fs\n");
-        assert!(flag.load(Ordering::SeqCst));
-        let mut calm = SerialOutput::new(None, false);
-        let _ = calm.write(b"all good\nKernel panic? no\n");
-        assert!(!calm.panic_flag().load(Ordering::SeqCst));
     }
 }

@@ -213,7 +213,9 @@ impl MmioTransport {
         }
         if added & STATUS_DRIVER_OK != 0 && value & STATUS_FEATURES_OK != 0 && !self.activated {
             if let Err(e) = self.activate() {
-                tracing::error!(device = self.device.device_type(), "virtio activate: {e}");
+                if super::guest_errors::ACTIVATION_FAILURES.record() {
+                    tracing::error!(device = self.device.device_type(), "virtio activate: {e}");
+                }
                 value |= STATUS_NEEDS_RESET;
                 let _ = self.interrupt.signal_config_change();
             }

@@ -285,3 +285,62 @@ fn misaligned_register_access_is_harmless() {
     t.write(REG_STATUS + 1, &[1, 0, 0, 0]);
     assert_eq!(rd(&mut t, REG_STATUS), 0);
 }
+
+/// A guest hammering the queue registers with invalid values (each makes
+/// virtio-queue log an error through the `log` crate) and cycling
+/// DRIVER_OK over an invalid queue: the bounded logger keeps the output
+/// small and counts what it dropped.
+#[test]
+fn register_storm_logs_stay_bounded() {
+    use crate::logging::test_util::{bridge_log, SharedBuf};
+    use crate::logging::{subscriber, LogLimits};
+
+    bridge_log();
+    let buf = SharedBuf::default();
+    let limits = LogLimits::default();
+    let (sub, handle) = subscriber(
+        tracing_subscriber::EnvFilter::new("info"),
+        &limits,
+        buf.clone(),
+    );
+    const WRITES: u32 = 100_000;
+    tracing::subscriber::with_default(sub, || {
+        let (mut t, _, _) = transport(true);
+        negotiate(&mut t);
+        wr(&mut t, REG_QUEUE_SEL, 0);
+        for i in 0..WRITES {
+            // Not a power of two; a misaligned descriptor table.
+            wr(&mut t, REG_QUEUE_NUM, 3);
+            wr(&mut t, REG_QUEUE_DESC_LOW, 0x1001 + 2 * (i % 8));
+        }
+        // Reset, renegotiate and DRIVER_OK over a queue outside memory.
+        for _ in 0..1000 {
+            wr(&mut t, REG_STATUS, 0);
+            negotiate(&mut t);
+            setup_queue(&mut t, 0, 0x10_0000);
+            wr(
+                &mut t,
+                REG_STATUS,
+                STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+            );
+            assert_ne!(rd(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+        }
+    });
+    handle.flush();
+    let text = buf.contents();
+    eprintln!(
+        "register storm: {} log bytes in {} lines, {} messages suppressed\n{text}",
+        text.len(),
+        text.lines().count(),
+        handle.suppressed()
+    );
+    assert!(text.len() < 16 << 10, "{}", text.len());
+    assert_eq!(handle.bytes_dropped(), 0);
+    assert!(text.contains("virtio queue with invalid size"), "{text}");
+    // Each site logs 10 and counts the rest: at least the two 100k storms.
+    assert!(handle.suppressed() >= 2 * u64::from(WRITES - 10));
+    assert!(
+        text.contains(&format!("{} messages from virtio_queue", WRITES - 10)),
+        "{text}"
+    );
+}

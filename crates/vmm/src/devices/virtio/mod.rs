@@ -8,6 +8,7 @@
 //! ioeventfds), and raise interrupts through [`Interrupt`].
 
 pub mod fs;
+pub mod guest_errors;
 pub mod mmio;
 pub mod net;
 pub mod vsock;

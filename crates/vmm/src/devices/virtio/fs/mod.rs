@@ -10,12 +10,12 @@
 //! answered with an error or dropped. See [`passthrough_config`] for the
 //! options and why.
 //!
-//! Files: `config` (tag, `TAG=PATH`, configuration space), `filter`
-//! (requests refused up front), `worker` (the device thread), `device` (the [`VirtioDevice`](super::VirtioDevice)).
+//! Files: `config` (tag, `TAG=PATH`, configuration space), `guard`
+//! (the `FileSystem` wrapper that refuses device nodes), `worker` (the device thread), `device` (the [`VirtioDevice`](super::VirtioDevice)).
 
 mod config;
 mod device;
-mod filter;
+mod guard;
 mod worker;
 
 #[cfg(test)]

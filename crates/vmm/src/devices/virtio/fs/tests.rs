@@ -538,6 +538,24 @@ fn special_files_are_not_opened_or_created() {
     assert!(!dir.join("sda").exists() && !dir.join("null").exists());
     let r = d.call(OP_MKNOD, ROOT, &mknod(libc::S_IFIFO | 0o600, 0, "fifo2"));
     assert_eq!(r.error, 0, "{r:?}");
+    // Regular files (type 0 too) can, whatever rdev says; other types not.
+    let r = d.call(OP_MKNOD, ROOT, &mknod(libc::S_IFREG | 0o600, 0x0103, "reg"));
+    assert_eq!(r.error, 0, "{r:?}");
+    let r = d.call(OP_MKNOD, ROOT, &mknod(0o600, 0, "reg0"));
+    assert_eq!(r.error, 0, "{r:?}");
+    let r = d.call(OP_MKNOD, ROOT, &mknod(libc::S_IFDIR | 0o700, 0, "dir"));
+    assert_eq!(r.error, -libc::EPERM);
+    let r = d.call(OP_MKNOD, ROOT, &mknod(libc::S_IFLNK | 0o777, 0, "lnk"));
+    assert_eq!(r.error, -libc::EPERM);
+    assert!(std::fs::metadata(dir.join("reg")).unwrap().is_file());
+    assert!(std::fs::metadata(dir.join("reg0")).unwrap().is_file());
+    assert!(!dir.join("dir").exists() && !dir.join("lnk").exists());
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["fifo", "fifo2", "reg", "reg0"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -701,4 +719,62 @@ fn ro_bind_checks(dir: &Path) {
     // SAFETY: unmounting the bind mount made above, in this namespace.
     unsafe { libc::umount2(c(&ro).as_ptr(), libc::MNT_DETACH) };
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A LOOKUP whose 1 MiB name has no NUL makes fuse-backend-rs log the whole
+/// body in `Debug` form (about 4 MiB): what reaches the log stays bounded.
+#[test]
+fn a_huge_malformed_lookup_logs_a_bounded_line() {
+    use crate::logging::test_util::{bridge_log, SharedBuf};
+    use crate::logging::{subscriber, LogLimits};
+
+    bridge_log();
+    let dir = temp_dir("hugelookup");
+    std::fs::write(dir.join("f"), b"x").unwrap();
+    let buf = SharedBuf::default();
+    let limits = LogLimits::default();
+    let (sub, handle) = subscriber(
+        tracing_subscriber::EnvFilter::new("info"),
+        &limits,
+        buf.clone(),
+    );
+    const BIG_REQ: u64 = 0x30_0000;
+    tracing::subscriber::with_default(sub, || {
+        let mem = guest_memory();
+        let mut d = Driver::start(&mem, &dir);
+        d.init();
+        for _ in 0..50 {
+            let name = vec![b'a'; (1 << 20) - 64];
+            let msg = d.message(OP_LOOKUP, ROOT, &name);
+            mem.write_slice(&msg, GuestAddress(BIG_REQ)).unwrap();
+            // fuse-backend-rs writes EINVAL but returns an error, so the
+            // worker drops the request (used length 0).
+            let (used, _) =
+                d.send_chain(&[(BIG_REQ, msg.len() as u32, false), (REPLY_BUF, 4096, true)]);
+            assert_eq!(used, 0);
+        }
+        // Still serving.
+        d.lookup_ok(ROOT, "f");
+    });
+    handle.flush();
+    let text = buf.contents();
+    let longest = text.lines().map(str::len).max().unwrap_or(0);
+    eprintln!(
+        "50 x 1 MiB LOOKUP: {} log bytes, longest line {longest}, {} suppressed",
+        text.len(),
+        handle.suppressed()
+    );
+    assert!(text.contains("bytes to cstr error"), "{text}");
+    assert!(longest <= limits.max_line, "{longest}");
+    assert!(text.len() < 32 << 10, "{}", text.len());
+    // fuse-backend-rs logs twice per request: 40 + 40 dropped. The worker
+    // warns about its first 16 dropped requests in the process (other
+    // tests share that counter), so up to 6 more.
+    assert!(
+        (80..=86).contains(&handle.suppressed()),
+        "{}",
+        handle.suppressed()
+    );
+    assert!(text.contains("40 messages from fuse_backend_rs"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -33,7 +33,7 @@ pub enum FrameError {
 }
 
 /// Gathers the readable part of a transmit chain (header and frame) into
-/// `buf`, ready to be written to the tap in one piece.
+/// `buf`, ready to be written to the tap in one piece, the header zeroed.
 pub fn read_tx(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
@@ -49,7 +49,13 @@ pub fn read_tx(
         return Err(FrameError::LongTx { len });
     }
     buf.resize(len, 0);
-    reader.read_exact(buf).map_err(FrameError::Copy)
+    reader.read_exact(buf).map_err(FrameError::Copy)?;
+    // No offload was negotiated, so the only valid header is all zeros:
+    // whatever the guest put in flags, gso_type, gso_size or csum_* must
+    // not reach the host kernel's virtio_net_hdr_to_skb. The copy is in
+    // host memory, so the guest cannot change it after this.
+    buf[..VNET_HDR_LEN].fill(0);
+    Ok(())
 }
 
 /// Writes `frame` (header and frame as the tap gave them) into the

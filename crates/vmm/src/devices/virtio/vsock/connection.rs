@@ -242,7 +242,9 @@ impl Connection {
         // MAX_PAYLOAD bounds the length well below u32::MAX.
         let len = payload.len() as u32;
         if !self.credit.can_accept(len) {
-            warn!(?self.key, len, "vsock: guest exceeded its credit");
+            if crate::devices::virtio::guest_errors::VSOCK_CREDIT_VIOLATIONS.record() {
+                warn!(?self.key, len, "vsock: guest exceeded its credit");
+            }
             return Verdict::Reset;
         }
         self.credit.record_received(len);
