@@ -7,6 +7,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -106,6 +107,20 @@ pub struct VmProcess {
     child: Child,
     dir: PathBuf,
     exited: Option<ExitStatus>,
+    /// The write end of the VMM's lifeline (`--owner-fd`): never written,
+    /// closed by the kernel when this process dies, which stops the VM.
+    _lifeline: OwnedFd,
+}
+
+/// A pipe whose ends are close-on-exec: (read, write).
+fn lifeline() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Lets the child inherit `fds` (close-on-exec cleared in the child only,
@@ -197,8 +212,16 @@ impl VmProcess {
             let _ = fs::remove_dir_all(dir);
             run_dir_err(source)
         })?;
+        let (owner_read, owner_write) = lifeline().map_err(|source| {
+            let _ = fs::remove_dir_all(dir);
+            run_dir_err(source)
+        })?;
         let mut cmd = Command::new(vmm);
         args(&mut cmd);
+        // The VM dies with this process, however it dies.
+        cmd.arg("--owner-fd")
+            .arg(owner_read.as_raw_fd().to_string());
+        inherit_fds(&mut cmd, vec![owner_read.as_raw_fd()]);
         cmd.arg("--serial-log")
             .arg(dir.join("console.log"))
             .arg("--vsock-uds")
@@ -209,7 +232,9 @@ impl VmProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::from(vmm_log));
         tracing::debug!(?cmd, "starting VMM");
-        match cmd.spawn() {
+        let spawned = cmd.spawn();
+        drop(owner_read);
+        match spawned {
             Ok(child) => {
                 // Lets a later process find (and kill) a VMM whose owner
                 // died without cleaning up.
@@ -220,6 +245,7 @@ impl VmProcess {
                     child,
                     dir: dir.to_path_buf(),
                     exited: None,
+                    _lifeline: owner_write,
                 })
             }
             Err(source) => {

@@ -158,7 +158,7 @@ fn delete(flags: &Flags) -> Result<(), BootstrapError> {
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox);
     if !shim_answers(&address) {
         // The shim is gone: nothing else will stop its VM.
-        kill_vmm(&dir.join("vm").join("vmm.pid"));
+        nacre_runtime::container::process::kill_vmm(&dir.join("vm"), &[]);
         vm::remove_dir(&dir);
     }
     let now = SystemTime::now()
@@ -182,22 +182,6 @@ fn delete(flags: &Flags) -> Result<(), BootstrapError> {
     std::io::stdout()
         .write_all(&bytes)
         .map_err(io_err("writing the delete response"))
-}
-
-/// Kills the VMM whose pid is in `pid_file`, if that pid still runs
-/// `nacre-vmm`.
-fn kill_vmm(pid_file: &Path) {
-    let Some(pid) = std::fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() == nacre_runtime::image::VMM_BINARY {
-        // SAFETY: kill(2) with a pid checked to be a nacre-vmm process.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
 }
 
 /// The long-running shim.

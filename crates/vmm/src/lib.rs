@@ -21,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod logging;
 pub mod memory;
+pub mod owner;
 pub mod profile;
 pub mod restore;
 pub mod seccomp;

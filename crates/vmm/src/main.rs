@@ -24,6 +24,7 @@ Exit codes:
        shared directory missing or not a directory
   69   /dev/kvm unavailable (missing or no permission)
   70   VMM or guest failure (KVM internal error, guest kernel panic, device failure)
+  75   the owner's end of --owner-fd was closed (the process that started the VM died)
   128+N  stopped by signal N (SIGINT 130, SIGTERM 143)
 
 API socket: one JSON request per line, one JSON response per line:
@@ -108,6 +109,10 @@ struct Cli {
     /// (the rest are counted) and each line is cut at 1 KiB.
     #[arg(long, value_name = "BYTES", default_value_t = nacre_vmm::logging::DEFAULT_MAX_BYTES)]
     log_max_bytes: u64,
+    /// The read end of a pipe whose write end the VM's owner keeps open
+    /// and never writes: when the owner dies the VMM stops the VM (exit 75).
+    #[arg(long, value_name = "FD")]
+    owner_fd: Option<i32>,
 }
 
 impl Cli {
@@ -196,6 +201,12 @@ fn run(cli: Cli) -> ExitCode {
     if let Err(e) = nacre_vmm::seccomp::install(cli.seccomp) {
         eprintln!("nacre-vmm: {e}");
         return code(exit_code::FAILURE);
+    }
+    if let Some(fd) = cli.owner_fd {
+        if let Err(e) = nacre_vmm::owner::watch(fd) {
+            eprintln!("nacre-vmm: --owner-fd {fd}: {e}");
+            return code(exit_code::CONFIG);
+        }
     }
     let result = match cli.restore.clone() {
         Some(dir) => nacre_vmm::restore(&cli.restore_config(dir)),

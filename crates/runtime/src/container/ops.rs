@@ -15,7 +15,7 @@ use super::lock::DirLock;
 use super::monitor::connect_agent;
 use super::mounts::{setup_shared, teardown_shared};
 use super::paths::ContainerPaths;
-use super::process::{kill_if_runs, pid_alive, send_signal, wait_dead};
+use super::process::{kill_if_runs, kill_vmm, pid_alive, send_signal, wait_dead};
 use super::spec::Bundle;
 use super::state::{State, Status};
 use super::ContainerError;
@@ -223,12 +223,8 @@ pub fn destroy(paths: &ContainerPaths) -> Result<(), ContainerError> {
             }
         }
     }
-    let recorded = fs::read_to_string(paths.vmm_pid_file())
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok());
-    for pid in [state.map(|s| s.vmm_pid), recorded].into_iter().flatten() {
-        kill_if_runs(pid, VMM_EXE);
-    }
+    let pids: Vec<u32> = state.map(|s| s.vmm_pid).into_iter().collect();
+    kill_vmm(&paths.vm_dir(), &pids);
     if !teardown_shared(paths) {
         return Err(ContainerError::Io {
             what: "unmounting",

@@ -85,6 +85,35 @@ pub fn kill_if_runs(pid: u32, name: &str) {
     }
 }
 
+/// The VMM's executable name.
+const VMM_EXE: &str = "nacre-vmm";
+
+/// Kills the `nacre-vmm` of run directory `run_dir`: the pid recorded in
+/// `run_dir/vmm.pid` and any `pids` given, each only if it still runs
+/// `nacre-vmm` with `run_dir` on its command line (its sockets and logs
+/// live there), so a recycled pid is never hit. The one way nacre kills a
+/// VMM it lost track of (CLI delete, shim delete, template prune).
+/// Returns whether one was killed.
+pub fn kill_vmm(run_dir: &Path, pids: &[u32]) -> bool {
+    let recorded = std::fs::read_to_string(run_dir.join("vmm.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    let needle = run_dir.as_os_str().as_encoded_bytes();
+    let mut killed = false;
+    for pid in pids.iter().copied().chain(recorded) {
+        let ours = pid_runs(pid, VMM_EXE)
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| !needle.is_empty() && c.windows(needle.len()).any(|w| w == needle));
+        if ours {
+            tracing::info!(pid, run_dir = %run_dir.display(), "killing a leftover VMM");
+            send_signal(pid, libc::SIGKILL);
+            wait_dead(pid, Duration::from_secs(5));
+            killed = true;
+        }
+    }
+    killed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +140,24 @@ mod tests {
         // A zombie until reaped, which counts as dead.
         assert!(!pid_alive(pid));
         child.wait().unwrap();
+    }
+
+    /// The guard: a process that is not a nacre-vmm of that run
+    /// directory is never killed, even with the pid file naming it.
+    #[test]
+    fn kill_vmm_needs_the_name_and_the_run_directory() {
+        let dir = std::env::temp_dir().join(format!("nacre-killvmm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .arg(&dir)
+            .spawn()
+            .unwrap();
+        std::fs::write(dir.join("vmm.pid"), child.id().to_string()).unwrap();
+        assert!(!kill_vmm(&dir, &[child.id()]));
+        assert!(pid_alive(child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

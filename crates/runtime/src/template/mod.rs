@@ -183,6 +183,9 @@ impl TemplateStore {
                 None => template_stale(&path),
             };
             if stale {
+                // A VMM of an orphaned work directory dies with its owner
+                // (--owner-fd); one that somehow outlived it is killed.
+                crate::container::process::kill_vmm(&path.join("vm"), &[]);
                 match fs::remove_dir_all(&path) {
                     Ok(()) => {
                         tracing::info!(template = %path.display(), "removed a stale template");
