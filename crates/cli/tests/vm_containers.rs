@@ -512,6 +512,94 @@ fn vm_terminal_over_console_socket_and_vmm_killed_under_it() {
     assert_nothing_left(&vm.root, id);
 }
 
+/// Live processes whose executable is `exe` and whose command line
+/// contains every one of `needles`.
+fn pids_of(exe: &str, needles: &[&str]) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let first = cmdline.split(' ').next().unwrap_or_default();
+        if Path::new(first).file_name().and_then(|n| n.to_str()) == Some(exe)
+            && needles.iter().all(|n| cmdline.contains(n))
+            && nacre_runtime::container::process::pid_alive(pid)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 12 (6): the monitor killed with SIGKILL while it makes a VM
+/// template and while it boots a VM: `nacre create` fails, and within
+/// seconds no nacre-vmm, template work directory, state directory,
+/// socket or mount is left (the VMM dies with its owner, --owner-fd).
+#[test]
+fn vm_monitor_killed_while_making_a_template_or_booting_leaves_nothing() {
+    let Some(vm) = Vm::new("vm_monitor_killed_mid_create") else {
+        return;
+    };
+    let b = busybox_bundle(vm.scratch.path(), &config(&["true"], ""));
+    let templates = vm.scratch.path().join("templates");
+    let root = vm.root.to_string_lossy().into_owned();
+    let store = templates.to_string_lossy().into_owned();
+    // (which VMM to wait for, environment)
+    let cases = [
+        ("making a template", store.clone(), "1"),
+        ("a cold boot", root.clone(), "0"),
+    ];
+    for (i, (what, vmm_needle, templates_on)) in cases.iter().enumerate() {
+        let id = format!("killed{i}");
+        let mut create = vm
+            .nacre()
+            .env("NACRE_TEMPLATES", templates_on)
+            .env("NACRE_TEMPLATE_DIR", &templates)
+            .args(["create", "--bundle"])
+            .arg(&b)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(&format!("{what}: no VMM"), Duration::from_secs(120), || {
+            !pids_of("nacre-vmm", &[vmm_needle]).is_empty()
+        });
+        let monitors = pids_of("nacre", &["monitor", &root, &id]);
+        assert_eq!(monitors.len(), 1, "{what}: monitors {monitors:?}");
+        // SAFETY: kill(2) of the monitor this test started.
+        unsafe { libc::kill(i32::try_from(monitors[0]).unwrap(), libc::SIGKILL) };
+        let out = create.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{what}: create succeeded");
+        wait_for(
+            &format!("{what}: a VMM outlived its monitor"),
+            Duration::from_secs(10),
+            || pids_of("nacre-vmm", &[vmm_needle]).is_empty(),
+        );
+        assert_nothing_left(&vm.root, &id);
+        let work: Vec<_> = std::fs::read_dir(&templates)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            work.iter().all(|n| !n.to_string_lossy().starts_with('.')),
+            "{what}: template work directory left: {work:?}"
+        );
+    }
+}
+
 #[test]
 fn vm_delete_cleans_up_after_the_monitor_was_killed() {
     let Some(vm) = Vm::new("vm_monitor_killed") else {
@@ -534,11 +622,20 @@ fn vm_delete_cleans_up_after_the_monitor_was_killed() {
     // SAFETY: kill(2) of the monitor this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert_eq!(wait_monitor(pid, Duration::from_secs(30)), 137);
-    assert!(
-        nacre_runtime::container::process::pid_alive(vmm_pid.unsigned_abs()),
-        "the VMM should outlive its monitor"
+    // The VM dies with its monitor (issue 12: no VM outlives its owner),
+    // and every command tells the truth about it.
+    wait_for(
+        "the VMM outlived its monitor",
+        Duration::from_secs(10),
+        || !nacre_runtime::container::process::pid_alive(vmm_pid.unsigned_abs()),
     );
     assert_eq!(vm.state(id)["status"], "stopped");
+    let o = vm.run(&["kill", id, "TERM"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("container not running"),
+        "kill after the monitor died: {}",
+        stderr(&o)
+    );
     vm.ok(&["delete", id]);
     assert_nothing_left(&vm.root, id);
 }

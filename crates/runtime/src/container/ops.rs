@@ -70,6 +70,11 @@ pub fn create(
         if let Err(e) = destroy(paths) {
             tracing::error!("cleaning up after the failed create: {e}");
         }
+        // A monitor killed while it made a VM template leaves the
+        // template's work directory (its VMM died with it).
+        if let Some(store) = crate::template::TemplateStore::from_env() {
+            store.prune();
+        }
     }
     result
 }
