@@ -39,7 +39,8 @@ fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
 
 /// Takes ownership of a descriptor a system call returned.
 fn owned(rc: libc::c_long) -> io::Result<OwnedFd> {
-    let fd = RawFd::try_from(check(rc)?).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    let fd =
+        RawFd::try_from(check(rc)?).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     // SAFETY: the kernel just returned this descriptor and nothing else
     // owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -165,7 +166,11 @@ pub fn set_attr(fd: BorrowedFd<'_>, attr: Attr) -> io::Result<()> {
 
 /// A detached copy of the mount tree at `source` (the source itself when
 /// `recursive` is false), as `mount --rbind` / `--bind` would attach.
-pub fn clone_tree(dir: Option<BorrowedFd<'_>>, source: &Path, recursive: bool) -> io::Result<OwnedFd> {
+pub fn clone_tree(
+    dir: Option<BorrowedFd<'_>>,
+    source: &Path,
+    recursive: bool,
+) -> io::Result<OwnedFd> {
     let (dirfd, c) = match dir {
         Some(d) => (d.as_raw_fd(), c"".to_owned()),
         None => (libc::AT_FDCWD, cstr(source.as_os_str().as_bytes())?),
@@ -277,7 +282,9 @@ fn unescape(s: &str) -> PathBuf {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let oct = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match (b[i], oct) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') << 6 | (d[1] - b'0') << 3 | (d[2] - b'0'));
@@ -324,7 +331,8 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 /// Lazily unmounts the mount `entry`, after checking that its mount point
-/// still holds that very mount; checks that it is gone afterwards.
+/// still holds that very mount (by id, `statx` not following a last
+/// symlink); checks that it is gone afterwards.
 pub fn unmount_checked(entry: &MountEntry) -> io::Result<()> {
     let now = mount_id(&entry.point)?;
     if now != entry.id {
@@ -338,7 +346,9 @@ pub fn unmount_checked(entry: &MountEntry) -> io::Result<()> {
     // SAFETY: a NUL-terminated path that outlives the call.
     let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
     check(libc::c_long::from(rc))?;
-    if mount_table().iter().any(|e| e.id == entry.id) {
+    // Mount ids are reused at once: another thread's new mount may have
+    // this one's id, so look for it at its own mount point.
+    if mount_table().contains(entry) {
         return Err(io::Error::other(format!(
             "mount {} is still on {}",
             entry.id,

@@ -148,8 +148,8 @@ impl SharedDir {
         }
         let base = rw.join(cid);
         let creating = |p: &Path| io_err("creating", p);
-        let cdir = mounts::mkdir_beneath(rw_fd.as_fd(), OsStr::new(cid), true)
-            .map_err(creating(&base))?;
+        let cdir =
+            mounts::mkdir_beneath(rw_fd.as_fd(), OsStr::new(cid), true).map_err(creating(&base))?;
         let rootfs = base.join("rootfs");
         let target = mounts::create_target(cdir.as_fd(), OsStr::new("rootfs"), true)
             .map_err(creating(&rootfs))?;
