@@ -109,15 +109,11 @@ fn errno(r: std::io::Result<()>) -> i32 {
 
 fn statvfs_flags(p: &Path) -> u64 {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a NUL-terminated path and a statvfs buffer outliving the call.
+    // SAFETY: statvfs is plain integers; all-zero is a valid value.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    assert_eq!(
-        unsafe { libc::statvfs(c.as_ptr(), &mut s) },
-        0,
-        "{}",
-        p.display()
-    );
+    // SAFETY: a NUL-terminated path and a statvfs buffer outliving the call.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    assert_eq!(rc, 0, "{}", p.display());
     s.f_flag
 }
 
