@@ -563,7 +563,7 @@ fn vm_monitor_killed_while_making_a_template_or_booting_leaves_nothing() {
     ];
     for (i, (what, vmm_needle, templates_on)) in cases.iter().enumerate() {
         let id = format!("killed{i}");
-        let mut create = vm
+        let create = vm
             .nacre()
             .env("NACRE_TEMPLATES", templates_on)
             .env("NACRE_TEMPLATE_DIR", &templates)

@@ -59,14 +59,23 @@ pub fn vm_prereqs(test: &str) -> Option<VmPrereqs> {
 /// # Panics
 /// When a prerequisite is missing and [`vm_tests_required`] is true.
 pub fn root_prereqs(test: &str) -> bool {
+    root_with_tools(test, &["ip", "tc"])
+}
+
+/// Whether a root-tier test that needs only root (and the listed tools,
+/// each run with `-V`) can run; skips or panics like [`root_prereqs`].
+///
+/// # Panics
+/// When a prerequisite is missing and [`vm_tests_required`] is true.
+pub fn root_with_tools(test: &str, tools: &[&str]) -> bool {
     // SAFETY: geteuid has no preconditions.
     let why = if unsafe { libc::geteuid() } != 0 {
         Some("not root".to_string())
     } else {
-        ["ip", "tc"]
+        tools
             .iter()
             .find(|tool| std::process::Command::new(tool).arg("-V").output().is_err())
-            .map(|tool| format!("iproute2's `{tool}` is missing"))
+            .map(|tool| format!("`{tool}` is missing"))
     };
     match why {
         None => true,

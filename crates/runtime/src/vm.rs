@@ -8,11 +8,13 @@
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::container::mounts::create_private_dir;
 use crate::image::GuestImage;
 
 /// The shape of a VM.
@@ -204,10 +206,17 @@ impl VmProcess {
             path: dir.to_path_buf(),
             source,
         };
+        // 0700 whatever the umask: the sockets in it reach the agent and
+        // the VMM's control API. Missing parents get 0700 or less; an
+        // existing parent keeps its mode.
         if let Some(parent) = dir.parent() {
-            fs::create_dir_all(parent).map_err(run_dir_err)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(run_dir_err)?;
         }
-        fs::create_dir(dir).map_err(run_dir_err)?;
+        create_private_dir(dir).map_err(run_dir_err)?;
         let vmm_log = File::create(dir.join("vmm.log")).map_err(|source| {
             let _ = fs::remove_dir_all(dir);
             run_dir_err(source)

@@ -24,6 +24,8 @@ use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::shim_async::create_task;
 use containerd_shim::protos::ttrpc::r#async::Server;
 use containerd_shim::Flags;
+use nacre_runtime::container::paths::validate_id;
+use nacre_runtime::container::share::SharedDir;
 
 use crate::config::Config;
 use crate::error::ShimError;
@@ -144,6 +146,8 @@ fn spawn_server(
 
 /// `delete`: containerd cleans up a container whose shim died.
 fn delete(flags: &Flags) -> Result<(), BootstrapError> {
+    // Before the id names any host path.
+    validate_id(&flags.id).map_err(|e| BootstrapError::Args(e.to_string()))?;
     let bundle = if flags.bundle.is_empty() {
         std::env::current_dir().map_err(io_err("reading the bundle directory"))?
     } else {
@@ -152,8 +156,9 @@ fn delete(flags: &Flags) -> Result<(), BootstrapError> {
     let annotations = layout::bundle_annotations(&bundle);
     let sandbox = layout::sandbox_id(&flags.id, &annotations);
     let dir = layout::sandbox_dir(&flags.namespace, &sandbox);
-    vm::unmount_all(&dir.join("shared").join(&flags.id));
-    let _ = std::fs::remove_dir_all(dir.join("shared").join(&flags.id));
+    if let Err(e) = SharedDir::open(&dir).remove_container(&flags.id) {
+        tracing::warn!("removing the share of {}: {e}", flags.id);
+    }
     vm::unmount_all(&bundle.join("rootfs"));
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox);
     if !shim_answers(&address) {
@@ -238,5 +243,34 @@ async fn serve(flags: &Flags) -> Result<(), BootstrapError> {
 impl From<ShimError> for BootstrapError {
     fn from(e: ShimError) -> Self {
         BootstrapError::Shim(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+
+    /// L6: `delete -id <hostile id>` is refused by name before any path is
+    /// built from it (it used to `remove_dir_all(<sandbox>/shared/<id>)`):
+    /// a directory where `shared/../../<x>` would land survives.
+    #[test]
+    fn delete_refuses_hostile_ids() {
+        let root = std::env::temp_dir().join(format!("nacre-shim-del-{}", std::process::id()));
+        let bundle = root.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        for id in ["../../etc", "a/b", "", "..", "."] {
+            let flags = Flags {
+                id: id.to_string(),
+                namespace: "k8s.io".to_string(),
+                bundle: bundle.display().to_string(),
+                ..Default::default()
+            };
+            let e = delete(&flags).unwrap_err();
+            assert!(matches!(e, BootstrapError::Args(_)), "{id:?}: {e}");
+        }
+        assert!(bundle.is_dir());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -2,11 +2,13 @@
 //! host.
 //!
 //! ```text
-//! /run/nacre-shim/<hash of namespace and sandbox id>/
+//! /run/nacre-shim/<hash of namespace and sandbox id>/     (0700)
 //!     vm/              the VMM's run directory (sockets, logs, vmm.pid)
-//!     shared/          private bind mount, served as virtio-fs tag `nacre`
+//!     rw/              host only: where the shim binds (see SharedDir)
 //!         <cid>/rootfs       bind of <bundle>/rootfs (containerd's mounts)
 //!         <cid>/mounts/<n>   bind of the spec's n-th bind mount source
+//!     shared/          read-only slave bind of rw, served as virtio-fs
+//!                      tag `nacre`: the guest sees shared/<cid>/...
 //! ```
 
 use std::collections::HashMap;

@@ -25,8 +25,8 @@ use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::protos::ttrpc::Result as TtrpcResult;
 use containerd_shim::protos::types::empty::Empty;
 use nacre_runtime::agent::{AgentClient, TtrpcAgentClient};
-use nacre_runtime::container::mounts;
-use nacre_runtime::container::paths::ContainerPaths;
+use nacre_runtime::container::paths::{validate_id, ContainerPaths};
+use nacre_runtime::container::share::SharedDir;
 use nacre_runtime::container::spec::Bundle;
 
 use crate::config::Config;
@@ -262,6 +262,8 @@ impl Inner {
         shape: &crate::config::VmShape,
         req: &CreateTaskRequest,
     ) -> Result<(u32, stdio::IoHandle)> {
+        // Before the id names any host path.
+        validate_id(cid).map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
         let mut guard = self.vm.lock().await;
         let booted_here = guard.is_none();
         let vm = match guard.as_ref() {
@@ -284,12 +286,13 @@ impl Inner {
                 vm
             }
         };
-        let share = vm.shared().join(cid);
+        let share = vm.share();
         let id = cid.to_string();
         let (sandbox_dir, client) = (self.sandbox_dir.clone(), vm.client().clone());
         let share2 = share.clone();
         let result = blocking(move || {
-            mounts::bind_container(&b, &share2)
+            share2
+                .bind_container(&b, &id)
                 .map_err(|e| ShimError::Internal(format!("sharing the rootfs with the VM: {e}")))?;
             let paths = ContainerPaths::new(&sandbox_dir, &id)
                 .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
@@ -328,9 +331,11 @@ impl Inner {
             Err(e) => Err(e),
         };
         if started.is_err() {
-            let share = share.clone();
+            let (share, id) = (share.clone(), cid.to_string());
             let _ = blocking(move || {
-                remove_share(&share);
+                if let Err(e) = share.remove_container(&id) {
+                    tracing::warn!(cid = id, "removing the container's share: {e}");
+                }
                 Ok(())
             })
             .await;
@@ -910,15 +915,20 @@ fn delete_response(pid: u32, exit: Exit) -> DeleteResponse {
     }
 }
 
-/// Unmounts a container's directory in the share and removes it.
+/// Unmounts a container's binds and removes its directory from the
+/// sandbox's share; `share` is the container's `<sandbox>/shared/<cid>`
+/// (the view the guest sees): the work is done in `<sandbox>/rw` by
+/// [`SharedDir::remove_container`], which checks the id.
 fn remove_share(share: &Path) {
-    vm::unmount_all(share);
-    if mounts::mounts_under(share).is_empty() {
-        if let Err(e) = std::fs::remove_dir_all(share) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("removing {}: {e}", share.display());
-            }
-        }
+    let (Some(dir), Some(cid)) = (
+        share.parent().and_then(Path::parent),
+        share.file_name().and_then(|n| n.to_str()),
+    ) else {
+        tracing::warn!("not a container share: {}", share.display());
+        return;
+    };
+    if let Err(e) = SharedDir::open(dir).remove_container(cid) {
+        tracing::warn!(cid, "removing the container's share: {e}");
     }
 }
 

@@ -12,6 +12,7 @@ use nacre_runtime::agent::{
 };
 use nacre_runtime::container::mounts;
 use nacre_runtime::container::paths::SHARED_TAG;
+use nacre_runtime::container::share::SharedDir;
 use nacre_runtime::image::locate_vmm;
 use nacre_runtime::network::{self, PodNetwork};
 use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
@@ -44,8 +45,9 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates the sandbox directory `dir` and its private shared
-    /// directory, attaches the pod network (when `pod` names a network
+    /// Creates the sandbox directory `dir` (0700) and its shared directory
+    /// (`rw` and the read-only `shared` view the VMM serves, see
+    /// [`SharedDir`]), attaches the pod network (when `pod` names a network
     /// namespace), boots the VM, waits for its agent and has it configure
     /// the network. Blocking. On failure nothing is left behind.
     pub fn boot(
@@ -70,17 +72,19 @@ impl Vm {
             }
             None => None,
         };
-        let shared = dir.join("shared");
-        if let Err(e) = mounts::make_private_dir(&shared) {
-            if let Some(n) = net {
-                podnet::teardown(n);
+        let shared = match SharedDir::create(dir) {
+            Ok(share) => share.shared(),
+            Err(e) => {
+                if let Some(n) = net {
+                    podnet::teardown(n);
+                }
+                remove_dir(dir);
+                return Err(ShimError::Internal(format!(
+                    "preparing the shared directory in {}: {e}",
+                    dir.display()
+                )));
             }
-            remove_dir(dir);
-            return Err(ShimError::Internal(format!(
-                "preparing {}: {e}",
-                shared.display()
-            )));
-        }
+        };
         let spec = VmSpec {
             vcpus: shape.vcpus,
             memory_mib: shape.memory_mib,
@@ -191,9 +195,9 @@ impl Vm {
         self.pid
     }
 
-    /// The shared directory (virtio-fs share) on the host.
-    pub fn shared(&self) -> PathBuf {
-        self.dir.join("shared")
+    /// The sandbox's shared directory (virtio-fs share) on the host.
+    pub fn share(&self) -> SharedDir {
+        SharedDir::open(&self.dir)
     }
 
     /// The status tasks get when the VM went away under them: 128 + the
@@ -281,9 +285,13 @@ fn template_store(config: &Config) -> Option<TemplateStore> {
     TemplateStore::from_env()
 }
 
-/// Unmounts everything under the sandbox directory `dir` and removes it.
+/// Tears the sandbox directory `dir`'s share down (unmounting only inside
+/// `rw`, see [`SharedDir::teardown`]) and removes `dir` once no mount
+/// remains under it.
 pub fn remove_dir(dir: &Path) {
-    unmount_all(dir);
+    if let Err(e) = SharedDir::open(dir).teardown() {
+        tracing::warn!("tearing the share of {} down: {e}", dir.display());
+    }
     let left = mounts::mounts_under(dir);
     if !left.is_empty() {
         tracing::warn!(
@@ -300,7 +308,9 @@ pub fn remove_dir(dir: &Path) {
     }
 }
 
-/// Lazily unmounts every mount at or under `dir`, deepest first.
+/// Lazily unmounts every mount at or under `dir`, deepest first, never
+/// through a symlink in the last component. Not for the share (see
+/// [`SharedDir`]): for containerd's bundle rootfs.
 pub fn unmount_all(dir: &Path) {
     for _ in 0..8 {
         let mut left = mounts::mounts_under(dir);
@@ -311,7 +321,7 @@ pub fn unmount_all(dir: &Path) {
         for m in left {
             if let Ok(c) = std::ffi::CString::new(m) {
                 // SAFETY: a NUL-terminated path that outlives the call.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
             }
         }
     }

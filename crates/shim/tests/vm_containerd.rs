@@ -697,3 +697,118 @@ fn vm_death_ends_the_task_and_frees_everything() {
     ctd.ctr_ok(&["containers", "rm", id]);
     assert_sandbox_gone(&ctd, id);
 }
+
+/// Issue 12 (6): the shim killed with SIGKILL while it makes a VM
+/// template (a fresh template store) and while it cold boots (templates
+/// off in its configuration): the VMM dies with it (--owner-fd), and once
+/// containerd has cleaned up (`shim delete`) nothing of the sandbox is
+/// left: no VMM, directory, socket, mount or template work directory.
+#[test]
+fn shim_killed_while_making_a_template_or_booting_leaves_nothing() {
+    let _serial = serial();
+    if !common::require_root("shim-killed") {
+        return;
+    }
+    let Some(prereqs) = nacre_runtime::testing::vm_prereqs("shim-killed") else {
+        return;
+    };
+    let store = std::env::temp_dir().join(format!("nacre-shim-killed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store);
+    let env = vec![
+        (
+            "NACRE_KERNEL".to_string(),
+            prereqs.image.kernel.display().to_string(),
+        ),
+        (
+            "NACRE_INITRD".to_string(),
+            prereqs.image.initrd.display().to_string(),
+        ),
+        ("NACRE_VMM".to_string(), prereqs.vmm.display().to_string()),
+        ("NACRE_TEMPLATES".to_string(), "1".to_string()),
+        (
+            "NACRE_TEMPLATE_DIR".to_string(),
+            store.display().to_string(),
+        ),
+    ];
+    let ctd = Containerd::start("shim-killed", env);
+    let image_dir = ctd.dir.join("image");
+    std::fs::create_dir_all(&image_dir).unwrap();
+    ctd.import(&common::image::build(&image_dir), IMAGE_BASE);
+    let cold = ctd.dir.join("cold.toml");
+    std::fs::write(&cold, "[vm]\ntemplates = false\n").unwrap();
+    let cold = cold.display().to_string();
+    let cases: [(&str, &str, Vec<&str>); 2] = [
+        ("making a template", "killed-t", vec![]),
+        (
+            "a cold boot",
+            "killed-c",
+            vec!["--runtime-config-path", &cold],
+        ),
+    ];
+    for (what, id, extra) in cases {
+        let sandbox = nacre_shim::layout::sandbox_dir(common::NS, id);
+        let needle = if extra.is_empty() {
+            store.display().to_string()
+        } else {
+            sandbox.display().to_string()
+        };
+        let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+        args.extend(&extra);
+        args.extend([IMAGE, id, "sleep", "1000"]);
+        let mut run = Command::new("ctr")
+            .arg("-a")
+            .arg(ctd.socket())
+            .args(["-n", common::NS])
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let vmms = || -> Vec<u32> {
+            common::pids_with(&needle)
+                .into_iter()
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "nacre-vmm")
+                })
+                .collect()
+        };
+        ctd.wait_until(&format!("{what}: a VMM"), Duration::from_secs(120), || {
+            !vmms().is_empty()
+        });
+        let shims: Vec<u32> = common::pids_with(&format!("-id {id}"))
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim().starts_with("containerd-shim"))
+            })
+            .collect();
+        assert_eq!(shims.len(), 1, "{what}: shims {shims:?}");
+        // SAFETY: kill(2) of the shim this test started through containerd.
+        unsafe { libc::kill(i32::try_from(shims[0]).unwrap(), libc::SIGKILL) };
+        ctd.wait_until(
+            &format!("{what}: the VMM to die with its shim"),
+            Duration::from_secs(10),
+            || vmms().is_empty(),
+        );
+        let status = run.wait().unwrap();
+        assert!(!status.success(), "{what}: ctr run succeeded");
+        let _ = ctd.ctr(&["task", "delete", "-f", id]);
+        let _ = ctd.ctr(&["containers", "rm", id]);
+        assert_sandbox_gone(&ctd, id);
+    }
+    let left: Vec<_> = std::fs::read_dir(&store)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    // The next template user prunes work directories whose owner died.
+    nacre_runtime::template::TemplateStore::new(store.clone()).prune();
+    let after: Vec<_> = std::fs::read_dir(&store)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        after.iter().all(|n| !n.to_string_lossy().starts_with('.')),
+        "template work left after prune: {after:?} (before: {left:?})"
+    );
+    let _ = std::fs::remove_dir_all(&store);
+}

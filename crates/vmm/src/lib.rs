@@ -27,6 +27,7 @@ pub mod restore;
 pub mod seccomp;
 pub mod signals;
 pub mod snapshot;
+pub mod unix_socket;
 pub mod vcpu;
 pub mod vm;
 mod vmm;

@@ -2,7 +2,7 @@
 //! runc-compatible CLI runs them.
 //!
 //! `create` checks the bundle, makes `<root>/<id>/` and its shared
-//! directory (the rootfs and bind sources bind-mounted in, see [`mounts`]),
+//! directory (the rootfs and bind sources bind-mounted in, see [`share`]),
 //! then starts a detached monitor ([`monitor`]) that boots the VM, has the
 //! agent create the container and stays as the container's host process.
 //! The other operations ([`ops`]) read `state.json` under a lock and talk
@@ -20,6 +20,7 @@ pub mod ops;
 pub mod paths;
 pub mod process;
 pub mod relay;
+pub mod share;
 pub mod signal;
 pub mod spec;
 pub mod state;

@@ -24,9 +24,9 @@ use crate::vm::VmSpec;
 use super::console::{open_pty, send_console};
 use super::launch::Reporter;
 use super::lock::DirLock;
-use super::mounts::teardown_shared;
 use super::paths::{ContainerPaths, SHARED_TAG};
 use super::relay::{start_relay, HostIo};
+use super::share::SharedDir;
 use super::spec::Bundle;
 use super::state::{rfc3339, write_atomic, State, Status};
 use super::ContainerError;
@@ -271,7 +271,9 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     } else {
         drop(sandbox);
     }
-    teardown_shared(&opts.paths);
+    if let Err(e) = SharedDir::open(&opts.paths.dir()).teardown() {
+        tracing::warn!("removing the shared directory of {id}: {e}");
+    }
     status
 }
 

@@ -13,9 +13,10 @@ use crate::agent::{AgentClient, AgentClientError, ContainerStats, INIT_EXEC_ID};
 use super::launch::launch_detached;
 use super::lock::DirLock;
 use super::monitor::connect_agent;
-use super::mounts::{setup_shared, teardown_shared};
+use super::mounts::{create_private_dir, ensure_private_dir};
 use super::paths::ContainerPaths;
 use super::process::{kill_if_runs, kill_vmm, pid_alive, send_signal, wait_dead};
+use super::share::SharedDir;
 use super::spec::Bundle;
 use super::state::{State, Status};
 use super::ContainerError;
@@ -42,8 +43,8 @@ pub fn create(
         return Err(ContainerError::Exists(paths.id().into()));
     }
     let bundle = Bundle::load(bundle_dir)?;
-    fs::create_dir_all(paths.root()).map_err(ContainerError::io("creating", paths.root()))?;
-    if let Err(e) = fs::create_dir(&dir) {
+    ensure_private_dir(paths.root()).map_err(ContainerError::io("creating", paths.root()))?;
+    if let Err(e) = create_private_dir(&dir) {
         return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
             ContainerError::Exists(paths.id().into())
         } else {
@@ -63,7 +64,7 @@ pub fn create(
     }
     let result = (|| {
         let _lock = DirLock::acquire(&dir, paths.id())?;
-        setup_shared(paths, &bundle)?;
+        SharedDir::create(&dir)?.bind_container(&bundle, paths.id())?;
         launch_detached(monitor)
     })();
     if result.is_err() {
@@ -230,13 +231,7 @@ pub fn destroy(paths: &ContainerPaths) -> Result<(), ContainerError> {
     }
     let pids: Vec<u32> = state.map(|s| s.vmm_pid).into_iter().collect();
     kill_vmm(&paths.vm_dir(), &pids);
-    if !teardown_shared(paths) {
-        return Err(ContainerError::Io {
-            what: "unmounting",
-            path: paths.shared_dir(),
-            source: std::io::Error::from(std::io::ErrorKind::ResourceBusy),
-        });
-    }
+    SharedDir::open(&paths.dir()).teardown()?;
     let vm_dir = paths.vm_dir();
     if !vm_dir.starts_with(paths.dir()) {
         if let Err(e) = fs::remove_dir_all(&vm_dir) {

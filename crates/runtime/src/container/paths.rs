@@ -4,10 +4,14 @@
 //! <root>/<id>/state.json     the container's state (see `state`)
 //! <root>/<id>/vm/            the VMM's run directory (sockets, logs,
 //!                            vmm.pid written as soon as it runs)
-//! <root>/<id>/shared/        served to the guest over virtio-fs as `nacre`
+//! <root>/<id>/rw/            host only: where the binds are made
 //!     <id>/rootfs            bind mount of the bundle's rootfs
 //!     <id>/mounts/<n>        bind mount of the spec's n-th mount
+//! <root>/<id>/shared/        read-only view of rw (see `share`), served
+//!                            to the guest over virtio-fs as `nacre`
 //! ```
+//!
+//! `<root>`, `<root>/<id>` and everything nacre makes in it are 0700.
 
 use std::path::{Path, PathBuf};
 

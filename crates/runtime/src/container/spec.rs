@@ -46,6 +46,9 @@ pub struct BindMount {
     pub source: PathBuf,
     /// `ro` among its options.
     pub readonly: bool,
+    /// `rro` among its options: every submount read-only too (`ro`
+    /// alone, as with runc, makes only the top mount read-only).
+    pub recursive_readonly: bool,
     /// A tmpfs the guest makes instead of sharing the source
     /// ([`volumes`]).
     pub ephemeral: Option<Ephemeral>,
@@ -147,7 +150,8 @@ impl Bundle {
             binds.push(BindMount {
                 index,
                 source,
-                readonly: m.options.iter().any(|o| o == "ro"),
+                readonly: m.options.iter().any(|o| o == "ro" || o == "rro"),
+                recursive_readonly: m.options.iter().any(|o| o == "rro"),
                 ephemeral,
             });
         }
@@ -291,12 +295,14 @@ mod tests {
                     index: 1,
                     source: dir.join("data"),
                     readonly: true,
+                    recursive_readonly: false,
                     ephemeral: None,
                 },
                 BindMount {
                     index: 2,
                     source: "/etc/hostname".into(),
                     readonly: false,
+                    recursive_readonly: false,
                     ephemeral: None,
                 },
             ]

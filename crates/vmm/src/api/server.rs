@@ -77,10 +77,11 @@ impl ApiServer {
             }
             let _ = std::fs::remove_file(path);
         }
-        let listener = UnixListener::bind(path).map_err(|source| ApiServerError::Bind {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let listener =
+            crate::unix_socket::bind_private(path).map_err(|source| ApiServerError::Bind {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(Self {
             listener,
             path: path.to_path_buf(),

@@ -66,7 +66,7 @@ impl Vsock {
             Ok(_) => return Err(VsockError::NotASocket { path: uds_path }),
             Err(_) => {}
         }
-        let listener = UnixListener::bind(&uds_path)
+        let listener = crate::unix_socket::bind_private(&uds_path)
             .and_then(|l| {
                 l.set_nonblocking(true)?;
                 Ok(l)
