@@ -91,7 +91,7 @@ lint:
 test: deps guest lint
 	NACRE_REQUIRE_VM=1 NACRE_KERNEL=$(abspath $(KERNEL)) NACRE_INITRD=$(abspath $(INITRD)) \
 		NACRE_TEST_KERNEL=$(abspath $(KERNEL)) NACRE_REQUIRE_PODMAN=1 \
-		$(CARGO) test --workspace
+		$(CARGO) test --workspace --no-fail-fast
 
 bench: deps guest build
 	NACRE_KERNEL=$(abspath $(KERNEL)) NACRE_INITRD=$(abspath $(INITRD)) \

@@ -98,6 +98,30 @@ pub enum AgentClientError {
     },
 }
 
+/// The most of a guest-written message the host keeps (an agent error
+/// goes into logs, CLI output and containerd's errors).
+pub const GUEST_TEXT_MAX: usize = 4096;
+
+/// A message written by the guest, made safe to show on the host: control
+/// characters (terminal escape sequences included) replaced by `?`, at
+/// most [`GUEST_TEXT_MAX`] bytes kept, the cut said.
+#[must_use]
+pub fn guest_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(GUEST_TEXT_MAX + 32));
+    for (i, c) in text.char_indices() {
+        if out.len() + c.len_utf8() > GUEST_TEXT_MAX {
+            out.push_str(&format!("... ({} more bytes cut)", text.len() - i));
+            break;
+        }
+        out.push(if c.is_control() && c != '\n' && c != '\t' {
+            '?'
+        } else {
+            c
+        });
+    }
+    out
+}
+
 impl AgentClientError {
     /// Maps ttrpc's error for `rpc` (called with `timeout`).
     #[must_use]
@@ -105,7 +129,7 @@ impl AgentClientError {
         match err {
             ttrpc::Error::RpcStatus(status) => {
                 let code = status.code();
-                let message = status.message().to_owned();
+                let message = guest_text(status.message());
                 // Generated servers answer NOT_FOUND "... is not supported"
                 // for unimplemented methods; the sync ttrpc server answers
                 // INVALID_ARGUMENT "... does not exist" for unknown ones.
@@ -242,5 +266,19 @@ mod tests {
         };
         assert!(handshake(HandshakeError::Closed).is_retryable());
         assert!(!handshake(HandshakeError::BadReply("NO".into())).is_retryable());
+    }
+
+    #[test]
+    fn guest_text_is_bounded_and_escape_free() {
+        let evil = format!("\u{1b}[2J\u{1b}]0;owned\u{7}{}", "x".repeat(10 << 20));
+        let shown = guest_text(&evil);
+        assert!(shown.len() < GUEST_TEXT_MAX + 64, "{}", shown.len());
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert!(
+            shown.ends_with("more bytes cut)"),
+            "{}",
+            &shown[shown.len() - 40..]
+        );
+        assert_eq!(guest_text("plain: no such file\n"), "plain: no such file\n");
     }
 }

@@ -22,7 +22,7 @@ pub use container::{
     ContainerState, ContainerStats, ContainerStatus, ProcessExit, UnknownStatus, INIT_EXEC_ID,
 };
 pub use endpoint::{hybrid_vsock_handshake, Endpoint, HandshakeError};
-pub use error::AgentClientError;
+pub use error::{guest_text, AgentClientError, GUEST_TEXT_MAX};
 
 /// Whether the agent serves requests (`Health.Check`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
