@@ -139,9 +139,10 @@ fn lifecycle_states() {
     let state = engine.state("c1").unwrap();
     assert_eq!(state.status, Status::Stopped);
     assert_eq!(state.exit_status, Some(3));
+    // runc's "container not running", as NotFound (see Engine::signal).
     assert_eq!(
         kind(engine.signal("c1", "", 15, false)),
-        ErrorKind::FailedPrecondition
+        ErrorKind::NotFound
     );
     engine.remove("c1").unwrap();
     assert_eq!(kind(engine.state("c1")), ErrorKind::NotFound);
