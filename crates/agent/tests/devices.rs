@@ -15,7 +15,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nacre_agent::container::devices::{enforced_rules, DeviceFilter, DeviceType, Rule, ACC_ALL};
+use nacre_agent::container::devices::{
+    enforced_rules, DeviceFilter, DeviceType, Rule, ACC_ALL, ACC_WRITE,
+};
 use nacre_runtime::testing::vm_tests_required;
 
 /// The cgroup v2 hierarchy of this host.
@@ -193,24 +195,34 @@ fn the_device_program_confines_a_cgroup() {
         "open /dev/null rw, mknod 4:64, open it w, r, mknod 42:0, open it r"
     );
 
-    // UpdateContainer with a privileged rule set: the program is replaced.
+    // UpdateContainer with a privileged rule set that denies writing to
+    // major 42 (a deny block in the kernel's verifier): the program is
+    // replaced.
+    let deny_write = Rule {
+        allow: false,
+        ..Rule::allow(DeviceType::Char, Some(42), None, ACC_WRITE)
+    };
     filter
         .replace(
             &scratch.cgroup,
-            &[Rule::allow(DeviceType::All, None, None, ACC_ALL)],
+            &[
+                Rule::allow(DeviceType::All, None, None, ACC_ALL),
+                deny_write,
+            ],
         )
         .unwrap_or_else(|e| panic!("{e}"));
     let got = in_cgroup(
         &scratch.cgroup,
         &[
-            Op::Open(demo, libc::O_RDONLY),
+            Op::Open(demo.clone(), libc::O_RDONLY),
+            Op::Open(demo, libc::O_RDWR),
             Op::Open(c"/dev/null".into(), libc::O_RDWR),
         ],
     );
     assert_eq!(
         got,
-        [libc::ENXIO, 0],
-        "after the update: open 42:0 r (no driver), /dev/null rw"
+        [libc::ENXIO, libc::EPERM, 0],
+        "after the update: open 42:0 r (no driver), rw, /dev/null rw"
     );
     drop(filter);
 }

@@ -300,7 +300,9 @@ impl<L: Launcher> Engine<L> {
         let cgroups = cgroup_root.map(CgroupRoot::new).filter(|root| {
             let ok = root.available();
             if !ok {
-                tracing::warn!("no cgroup v2 hierarchy at {root:?}: containers get no cgroup");
+                tracing::warn!(
+                    "no cgroup v2 hierarchy at {root:?}: containers get no cgroup and no device control"
+                );
             }
             ok
         });
