@@ -472,6 +472,53 @@ fn pids_limit() {
 }
 
 #[test]
+fn device_rules_confine_and_update() {
+    let agent = Agent::start("devices");
+    let client = agent.client();
+    let mut spec = spec(&agent.rootfs("r"), &["sleep", "1000"]);
+    // containerd's default: deny everything (then runc's defaults).
+    spec["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    client.create_container("devices", &bytes(&spec)).unwrap();
+    client.start_container("devices").unwrap();
+    // A node of major 42 ("demo/sample use": no driver). Opening it is
+    // refused by the device program (EPERM) or, if let through, by the
+    // kernel finding no driver (ENXIO).
+    let try_open = |exec_id: &str| {
+        let script = "busybox mknod /dev/k c 42 0 2>/dev/null; (true </dev/k) 2>&1; \
+                      echo y >/dev/null && echo NULL";
+        let process = json!({"args": ["sh", "-c", script], "env": ["PATH=/bin"], "cwd": "/",
+                             "capabilities": caps()});
+        client
+            .exec_process("devices", exec_id, &bytes(&process))
+            .unwrap();
+        let out = read_all(&client, "devices", exec_id, false);
+        assert_eq!(client.wait_process("devices", exec_id).unwrap().status, 0);
+        out
+    };
+    let out = try_open("e1");
+    assert!(
+        out.contains("Operation not permitted") && out.ends_with("NULL\n"),
+        "{out:?}"
+    );
+    client
+        .update_container(
+            "devices",
+            br#"{"devices":[{"allow":true,"type":"c","major":42,"minor":0,"access":"r"}]}"#,
+        )
+        .unwrap();
+    let out = try_open("e2");
+    assert!(
+        out.contains("No such device or address") && out.ends_with("NULL\n"),
+        "{out:?}"
+    );
+    let err = client
+        .update_container("devices", br#"{"devices":[{"allow":true,"access":"rwx"}]}"#)
+        .unwrap_err();
+    assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
+    remove_and_check(&client, "devices", &spec);
+}
+
+#[test]
 fn pause_resume_stats_update() {
     let agent = Agent::start("pause");
     let client = agent.client();

@@ -198,6 +198,45 @@ fn containers_in_a_real_guest() {
         "{e}"
     );
 
+    // Device control (security review M5): with containerd's default
+    // device rules and capabilities (CAP_MKNOD), a serial port node can be
+    // made (runc's `c *:* m`) but not opened; /dev/null still works.
+    let mut dev_spec: Value = serde_json::from_slice(&spec(
+        &[
+            "sh",
+            "-c",
+            "busybox mknod /dev/s c 4 64; echo x > /dev/s && echo WROTE || echo REFUSED; \
+             echo y > /dev/null && echo NULL",
+        ],
+        &json!({"devices": [{"allow": false, "access": "rwm"}]}),
+    ))
+    .unwrap();
+    let caps = json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
+    ]);
+    dev_spec["process"]["capabilities"] =
+        json!({"bounding": caps, "effective": caps, "permitted": caps});
+    let (status, out, err) = run(agent, "devices", &serde_json::to_vec(&dev_spec).unwrap());
+    assert_eq!(
+        (status, out.as_str()),
+        (0, "REFUSED\nNULL\n"),
+        "stderr: {err}"
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
+
     agent
         .create_container(
             "stats",

@@ -11,7 +11,6 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
@@ -51,7 +50,16 @@ pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    let restrict = std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE));
+    // fchmodat, not chmod: the seccomp allow-list has the former (the
+    // virtio-fs passthrough needs it) and not the latter.
+    let c_path = CString::new(bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    let restrict = if unsafe { libc::fchmodat(libc::AT_FDCWD, c_path.as_ptr(), SOCKET_MODE, 0) } == 0
+    {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    };
     let listened = restrict.and_then(|()| {
         // SAFETY: a valid, bound socket.
         if unsafe { libc::listen(sock.as_raw_fd(), libc::SOMAXCONN) } == 0 {

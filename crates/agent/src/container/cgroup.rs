@@ -545,6 +545,7 @@ mod tests {
             }),
             pids: Some(Pids { limit: 4 }),
             unified: [("memory.high".to_owned(), "32M".to_owned())].into(),
+            ..Resources::default()
         };
         let files = resource_files(&r).unwrap();
         let get = |f: &str| files.iter().find(|s| s.file == f).map(|s| s.value.as_str());

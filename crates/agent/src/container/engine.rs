@@ -14,6 +14,7 @@ use std::time::Duration;
 use seccompiler::BpfProgram;
 
 use super::cgroup::{Cgroup, CgroupRoot, Stats};
+use super::devices::DeviceFilter;
 use super::error::{ContainerError, ErrorKind};
 use super::spec::{Process, Resources, Spec};
 use super::stdio::{Output, Stdin};
@@ -198,6 +199,8 @@ struct Container {
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     cgroup: Option<Cgroup>,
+    /// The device program attached to the cgroup.
+    devices: Mutex<Option<DeviceFilter>>,
     seccomp: Vec<BpfProgram>,
     has_pid_ns: bool,
     started: AtomicBool,
@@ -297,7 +300,9 @@ impl<L: Launcher> Engine<L> {
         let cgroups = cgroup_root.map(CgroupRoot::new).filter(|root| {
             let ok = root.available();
             if !ok {
-                tracing::warn!("no cgroup v2 hierarchy at {root:?}: containers get no cgroup");
+                tracing::warn!(
+                    "no cgroup v2 hierarchy at {root:?}: containers get no cgroup and no device control"
+                );
             }
             ok
         });
@@ -378,12 +383,20 @@ impl<L: Launcher> Engine<L> {
             Some(profile) => super::seccomp::compile(profile).map_err(invalid)?,
             None => Vec::new(),
         };
+        let mut devices = None;
         let cgroup = match &self.cgroups {
             Some(root) => {
                 let cg = root.create(id).map_err(|e| internal(e.to_string()))?;
                 if let Err(e) = cg.apply(&spec.resources()) {
                     let _ = cg.destroy();
                     return Err(cgroup_error(id, &e));
+                }
+                match attach_devices(id, &cg, spec) {
+                    Ok(d) => devices = Some(d),
+                    Err(e) => {
+                        let _ = cg.destroy();
+                        return Err(e);
+                    }
                 }
                 Some(cg)
             }
@@ -414,6 +427,7 @@ impl<L: Launcher> Engine<L> {
             init,
             execs: Mutex::new(HashMap::new()),
             cgroup,
+            devices: Mutex::new(devices),
             seccomp,
             has_pid_ns: spec.namespace("pid").is_some(),
             started: AtomicBool::new(false),
@@ -648,9 +662,21 @@ impl<L: Launcher> Engine<L> {
         let c = self.get(id)?;
         let resources = Resources::parse(resources_json)
             .map_err(|e| ContainerError::new(ErrorKind::InvalidArgument, id, e.to_string()))?;
-        c.cgroup()?
-            .apply(&resources)
-            .map_err(|e| cgroup_error(id, &e))
+        let cg = c.cgroup()?;
+        cg.apply(&resources).map_err(|e| cgroup_error(id, &e))?;
+        if resources.devices.is_empty() {
+            return Ok(());
+        }
+        let rules = resources
+            .device_rules()
+            .map_err(|e| ContainerError::new(ErrorKind::InvalidArgument, id, e.to_string()))?;
+        let mut devices = lock(&c.devices);
+        let filter = devices.as_mut().ok_or_else(|| {
+            ContainerError::new(ErrorKind::Internal, id, "no device program to replace")
+        })?;
+        filter
+            .replace(cg.path(), &rules)
+            .map_err(|e| ContainerError::new(ErrorKind::Internal, id, e.to_string()))
     }
 
     /// `StatsContainer`.
@@ -713,6 +739,22 @@ impl<L: Launcher> Engine<L> {
         tracing::info!("container {id}: removed in {:?}", began.elapsed());
         Ok(())
     }
+}
+
+/// Attaches the device program of `spec` to the container's cgroup.
+fn attach_devices(id: &str, cg: &Cgroup, spec: &Spec) -> Result<DeviceFilter, ContainerError> {
+    let invalid = |e: super::spec::SpecError| {
+        ContainerError::new(ErrorKind::InvalidArgument, id, e.to_string())
+    };
+    let rules = spec.resources().device_rules().map_err(invalid)?;
+    let nodes = spec.device_node_rules().map_err(invalid)?;
+    let filter = DeviceFilter::attach(cg.path(), &rules, nodes)
+        .map_err(|e| ContainerError::new(ErrorKind::Internal, id, e.to_string()))?;
+    tracing::debug!(
+        "container {id}: device program of {} instructions",
+        filter.len()
+    );
+    Ok(filter)
 }
 
 /// A cgroup error as a container error: a bad or unsupported setting is

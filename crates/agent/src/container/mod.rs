@@ -6,15 +6,18 @@
 //! - [`launch`]: the real launcher (fork, namespaces, execve), with
 //!   [`child`] running in the forked child and [`ffi`] the system calls;
 //! - [`cgroup`], [`mounts`], [`caps`], [`stdio`]: the pieces;
+//! - [`devices`]: device control, a cgroup BPF program per container;
 //! - [`ephemeral`]: the pod's tmpfs volumes (memory emptyDirs, /dev/shm).
 //!
-//! Not implemented: user namespaces (refused), `linux.devices` (the
-//! standard nodes are bind-mounted from the guest's /dev), the device
-//! cgroup, AppArmor/SELinux, hooks, SCMP_ACT_NOTIFY in seccomp profiles.
+//! Not implemented: user namespaces (refused), creating the nodes of
+//! `linux.devices` (only their device rules are honoured; the standard
+//! nodes are bind-mounted from the guest's /dev), AppArmor/SELinux,
+//! hooks, SCMP_ACT_NOTIFY in seccomp profiles.
 
 pub mod caps;
 pub mod cgroup;
 pub mod child;
+pub mod devices;
 pub mod engine;
 pub mod ephemeral;
 pub mod error;

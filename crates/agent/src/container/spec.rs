@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::devices::{DeviceType, Rule, ACC_MKNOD, ACC_READ, ACC_WRITE};
+
 /// config.json.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -172,6 +174,27 @@ pub struct Linux {
     /// User namespace id mappings (user namespaces are not supported).
     #[serde(default)]
     pub uid_mappings: Vec<serde_json::Value>,
+    /// Device nodes for the container: only their device rules are
+    /// honoured (see [`Spec::device_node_rules`]).
+    #[serde(default)]
+    pub devices: Vec<LinuxDevice>,
+}
+
+/// `linux.devices[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LinuxDevice {
+    /// The path in the container.
+    #[serde(default)]
+    pub path: String,
+    /// `c`, `b`, `u` (unbuffered character) or `p` (FIFO).
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// The major number.
+    #[serde(default)]
+    pub major: i64,
+    /// The minor number.
+    #[serde(default)]
+    pub minor: i64,
 }
 
 /// `linux.namespaces[]`.
@@ -197,6 +220,60 @@ pub struct Resources {
     /// cgroup v2 files written as given (`"memory.high": "1G"`).
     #[serde(default)]
     pub unified: BTreeMap<String, String>,
+    /// Device rules, in order (see [`Resources::device_rules`]).
+    #[serde(default)]
+    pub devices: Vec<DeviceCgroup>,
+}
+
+/// `linux.resources.devices[]`: one device cgroup rule as written.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct DeviceCgroup {
+    /// Allow (true) or deny; required.
+    pub allow: Option<bool>,
+    /// `a` (every device, the default), `c` or `b`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// The major number; absent or -1 for any.
+    pub major: Option<i64>,
+    /// The minor number; absent or -1 for any.
+    pub minor: Option<i64>,
+    /// Some of `r`, `w`, `m`; absent for none.
+    pub access: Option<String>,
+}
+
+impl DeviceCgroup {
+    /// The validated rule, or why not.
+    fn rule(&self) -> Result<Rule, String> {
+        let allow = self.allow.ok_or("\"allow\" is missing")?;
+        let kind = match self.kind.as_deref().unwrap_or("a") {
+            "a" => DeviceType::All,
+            "c" => DeviceType::Char,
+            "b" => DeviceType::Block,
+            other => return Err(format!("type {other:?} is not a, c or b")),
+        };
+        let number = |what: &str, v: Option<i64>| match v {
+            None | Some(-1) => Ok(None),
+            Some(n) => u32::try_from(n)
+                .map(Some)
+                .map_err(|_| format!("{what} {n} is not a device number or -1")),
+        };
+        let mut access = 0;
+        for c in self.access.as_deref().unwrap_or_default().chars() {
+            access |= match c {
+                'r' => ACC_READ,
+                'w' => ACC_WRITE,
+                'm' => ACC_MKNOD,
+                _ => return Err(format!("access {:?}: {c:?} is not r, w or m", self.access)),
+            };
+        }
+        Ok(Rule {
+            allow,
+            kind,
+            major: number("major", self.major)?,
+            minor: number("minor", self.minor)?,
+            access,
+        })
+    }
 }
 
 /// `linux.resources.memory`.
@@ -309,7 +386,42 @@ impl Spec {
                 }
             }
         }
+        self.resources().device_rules()?;
+        self.device_node_rules()?;
         Ok(())
+    }
+
+    /// An allow-`rwm` rule for each `linux.devices` node (none for a
+    /// FIFO), as runc adds them.
+    pub fn device_node_rules(&self) -> Result<Vec<Rule>, SpecError> {
+        let mut rules = Vec::new();
+        let devices = self
+            .linux
+            .as_ref()
+            .map(|l| &l.devices[..])
+            .unwrap_or_default();
+        for (i, d) in devices.iter().enumerate() {
+            let invalid = |why: String| SpecError::Invalid {
+                field: "linux.devices",
+                message: format!("device {i} ({:?}): {why}", d.path),
+            };
+            let kind = match d.kind.as_str() {
+                "c" | "u" => DeviceType::Char,
+                "b" => DeviceType::Block,
+                "p" => continue,
+                other => return Err(invalid(format!("type {other:?} is not c, b, u or p"))),
+            };
+            let number = |what: &str, n: i64| {
+                u32::try_from(n).map_err(|_| invalid(format!("{what} {n} is not a device number")))
+            };
+            rules.push(Rule::allow(
+                kind,
+                Some(number("major", d.major)?),
+                Some(number("minor", d.minor)?),
+                super::devices::ACC_ALL,
+            ));
+        }
+        Ok(rules)
     }
 
     /// The init process (present after [`Spec::parse`]).
@@ -388,7 +500,23 @@ impl Process {
 impl Resources {
     /// Parses an `UpdateContainer` body.
     pub fn parse(bytes: &[u8]) -> Result<Resources, SpecError> {
-        json("resources", bytes)
+        let resources: Resources = json("resources", bytes)?;
+        resources.device_rules()?;
+        Ok(resources)
+    }
+
+    /// `devices`, validated, in order.
+    pub fn device_rules(&self) -> Result<Vec<Rule>, SpecError> {
+        self.devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                d.rule().map_err(|why| SpecError::Invalid {
+                    field: "linux.resources.devices",
+                    message: format!("rule {i}: {why}"),
+                })
+            })
+            .collect()
     }
 }
 
@@ -446,5 +574,68 @@ mod tests {
         assert_eq!(r.pids, Some(Pids { limit: 4 }));
         assert_eq!(r.memory.unwrap().limit, Some(1_048_576));
         assert_eq!(r.cpu.unwrap().quota, Some(50_000));
+    }
+
+    #[test]
+    fn parses_device_rules() {
+        use crate::container::devices::{DeviceType, Rule, ACC_ALL, ACC_MKNOD, ACC_READ};
+        let r = Resources::parse(
+            br#"{"devices":[{"allow":false,"access":"rwm"},
+                {"allow":true,"type":"c","major":1,"minor":-1,"access":"rm"},
+                {"allow":true,"type":"b","major":8,"minor":0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.device_rules().unwrap(),
+            vec![
+                Rule {
+                    allow: false,
+                    ..Rule::allow(DeviceType::All, None, None, ACC_ALL)
+                },
+                Rule::allow(DeviceType::Char, Some(1), None, ACC_READ | ACC_MKNOD),
+                Rule::allow(DeviceType::Block, Some(8), Some(0), 0),
+            ]
+        );
+        let spec = Spec::parse(
+            br#"{"root":{"path":"/r"},"process":{"args":["sh"]},"linux":{"devices":[
+                {"path":"/dev/fuse","type":"c","major":10,"minor":229},
+                {"path":"/dev/p","type":"p"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.device_node_rules().unwrap(),
+            vec![Rule::allow(DeviceType::Char, Some(10), Some(229), ACC_ALL)]
+        );
+    }
+
+    #[test]
+    fn names_a_bad_device_rule() {
+        let bad = |rule: &str| {
+            let body = format!(r#"{{"devices":[{{"allow":true}},{rule}]}}"#);
+            let e = Resources::parse(body.as_bytes()).unwrap_err().to_string();
+            assert!(e.starts_with("linux.resources.devices: rule 1: "), "{e}");
+            e
+        };
+        assert!(bad(r#"{"allow":true,"access":"rwx"}"#).contains("'x' is not r, w or m"));
+        assert!(bad(r#"{"allow":true,"type":"u"}"#).contains("type \"u\""));
+        assert!(bad(r#"{"allow":true,"major":-2}"#).contains("major -2"));
+        assert!(bad(r#"{"allow":true,"minor":4294967296}"#).contains("minor 4294967296"));
+        assert!(bad(r#"{"access":"r"}"#).contains("\"allow\" is missing"));
+        let e = Spec::parse(
+            br#"{"root":{"path":"/r"},"process":{"args":["sh"]},
+                "linux":{"resources":{"devices":[{"allow":true,"type":"x"}]}}}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("rule 0: type \"x\""), "{e}");
+        let e = Spec::parse(
+            br#"{"root":{"path":"/r"},"process":{"args":["sh"]},
+                "linux":{"devices":[{"path":"/dev/x","type":"c","major":-1,"minor":0}]}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(r#"linux.devices: device 0 ("/dev/x"): major -1"#),
+            "{e}"
+        );
     }
 }
