@@ -368,20 +368,6 @@ fn vm_lifecycle_exec_readonly_mount_pids_limit() {
         "y\n"
     );
 
-    // The pids limit (4) holds in the guest: init, sh and two sleeps fit.
-    let o = vm.run(&[
-        "exec",
-        id,
-        "sh",
-        "-c",
-        "for i in 1 2 3 4 5 6; do sleep 1000 & done; echo spawned",
-    ]);
-    let text = format!("{}{}", stdout(&o), stderr(&o));
-    assert!(
-        text.contains("fork") || text.contains("Resource temporarily unavailable"),
-        "6 processes started under a pids limit of 4: {text}"
-    );
-
     // update: a CPU quota reaches the container's guest cgroup (the
     // guest kernel has CFS bandwidth control).
     vm.ok(&[
@@ -400,6 +386,20 @@ fn vm_lifecycle_exec_readonly_mount_pids_limit() {
         "p=$(cat /proc/self/cgroup); cat /sys/fs/cgroup${p#0::}/cpu.max",
     ]);
     assert_eq!(cpu_max, "20000 100000\n");
+
+    // The pids limit (4) holds in the guest: init, sh and two sleeps fit.
+    let o = vm.run(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6; do sleep 1000 & done; echo spawned",
+    ]);
+    let text = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        text.contains("fork") || text.contains("Resource temporarily unavailable"),
+        "6 processes started under a pids limit of 4: {text}"
+    );
 
     let ps: Value = serde_json::from_str(&vm.ok(&["ps", "-f", "json", id])).unwrap();
     assert!(ps.as_array().is_some_and(|a| !a.is_empty()), "{ps}");
@@ -553,7 +553,10 @@ fn vm_monitor_killed_while_making_a_template_or_booting_leaves_nothing() {
         return;
     };
     let b = busybox_bundle(vm.scratch.path(), &config(&["true"], ""));
-    let templates = vm.scratch.path().join("templates");
+    // Short: the template's VMM sockets live below it (a Unix socket
+    // path has at most 107 bytes).
+    let templates = std::env::temp_dir().join(format!("ntk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&templates);
     let root = vm.root.to_string_lossy().into_owned();
     let store = templates.to_string_lossy().into_owned();
     // (which VMM to wait for, environment)
@@ -598,6 +601,7 @@ fn vm_monitor_killed_while_making_a_template_or_booting_leaves_nothing() {
             "{what}: template work directory left: {work:?}"
         );
     }
+    let _ = std::fs::remove_dir_all(&templates);
 }
 
 #[test]
