@@ -30,6 +30,7 @@ mod tap;
 pub mod tc;
 
 pub use guest::{GuestInterface, GuestNeighbour, GuestNetwork, GuestRoute, IpNet};
+pub use macvtap::{DevNum, MacvtapDeviceError};
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -86,6 +87,14 @@ pub enum NetworkError {
         interface: String,
         #[source]
         source: NetlinkError,
+    },
+    #[error("opening the device of macvtap {name} (index {index}) in {netns}: {source}")]
+    MacvtapDevice {
+        netns: PathBuf,
+        name: String,
+        index: u32,
+        #[source]
+        source: Box<MacvtapDeviceError>,
     },
     #[error("tearing down the network of {netns}: {}", errors.join("; "))]
     Teardown { netns: PathBuf, errors: Vec<String> },
@@ -212,6 +221,23 @@ pub fn attach(netns: &Path) -> Result<PodNetwork, NetworkError> {
 
 /// [`attach`] with the given model.
 pub fn attach_with(netns: &Path, model: NetworkModel) -> Result<PodNetwork, NetworkError> {
+    attach_inner(netns, model, None)
+}
+
+/// For tests only: [`attach_with`] the macvtap model, giving the macvtap
+/// interface index `index` instead of a random one (a pod with one
+/// interface; fails if the index is taken in the namespace). Lets a test
+/// make two namespaces' macvtaps share an index on purpose.
+#[doc(hidden)]
+pub fn attach_macvtap_at(netns: &Path, index: u32) -> Result<PodNetwork, NetworkError> {
+    attach_inner(netns, NetworkModel::Macvtap, Some(index))
+}
+
+fn attach_inner(
+    netns: &Path,
+    model: NetworkModel,
+    macvtap_index: Option<u32>,
+) -> Result<PodNetwork, NetworkError> {
     let info = inspect(netns)?;
     if info.interfaces.is_empty() {
         return Err(NetworkError::NoInterface(netns.to_path_buf()));
@@ -255,7 +281,7 @@ pub fn attach_with(netns: &Path, model: NetworkModel) -> Result<PodNetwork, Netw
             if let Some(ep) = endpoints.last_mut() {
                 let connected = match model {
                     NetworkModel::TcFilter => connect(&path, ep),
-                    NetworkModel::Macvtap => macvtap::connect(&path, ep),
+                    NetworkModel::Macvtap => macvtap::connect(&path, ep, macvtap_index),
                 };
                 if let Err(e) = connected {
                     return (endpoints, Err(e));
