@@ -33,7 +33,7 @@ pub use guest::{GuestInterface, GuestNeighbour, GuestNetwork, GuestRoute, IpNet}
 pub use macvtap::{DevNum, MacvtapDeviceError};
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nacre_netlink::{Address, Handle, Link, NetlinkError, Route, RouteScope};
@@ -147,6 +147,18 @@ pub struct Endpoint {
     /// Which redirects are in place (teardown removes only these).
     from_interface: bool,
     from_tap: bool,
+}
+
+impl Endpoint {
+    /// The tap (or macvtap) descriptor the VMM gets, while open.
+    pub fn device(&self) -> Option<BorrowedFd<'_>> {
+        self.tap.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// The interface index of the macvtap made for this endpoint, if any.
+    pub fn macvtap_index(&self) -> Option<u32> {
+        self.macvtap
+    }
 }
 
 /// What was read in the namespace, before any change.
