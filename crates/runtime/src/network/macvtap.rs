@@ -386,6 +386,41 @@ mod tests {
         assert_eq!(d.to_string(), "511:1048577");
     }
 
+    /// Root: the failure paths name what failed and leave no mount in
+    /// the caller's namespace (reads only, in the test's own namespace).
+    #[test]
+    fn missing_or_wrong_interface_is_named() {
+        if !crate::testing::root_prereqs("missing_or_wrong_interface_is_named") {
+            return;
+        }
+        let here = Path::new("/proc/self/ns/net");
+        let err = open_device(here, "nacre-none0", 1_048_600).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("reading /sys/sysfs/class/net/nacre-none0/ifindex"),
+            "{err}"
+        );
+        let err = open_device(here, "lo", 1_048_600).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                MacvtapDeviceError::WrongIndex {
+                    expected: 1_048_600,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = open_device(Path::new("/nonexistent/netns"), "lo", 1).unwrap_err();
+        assert!(matches!(err, MacvtapDeviceError::Netns(_)), "{err}");
+        let after = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        // (Other tests may mount in parallel: look for ours only.)
+        assert!(
+            !after.contains("nacre-macvtap") && !after.contains(" /sys/sysfs "),
+            "{after}"
+        );
+    }
+
     #[test]
     fn a_file_is_not_the_device() {
         let file = File::open("/proc/self/status").unwrap();

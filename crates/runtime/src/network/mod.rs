@@ -16,7 +16,8 @@
 //! With [`NetworkModel::Macvtap`] (an option, as in Kata) each interface
 //! gets a passthru macvtap instead of tap + tc ([`macvtap`]): it takes the
 //! interface's MAC and all its traffic, and the VMM gets its character
-//! device.
+//! device, opened by the device number the pod's namespace gives it
+//! (never by the host-wide name `/dev/tap<ifindex>`).
 //!
 //! [`PodNetwork::teardown`] (or drop) removes the tc rules (or deletes the
 //! macvtaps) and closes the taps; a tap goes away once the VMM's copy is closed too (the VMM
