@@ -50,9 +50,10 @@ pub(crate) fn macvtap_msg(name: &str, lower: u32, index: u32, mtu: u32) -> Vec<u
 
 impl Handle {
     /// Creates macvtap `name` in passthru mode on link `lower`, with
-    /// interface index `index` (its character device is `/dev/tap<index>`,
-    /// a name shared by all network namespaces: callers pick an index
-    /// unlikely to be taken and retry on EEXIST) and MTU `mtu`.
+    /// interface index `index` (devtmpfs names its character device
+    /// `/dev/tap<index>`, a name shared by all network namespaces that may
+    /// already lead to another namespace's macvtap: open it by the device
+    /// number in the namespace's sysfs) and MTU `mtu`.
     pub fn add_macvtap(
         &mut self,
         name: &str,

@@ -7,8 +7,11 @@
 
 mod common;
 
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+
 use common::{sh, sh_ok, PodNetns};
-use nacre_runtime::network::{self, NetworkError};
+use nacre_runtime::network::{self, DevNum, Endpoint, NetworkError};
 use nacre_runtime::testing::root_prereqs;
 
 #[test]
@@ -169,7 +172,17 @@ fn macvtap_model_attaches_and_leaves_nothing() {
         .trim()
         .parse()
         .unwrap();
+    assert_eq!(ep.macvtap_index(), Some(index));
     assert!(std::path::Path::new(&format!("/dev/tap{index}")).exists());
+    // The descriptor is the macvtap's device as the namespace's sysfs
+    // names it, and opening it left no mount in the host's namespace.
+    let sysfs_dev = sysfs_dev(&ns, &name, index);
+    assert_eq!(fd_dev(ep), sysfs_dev);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains("nacre-macvtap") && !mounts.contains(" /sys/sysfs "),
+        "{mounts}"
+    );
     let nets = pod.vm_nets();
     assert_eq!(nets.len(), 1);
     assert_eq!(nets[0].mac, ns.mac);
@@ -187,6 +200,101 @@ fn macvtap_model_attaches_and_leaves_nothing() {
     });
     assert!(gone, "/dev/tap{index} is still there");
     assert!(sh("ip netns list").contains(&ns.name));
+}
+
+/// The device number of macvtap `name` (index `index`) as the sysfs of
+/// `ns` shows it (`ip netns exec` mounts the namespace's own sysfs).
+fn sysfs_dev(ns: &PodNetns, name: &str, index: u32) -> DevNum {
+    let text = ns.exec(&format!("cat /sys/class/net/{name}/macvtap/tap{index}/dev"));
+    DevNum::parse(&text).unwrap()
+}
+
+/// The device number of the endpoint's descriptor (`stat` follows the
+/// `/proc/self/fd` link to the open file itself).
+fn fd_dev(ep: &Endpoint) -> DevNum {
+    use std::os::fd::AsRawFd;
+    let fd = ep.device().unwrap().as_raw_fd();
+    DevNum::from_dev_t(
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .rdev(),
+    )
+}
+
+fn tx_packets(ns: &PodNetns) -> u64 {
+    ns.exec("cat /sys/class/net/eth0/statistics/tx_packets")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Security review M4: namespace A's live macvtap has index N, so the
+/// host-wide `/dev/tapN` is A's. Pod B's macvtap gets the same index N on
+/// purpose; the runtime must still open B's device, not `/dev/tapN`: the
+/// descriptor's device number differs from `/dev/tapN`'s and is the one
+/// B's sysfs gives, and frames written to it leave on B's eth0, not A's.
+#[test]
+fn macvtap_index_taken_by_another_namespace_opens_its_own_device() {
+    if !root_prereqs("macvtap_index_taken_by_another_namespace_opens_its_own_device") {
+        return;
+    }
+    let a = PodNetns::create("mva", 6);
+    let b = PodNetns::create("mvb", 7);
+    let index = (1 << 20) + 500_000 + std::process::id() % 100_000;
+    a.exec(&format!(
+        "ip link add link eth0 name mvta index {index} type macvtap mode passthru"
+    ));
+    a.exec("ip link set mvta up");
+    let node = format!("/dev/tap{index}");
+    let a_dev = DevNum::from_dev_t(std::fs::metadata(&node).unwrap().rdev());
+    assert_eq!(a_dev, sysfs_dev(&a, "mvta", index), "{node} is not A's");
+
+    let pod = network::attach_macvtap_at(&b.path(), index).unwrap();
+    let ep = &pod.endpoints()[0];
+    assert_eq!(ep.macvtap_index(), Some(index));
+    let b_dev = sysfs_dev(&b, &ep.tap_name, index);
+    assert_ne!(a_dev, b_dev);
+    let opened = fd_dev(ep);
+    assert_ne!(opened, a_dev, "the runtime opened A's macvtap");
+    assert_eq!(opened, b_dev);
+    // devtmpfs kept A's node: the name still leads to A.
+    assert_eq!(
+        DevNum::from_dev_t(std::fs::metadata(&node).unwrap().rdev()),
+        a_dev
+    );
+
+    // Frames written to B's descriptor leave on B's eth0. A zero
+    // virtio-net header (macvtap queues have IFF_VNET_HDR, 10 bytes),
+    // then a broadcast frame of a local experimental ethertype.
+    let mut frame = vec![0u8; 10];
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&[0x0a, 0x58, 0x0a, 0xd5, 0x07, 0x02]);
+    frame.extend_from_slice(&[0x88, 0xb5]);
+    frame.extend_from_slice(&[0x4d; 46]);
+    let mut device = std::fs::File::from(ep.device().unwrap().try_clone_to_owned().unwrap());
+    let (a_before, b_before) = (tx_packets(&a), tx_packets(&b));
+    const FRAMES: u64 = 50;
+    for _ in 0..FRAMES {
+        device.write_all(&frame).unwrap();
+    }
+    drop(device);
+    let (a_sent, b_sent) = (tx_packets(&a) - a_before, tx_packets(&b) - b_before);
+    assert!(b_sent >= FRAMES, "B's eth0 sent {b_sent} frames");
+    assert!(a_sent < FRAMES, "A's eth0 sent {a_sent} frames: ours?");
+
+    let name = ep.tap_name.clone();
+    pod.teardown().unwrap();
+    assert!(
+        !sh_ok(&format!("ip netns exec {} ip link show {name}", b.name)),
+        "B's macvtap is still there"
+    );
+    // A's macvtap and node are untouched.
+    a.exec("ip link show mvta");
+    assert_eq!(
+        DevNum::from_dev_t(std::fs::metadata(&node).unwrap().rdev()),
+        a_dev
+    );
+    a.exec("ip link del mvta");
 }
 
 #[test]

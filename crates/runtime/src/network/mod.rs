@@ -16,7 +16,8 @@
 //! With [`NetworkModel::Macvtap`] (an option, as in Kata) each interface
 //! gets a passthru macvtap instead of tap + tc ([`macvtap`]): it takes the
 //! interface's MAC and all its traffic, and the VMM gets its character
-//! device.
+//! device, opened by the device number the pod's namespace gives it
+//! (never by the host-wide name `/dev/tap<ifindex>`).
 //!
 //! [`PodNetwork::teardown`] (or drop) removes the tc rules (or deletes the
 //! macvtaps) and closes the taps; a tap goes away once the VMM's copy is closed too (the VMM
@@ -30,9 +31,10 @@ mod tap;
 pub mod tc;
 
 pub use guest::{GuestInterface, GuestNeighbour, GuestNetwork, GuestRoute, IpNet};
+pub use macvtap::{DevNum, MacvtapDeviceError};
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nacre_netlink::{Address, Handle, Link, NetlinkError, Route, RouteScope};
@@ -87,6 +89,14 @@ pub enum NetworkError {
         #[source]
         source: NetlinkError,
     },
+    #[error("opening the device of macvtap {name} (index {index}) in {netns}: {source}")]
+    MacvtapDevice {
+        netns: PathBuf,
+        name: String,
+        index: u32,
+        #[source]
+        source: Box<MacvtapDeviceError>,
+    },
     #[error("tearing down the network of {netns}: {}", errors.join("; "))]
     Teardown { netns: PathBuf, errors: Vec<String> },
 }
@@ -138,6 +148,18 @@ pub struct Endpoint {
     /// Which redirects are in place (teardown removes only these).
     from_interface: bool,
     from_tap: bool,
+}
+
+impl Endpoint {
+    /// The tap (or macvtap) descriptor the VMM gets, while open.
+    pub fn device(&self) -> Option<BorrowedFd<'_>> {
+        self.tap.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// The interface index of the macvtap made for this endpoint, if any.
+    pub fn macvtap_index(&self) -> Option<u32> {
+        self.macvtap
+    }
 }
 
 /// What was read in the namespace, before any change.
@@ -212,6 +234,23 @@ pub fn attach(netns: &Path) -> Result<PodNetwork, NetworkError> {
 
 /// [`attach`] with the given model.
 pub fn attach_with(netns: &Path, model: NetworkModel) -> Result<PodNetwork, NetworkError> {
+    attach_inner(netns, model, None)
+}
+
+/// For tests only: [`attach_with`] the macvtap model, giving the macvtap
+/// interface index `index` instead of a random one (a pod with one
+/// interface; fails if the index is taken in the namespace). Lets a test
+/// make two namespaces' macvtaps share an index on purpose.
+#[doc(hidden)]
+pub fn attach_macvtap_at(netns: &Path, index: u32) -> Result<PodNetwork, NetworkError> {
+    attach_inner(netns, NetworkModel::Macvtap, Some(index))
+}
+
+fn attach_inner(
+    netns: &Path,
+    model: NetworkModel,
+    macvtap_index: Option<u32>,
+) -> Result<PodNetwork, NetworkError> {
     let info = inspect(netns)?;
     if info.interfaces.is_empty() {
         return Err(NetworkError::NoInterface(netns.to_path_buf()));
@@ -255,7 +294,7 @@ pub fn attach_with(netns: &Path, model: NetworkModel) -> Result<PodNetwork, Netw
             if let Some(ep) = endpoints.last_mut() {
                 let connected = match model {
                     NetworkModel::TcFilter => connect(&path, ep),
-                    NetworkModel::Macvtap => macvtap::connect(&path, ep),
+                    NetworkModel::Macvtap => macvtap::connect(&path, ep, macvtap_index),
                 };
                 if let Err(e) = connected {
                     return (endpoints, Err(e));
