@@ -54,12 +54,12 @@ pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
     // virtio-fs passthrough needs it) and not the latter.
     let c_path = CString::new(bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: a NUL-terminated path that outlives the call.
-    let restrict = if unsafe { libc::fchmodat(libc::AT_FDCWD, c_path.as_ptr(), SOCKET_MODE, 0) } == 0
-    {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    };
+    let restrict =
+        if unsafe { libc::fchmodat(libc::AT_FDCWD, c_path.as_ptr(), SOCKET_MODE, 0) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        };
     let listened = restrict.and_then(|()| {
         // SAFETY: a valid, bound socket.
         if unsafe { libc::listen(sock.as_raw_fd(), libc::SOMAXCONN) } == 0 {
