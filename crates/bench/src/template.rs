@@ -133,6 +133,7 @@ pub fn run(
             &[],
             &[],
             &scratch.join(&name),
+            &Default::default(),
             &identity,
             timeout,
         )

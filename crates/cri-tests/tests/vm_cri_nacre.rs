@@ -14,7 +14,7 @@ use common::*;
 use nacre_cri_tests::containerd::{target_bin_dir, CriContainerd};
 use nacre_cri_tests::cri::v1::{
     ContainerConfig, ContainerState, ContainerStatus, LinuxContainerConfig,
-    LinuxContainerResources, Mount,
+    LinuxContainerResources, LinuxPodSandboxConfig, Mount,
 };
 use nacre_cri_tests::cri::CriClient;
 
@@ -520,10 +520,55 @@ fn nacre_pod_with_limits_oom_and_exit_races() {
     let test = "vm_cri_nacre::nacre_pod_with_limits_oom_and_exit_races";
     let Some(ctd) = setup(test) else { return };
     let cri = client(&ctd);
-    let pod_cfg = pod_config(&ctd, "limits-pod", "limits-host");
+    // Issue 14 (4): a pod may not ask by annotation for a VM larger than
+    // its limits and the configuration give; refused before any boot.
+    let mut greedy = pod_config(&ctd, "greedy-pod", "greedy-host");
+    greedy
+        .annotations
+        .insert("io.nacre.vm.memory_mib".into(), "8192".into());
+    let err = cri
+        .run_pod_sandbox(&greedy, "nacre")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("io.nacre.vm.memory_mib") && err.contains("only shrink"),
+        "{err}"
+    );
+    // Issue 14 (3): the pod's VMM runs in the pod's host cgroup (kubelet's
+    // cgroup parent, containerd's cgroupfs driver: <parent>/<sandbox id>).
+    let parent = format!("/nacre-cri-{}", std::process::id());
+    let mut pod_cfg = pod_config(&ctd, "limits-pod", "limits-host");
+    pod_cfg.linux = Some(LinuxPodSandboxConfig {
+        cgroup_parent: parent.clone(),
+        ..Default::default()
+    });
     let pod = cri
         .run_pod_sandbox(&pod_cfg, "nacre")
         .unwrap_or_else(|e| panic!("RunPodSandbox(nacre): {e}\n{}", ctd.log_tail(40)));
+    let vmms: Vec<u32> = pids_of(SHIM, &ctd.socket().to_string_lossy())
+        .iter()
+        .flat_map(|s| children_named(*s, "nacre-vmm"))
+        .collect();
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", vmms[0])).unwrap();
+    let memory = cgroups
+        .lines()
+        .find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == "memory") || c.is_empty())
+        })
+        .unwrap_or_default();
+    assert!(
+        memory.ends_with(&format!("{parent}/{pod}")),
+        "the VMM is not in the pod's cgroup: {cgroups}"
+    );
+    let adj: i32 = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", vmms[0]))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(adj >= 0, "the VMM's oom_score_adj is {adj}");
 
     let mib = 1 << 20;
     let app = run_container(
@@ -602,4 +647,11 @@ fn nacre_pod_with_limits_oom_and_exit_races() {
     cri.remove_pod_sandbox(&pod).unwrap();
     let mounts_left = nacre_runtime::container::mounts::mounts_under(&shim_root());
     assert!(mounts_left.is_empty(), "mounts left: {mounts_left:?}");
+    // The sandbox's host cgroup went with it; the parent is kubelet's
+    // (here the test's) to remove.
+    let leaf = nacre_runtime::host_cgroup::HostCgroup::locate(&format!("{parent}/{pod}")).unwrap();
+    for dir in leaf.dirs() {
+        assert!(!dir.exists(), "host cgroup {} left", dir.display());
+        let _ = std::fs::remove_dir(dir.parent().unwrap());
+    }
 }

@@ -9,13 +9,14 @@
 //! [vm]
 //! vcpus = 1
 //! memory_mib = 256
-//! max_memory_mib = 16384      # the largest VM an annotation may ask for
-//! max_vcpus = 16
+//! max_memory_mib = 16384      # the largest VM (limits included)
+//! max_vcpus = 16               # annotations may only shrink the VM
 //! kernel = "/usr/local/share/nacre/vmlinux"
 //! initrd = "/usr/local/share/nacre/initrd.cpio"
 //! kernel_params = ""          # appended to the guest kernel command line
 //! boot_timeout_secs = 300
 //! templates = true            # restore sandboxes from VM templates
+//! annotations_may_grow = false # io.nacre.vm.* may only shrink the VM
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -129,6 +130,10 @@ pub struct VmConfig {
     /// Start sandboxes from VM templates (also subject to
     /// `NACRE_TEMPLATES` and `NACRE_TEMPLATE_DIR`).
     pub templates: bool,
+    /// Let `io.nacre.vm.vcpus`/`memory_mib` grow a VM past what the pod's
+    /// limits and `vcpus`/`memory_mib` give (up to `max_*`). Off: they may
+    /// only shrink it. For containerd 1.6, which passes no pod limits.
+    pub annotations_may_grow: bool,
 }
 
 impl Default for Config {
@@ -153,6 +158,7 @@ impl Default for VmConfig {
             kernel_params: String::new(),
             boot_timeout_secs: 0,
             templates: true,
+            annotations_may_grow: false,
         }
     }
 }
@@ -240,6 +246,12 @@ impl Config {
 
     /// The VM shape for a sandbox whose spec carries `annotations`.
     /// Unknown `io.nacre.*` annotations and values out of range are errors.
+    ///
+    /// Resource policy: the VM is the configured one grown by the pod's
+    /// limits; an `io.nacre.vm.vcpus` or `io.nacre.vm.memory_mib`
+    /// annotation may shrink it or match it, never grow it (a pod asks for
+    /// more through its limits, which the scheduler and the host cgroup
+    /// account for), and never past `vm.max_vcpus`/`vm.max_memory_mib`.
     pub fn vm_shape(&self, annotations: &HashMap<String, String>) -> Result<VmShape, ConfigError> {
         let mut shape = VmShape {
             vcpus: self.vm.vcpus,
@@ -247,6 +259,11 @@ impl Config {
             kernel_params: self.vm.kernel_params.clone(),
         };
         self.add_pod_resources(&mut shape, annotations)?;
+        let allowed = if self.vm.annotations_may_grow {
+            (self.vm.max_vcpus, self.vm.max_memory_mib)
+        } else {
+            (shape.vcpus, shape.memory_mib)
+        };
         let mut keys: Vec<&String> = annotations.keys().collect();
         keys.sort();
         for key in keys {
@@ -270,6 +287,14 @@ impl Config {
                             self.vm.max_vcpus
                         )));
                     }
+                    if n > allowed.0 {
+                        return Err(bad(format!(
+                            "{n} vCPUs is more than the {} the pod's CPU limit and vm.vcpus = {} \
+                             allow (an annotation may only shrink the VM unless \
+                             vm.annotations_may_grow)",
+                            allowed.0, self.vm.vcpus
+                        )));
+                    }
                     shape.vcpus = n;
                 }
                 ANNOTATION_MEMORY => {
@@ -280,6 +305,14 @@ impl Config {
                         return Err(bad(format!(
                             "{n} MiB is outside 64..={} MiB (vm.max_memory_mib)",
                             self.vm.max_memory_mib
+                        )));
+                    }
+                    if n > allowed.1 {
+                        return Err(bad(format!(
+                            "{n} MiB is more than the {} MiB the pod's memory limit and \
+                             vm.memory_mib = {} allow (an annotation may only shrink the VM \
+                             unless vm.annotations_may_grow)",
+                            allowed.1, self.vm.memory_mib
                         )));
                     }
                     shape.memory_mib = n;
@@ -427,13 +460,13 @@ mod tests {
         .unwrap();
         let shape = c
             .vm_shape(&ann(&[
-                (ANNOTATION_MEMORY, "1024"),
+                (ANNOTATION_MEMORY, "384"),
                 (ANNOTATION_KERNEL_PARAMS, "debug"),
                 ("io.kubernetes.cri.sandbox-id", "abc"),
             ]))
             .unwrap();
         assert_eq!(shape.vcpus, 2);
-        assert_eq!(shape.memory_mib, 1024);
+        assert_eq!(shape.memory_mib, 384);
         assert_eq!(shape.kernel_params, "quiet debug");
         assert_eq!(shape.extra_cmdline().as_deref(), Some("quiet debug"));
         assert!(c.vm.templates);
@@ -510,8 +543,8 @@ mod tests {
         pod.insert(ANNOTATION_SANDBOX_MEMORY.to_string(), "0".to_string());
         let shape = c.container_shape(&pod, Some(512 << 20), None).unwrap();
         assert_eq!(shape.memory_mib, 128);
-        pod.insert(ANNOTATION_MEMORY.to_string(), "300".to_string());
-        assert_eq!(c.container_shape(&pod, None, None).unwrap().memory_mib, 300);
+        pod.insert(ANNOTATION_MEMORY.to_string(), "100".to_string());
+        assert_eq!(c.container_shape(&pod, None, None).unwrap().memory_mib, 100);
         pod.insert("io.nacre.vm.disks".to_string(), "2".to_string());
         let err = c.container_shape(&pod, None, None).unwrap_err().to_string();
         assert!(err.contains("io.nacre.vm.disks"), "{err}");
@@ -520,6 +553,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_memory_mib"), "{err}");
+    }
+
+    /// Issue 14 (4): a pod asking by annotation for more than its limits
+    /// and the configuration give is refused, naming the annotation and
+    /// the limit; shrinking or matching is allowed.
+    #[test]
+    fn annotations_may_only_shrink_the_vm() {
+        let c = Config::default();
+        let pod = [
+            (ANNOTATION_SANDBOX_MEMORY, "268435456"),
+            (ANNOTATION_SANDBOX_CPU_QUOTA, "100000"),
+            (ANNOTATION_SANDBOX_CPU_PERIOD, "100000"),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut all = ann(&pod);
+            for (k, v) in extra {
+                all.insert((*k).to_string(), (*v).to_string());
+            }
+            c.vm_shape(&all)
+        };
+        assert_eq!(with(&[(ANNOTATION_MEMORY, "512")]).unwrap().memory_mib, 512);
+        assert_eq!(with(&[(ANNOTATION_MEMORY, "300")]).unwrap().memory_mib, 300);
+        assert_eq!(with(&[(ANNOTATION_VCPUS, "1")]).unwrap().vcpus, 1);
+        let err = with(&[(ANNOTATION_MEMORY, "16384")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(ANNOTATION_MEMORY) && err.contains("more than the 512 MiB"),
+            "{err}"
+        );
+        let err = with(&[(ANNOTATION_VCPUS, "16")]).unwrap_err().to_string();
+        assert!(
+            err.contains(ANNOTATION_VCPUS) && err.contains("more than the 2"),
+            "{err}"
+        );
+        // No limits: the configured VM is the most an annotation gets.
+        let err = c
+            .vm_shape(&ann(&[(ANNOTATION_MEMORY, "1024")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vm.memory_mib = 256"), "{err}");
+        // The operator's switch for containerd 1.6 (no pod limits passed).
+        let grow = Config::parse("[vm]\nannotations_may_grow = true\n", Path::new("x")).unwrap();
+        let shape = grow.vm_shape(&ann(&[(ANNOTATION_MEMORY, "1024")])).unwrap();
+        assert_eq!(shape.memory_mib, 1024);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod config;
 pub mod container;
 pub mod host;
+pub mod host_cgroup;
 pub mod image;
 pub mod network;
 pub mod sandbox;

@@ -13,7 +13,7 @@ use crate::agent::{
 };
 use crate::host::{kernel_mode, KernelMode};
 use crate::image::GuestImage;
-use crate::vm::{VmError, VmNet, VmProcess, VmSpec};
+use crate::vm::{HostPlacement, VmError, VmNet, VmProcess, VmSpec};
 
 /// How long a boot may take before the agent answers.
 pub fn default_boot_timeout() -> Duration {
@@ -110,11 +110,12 @@ impl Sandbox {
         shared_dirs: &[(String, PathBuf)],
         nets: &[VmNet],
         dir: &Path,
+        host: &HostPlacement,
         identity: &RestoredIdentity,
         timeout: Duration,
     ) -> Result<Self, SandboxError> {
         let start = Instant::now();
-        let mut vm = VmProcess::spawn_restore(vmm, template, image, shared_dirs, nets, dir)?;
+        let mut vm = VmProcess::spawn_restore(vmm, template, image, shared_dirs, nets, dir, host)?;
         // The VMM checks the template before it binds its sockets: wait for
         // one or the other, so a refusal is seen at once.
         while !vm.api_socket().exists() && vm.try_wait()?.is_none() && start.elapsed() < timeout {

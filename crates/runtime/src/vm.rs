@@ -31,6 +31,61 @@ pub struct VmSpec {
     /// virtio-net devices on tap descriptors this process holds
     /// (`nacre-vmm --net fd=N,...`; see [`crate::network::PodNetwork::vm_nets`]).
     pub nets: Vec<VmNet>,
+    /// Where the VMM runs on the host (its cgroup, its OOM score).
+    pub host: HostPlacement,
+}
+
+/// Where a VMM process is put on the host before it runs: the sandbox's
+/// host cgroup (joined between fork and exec, so every page of the VM is
+/// charged there) and its OOM score.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostPlacement {
+    /// `cgroup.procs` files to join (see [`crate::host_cgroup`]).
+    pub cgroup_procs: Vec<std::ffi::CString>,
+    /// `/proc/self/oom_score_adj` for the VMM: never below 0, so a VM is
+    /// never better protected from the OOM killer than an ordinary
+    /// process (it would otherwise inherit containerd's -999).
+    pub oom_score_adj: Option<i32>,
+}
+
+impl HostPlacement {
+    /// Applies the placement to the calling process with raw system
+    /// calls only (safe between fork and exec).
+    fn apply_in_child(&self) -> std::io::Result<()> {
+        crate::host_cgroup::join_self(&self.cgroup_procs)?;
+        if let Some(adj) = self.oom_score_adj {
+            let mut buf = [0u8; 16];
+            let text = format_i32(adj.max(0), &mut buf);
+            // SAFETY: a NUL-terminated literal path; open/write/close are
+            // async-signal-safe and allocate nothing.
+            unsafe {
+                let fd = libc::open(
+                    c"/proc/self/oom_score_adj".as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                );
+                if fd >= 0 {
+                    libc::write(fd, text.as_ptr().cast(), text.len());
+                    libc::close(fd);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Formats a non-negative `n` into `buf` without allocating.
+fn format_i32(n: i32, buf: &mut [u8; 16]) -> &[u8] {
+    let mut v = n.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    &buf[i..]
 }
 
 /// One virtio-net device of a VM: a tap descriptor of this process, which
@@ -68,6 +123,7 @@ impl VmSpec {
             extra_cmdline: None,
             shared_dirs: Vec::new(),
             nets: Vec::new(),
+            host: HostPlacement::default(),
         }
     }
 }
@@ -157,7 +213,7 @@ fn net_args(cmd: &mut Command, nets: &[VmNet]) {
 impl VmProcess {
     /// Creates `dir` (which must not exist) and starts the VMM in it.
     pub fn spawn(vmm: &Path, spec: &VmSpec, dir: &Path) -> Result<Self, VmError> {
-        Self::start(vmm, dir, |cmd| {
+        Self::start(vmm, dir, &spec.host, |cmd| {
             cmd.arg("--kernel")
                 .arg(&spec.image.kernel)
                 .arg("--initrd")
@@ -186,8 +242,9 @@ impl VmProcess {
         shared_dirs: &[(String, PathBuf)],
         nets: &[VmNet],
         dir: &Path,
+        host: &HostPlacement,
     ) -> Result<Self, VmError> {
-        Self::start(vmm, dir, |cmd| {
+        Self::start(vmm, dir, host, |cmd| {
             cmd.arg("--restore")
                 .arg(template)
                 .arg("--kernel")
@@ -201,7 +258,12 @@ impl VmProcess {
 
     /// Creates `dir` and starts the VMM with the run directory's sockets
     /// and logs, plus the arguments `args` adds.
-    fn start(vmm: &Path, dir: &Path, args: impl FnOnce(&mut Command)) -> Result<Self, VmError> {
+    fn start(
+        vmm: &Path,
+        dir: &Path,
+        host: &HostPlacement,
+        args: impl FnOnce(&mut Command),
+    ) -> Result<Self, VmError> {
         let run_dir_err = |source| VmError::RunDir {
             path: dir.to_path_buf(),
             source,
@@ -231,6 +293,15 @@ impl VmProcess {
         cmd.arg("--owner-fd")
             .arg(owner_read.as_raw_fd().to_string());
         inherit_fds(&mut cmd, vec![owner_read.as_raw_fd()]);
+        if *host != HostPlacement::default() {
+            use std::os::unix::process::CommandExt;
+            let host = host.clone();
+            // SAFETY: the closure runs between fork and exec and makes
+            // only open/write/close system calls on prepared buffers.
+            unsafe {
+                cmd.pre_exec(move || host.apply_in_child());
+            }
+        }
         cmd.arg("--serial-log")
             .arg(dir.join("console.log"))
             .arg("--vsock-uds")

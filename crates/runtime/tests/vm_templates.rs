@@ -151,6 +151,7 @@ fn two_sandboxes_from_one_template() {
             &[],
             &[],
             &dir.join(name),
+            &Default::default(),
             &identity,
             Duration::from_secs(180),
         )
@@ -219,6 +220,7 @@ fn two_sandboxes_from_one_template() {
         &[],
         &[],
         &dir.join("mismatch"),
+        &Default::default(),
         &identity,
         Duration::from_secs(180),
     );
@@ -275,6 +277,7 @@ fn two_sandboxes_from_one_template() {
             &[],
             &[],
             &dir.join("damaged-run"),
+            &Default::default(),
             &identity,
             Duration::from_secs(180),
         );

@@ -17,6 +17,10 @@ pub struct PodSpec {
     pub resolv_conf: Option<String>,
     /// The contents of the file bind-mounted at /etc/hosts.
     pub hosts: Option<String>,
+    /// `linux.cgroupsPath`: the sandbox's host cgroup (the VMM runs there).
+    pub cgroups_path: Option<String>,
+    /// `process.oomScoreAdj` of the sandbox container.
+    pub oom_score_adj: Option<i32>,
 }
 
 impl PodSpec {
@@ -43,6 +47,15 @@ impl PodSpec {
             netns: network::netns_path(spec),
             resolv_conf: mounted_file(spec, bundle, "/etc/resolv.conf"),
             hosts: mounted_file(spec, bundle, "/etc/hosts"),
+            cgroups_path: spec
+                .pointer("/linux/cgroupsPath")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string),
+            oom_score_adj: spec
+                .pointer("/process/oomScoreAdj")
+                .and_then(Value::as_i64)
+                .and_then(|v| i32::try_from(v).ok()),
         }
     }
 
@@ -113,7 +126,9 @@ mod tests {
                 {"destination": "/etc/hosts", "source": dir.path().join("hosts"), "options": ["rbind"]},
                 {"destination": "/proc", "type": "proc", "source": "proc"}
             ],
-            "linux": {"namespaces": [{"type": "network", "path": "/var/run/netns/cni-1"}]}
+            "process": {"oomScoreAdj": -998},
+            "linux": {"namespaces": [{"type": "network", "path": "/var/run/netns/cni-1"}],
+                      "cgroupsPath": "/kubepods/pod1/sb1"}
         });
         let pod = PodSpec::from_spec(&spec, dir.path());
         assert_eq!(
@@ -123,6 +138,8 @@ mod tests {
                 netns: Some("/var/run/netns/cni-1".into()),
                 resolv_conf: Some("nameserver 10.0.0.2\n".into()),
                 hosts: Some("127.0.0.1 localhost\n".into()),
+                cgroups_path: Some("/kubepods/pod1/sb1".into()),
+                oom_score_adj: Some(-998),
             }
         );
     }

@@ -13,11 +13,12 @@ use nacre_runtime::agent::{
 use nacre_runtime::container::mounts;
 use nacre_runtime::container::paths::SHARED_TAG;
 use nacre_runtime::container::share::SharedDir;
+use nacre_runtime::host_cgroup::{HostCgroup, HostLimits};
 use nacre_runtime::image::locate_vmm;
 use nacre_runtime::network::{self, PodNetwork};
 use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
 use nacre_runtime::template::{mark_restored, start_sandbox, StartKind, TemplateStore};
-use nacre_runtime::vm::VmSpec;
+use nacre_runtime::vm::{HostPlacement, VmSpec};
 
 use crate::config::{Config, VmShape};
 use crate::error::ShimError;
@@ -42,6 +43,9 @@ pub struct Vm {
     /// The pod network the VM is attached to, torn down once the VMM
     /// has exited.
     net: Mutex<Option<PodNetwork>>,
+    /// The sandbox's host cgroup (the VMM runs in it), removed once the
+    /// VMM has exited.
+    cgroup: Option<HostCgroup>,
 }
 
 impl Vm {
@@ -63,10 +67,38 @@ impl Vm {
             .guest_image()
             .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
         let vmm = locate_vmm().map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
+        // The VMM runs in the sandbox's host cgroup (the pod's, under
+        // kubelet): its memory and CPU are the pod's.
+        let cgroup = match pod.cgroups_path.as_deref() {
+            Some(path) => Some(
+                HostCgroup::create(path, &HostLimits::default()).map_err(|e| {
+                    ShimError::FailedPrecondition(format!(
+                        "placing the sandbox in its host cgroup: {e}"
+                    ))
+                })?,
+            ),
+            None => None,
+        };
+        let remove_cgroup = |cgroup: &Option<HostCgroup>| {
+            if let Some(cg) = cgroup {
+                if let Err(e) = cg.remove() {
+                    tracing::warn!("removing the sandbox's host cgroup: {e}");
+                }
+            }
+        };
+        let host = HostPlacement {
+            cgroup_procs: cgroup
+                .as_ref()
+                .map(HostCgroup::procs_files)
+                .unwrap_or_default(),
+            oom_score_adj: Some(pod.oom_score_adj.unwrap_or(0)),
+        };
         let net = match &pod.netns {
             Some(netns) => {
-                let net = network::attach_with(netns, config.network.model())
-                    .map_err(|e| ShimError::Internal(format!("attaching the pod network: {e}")))?;
+                let net = network::attach_with(netns, config.network.model()).map_err(|e| {
+                    remove_cgroup(&cgroup);
+                    ShimError::Internal(format!("attaching the pod network: {e}"))
+                })?;
                 tracing::info!(netns = %netns.display(), taps = net.endpoints().len(), "pod network attached");
                 Some(net)
             }
@@ -79,6 +111,7 @@ impl Vm {
                     podnet::teardown(n);
                 }
                 remove_dir(dir);
+                remove_cgroup(&cgroup);
                 return Err(ShimError::Internal(format!(
                     "preparing the shared directory in {}: {e}",
                     dir.display()
@@ -92,6 +125,7 @@ impl Vm {
             shared_dirs: vec![(SHARED_TAG.to_string(), shared.clone())],
             nets: net.as_ref().map(PodNetwork::vm_nets).unwrap_or_default(),
             image,
+            host,
         };
         let timeout = match config.vm.boot_timeout_secs {
             0 => default_boot_timeout(),
@@ -155,6 +189,7 @@ impl Vm {
                             podnet::teardown(n);
                         }
                         remove_dir(dir);
+                        remove_cgroup(&cgroup);
                         return Err(ShimError::Internal(format!(
                             "configuring the pod network in the VM: {e}"
                         )));
@@ -168,6 +203,7 @@ impl Vm {
                     exit: OnceLock::new(),
                     shut: AtomicBool::new(false),
                     net: Mutex::new(net),
+                    cgroup,
                 })
             }
             Err(e) => {
@@ -175,6 +211,7 @@ impl Vm {
                     podnet::teardown(n);
                 }
                 remove_dir(dir);
+                remove_cgroup(&cgroup);
                 Err(e)
             }
         }
@@ -246,8 +283,22 @@ impl Vm {
         remove_dir(&self.dir);
     }
 
-    /// Tears the pod network down (once the VMM has exited).
+    /// The sandbox's host cgroup directories (empty without one).
+    pub fn host_cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup
+            .as_ref()
+            .map(HostCgroup::dirs)
+            .unwrap_or_default()
+    }
+
+    /// Tears the pod network down and removes the host cgroup (once the
+    /// VMM has exited).
     fn teardown_net(&self) {
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = cg.remove() {
+                tracing::warn!("removing the sandbox's host cgroup: {e}");
+            }
+        }
         let net = match self.net.lock() {
             Ok(mut g) => g.take(),
             Err(e) => e.into_inner().take(),

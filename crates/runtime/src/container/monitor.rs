@@ -30,6 +30,8 @@ use super::share::SharedDir;
 use super::spec::Bundle;
 use super::state::{rfc3339, write_atomic, State, Status};
 use super::ContainerError;
+use crate::host_cgroup::{HostCgroup, HostLimits, VMM_OVERHEAD_MIB};
+use crate::vm::HostPlacement;
 
 /// Exit status recorded when the VM died under the container.
 pub const VM_LOST_STATUS: i32 = 255;
@@ -109,6 +111,9 @@ pub fn console_io(console_socket: Option<&std::path::Path>) -> Result<HostIo, Co
 }
 
 struct Running {
+    /// The container's host cgroup (`linux.cgroupsPath`), where its VMM
+    /// runs; dropped after the VMM.
+    cgroup: Option<HostCgroup>,
     sandbox: Sandbox,
     agent: Arc<TtrpcAgentClient>,
     io: HostIo,
@@ -140,6 +145,28 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
             path: paths.vm_dir(),
             source,
         })?;
+    // The VMM is the container's process on the host: it goes where
+    // runc would put the container (`linux.cgroupsPath`), limited to the
+    // VM's memory plus the VMM's overhead when the container has a limit.
+    let cgroup = bundle
+        .cgroups_path()
+        .map(|path| {
+            let limits = HostLimits {
+                memory_bytes: bundle
+                    .memory_limit
+                    .map(|_| (u64::from(opts.memory_mib) + VMM_OVERHEAD_MIB) << 20),
+            };
+            HostCgroup::create(path, &limits)
+        })
+        .transpose()
+        .map_err(|e| ContainerError::Monitor(format!("the container's host cgroup: {e}")))?;
+    spec.host = HostPlacement {
+        cgroup_procs: cgroup
+            .as_ref()
+            .map(HostCgroup::procs_files)
+            .unwrap_or_default(),
+        oom_score_adj: Some(bundle.oom_score_adj().unwrap_or(0)),
+    };
     if opts.shared_fs {
         identity.shared_tag = Some(SHARED_TAG.to_string());
         spec.shared_dirs
@@ -192,6 +219,7 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
         write_pid_file(pid_file, me)?;
     }
     Ok(Running {
+        cgroup,
         sandbox,
         agent,
         io,
@@ -203,6 +231,7 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
 pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     install_signal_handlers();
     let Running {
+        cgroup,
         mut sandbox,
         agent,
         io,
@@ -273,6 +302,11 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     }
     if let Err(e) = SharedDir::open(&opts.paths.dir()).teardown() {
         tracing::warn!("removing the shared directory of {id}: {e}");
+    }
+    if let Some(cg) = cgroup {
+        if let Err(e) = cg.remove() {
+            tracing::warn!("removing the host cgroup of {id}: {e}");
+        }
     }
     status
 }

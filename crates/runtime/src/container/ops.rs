@@ -229,8 +229,18 @@ pub fn destroy(paths: &ContainerPaths) -> Result<(), ContainerError> {
             }
         }
     }
-    let pids: Vec<u32> = state.map(|s| s.vmm_pid).into_iter().collect();
+    let pids: Vec<u32> = state.as_ref().map(|s| s.vmm_pid).into_iter().collect();
     kill_vmm(&paths.vm_dir(), &pids);
+    // The VMM's host cgroup, left by a monitor that died (empty now).
+    let cgroup = state
+        .as_ref()
+        .and_then(|s| Bundle::load(&s.bundle).ok())
+        .and_then(|b| b.cgroups_path().map(str::to_string));
+    if let Some(path) = cgroup {
+        if let Err(e) = crate::host_cgroup::HostCgroup::locate(&path).and_then(|cg| cg.remove()) {
+            tracing::warn!("removing the host cgroup {path}: {e}");
+        }
+    }
     SharedDir::open(&paths.dir()).teardown()?;
     let vm_dir = paths.vm_dir();
     if !vm_dir.starts_with(paths.dir()) {

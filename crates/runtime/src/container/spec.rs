@@ -99,6 +99,23 @@ impl MountView {
 }
 
 impl Bundle {
+    /// `linux.cgroupsPath`, when set: where runc would put the
+    /// container's processes on the host (nacre puts its VMM there).
+    pub fn cgroups_path(&self) -> Option<&str> {
+        self.spec
+            .pointer("/linux/cgroupsPath")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+    }
+
+    /// `process.oomScoreAdj`.
+    pub fn oom_score_adj(&self) -> Option<i32> {
+        self.spec
+            .pointer("/process/oomScoreAdj")
+            .and_then(Value::as_i64)
+            .and_then(|v| i32::try_from(v).ok())
+    }
+
     /// Loads `<dir>/config.json` and checks that the rootfs and the bind
     /// mount sources exist.
     pub fn load(dir: &Path) -> Result<Self, ContainerError> {

@@ -328,6 +328,9 @@ impl TemplateStore {
             share.1 = empty.clone();
         }
         template_spec.nets = net::template_nets(&spec.nets);
+        // The template is shared by every pod: its VM is charged to no
+        // pod's cgroup.
+        template_spec.host = crate::vm::HostPlacement::default();
         let sandbox = Sandbox::boot(vmm, &template_spec, &work.join("vm"), timeout)
             .map_err(|e| TemplateError::Boot(Box::new(e)))?;
         // The agent's side of our connection (a reader and worker threads)

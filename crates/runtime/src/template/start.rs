@@ -87,6 +87,7 @@ pub fn start_sandbox(
                 &spec.shared_dirs,
                 &spec.nets,
                 dir,
+                &spec.host,
                 identity,
                 timeout,
             ) {
