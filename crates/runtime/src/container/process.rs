@@ -148,8 +148,10 @@ mod tests {
     fn kill_vmm_needs_the_name_and_the_run_directory() {
         let dir = std::env::temp_dir().join(format!("nacre-killvmm-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut child = std::process::Command::new("sleep")
-            .arg("100")
+        // A process with the run directory on its command line ($0 of
+        // sh -c) that is not a nacre-vmm.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 100"])
             .arg(&dir)
             .spawn()
             .unwrap();
