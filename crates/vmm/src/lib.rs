@@ -19,6 +19,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod events;
+pub mod jail;
 pub mod logging;
 pub mod memory;
 pub mod owner;
