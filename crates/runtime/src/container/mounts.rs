@@ -81,6 +81,10 @@ pub fn setup_shared(paths: &ContainerPaths, bundle: &Bundle) -> Result<(), Conta
     mount(Some(&shared), &shared, libc::MS_BIND)?;
     let result = (|| {
         mount(None, &shared, libc::MS_PRIVATE)?;
+        // A peer group of its own: nothing propagates to other host
+        // mounts, but a jailed VMM's copy (a slave) sees what is mounted
+        // here after it started.
+        mount(None, &shared, libc::MS_SHARED)?;
         bind_container(bundle, &shared.join(paths.id()))
     })();
     if result.is_err() {
@@ -111,12 +115,16 @@ pub fn bind_container(bundle: &Bundle, dir: &Path) -> Result<(), ContainerError>
     Ok(())
 }
 
-/// Makes `dir` (created if missing) a private bind mount of itself, so
-/// that nothing mounted under it propagates elsewhere.
+/// Makes `dir` (created if missing) a bind mount of itself in a peer
+/// group of its own, so that nothing mounted under it propagates to other
+/// host mounts, while the copy in a jailed VMM's mount namespace (a
+/// slave, see `nacre-vmm --jail`) still receives what is mounted under
+/// it later (a pod's containers).
 pub fn make_private_dir(dir: &Path) -> Result<(), ContainerError> {
     fs::create_dir_all(dir).map_err(ContainerError::io("creating", dir))?;
     mount(Some(dir), dir, libc::MS_BIND)?;
-    mount(None, dir, libc::MS_PRIVATE)
+    mount(None, dir, libc::MS_PRIVATE)?;
+    mount(None, dir, libc::MS_SHARED)
 }
 
 /// Unmounts the shared directory and everything under it (lazily, so a
