@@ -92,6 +92,9 @@ pub const API: &[Rule] = &[
     allow("fstat", libc::SYS_fstat),
     allow("statx", libc::SYS_statx),
     allow("newfstatat", libc::SYS_newfstatat),
+    // snapshot: the kernel's and initrd's canonical paths (realpath).
+    allow("readlink", libc::SYS_readlink),
+    allow("readlinkat", libc::SYS_readlinkat),
     // snapshot: guest memory (sparse: SEEK_DATA/SEEK_HOLE) and digests.
     allow("lseek", libc::SYS_lseek),
     allow("pread64", libc::SYS_pread64),

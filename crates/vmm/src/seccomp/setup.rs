@@ -30,6 +30,10 @@ pub const MAIN: &[Rule] = &[
     allow("fstat", libc::SYS_fstat),
     allow("statx", libc::SYS_statx),
     allow("newfstatat", libc::SYS_newfstatat),
+    // canonicalize: a share's root, the kernel and initrd a template
+    // names (realpath reads each link).
+    allow("readlink", libc::SYS_readlink),
+    allow("readlinkat", libc::SYS_readlinkat),
     // Guest RAM: a memfd of the VM's size.
     allow("memfd_create", libc::SYS_memfd_create),
     allow("ftruncate", libc::SYS_ftruncate),
