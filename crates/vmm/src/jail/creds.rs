@@ -122,7 +122,7 @@ fn capset(caps: &[u32]) -> Result<(), JailError> {
             data.as_ptr(),
         )
     };
-    check(rc as libc::c_int, "capset")
+    check(i32::try_from(rc).unwrap_or(-1), "capset")
 }
 
 /// Makes the directories the VMM writes (the run directory) the jail
@@ -183,18 +183,14 @@ pub(super) fn drop_privileges(spec: &JailSpec) -> Result<(), JailError> {
         // SAFETY: setgroups with an empty list reads nothing.
         check(unsafe { libc::setgroups(0, std::ptr::null()) }, "setgroups")?;
         // SAFETY: integer arguments only.
-        check(
-            unsafe { libc::setresgid(spec.gid, spec.gid, spec.gid) },
-            "setresgid",
-        )?;
+        let rc = unsafe { libc::setresgid(spec.gid, spec.gid, spec.gid) };
+        check(rc, "setresgid")?;
         if !keep.is_empty() {
             prctl(libc::PR_SET_KEEPCAPS, 1, "PR_SET_KEEPCAPS")?;
         }
         // SAFETY: integer arguments only.
-        check(
-            unsafe { libc::setresuid(spec.uid, spec.uid, spec.uid) },
-            "setresuid",
-        )?;
+        let rc = unsafe { libc::setresuid(spec.uid, spec.uid, spec.uid) };
+        check(rc, "setresuid")?;
     }
     capset(&keep)?;
     prctl(

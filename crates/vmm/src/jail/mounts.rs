@@ -203,14 +203,10 @@ fn pivot(root: &Path) -> Result<(), JailError> {
     std::env::set_current_dir(root).map_err(sys("chdir to the jail"))?;
     let dot = c".";
     // SAFETY: pivot_root reads two NUL-terminated strings.
-    check(
-        unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } as libc::c_int,
-        "pivot_root",
-    )?;
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
+    check(i32::try_from(rc).unwrap_or(-1), "pivot_root")?;
     // SAFETY: umount2 reads a NUL-terminated string.
-    check(
-        unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
-        "detaching the old root",
-    )?;
+    let rc = unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) };
+    check(rc, "detaching the old root")?;
     std::env::set_current_dir("/").map_err(sys("chdir to /"))
 }

@@ -299,7 +299,7 @@ fn the_launcher_starts_threads_under_their_own_filters() {
             install(SeccompMode::Enforce).ok()?;
             // A vCPU-kind thread starts (clone3 ENOSYS, then clone with
             // the thread flags, in the launcher) and runs.
-            let t = spawn(ThreadKind::Vcpu, "t".into(), || std::process::id()).ok()?;
+            let t = spawn(ThreadKind::Vcpu, "t".into(), std::process::id).ok()?;
             let ran = t.join().ok()?;
             // A thread that itself starts a thread goes through the
             // launcher too (a direct clone would kill the process).
