@@ -169,7 +169,8 @@ pub(super) fn build_root(spec: &JailSpec) -> Result<(), JailError> {
     }
     if spec.share {
         // fuse-backend-rs reopens inodes through /proc/self/fd (only the
-        // VMM's own descriptors; no /proc of host processes).
+        // VMM's own descriptors and mount table; no /proc of host
+        // processes).
         bind_proc_self_fd(root)?;
     }
     mount(
@@ -183,18 +184,23 @@ pub(super) fn build_root(spec: &JailSpec) -> Result<(), JailError> {
 }
 
 fn bind_proc_self_fd(root: &Path) -> Result<(), JailError> {
-    // /proc/self resolves now, to this process's directory.
-    let own = PathBuf::from(format!("/proc/{}/fd", std::process::id()));
-    let target = root.join("proc/self/fd");
-    mount_point(&own, &target)?;
-    mount(Some(&own), &target, None, libc::MS_BIND, None)?;
-    mount(
-        None,
-        &target,
-        None,
-        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | HARDENED,
-        None,
-    )
+    // /proc/self resolves now, to this process's directory. fuse-backend-rs
+    // opens `fd` (to reopen inodes) and `mountinfo` (its mount table,
+    // which then lists the jail's mounts only).
+    for entry in ["fd", "mountinfo"] {
+        let own = PathBuf::from(format!("/proc/{}/{entry}", std::process::id()));
+        let target = root.join("proc/self").join(entry);
+        mount_point(&own, &target)?;
+        mount(Some(&own), &target, None, libc::MS_BIND, None)?;
+        mount(
+            None,
+            &target,
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | HARDENED,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 /// `pivot_root(root, root)` and a lazy unmount of the old root, which is
