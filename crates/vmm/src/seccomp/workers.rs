@@ -23,9 +23,10 @@ pub const VSOCK: &[Rule] = &[
         Arg::OneOf(0, &[libc::AF_UNIX as u64]),
     ),
     allow("connect", libc::SYS_connect),
-    // Connection data.
+    // Connection data (a wrapped ring buffer goes out as two slices).
     allow("recvfrom", libc::SYS_recvfrom),
     allow("sendto", libc::SYS_sendto),
+    allow("writev", libc::SYS_writev),
     allow("shutdown", libc::SYS_shutdown),
     allow("getsockopt", libc::SYS_getsockopt),
     // Connections are non-blocking (set_nonblocking).
