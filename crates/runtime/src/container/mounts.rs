@@ -2,9 +2,11 @@
 //! sources bind-mounted under `<root>/<id>/shared/<id>/`, which the VMM
 //! serves to the guest over virtio-fs.
 //!
-//! The shared directory is first bind-mounted onto itself and made
-//! private, so no mount made under it propagates anywhere else, and one
-//! lazy unmount of it removes everything.
+//! The shared directory is first bind-mounted onto itself in a peer group
+//! of its own, so no mount made under it propagates to other host mounts
+//! (only to the jailed VMM's slave copy of it), and one lazy unmount of it
+//! removes everything. Binds are attached read-only already (open_tree,
+//! mount_setattr, move_mount): a later remount would not reach the VMM.
 
 use std::ffi::CString;
 use std::fs;
@@ -51,7 +53,7 @@ fn mount(source: Option<&Path>, target: &Path, flags: libc::c_ulong) -> Result<(
 }
 
 /// Bind-mounts `source` at `target` (created as a directory or an empty
-/// file like the source), read-only if asked.
+/// file like the source), recursively, read-only (recursively) if asked.
 fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), ContainerError> {
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(ContainerError::io("creating", parent))?;
@@ -61,14 +63,96 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), ContainerErr
     } else {
         fs::File::create(target).map_err(ContainerError::io("creating", target))?;
     }
-    mount(Some(source), target, libc::MS_BIND | libc::MS_REC)?;
-    mount(None, target, libc::MS_PRIVATE | libc::MS_REC)?;
+    attach_copy(source, target, readonly)?;
+    mount(None, target, libc::MS_PRIVATE | libc::MS_REC)
+}
+
+/// `OPEN_TREE_CLONE`, `AT_RECURSIVE`, `MOUNT_ATTR_RDONLY`,
+/// `MOVE_MOUNT_F_EMPTY_PATH` (<linux/mount.h>, <fcntl.h>).
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOUNT_ATTR_RDONLY: u64 = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Attaches a recursive copy of `source` at `target`, read-only
+/// (recursively) if asked. The copy is made read-only while it is still
+/// detached (open_tree, mount_setattr, move_mount), so every copy the
+/// attach propagates (a jailed VMM's view of the shared directory, a
+/// slave of it) is read-only too: a remount after a bind would not
+/// propagate, and the VMM would see the volume writable.
+fn attach_copy(source: &Path, target: &Path, readonly: bool) -> Result<(), ContainerError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move || ContainerError::Io {
+            what: "mounting",
+            path,
+            source: std::io::Error::last_os_error(),
+        }
+    };
+    let source_c = cstr(source)?;
+    let target_c = cstr(target)?;
+    // SAFETY: a NUL-terminated path and integer flags; returns a new
+    // descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source_c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    };
+    let fd = i32::try_from(fd)
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(err(source))?;
+    // SAFETY: open_tree returned this new descriptor, owned here only.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
     if readonly {
-        mount(
-            None,
-            target,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-        )?;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: the descriptor is open, the path an empty C string, the
+        // attribute struct valid for its size.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(err(source)());
+        }
+    }
+    // SAFETY: the descriptor is open; the paths are NUL-terminated.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target_c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(err(target)());
     }
     Ok(())
 }
@@ -170,4 +254,84 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
         .filter(|mp| mp == &prefix || mp.starts_with(&format!("{prefix}/")))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    fn pipe() -> [libc::c_int; 2] {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two descriptors into the array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        fds
+    }
+
+    /// A jailed VMM's copy of the shared directory is a slave made when
+    /// the VM started; a read-only volume bound in later must arrive
+    /// there read-only.
+    #[test]
+    fn a_read_only_bind_reaches_an_earlier_slave_copy_read_only() {
+        if !crate::testing::root_prereqs("a_read_only_bind_reaches_an_earlier_slave_copy") {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("nacre-ro-prop-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (share, src) = (dir.join("share"), dir.join("src"));
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("f"), b"x").unwrap();
+        make_private_dir(&share).unwrap();
+        let file = CString::new(share.join("vol/f").as_os_str().as_bytes()).unwrap();
+        let (ready, go) = (pipe(), pipe());
+        // SAFETY: the child makes system calls only and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let mut byte = 0u8;
+            // SAFETY: system calls on prepared strings and descriptors.
+            unsafe {
+                let slave = libc::unshare(libc::CLONE_NEWNS) == 0
+                    && libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_SLAVE | libc::MS_REC,
+                        std::ptr::null(),
+                    ) == 0;
+                libc::write(ready[1], [u8::from(slave)].as_ptr().cast(), 1);
+                libc::read(go[0], (&mut byte as *mut u8).cast(), 1);
+                if libc::access(file.as_ptr(), libc::F_OK) != 0 {
+                    libc::_exit(2); // the volume did not propagate
+                }
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY);
+                libc::_exit(if fd < 0 { 0 } else { 1 });
+            }
+        }
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a local.
+        unsafe { libc::read(ready[0], (&mut byte as *mut u8).cast(), 1) };
+        assert_eq!(byte, 1, "the child could not make its slave copy");
+        bind(&src, &share.join("vol"), true).unwrap();
+        // SAFETY: writes one byte from a local.
+        unsafe { libc::write(go[1], [1u8].as_ptr().cast(), 1) };
+        let mut status = 0;
+        // SAFETY: waiting for our own child into a local.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let share_c = CString::new(share.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(share_c.as_ptr(), libc::MNT_DETACH) };
+        for fd in ready.into_iter().chain(go) {
+            // SAFETY: closing descriptors this test opened.
+            unsafe { libc::close(fd) };
+        }
+        let _ = fs::remove_dir_all(&dir);
+        assert!(libc::WIFEXITED(status));
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "1: writable in the slave copy, 2: not there"
+        );
+    }
 }
