@@ -302,6 +302,7 @@ impl VmProcess {
                 cmd.pre_exec(move || host.apply_in_child());
             }
         }
+        jail_arg(&mut cmd, dir);
         cmd.arg("--serial-log")
             .arg(dir.join("console.log"))
             .arg("--vsock-uds")
@@ -442,6 +443,17 @@ impl VmProcess {
             path: path.clone(),
             reply: line,
         })
+    }
+}
+
+/// `--jail <dir>/jail` unless `NACRE_VMM_JAIL=0` (for debugging): the
+/// VMM pivots into a tmpfs there (in its own mount namespace) holding,
+/// at their own paths, only the run directory, the kernel, initrd,
+/// template and shares, so every argument stays valid.
+fn jail_arg(cmd: &mut Command, dir: &Path) {
+    let off = std::env::var("NACRE_VMM_JAIL").is_ok_and(|v| v == "0" || v == "false");
+    if !off {
+        cmd.arg("--jail").arg(dir.join("jail"));
     }
 }
 

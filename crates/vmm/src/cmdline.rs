@@ -39,8 +39,10 @@ pub const PVM_QUIRKS: &str = "mitigations=off noxsave \
 pub const PVM_MODULE_PATH: &str = "/sys/module/kvm_pvm";
 
 /// Whether this host runs guests on the PVM module.
+/// Asked once (the jail hides /sys; [`crate::jail::enter`] asks first).
 pub fn host_is_pvm() -> bool {
-    Path::new(PVM_MODULE_PATH).exists()
+    static PVM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PVM.get_or_init(|| Path::new(PVM_MODULE_PATH).exists())
 }
 
 /// One virtio-mmio device as the kernel's `virtio_mmio.device=` wants it.

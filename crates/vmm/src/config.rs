@@ -151,9 +151,13 @@ pub enum ConfigError {
 }
 
 /// The host's total memory, from /proc/meminfo.
+/// Read once (the jail hides /proc; [`crate::jail::enter`] asks first).
 pub fn host_memory_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_mem_total(&text)
+    static TOTAL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        parse_mem_total(&text)
+    })
 }
 
 fn parse_mem_total(meminfo: &str) -> Option<u64> {

@@ -45,6 +45,9 @@ pub mod exit_code {
     pub const KVM_UNAVAILABLE: i32 = 69;
     /// EX_SOFTWARE: VMM or guest failure.
     pub const FAILURE: i32 = 70;
+    /// EX_OSERR: the jail (`--jail`) could not be set up: namespaces,
+    /// mounts, pivot_root, rlimits or the credential drop failed.
+    pub const JAIL: i32 = 71;
     /// EX_TEMPFAIL: the process that owns the VM (`--owner-fd`) is gone.
     pub const OWNER_GONE: i32 = 75;
     /// Added to the signal number for exits on SIGTERM/SIGINT.

@@ -35,6 +35,7 @@ pub fn send(sender: &ExitSender, event: ExitEvent) {
 /// [`ExitEvent::DeviceFailure`], so the VMM exits (with cleanup) instead of
 /// running on with a dead thread.
 pub fn spawn_guarded<F>(
+    kind: crate::seccomp::ThreadKind,
     name: String,
     exit: ExitSender,
     f: F,
@@ -42,22 +43,20 @@ pub fn spawn_guarded<F>(
 where
     F: FnOnce() + Send + 'static,
 {
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-            if let Err(panic) = result {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(ToString::to_string)
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                send(
-                    &exit,
-                    ExitEvent::DeviceFailure(format!("thread {name} panicked: {what}")),
-                );
-            }
-        })
+    crate::seccomp::spawn(kind, name.clone(), move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        if let Err(panic) = result {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(ToString::to_string)
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            send(
+                &exit,
+                ExitEvent::DeviceFailure(format!("thread {name} panicked: {what}")),
+            );
+        }
+    })
 }
 
 #[cfg(test)]
@@ -68,7 +67,9 @@ mod tests {
     #[allow(clippy::panic, reason = "the test is about a panicking thread")]
     fn panicking_thread_reports_failure() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let h = spawn_guarded("boom".into(), tx, || panic!("on purpose"));
+        let h = spawn_guarded(crate::seccomp::ThreadKind::Main, "boom".into(), tx, || {
+            panic!("on purpose")
+        });
         assert!(h.is_ok());
         let event = rx.recv_timeout(std::time::Duration::from_secs(5)).ok();
         assert_eq!(

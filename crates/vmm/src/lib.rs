@@ -2,9 +2,10 @@
 //!
 //! One process runs one VM. The library boots a Linux guest on KVM, serves
 //! its devices in user space (8250 serial, i8042 reset, CMOS clock,
-//! virtio-mmio vsock) and answers a control socket. It never needs root
-//! once started beyond access to `/dev/kvm`, and it never touches container
-//! state: that is the runtime's job.
+//! virtio-mmio vsock) and answers a control socket. It never touches
+//! container state: that is the runtime's job. [`jail::enter`] confines the
+//! process (namespaces, a pivot_root into the VM's files only, dropped
+//! credentials) and [`seccomp`] gives each thread kind its own filter.
 //!
 //! Entry point: [`run`] with a [`VmConfig`]; it returns the [`ExitEvent`]
 //! that stopped the VM, and [`error::exit_code_for`] /
@@ -19,6 +20,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod events;
+pub mod jail;
 pub mod logging;
 pub mod memory;
 pub mod owner;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nacre_vmm::devices::virtio::fs::{CacheMode, SharedDir};
-use nacre_vmm::devices::virtio::net::NetConfig;
+use nacre_vmm::devices::virtio::net::{NetBackend, NetConfig};
+use nacre_vmm::jail::{BindKind, JailError, JailSpec};
 use nacre_vmm::logging::LogLimits;
 use nacre_vmm::seccomp::SeccompMode;
 use nacre_vmm::{exit_code, exit_code_for, RestoreConfig, VmConfig, VsockConfig};
@@ -24,6 +25,8 @@ Exit codes:
        shared directory missing or not a directory
   69   /dev/kvm unavailable (missing or no permission)
   70   VMM or guest failure (KVM internal error, guest kernel panic, device failure)
+  71   --jail: the jail could not be set up (namespaces, mounts, pivot_root,
+       rlimits, credentials)
   75   the owner's end of --owner-fd was closed (the process that started the VM died)
   128+N  stopped by signal N (SIGINT 130, SIGTERM 143)
 
@@ -113,9 +116,76 @@ struct Cli {
     /// and never writes: when the owner dies the VMM stops the VM (exit 75).
     #[arg(long, value_name = "FD")]
     owner_fd: Option<i32>,
+    /// Run jailed, with DIR (created if missing) as the root: new mount,
+    /// IPC, UTS (and network, unless `--net tap=`) namespaces; only the
+    /// directories of the sockets and logs, the kernel, initrd, template
+    /// and shares are reachable, at their own paths; no capabilities but
+    /// the six virtio-fs needs with a share, else --jail-uid/--jail-gid.
+    #[arg(long, value_name = "DIR")]
+    jail: Option<PathBuf>,
+    /// The uid of a jailed VMM without --shared-dir.
+    #[arg(long, value_name = "UID", default_value_t = nacre_vmm::jail::DEFAULT_UID, requires = "jail")]
+    jail_uid: u32,
+    /// The gid of a jailed VMM without --shared-dir.
+    #[arg(long, value_name = "GID", default_value_t = nacre_vmm::jail::DEFAULT_GID, requires = "jail")]
+    jail_gid: u32,
 }
 
 impl Cli {
+    /// The jail `--jail` asks for: every path the VMM is given stays
+    /// valid inside (made absolute here, bound at the same path).
+    fn jail_spec(&mut self) -> Result<Option<JailSpec>, JailError> {
+        let Some(dir) = &self.jail else {
+            return Ok(None);
+        };
+        let mut spec = JailSpec::new(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
+        spec.uid = self.jail_uid;
+        spec.gid = self.jail_gid;
+        for path in [
+            &mut self.kernel,
+            &mut self.initrd,
+            &mut self.restore,
+            &mut self.serial_log,
+            &mut self.vsock_uds,
+            &mut self.api_socket,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Ok(abs) = std::path::absolute(&*path) {
+                *path = abs;
+            }
+        }
+        for path in [&self.kernel, &self.initrd, &self.restore]
+            .into_iter()
+            .flatten()
+        {
+            spec.bind(path, BindKind::ReadOnly)?;
+        }
+        // The directories the VMM creates files in (the runtime's run
+        // directory; a snapshot's directory must be inside it too).
+        for path in [&self.serial_log, &self.vsock_uds, &self.api_socket]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(parent) = path.parent() {
+                spec.bind(parent, BindKind::ReadWrite)?;
+            }
+        }
+        for dir in &mut self.shared_dirs {
+            if let Ok(abs) = std::path::absolute(&dir.path) {
+                dir.path = abs;
+            }
+            spec.bind(&dir.path, BindKind::Share)?;
+            spec.share = true;
+        }
+        spec.tap_by_name = self
+            .nets
+            .iter()
+            .any(|n| matches!(n.backend, NetBackend::TapName(_)));
+        Ok(Some(spec))
+    }
+
     fn restore_config(&self, dir: PathBuf) -> RestoreConfig {
         let cache = self.shared_dir_cache;
         RestoreConfig {
@@ -197,7 +267,21 @@ fn main() -> ExitCode {
     c
 }
 
-fn run(cli: Cli) -> ExitCode {
+fn run(mut cli: Cli) -> ExitCode {
+    // First: nothing the guest controls is read before the jail holds.
+    match cli.jail_spec() {
+        Ok(None) => {}
+        Ok(Some(spec)) => {
+            if let Err(e) = nacre_vmm::jail::enter(&spec) {
+                eprintln!("nacre-vmm: {}", chain(&e));
+                return code(exit_code::JAIL);
+            }
+        }
+        Err(e) => {
+            eprintln!("nacre-vmm: {}", chain(&e));
+            return code(exit_code::JAIL);
+        }
+    }
     if let Err(e) = nacre_vmm::seccomp::install(cli.seccomp) {
         eprintln!("nacre-vmm: {e}");
         return code(exit_code::FAILURE);
@@ -227,8 +311,12 @@ fn run(cli: Cli) -> ExitCode {
 
 /// The error with its sources, as one line.
 fn error_chain(e: &nacre_vmm::VmmError) -> String {
+    chain(e)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         let s_text = s.to_string();
         if !text.contains(&s_text) {

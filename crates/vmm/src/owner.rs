@@ -27,13 +27,15 @@ pub fn watch(fd: RawFd) -> io::Result<JoinHandle<()>> {
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: F_SETFD with FD_CLOEXEC changes only the descriptor's flag.
     unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-    std::thread::Builder::new()
-        .name("owner-watch".into())
-        .spawn(move || {
+    crate::seccomp::spawn(
+        crate::seccomp::ThreadKind::Owner,
+        "owner-watch".into(),
+        move || {
             wait_closed(&owned);
             tracing::warn!("the process that owns this VM is gone: stopping the VM");
             std::process::exit(exit_code::OWNER_GONE);
-        })
+        },
+    )
 }
 
 /// Blocks until the other end of the pipe `fd` is closed (or the

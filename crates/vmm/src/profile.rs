@@ -51,12 +51,14 @@ pub fn flush() {
 
 /// Starts the thread that kicks the vCPUs (`kick`) every [`INTERVAL`].
 pub fn spawn_ticker(kick: Arc<dyn Fn() + Send + Sync>) -> io::Result<()> {
-    std::thread::Builder::new()
-        .name("profiler".into())
-        .spawn(move || loop {
+    crate::seccomp::spawn(
+        crate::seccomp::ThreadKind::Profile,
+        "profiler".into(),
+        move || loop {
             std::thread::sleep(INTERVAL);
             kick();
             flush();
-        })
-        .map(|_| ())
+        },
+    )
+    .map(|_| ())
 }

@@ -233,9 +233,13 @@ pub fn restore(config: &RestoreConfig) -> Result<ExitEvent, VmmError> {
         "resuming the restored guest"
     );
     for v in vcpus {
-        let handle =
-            events::spawn_guarded(format!("vcpu{}", v.id), exit_tx.clone(), move || v.run())
-                .map_err(io_err("starting a vCPU thread"))?;
+        let handle = events::spawn_guarded(
+            crate::seccomp::ThreadKind::Vcpu,
+            format!("vcpu{}", v.id),
+            exit_tx.clone(),
+            move || v.run(),
+        )
+        .map_err(io_err("starting a vCPU thread"))?;
         control.add_thread(handle);
     }
     if let Some(server) = api_server {

@@ -36,17 +36,22 @@ pub fn block_termination_signals() -> io::Result<()> {
 /// Starts the thread that turns SIGTERM/SIGINT into exit events.
 pub fn spawn_signal_thread(exit: ExitSender) -> io::Result<()> {
     let sender = exit.clone();
-    events::spawn_guarded("signals".into(), sender, move || {
-        let set = termination_set();
-        loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` is initialized and `sig` is a valid out pointer.
-            let rc = unsafe { libc::sigwait(&set, &mut sig) };
-            if rc == 0 {
-                tracing::info!(signal = sig, "termination signal received");
-                events::send(&exit, ExitEvent::Signal(sig));
+    events::spawn_guarded(
+        crate::seccomp::ThreadKind::Signals,
+        "signals".into(),
+        sender,
+        move || {
+            let set = termination_set();
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` is initialized and `sig` is a valid out pointer.
+                let rc = unsafe { libc::sigwait(&set, &mut sig) };
+                if rc == 0 {
+                    tracing::info!(signal = sig, "termination signal received");
+                    events::send(&exit, ExitEvent::Signal(sig));
+                }
             }
-        }
-    })?;
+        },
+    )?;
     Ok(())
 }

@@ -34,9 +34,33 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// Opens `/dev/kvm`.
+/// `/dev/kvm`, opened by [`preopen_kvm`] before the jail hid it.
+static PREOPENED: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
+
+/// Opens `/dev/kvm` now, for the next [`open_kvm`] (the jail calls this
+/// before it pivots and drops privileges, so the jail needs no node and
+/// an unprivileged VMM no access to it).
+pub fn preopen_kvm() -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")?;
+    *PREOPENED.lock().unwrap_or_else(|p| p.into_inner()) = Some(file.into());
+    Ok(())
+}
+
+/// Opens `/dev/kvm` (or takes the descriptor [`preopen_kvm`] opened).
 pub fn open_kvm() -> Result<Kvm, VmError> {
-    let kvm = Kvm::new().map_err(VmError::KvmUnavailable)?;
+    let preopened = PREOPENED.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let kvm = match preopened {
+        Some(fd) => {
+            use std::os::fd::{FromRawFd, IntoRawFd};
+            // SAFETY: the descriptor is an open /dev/kvm that this
+            // function owns; Kvm takes it over.
+            unsafe { Kvm::from_raw_fd(fd.into_raw_fd()) }
+        }
+        None => Kvm::new().map_err(VmError::KvmUnavailable)?,
+    };
     for (cap, name) in [
         (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
         (Cap::Irqfd, "KVM_CAP_IRQFD"),

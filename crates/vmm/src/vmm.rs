@@ -187,9 +187,13 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
         "starting the guest"
     );
     for v in vcpus {
-        let handle =
-            events::spawn_guarded(format!("vcpu{}", v.id), exit_tx.clone(), move || v.run())
-                .map_err(io_err("starting a vCPU thread"))?;
+        let handle = events::spawn_guarded(
+            crate::seccomp::ThreadKind::Vcpu,
+            format!("vcpu{}", v.id),
+            exit_tx.clone(),
+            move || v.run(),
+        )
+        .map_err(io_err("starting a vCPU thread"))?;
         control.add_thread(handle);
     }
     if crate::profile::init().map_err(io_err("opening the profile output"))? {

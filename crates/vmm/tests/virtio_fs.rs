@@ -194,6 +194,9 @@ fn guest_mounts_a_shared_dir() {
     let root = unsafe { libc::geteuid() } == 0;
     if root {
         with_ro_bind(&mut cmd, &ro_src, &share.join("ro"));
+        // As the runtime runs it: jailed (root with the six file caps,
+        // the fs worker under its own filter).
+        cmd.args(["--jail", dir.join("jail").to_str().unwrap_or("")]);
     } else if strict() {
         panic!("strict mode and not root: cannot check the read-only bind mount");
     } else {

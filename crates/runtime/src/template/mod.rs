@@ -337,8 +337,11 @@ impl TemplateStore {
         // would otherwise be saved, and torn down by every restored guest.
         let vm = sandbox.into_vm();
         std::thread::sleep(SETTLE);
+        // Written in the run directory (the only place a jailed VMM can
+        // write), moved out before the VM and its directory go.
+        let in_vm = vm.dir().join("template");
+        let reply = vm.api(&serde_json::json!({"op": "snapshot", "dir": in_vm}))?;
         let snapshot = work.join("template");
-        let reply = vm.api(&serde_json::json!({"op": "snapshot", "dir": snapshot}))?;
         if reply["ok"] != true {
             return Err(TemplateError::Snapshot(
                 reply["error"]
@@ -347,6 +350,7 @@ impl TemplateStore {
                     .to_owned(),
             ));
         }
+        fs::rename(&in_vm, &snapshot).map_err(dir_err(&snapshot))?;
         // The template VM is paused for good: dropping it kills it.
         drop(vm);
         let inputs = snapshot.join(INPUTS);

@@ -95,40 +95,40 @@ impl ApiServer {
 
     /// Serves requests on a thread of its own until the process exits.
     pub fn spawn(self, ctl: Arc<dyn VmControl>) -> Result<(), ApiServerError> {
-        std::thread::Builder::new()
-            .name("api".into())
-            .spawn(move || {
-                let active = Arc::new(AtomicUsize::new(0));
-                let mut refused: u64 = 0;
-                for stream in self.listener.incoming() {
-                    match stream {
-                        Ok(mut stream) => {
-                            let Some(slot) = Slot::take(&active) else {
-                                refused += 1;
-                                if refused.is_power_of_two() {
-                                    tracing::warn!(refused, "api: too many connections");
-                                }
-                                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-                                let busy = Response::error("too many connections");
-                                let _ = stream.write_all(busy.to_line().as_bytes());
-                                continue;
-                            };
-                            let ctl = ctl.clone();
-                            let spawned = std::thread::Builder::new()
-                                .name("api-conn".into())
-                                .spawn(move || {
-                                    let _slot = slot;
-                                    serve(stream, ctl.as_ref());
-                                });
-                            if let Err(e) = spawned {
-                                tracing::warn!("api connection thread: {e}");
+        crate::seccomp::spawn(crate::seccomp::ThreadKind::Api, "api".into(), move || {
+            let active = Arc::new(AtomicUsize::new(0));
+            let mut refused: u64 = 0;
+            for stream in self.listener.incoming() {
+                match stream {
+                    Ok(mut stream) => {
+                        let Some(slot) = Slot::take(&active) else {
+                            refused += 1;
+                            if refused.is_power_of_two() {
+                                tracing::warn!(refused, "api: too many connections");
                             }
+                            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                            let busy = Response::error("too many connections");
+                            let _ = stream.write_all(busy.to_line().as_bytes());
+                            continue;
+                        };
+                        let ctl = ctl.clone();
+                        let spawned = crate::seccomp::spawn(
+                            crate::seccomp::ThreadKind::Api,
+                            "api-conn".into(),
+                            move || {
+                                let _slot = slot;
+                                serve(stream, ctl.as_ref());
+                            },
+                        );
+                        if let Err(e) = spawned {
+                            tracing::warn!("api connection thread: {e}");
                         }
-                        Err(e) => tracing::warn!("api accept: {e}"),
                     }
+                    Err(e) => tracing::warn!("api accept: {e}"),
                 }
-            })
-            .map_err(ApiServerError::Thread)?;
+            }
+        })
+        .map_err(ApiServerError::Thread)?;
         Ok(())
     }
 }

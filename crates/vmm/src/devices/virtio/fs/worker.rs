@@ -75,9 +75,10 @@ impl Worker {
         // The thread logs where its creator does (the global logger, or a
         // test's own subscriber).
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
-        let thread = std::thread::Builder::new()
-            .name(format!("fs-{tag}"))
-            .spawn(move || match new_server(config) {
+        let thread = crate::seccomp::spawn(
+            crate::seccomp::ThreadKind::Fs,
+            format!("fs-{tag}"),
+            move || match new_server(config) {
                 Ok(server) => {
                     let _ = ready_tx.send(Ok(()));
                     let _log = tracing::dispatcher::set_default(&dispatch);
@@ -86,7 +87,8 @@ impl Worker {
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                 }
-            })?;
+            },
+        )?;
         let ready = ready_rx
             .recv()
             .unwrap_or_else(|_| Err(std::io::Error::other("the worker thread died")));

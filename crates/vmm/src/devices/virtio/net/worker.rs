@@ -95,9 +95,11 @@ impl Worker {
     /// Starts the thread.
     pub fn spawn(self, name: &str) -> std::io::Result<WorkerHandle> {
         let kill = self.kill.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name(format!("net-{name}"))
-            .spawn(move || self.run())?;
+        let thread = crate::seccomp::spawn(
+            crate::seccomp::ThreadKind::Net,
+            format!("net-{name}"),
+            move || self.run(),
+        )?;
         Ok(WorkerHandle::new("virtio-net", kill, thread))
     }
 

@@ -103,9 +103,11 @@ impl Worker {
     /// Starts the thread.
     pub fn spawn(self) -> std::io::Result<WorkerHandle> {
         let kill = self.kill.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || self.run())?;
+        let thread = crate::seccomp::spawn(
+            crate::seccomp::ThreadKind::Vsock,
+            "vsock".into(),
+            move || self.run(),
+        )?;
         Ok(WorkerHandle::new("vsock", kill, thread))
     }
 
