@@ -24,7 +24,7 @@ INITRD := $(GUEST_DIR)/initrd.cpio
 # machine). Kernel build, initrd, QEMU comparison, container tools.
 APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio \
 	linux-source-6.1 busybox-static qemu-system-x86 \
-	iproute2 procps runc crun podman containerd containernetworking-plugins \
+	iproute2 procps runc crun podman containerd containernetworking-plugins docker.io \
 	protobuf-compiler util-linux
 
 export NACRE_CACHE
