@@ -127,6 +127,9 @@ pub fn relative_dir(path: &str) -> Result<PathBuf, HostCgroupError> {
     let rel = match path.split(':').collect::<Vec<_>>().as_slice() {
         [plain] => PathBuf::from(plain.trim_start_matches('/')),
         [slice, prefix, name] => {
+            if name.is_empty() || prefix.contains('/') || name.contains('/') {
+                return Err(bad("a systemd unit name with '/' or none"));
+            }
             let mut dir = expand_slice(slice).ok_or_else(|| bad("not a systemd slice"))?;
             dir.push(if prefix.is_empty() {
                 format!("{name}.scope")

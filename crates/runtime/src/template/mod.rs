@@ -416,7 +416,8 @@ fn work_dir_orphaned(name: &str) -> bool {
     else {
         return false;
     };
-    !Path::new(&format!("/proc/{pid}")).exists()
+    // A zombie (killed, not yet reaped) is gone too.
+    !crate::container::process::pid_alive(pid)
 }
 
 #[cfg(test)]
