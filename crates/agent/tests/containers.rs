@@ -22,7 +22,7 @@ const AGENT: &str = env!("CARGO_BIN_EXE_nacre-agent");
 const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "id", "sleep", "hostname", "uname", "ls", "touch", "ps", "true", "tty",
-    "mount", "test", "[", "mkdir", "stty", "grep",
+    "mount", "test", "[", "mkdir", "stty", "grep", "pwd", "stat", "env",
 ];
 
 fn require_root() {
@@ -305,8 +305,8 @@ fn sigkill_while_waiting_and_reading() {
         client.state_container("kill").unwrap().status,
         ContainerStatus::Running
     );
-    let err = client.signal_process("kill", "", 0, false).unwrap_err();
-    assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
+    // Signal 0 probes a live process (runc kill <id> 0).
+    client.signal_process("kill", "", 0, false).unwrap();
     let err = client.signal_process("kill", "", 1000, false).unwrap_err();
     assert_eq!(status_code(&err), Code::INVALID_ARGUMENT, "{err}");
     client.signal_process("kill", "", 9, false).unwrap();
@@ -324,10 +324,14 @@ fn exec_into_a_running_container() {
     let init = client.create_container("exec", &bytes(&spec)).unwrap();
     let process =
         json!({"args": ["sh", "-c", "echo exec-$(hostname)"], "env": ["PATH=/bin"], "cwd": "/"});
-    let err = client
-        .exec_process("exec", "e1", &bytes(&process))
-        .unwrap_err();
-    assert_eq!(status_code(&err), Code::FAILED_PRECONDITION, "{err}");
+    // runc runs processes in a created container too.
+    client.exec_process("exec", "e0", &bytes(&process)).unwrap();
+    assert_eq!(read_all(&client, "exec", "e0", false), "exec-nacre-test\n");
+    assert_eq!(client.wait_process("exec", "e0").unwrap().status, 0);
+    assert_eq!(
+        client.state_container("exec").unwrap().status,
+        ContainerStatus::Created
+    );
     client.start_container("exec").unwrap();
     let pid = client.exec_process("exec", "e1", &bytes(&process)).unwrap();
     assert!(pid > 0);
@@ -789,4 +793,117 @@ fn several_containers_at_once() {
         ContainerStatus::Created
     );
     remove_and_check(&client, "held", &held);
+}
+
+/// runc's process setup: a missing cwd is made (as root, 0755), HOME comes
+/// from the container's /etc/passwd when unset or empty, an exec'd user
+/// enters a cwd only root may enter (chdir before the capabilities go), a
+/// tmpfs without `mode=` keeps the mode of the directory it covers, and
+/// signal 0 probes a live process.
+#[test]
+fn runc_process_setup() {
+    let agent = Agent::start("runc");
+    let client = agent.client();
+    let rootfs = agent.rootfs("r");
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    let secret = rootfs.join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let covered = rootfs.join("covered");
+    std::fs::create_dir(&covered).unwrap();
+    std::fs::set_permissions(
+        &covered,
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    let mut spec = spec(
+        &rootfs,
+        &[
+            "sh",
+            "-c",
+            "pwd; echo HOME=$HOME; stat -c '%u:%g %a' /work/a/b /covered; exec sleep 1000",
+        ],
+    );
+    spec["process"]["cwd"] = json!("/work/a/b");
+    spec["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    spec["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/covered", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]}),
+    );
+    client.create_container("runc", &bytes(&spec)).unwrap();
+    client.start_container("runc").unwrap();
+    let mut out = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.lines().count() < 4 && Instant::now() < deadline {
+        let chunk = client.read_stdout("runc", "", 0).unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        out.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(
+        out,
+        "/work/a/b\nHOME=/home/app\n0:0 755\n0:0 750\n",
+        "stderr: {}",
+        read_all(&client, "runc", "", true)
+    );
+    client.signal_process("runc", "", 0, false).unwrap();
+    client.signal_process("runc", "", 0, true).unwrap();
+
+    let exec = |exec_id: &str, process: &Value| -> String {
+        client
+            .exec_process("runc", exec_id, &bytes(process))
+            .unwrap();
+        let out = read_all(&client, "runc", exec_id, false);
+        let err = read_all(&client, "runc", exec_id, true);
+        let status = client.wait_process("runc", exec_id).unwrap().status;
+        assert_eq!(status, 0, "{exec_id}: {err}");
+        out
+    };
+    let home = json!({"args": ["sh", "-c", "echo $HOME; pwd"], "env": ["PATH=/bin", "HOME="],
+                      "cwd": "/secret", "user": {"uid": 1000, "gid": 1000}, "capabilities": caps()});
+    assert_eq!(exec("e1", &home), "/home/app\n/secret\n");
+    let root = json!({"args": ["sh", "-c", "echo $HOME"], "env": ["PATH=/bin"], "cwd": "/"});
+    assert_eq!(exec("e2", &root), "/root\n");
+
+    // An exec's missing cwd is not made (runc neither), and says so.
+    let nocwd = json!({"args": ["true"], "env": ["PATH=/bin"], "cwd": "/nowhere"});
+    let err = client
+        .exec_process("runc", "e3", &bytes(&nocwd))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(r#"chdir to cwd ("/nowhere") set in config.json failed"#),
+        "{err}"
+    );
+    remove_and_check(&client, "runc", &spec);
+}
+
+/// A guest error reaches the client with its cause, in runc's words.
+#[test]
+fn exec_errors_carry_their_cause() {
+    let agent = Agent::start("cause");
+    let client = agent.client();
+    let spec = spec(&agent.rootfs("r"), &["sleep", "1000"]);
+    client.create_container("cause", &bytes(&spec)).unwrap();
+    client.start_container("cause").unwrap();
+    let ping = json!({"args": ["ping"], "env": ["PATH=/bin"], "cwd": "/"});
+    let err = client
+        .exec_process("cause", "e1", &bytes(&ping))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(r#"exec: "ping": executable file not found in $PATH"#),
+        "{err}"
+    );
+    let dir = json!({"args": ["/etc"], "env": ["PATH=/bin"], "cwd": "/"});
+    let err = client
+        .exec_process("cause", "e2", &bytes(&dir))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(r#"exec: "/etc": Permission denied"#), "{err}");
+    remove_and_check(&client, "cause", &spec);
 }

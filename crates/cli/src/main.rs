@@ -9,6 +9,7 @@
 mod check;
 mod commands;
 mod logging;
+mod report;
 
 use std::path::PathBuf;
 
@@ -137,6 +138,7 @@ fn main() {
         _ => g.log.clone(),
     };
     let logger = Logger::init(log.as_deref(), g.log_format, level);
+    let is_exec = matches!(cli.command, Command::Exec(_));
     let result = match cli.command {
         Command::Check(args) => check::run(&args).map(|()| 0),
         Command::Create(args) => commands::lifecycle::create(g, &args),
@@ -160,12 +162,12 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            let msg = format!("{e:#}");
+            let msg = report::error_text(&e);
             if logger.to_file() {
                 logger.line("error", &msg);
             }
             eprintln!("nacre: {msg}");
-            std::process::exit(1);
+            std::process::exit(report::failure_code(is_exec));
         }
     }
 }

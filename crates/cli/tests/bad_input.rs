@@ -149,6 +149,9 @@ fn unknown_id_is_reported_by_every_command() {
             "{args:?}: {}",
             stderr(&o)
         );
+        // runc: exec's failures exit 255, the other commands' 1.
+        let want = if args[0] == "exec" { 255 } else { 1 };
+        assert_eq!(o.status.code(), Some(want), "{args:?}");
     }
     // runc: a forced delete of a missing container succeeds.
     let o = nacre()
@@ -312,4 +315,126 @@ fn spec_features_and_version() {
         .unwrap();
     assert!(o.status.success());
     assert_eq!(stdout(&o).trim(), "[]");
+}
+
+/// Runs `nacre --root ROOT ARGS...`.
+fn nacre_in(root: &Path, args: &[&str]) -> std::process::Output {
+    nacre()
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running nacre: {e}"))
+}
+
+#[test]
+fn signal_zero_is_a_liveness_probe() {
+    let s = Scratch::new("sig0");
+    let root = s.path().join("root");
+    for args in [
+        vec!["kill", "ghost", "0"],
+        vec!["kill", "--all", "ghost", "0"],
+    ] {
+        let o = nacre_in(&root, &args);
+        // Parsed (runc accepts 0); the container is what is missing.
+        assert!(
+            stderr(&o).contains("container ghost does not exist"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn exec_refuses_preserve_fds_by_name() {
+    let s = Scratch::new("pfds");
+    let root = s.path().join("root");
+    let o = nacre_in(&root, &["exec", "--preserve-fds", "2", "ghost", "true"]);
+    assert_eq!(o.status.code(), Some(255));
+    assert!(stderr(&o).contains("--preserve-fds 2"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not supported"), "{}", stderr(&o));
+}
+
+#[test]
+fn each_cause_is_printed_once() {
+    let s = Scratch::new("once");
+    let root = s.path().join("root");
+    let b = s.path().join("bundle");
+    std::fs::create_dir_all(b.join("config.json")).unwrap();
+    std::fs::create_dir_all(b.join("rootfs")).unwrap();
+    let err = fails(&root, "create", &b, "c1", &[]);
+    assert_eq!(
+        err.matches("Is a directory").count(),
+        1,
+        "the cause twice: {err}"
+    );
+    assert!(err.contains("config.json"), "{err}");
+}
+
+#[test]
+fn oversized_spec_is_e2big_before_any_boot() {
+    let s = Scratch::new("e2big");
+    let root = s.path().join("root");
+    let mut spec: serde_json::Value = serde_json::from_str(&config(&["true"], "")).unwrap();
+    spec["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(format!("BIG={}", "x".repeat(5 << 20)).into());
+    let b = bundle(s.path(), &spec.to_string());
+    let err = fails(&root, "run", &b, "big", &[]);
+    assert!(err.contains("argument list too long (E2BIG)"), "{err}");
+    assert!(err.contains("ttrpc message limit"), "{err}");
+    assert!(!err.contains("connection to the agent"), "{err}");
+    assert_nothing_left(&root, "big");
+}
+
+/// ^C while `nacre run` creates the container no longer kills it half
+/// way: the signal waits, the create finishes (here: fails, the VMM is a
+/// stand-in), and everything is cleaned up.
+#[test]
+fn interrupt_during_run_create_is_queued() {
+    if !require_root("interrupt_during_run_create_is_queued") {
+        return;
+    }
+    let s = Scratch::new("sigint");
+    let root = s.path().join("root");
+    let b = bundle(s.path(), &config(&["true"], ""));
+    let vmm = s.path().join("slow-vmm");
+    std::fs::write(
+        &vmm,
+        "#!/bin/sh\nsleep 2\necho 'slow VMM gives up' >&2\nexit 69\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kernel = s.path().join("vmlinux");
+    std::fs::write(&kernel, "k").unwrap();
+    let child = nacre()
+        .env("NACRE_VMM", &vmm)
+        .env("NACRE_KERNEL", &kernel)
+        .env("NACRE_INITRD", &kernel)
+        .env("NACRE_SHARED_FS", "0")
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "-b"])
+        .arg(&b)
+        .arg("c5")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: kill has no memory effects; the child is ours.
+        unsafe { libc::kill(pid, sig) };
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "killed by a signal mid-create ({:?}): {err}",
+        o.status
+    );
+    assert!(err.contains("slow VMM gives up"), "{err}");
+    assert_nothing_left(&root, "c5");
 }

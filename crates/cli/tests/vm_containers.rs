@@ -644,3 +644,79 @@ fn vm_delete_cleans_up_after_the_monitor_was_killed() {
     vm.ok(&["delete", id]);
     assert_nothing_left(&vm.root, id);
 }
+
+/// runc behaviours of issue 16 that need the guest: a missing cwd is made
+/// for init, HOME comes from the container's /etc/passwd, exec works in a
+/// created container and says why it fails (exit 255), `kill 0` probes,
+/// `run --keep` keeps the stopped container.
+#[test]
+fn vm_runc_process_setup_exec_errors_and_keep() {
+    let Some(vm) = Vm::new("vm_runc_compat") else {
+        return;
+    };
+    let script = "pwd; echo HOME=$HOME; exit 3";
+    let mut spec: Value = serde_json::from_str(&config(&["sh", "-c", script], "")).unwrap();
+    spec["process"]["cwd"] = "/work/a".into();
+    spec["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    let b = busybox_bundle(vm.scratch.path(), &spec.to_string());
+    std::fs::write(
+        b.join("rootfs/etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    let o = vm.run(&["run", "--keep", "-b", b.to_str().unwrap(), "keep"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "/work/a\nHOME=/home/app\n", "{}", stderr(&o));
+    assert_eq!(vm.state("keep")["status"], "stopped");
+    vm.ok(&["delete", "keep"]);
+    assert_nothing_left(&vm.root, "keep");
+
+    spec["process"]["args"] = serde_json::json!(["sleep", "100000"]);
+    std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
+    vm.create("made", &b, &[]);
+    let out = vm.ok(&["exec", "made", "sh", "-c", "echo $HOME; pwd"]);
+    assert_eq!(out, "/home/app\n/work/a\n");
+    assert_eq!(vm.state("made")["status"], "created");
+    vm.ok(&["kill", "made", "0"]);
+    let o = vm.run(&["exec", "made", "ping"]);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(r#"exec: "ping": executable file not found in $PATH"#),
+        "{}",
+        stderr(&o)
+    );
+    vm.ok(&["delete", "-f", "made"]);
+    assert_nothing_left(&vm.root, "made");
+}
+
+/// ^C during `nacre run`'s create: queued, forwarded once the container
+/// runs (its init, not a pid namespace's init, dies of it: 130), nothing
+/// left behind.
+#[test]
+fn vm_interrupt_during_run_create_reaches_the_container() {
+    let Some(vm) = Vm::new("vm_run_sigint") else {
+        return;
+    };
+    // Without a pid namespace: a namespace's init ignores signals it has
+    // no handler for, and a shell's trap may come after the forward.
+    let spec = config(&["sleep", "100000"], "").replace(r#"{"type": "pid"}, "#, "");
+    assert!(!spec.contains(r#""pid""#), "{spec}");
+    let b = busybox_bundle(vm.scratch.path(), &spec);
+    let child = vm
+        .nacre()
+        .args(["run", "-b"])
+        .arg(&b)
+        .arg("sigint")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Well inside the boot.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill has no memory effects; the child is ours.
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{:?}: {}", o.status, stderr(&o));
+    assert_nothing_left(&vm.root, "sigint");
+}

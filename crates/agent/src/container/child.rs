@@ -10,7 +10,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use seccompiler::BpfProgram;
@@ -245,6 +245,13 @@ fn mount_one(rootfs: &Path, m: &super::spec::Mount) -> Step {
                 .map_err(ctx(|| format!("{} (remount)", what())))?;
         }
     } else {
+        // runc: a tmpfs without `mode=` keeps the mode of the directory
+        // it covers (the kernel would give it 1777).
+        let keep_mode = (kind == "tmpfs" && !opts.data.split(',').any(|o| o.starts_with("mode=")))
+            .then(|| fs::metadata(&target).ok())
+            .flatten()
+            .filter(fs::Metadata::is_dir)
+            .map(|m| m.permissions().mode() & 0o7777);
         create_mount_point(&target, false)?;
         let fstype = if kind == "cgroup" { "cgroup2" } else { kind };
         let source = m.source.as_deref().unwrap_or(fstype);
@@ -257,6 +264,10 @@ fn mount_one(rootfs: &Path, m: &super::spec::Mount) -> Step {
             data,
         )
         .map_err(ctx(what))?;
+        if let Some(mode) = keep_mode {
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                .map_err(ctx(|| format!("{}: keeping mode {mode:o}", what())))?;
+        }
     }
     if opts.propagation != 0 {
         ffi::mount(None, &target, None, opts.propagation, None)
@@ -443,6 +454,16 @@ pub fn apply_process(p: &Process, seccomp: &[BpfProgram]) -> Step {
     if !p.no_new_privileges {
         super::seccomp::install(seccomp)?;
     }
+    // As runc: chdir while the process still has its privileges (a user
+    // may not be able to enter the directory with its capabilities
+    // dropped); if root may not enter it (EACCES on a root-squashed
+    // share), try again as the user.
+    let cwd = process_cwd(p);
+    let chdir_later = match chdir(cwd) {
+        Ok(()) => false,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => true,
+        Err(e) => return Err(chdir_error(cwd, &e)),
+    };
     let u = &p.user;
     ffi::set_ids(u.uid, u.gid, &u.additional_gids)
         .map_err(ctx(|| format!("switching to uid {} gid {}", u.uid, u.gid)))?;
@@ -474,16 +495,54 @@ pub fn apply_process(p: &Process, seccomp: &[BpfProgram]) -> Step {
             .map_err(ctx(|| "PR_SET_NO_NEW_PRIVS".into()))?;
     }
     ffi::umask(u.umask.unwrap_or(0o022));
-    let cwd = if p.cwd.is_empty() {
-        "/"
-    } else {
-        p.cwd.as_str()
-    };
-    std::env::set_current_dir(cwd).map_err(ctx(|| format!("chdir to cwd {cwd}")))?;
+    if chdir_later {
+        chdir(cwd).map_err(|e| chdir_error(cwd, &e))?;
+    }
     if p.no_new_privileges {
         super::seccomp::install(seccomp)?;
     }
     Ok(())
+}
+
+/// The process's working directory (`/` when the spec gives none).
+fn process_cwd(p: &Process) -> &str {
+    if p.cwd.is_empty() {
+        "/"
+    } else {
+        p.cwd.as_str()
+    }
+}
+
+fn chdir(dir: &str) -> io::Result<()> {
+    std::env::set_current_dir(dir)
+}
+
+/// runc's words.
+fn chdir_error(cwd: &str, e: &io::Error) -> String {
+    format!("chdir to cwd ({cwd:?}) set in config.json failed: {e}")
+}
+
+/// Creates the init process's working directory when it is missing, as
+/// runc does (as root, mode 0755; an exec's cwd is not created). Runs
+/// after the switch to the container's root, before it is made read-only.
+pub fn create_cwd(p: &Process) -> Step {
+    let cwd = process_cwd(p);
+    if Path::new(cwd).is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(cwd)
+        .map_err(ctx(|| format!("creating cwd {cwd:?}")))
+}
+
+/// The environment the process gets: its own, with `HOME` from the
+/// container's /etc/passwd when missing or empty (runc). Call it in the
+/// container's root, before the user switch.
+pub fn process_env(p: &Process) -> Vec<String> {
+    let passwd = fs::read_to_string("/etc/passwd").ok();
+    super::home::with_home(&p.env, passwd.as_deref(), p.user.uid)
 }
 
 /// The default PATH for looking up a command when the process has none.
@@ -506,15 +565,19 @@ pub fn find_executable(command: &str, env: &[String]) -> Step<PathBuf> {
             }
         }
     }
-    Err(format!("exec {command:?}: not found in PATH {path}"))
+    // runc's (Go's exec.LookPath's) words.
+    Err(format!(
+        "exec: {command:?}: executable file not found in $PATH"
+    ))
 }
 
-/// execve of the process; returns the error message on failure.
-pub fn exec(p: &Process) -> String {
+/// execve of the process with `env` (see [`process_env`]); returns the
+/// error message on failure.
+pub fn exec(p: &Process, env: &[String]) -> String {
     let Some(command) = p.args.first() else {
         return "no command (process.args is empty)".into();
     };
-    let path = match find_executable(command, &p.env) {
+    let path = match find_executable(command, env) {
         Ok(path) => path,
         Err(e) => return e,
     };
@@ -525,7 +588,7 @@ pub fn exec(p: &Process) -> String {
     };
     let (args, env, c_path) = match (
         to_c(&p.args),
-        to_c(&p.env),
+        to_c(env),
         ffi::cstr(path.as_os_str().as_encoded_bytes()),
     ) {
         (Ok(a), Ok(e), Ok(c)) => (a, e, c),
@@ -533,7 +596,7 @@ pub fn exec(p: &Process) -> String {
         (_, _, Err(e)) => return format!("exec path: {e}"),
     };
     let err = ffi::execve(&c_path, &args, &env);
-    format!("exec {}: {err}", path.display())
+    format!("exec: {:?}: {err}", path.display().to_string())
 }
 
 #[cfg(test)]
@@ -559,6 +622,6 @@ mod tests {
         );
         assert!(find_executable("no-such-command-here", &env)
             .unwrap_err()
-            .contains("not found"));
+            .contains("executable file not found in $PATH"));
     }
 }

@@ -281,10 +281,11 @@ pub fn validate_id(id: &str) -> Result<(), ContainerError> {
     }
 }
 
-/// A signal number the kernel accepts (1..=SIGRTMAX).
+/// A signal number the kernel accepts (0..=SIGRTMAX; 0 checks that the
+/// process exists, as `runc kill <id> 0` does).
 pub fn validate_signal(id: &str, signal: u32) -> Result<libc::c_int, ContainerError> {
     match libc::c_int::try_from(signal) {
-        Ok(s) if s >= 1 && s <= libc::SIGRTMAX() => Ok(s),
+        Ok(s) if s >= 0 && s <= libc::SIGRTMAX() => Ok(s),
         _ => Err(ContainerError::new(
             ErrorKind::InvalidArgument,
             id,
@@ -475,8 +476,10 @@ impl<L: Launcher> Engine<L> {
         }
         let process = Process::parse(process_json)
             .map_err(|e| ContainerError::new(ErrorKind::InvalidArgument, id, e.to_string()))?;
+        // runc also runs a process in a created container (its init
+        // waits before execve, its namespaces are set up).
         let status = c.status();
-        if status != Status::Running {
+        if !matches!(status, Status::Running | Status::Created) {
             return Err(ContainerError::new(
                 ErrorKind::FailedPrecondition,
                 id,

@@ -189,21 +189,34 @@ fn init_child(fds: &ChildFds, req: &CreateRequest<'_>, console: Option<&str>) ->
         child::report_to(fds.sync, &Err(e));
         ffi::exit_now(1);
     }
-    let setup = || -> Result<(), String> {
-        child::set_oom_score_adj(&req.spec.process())?;
+    let process = req.spec.process();
+    let setup = || -> Result<Vec<String>, String> {
+        child::set_oom_score_adj(&process)?;
         child::join_cgroup(req.cgroup_procs)?;
         child::enter_namespaces(req.spec)?;
         child::mount_rootfs(req.spec, req.rootfs, console)?;
         child::switch_root(req.rootfs)?;
+        child::create_cwd(&process)?;
+        let env = child::process_env(&process);
         child::finish_rootfs(req.spec)?;
-        child::apply_process(&req.spec.process(), req.seccomp)
+        child::apply_process(&process, req.seccomp)?;
+        Ok(env)
     };
     let result = setup();
-    child::report(&result);
-    if result.is_err() || !child::wait_for_start() {
+    let env = match result {
+        Ok(env) => {
+            child::report(&Ok(()));
+            env
+        }
+        Err(e) => {
+            child::report(&Err(e));
+            ffi::exit_now(1);
+        }
+    };
+    if !child::wait_for_start() {
         ffi::exit_now(1);
     }
-    let msg = child::exec(&req.spec.process());
+    let msg = child::exec(&process, &env);
     child::report(&Err(msg));
     ffi::exit_now(127)
 }
@@ -229,8 +242,9 @@ fn exec_child(fds: &ChildFds, req: &ExecRequest<'_>, namespaces: &[(OwnedFd, lib
         child::report_to(fds.sync, &Err(e));
         ffi::exit_now(127);
     }
+    let env = child::process_env(req.process);
     let msg = match child::apply_process(req.process, req.seccomp) {
-        Ok(()) => child::exec(req.process),
+        Ok(()) => child::exec(req.process, &env),
         Err(e) => e,
     };
     child::report(&Err(msg));

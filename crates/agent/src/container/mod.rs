@@ -22,6 +22,7 @@ pub mod engine;
 pub mod ephemeral;
 pub mod error;
 pub mod ffi;
+pub mod home;
 pub mod launch;
 pub mod mounts;
 pub mod seccomp;

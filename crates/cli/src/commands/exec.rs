@@ -44,7 +44,7 @@ pub struct ExecArgs {
     /// Accepted for compatibility.
     #[arg(long)]
     pub no_new_privs: bool,
-    /// Accepted for compatibility.
+    /// Refused when above 0: descriptors cannot cross into the VM.
     #[arg(long)]
     pub preserve_fds: Option<u32>,
     /// Accepted for compatibility.
@@ -83,6 +83,12 @@ pub struct ExecMonitorArgs {
 }
 
 pub fn exec(g: &Global, a: &ExecArgs) -> Result<i32> {
+    if let Some(n) = a.preserve_fds.filter(|&n| n > 0) {
+        anyhow::bail!(
+            "--preserve-fds {n} is not supported: the process runs in a VM, \
+             descriptors of this host cannot reach it"
+        );
+    }
     let paths = paths(g, &a.id)?;
     let base = container_process(&paths)?;
     let overrides = ExecOverrides {
@@ -142,7 +148,7 @@ pub fn exec_monitor(g: &Global, a: &ExecMonitorArgs) -> Result<i32> {
     let process = match process {
         Ok(p) => p,
         Err(e) => {
-            reporter.fail(&format!("{e:#}"));
+            reporter.fail(&crate::report::error_text(&e));
             return Err(e);
         }
     };

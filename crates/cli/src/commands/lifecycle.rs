@@ -46,7 +46,7 @@ pub struct RunArgs {
     /// Do not wait for the container: return once it runs.
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// Accepted for compatibility.
+    /// Keep the container's state after it exits (delete it later).
     #[arg(long)]
     pub keep: bool,
 }
@@ -206,18 +206,31 @@ pub fn start(g: &Global, a: &IdArg) -> Result<i32> {
 }
 
 pub fn run(g: &Global, a: &RunArgs) -> Result<i32> {
-    let mut monitor = create_inner(g, &a.create)?;
+    // As runc: from here on ^C, SIGTERM and SIGHUP are queued, not fatal,
+    // so the create below always finishes (or fails and cleans up) and
+    // nothing is left behind a dead `nacre run`; a foreground run
+    // forwards them once the container started, a detached one drops
+    // them.
+    let signals = super::forward::SignalQueue::install();
     let paths = paths(g, &a.create.id)?;
+    let mut monitor = create_inner(g, &a.create)?;
     if let Err(e) = ops::start(&paths) {
-        let _ = ops::delete(&paths, true);
+        if !a.keep {
+            let _ = ops::delete(&paths, true);
+        }
         return Err(e.into());
     }
     if a.detach {
         return Ok(0);
     }
-    super::forward::forward_signals(paths.clone());
+    if let Some(signals) = signals {
+        signals.forward_to(paths.clone());
+    }
     let status = monitor.wait().context("waiting for the container")?;
-    ops::delete(&paths, true)?;
+    // runc --keep: the stopped container stays until `delete`.
+    if !a.keep {
+        ops::delete(&paths, true)?;
+    }
     Ok(exit_code(status))
 }
 

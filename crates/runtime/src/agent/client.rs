@@ -16,7 +16,7 @@ use nacre_protocol::ttrpc::{self, context};
 
 use super::container::{ContainerState, ContainerStats, ContainerStatus, ProcessExit};
 use super::endpoint::Endpoint;
-use super::error::AgentClientError;
+use super::error::{check_json_size, AgentClientError};
 use super::{AgentClient, GuestDetails, HealthStatus, RestoredIdentity};
 
 use nacre_protocol::container as pb;
@@ -222,6 +222,7 @@ impl AgentClient for TtrpcAgentClient {
         container_id: &str,
         oci_spec_json: &[u8],
     ) -> Result<u32, AgentClientError> {
+        check_json_size("Agent.CreateContainer", "spec", oci_spec_json.len())?;
         let req = container_req(|r: &mut pb::CreateContainerRequest| {
             r.container_id = container_id.to_owned();
             r.oci_spec_json = oci_spec_json.to_vec();
@@ -249,6 +250,7 @@ impl AgentClient for TtrpcAgentClient {
         exec_id: &str,
         process_json: &[u8],
     ) -> Result<u32, AgentClientError> {
+        check_json_size("Agent.ExecProcess", "process", process_json.len())?;
         let req = container_req(|r: &mut pb::ExecProcessRequest| {
             r.container_id = container_id.to_owned();
             r.exec_id = exec_id.to_owned();

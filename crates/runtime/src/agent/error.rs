@@ -87,6 +87,22 @@ pub enum AgentClientError {
         /// What is wrong with it.
         message: String,
     },
+    /// The request is larger than a ttrpc message may be: refused before
+    /// sending (runc's execve would fail with E2BIG).
+    #[error(
+        "{rpc}: argument list too long (E2BIG): the {what} is {size} bytes, \
+         the agent takes at most {max} bytes (the ttrpc message limit)"
+    )]
+    TooLarge {
+        /// The RPC.
+        rpc: &'static str,
+        /// What is too large (`spec`, `process`).
+        what: &'static str,
+        /// Its size in bytes.
+        size: usize,
+        /// The most the agent takes.
+        max: usize,
+    },
     /// The connection failed during the RPC.
     #[error("{rpc}: connection to the agent failed: {source}")]
     Transport {
@@ -120,6 +136,27 @@ pub fn guest_text(text: &str) -> String {
         });
     }
     out
+}
+
+/// The largest JSON document (spec or process) sent in one request: the
+/// ttrpc message limit less room for the request's other fields.
+pub const MAX_JSON_BYTES: usize = ttrpc::proto::MESSAGE_LENGTH_MAX - 64 * 1024;
+
+/// Refuses a `what` of `size` bytes that would not fit in a ttrpc message.
+pub fn check_json_size(
+    rpc: &'static str,
+    what: &'static str,
+    size: usize,
+) -> Result<(), AgentClientError> {
+    if size > MAX_JSON_BYTES {
+        return Err(AgentClientError::TooLarge {
+            rpc,
+            what,
+            size,
+            max: MAX_JSON_BYTES,
+        });
+    }
+    Ok(())
 }
 
 impl AgentClientError {
@@ -266,6 +303,20 @@ mod tests {
         };
         assert!(handshake(HandshakeError::Closed).is_retryable());
         assert!(!handshake(HandshakeError::BadReply("NO".into())).is_retryable());
+    }
+
+    #[test]
+    fn oversized_documents_are_refused_as_e2big() {
+        check_json_size("Agent.CreateContainer", "spec", MAX_JSON_BYTES).unwrap();
+        let err = check_json_size("Agent.CreateContainer", "spec", 5_751_886).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "Agent.CreateContainer: argument list too long (E2BIG): the spec is 5751886 \
+                 bytes, the agent takes at most {MAX_JSON_BYTES} bytes (the ttrpc message limit)"
+            )
+        );
+        const { assert!(MAX_JSON_BYTES > 4_000_000) };
     }
 
     #[test]

@@ -274,7 +274,11 @@ impl AgentClient for FakeAgent {
         const RPC: &str = "Agent.ExecProcess";
         let pid = self.pid();
         self.with_container(RPC, container_id, |c| {
-            if c.status != ContainerStatus::Running {
+            // As the agent (and runc): created or running.
+            if !matches!(
+                c.status,
+                ContainerStatus::Running | ContainerStatus::Created
+            ) {
                 return Err(status(
                     RPC,
                     Code::FAILED_PRECONDITION,
@@ -330,7 +334,7 @@ impl AgentClient for FakeAgent {
         all: bool,
     ) -> Result<(), AgentClientError> {
         const RPC: &str = "Agent.SignalProcess";
-        if signal == 0 || signal > 64 {
+        if signal > 64 {
             self.call(RPC)?;
             return Err(status(
                 RPC,

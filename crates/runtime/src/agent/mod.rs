@@ -22,7 +22,7 @@ pub use container::{
     ContainerState, ContainerStats, ContainerStatus, ProcessExit, UnknownStatus, INIT_EXEC_ID,
 };
 pub use endpoint::{hybrid_vsock_handshake, Endpoint, HandshakeError};
-pub use error::{guest_text, AgentClientError, GUEST_TEXT_MAX};
+pub use error::{check_json_size, guest_text, AgentClientError, GUEST_TEXT_MAX, MAX_JSON_BYTES};
 
 /// Whether the agent serves requests (`Health.Check`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,12 +44,13 @@ const SIGNALS: &[(&str, i32)] = &[
 const SIGRTMAX: i32 = 64;
 
 /// Parses a signal given as a name (any case, with or without `SIG`), a
-/// real-time `RTMIN+n`/`RTMAX-n`, or a number from 1 to 64.
+/// real-time `RTMIN+n`/`RTMAX-n`, or a number from 0 to 64 (0 checks that
+/// the container's process lives, as `runc kill <id> 0`).
 pub fn parse_signal(text: &str) -> Result<i32, ContainerError> {
     let unknown = || ContainerError::UnknownSignal(text.to_string());
     let trimmed = text.trim();
     if let Ok(n) = trimmed.parse::<i32>() {
-        return if (1..=SIGRTMAX).contains(&n) {
+        return if (0..=SIGRTMAX).contains(&n) {
             Ok(n)
         } else {
             Err(unknown())
@@ -99,11 +100,14 @@ mod tests {
         assert_eq!(parse_signal("SIGRTMIN+2").unwrap(), 36);
         assert_eq!(parse_signal("RTMAX-1").unwrap(), 63);
         assert_eq!(parse_signal("64").unwrap(), 64);
+        assert_eq!(parse_signal("0").unwrap(), 0, "a liveness probe");
     }
 
     #[test]
     fn rejects_unknown() {
-        for s in ["FOO", "SIGFOO", "0", "65", "-9", "", "RTMIN+40", "RTMAXX"] {
+        for s in [
+            "FOO", "SIGFOO", "SIG0", "65", "-9", "", "RTMIN+40", "RTMAXX",
+        ] {
             let err = parse_signal(s).unwrap_err().to_string();
             assert!(err.starts_with("unknown signal"), "{s}: {err}");
         }

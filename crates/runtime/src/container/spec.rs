@@ -125,6 +125,19 @@ impl Bundle {
             path: path.clone(),
             source,
         })?;
+        // The spec reaches the agent in one ttrpc message: say what runc
+        // would (execve's E2BIG) before a VM boots for nothing.
+        if bytes.len() > crate::agent::MAX_JSON_BYTES {
+            return Err(ContainerError::BadConfig {
+                path,
+                reason: format!(
+                    "argument list too long (E2BIG): {} bytes, more than the {} bytes \
+                     the agent takes (the ttrpc message limit)",
+                    bytes.len(),
+                    crate::agent::MAX_JSON_BYTES
+                ),
+            });
+        }
         let parse_err = |source| ContainerError::ParseConfig {
             path: path.clone(),
             source,
