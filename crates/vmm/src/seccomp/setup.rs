@@ -69,6 +69,9 @@ pub const MAIN: &[Rule] = &[
         Arg::OneOf(0, &[libc::AF_UNIX as u64]),
     ),
     allow("bind", libc::SYS_bind),
+    // The sockets are made 0600 between bind and listen
+    // (`unix_socket::bind_private`).
+    allow("fchmodat", libc::SYS_fchmodat),
     allow("listen", libc::SYS_listen),
     allow("getsockname", libc::SYS_getsockname),
     // Cleanup removes the sockets at exit (listing the directory for
