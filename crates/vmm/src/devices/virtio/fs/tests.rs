@@ -559,6 +559,64 @@ fn special_files_are_not_opened_or_created() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// M2, the double-fetch attack: while MKNOD requests are served, a
+/// second "vCPU" flips the request's mode word in guest memory between a
+/// regular file and a character device (1:3) as fast as it can. Safe
+/// outcome: no device node ever appears on the host; every node made is
+/// a regular file (the rule is checked on the value the server parsed).
+#[test]
+fn flipping_the_mknod_mode_never_makes_a_device_node() {
+    const REQUESTS: u32 = 3000;
+    let dir = temp_dir("mknod-flip");
+    let mem = guest_memory();
+    let mut d = Driver::start(&mem, &dir);
+    d.init();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (mem, stop) = (mem.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut flips = 0u64;
+            let mode_at = GuestAddress(REQ_BUF + 40);
+            while !stop.load(Ordering::Relaxed) {
+                for mode in [libc::S_IFCHR | 0o666, libc::S_IFREG | 0o600] {
+                    mem.write_obj(mode, mode_at).unwrap();
+                }
+                flips += 2;
+            }
+            flips
+        })
+    };
+    let (mut refused, mut made) = (0u32, 0u32);
+    for i in 0..REQUESTS {
+        let mut args = Vec::new();
+        for v in [libc::S_IFREG | 0o600, 0x0103, 0, 0] {
+            args.extend_from_slice(&v.to_le_bytes());
+        }
+        args.extend_from_slice(format!("n{i}").as_bytes());
+        args.push(0);
+        match d.call(OP_MKNOD, ROOT, &args).error {
+            0 => made += 1,
+            e if e == -libc::EPERM => refused += 1,
+            e => panic!("mknod n{i}: {e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flips = flipper.join().unwrap();
+    eprintln!(
+        "{REQUESTS} MKNODs under {flips} mode flips: {made} regular files, {refused} refused"
+    );
+    assert!(flips >= 1_000_000, "only {flips} flips");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let meta = entry.unwrap().metadata().unwrap();
+        assert!(
+            meta.is_file(),
+            "a node that is not a regular file: {meta:?}"
+        );
+    }
+    assert_eq!(made + refused, REQUESTS);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn malformed_requests_do_not_stop_the_device() {
     let dir = temp_dir("malformed");
