@@ -328,6 +328,19 @@ fn vm_lifecycle_exec_readonly_mount_pids_limit() {
 
     vm.ok(&["start", id]);
     assert_eq!(vm.state(id)["status"], "running");
+    // Issue 14: serving the share, the jailed VMM keeps uid 0 with only
+    // the six capabilities the virtio-fs passthrough needs (0xdb).
+    if std::env::var("NACRE_VMM_JAIL").as_deref() != Ok("0") {
+        let state: Value =
+            serde_json::from_slice(&std::fs::read(vm.root.join(id).join("state.json")).unwrap())
+                .unwrap();
+        let vmm = state["vmm_pid"].as_u64().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+        assert!(
+            status.contains("CapEff:\t00000000000000db") && status.contains("NoNewPrivs:\t1"),
+            "{status}"
+        );
+    }
     let o = vm.run(&["start", id]);
     assert!(!o.status.success(), "a second start must fail");
 

@@ -56,6 +56,33 @@ fn boot_health_details_shutdown_leaves_nothing() {
         );
     }
 
+    // Issue 14: the real VMM runs jailed. Without a share: uid 65534 and
+    // no capability, in a mount namespace and root of its own.
+    if std::env::var("NACRE_VMM_JAIL").as_deref() != Ok("0") {
+        let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            proc_status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(field("Uid:"), "65534\t65534\t65534\t65534", "{proc_status}");
+        assert_eq!(field("CapEff:"), "0000000000000000", "{proc_status}");
+        assert_eq!(field("CapBnd:"), "0000000000000000", "{proc_status}");
+        let ns = |p: &str| std::fs::read_link(p).unwrap();
+        assert_ne!(ns(&format!("/proc/{pid}/ns/mnt")), ns("/proc/self/ns/mnt"));
+        let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            !root.iter().any(|n| n == "etc" || n == "usr"),
+            "the VMM sees the host's root: {root:?}"
+        );
+    }
+
     let leftovers = sandbox
         .shutdown(Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("shutdown: {e}"));
