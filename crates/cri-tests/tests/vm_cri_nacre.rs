@@ -655,3 +655,80 @@ fn nacre_pod_with_limits_oom_and_exit_races() {
         let _ = std::fs::remove_dir(dir.parent().unwrap());
     }
 }
+
+/// Issue 14 (3), the acceptance's attack: a guest that touches more RAM
+/// than its pod may use. The pod's cgroup parent (kubelet's, here the
+/// test's) is limited to 192 MiB while the VM has 256 MiB; a container
+/// with no limit of its own fills the guest's memory. Safe outcome: the
+/// host cgroup's OOM killer stops the VMM (the pod's container ends with
+/// 137, the cgroup counts an OOM kill), nothing outside the pod is hit,
+/// and the pod is still removed cleanly.
+#[test]
+fn a_guest_filling_its_ram_is_stopped_by_the_pods_host_cgroup() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "vm_cri_nacre::a_guest_filling_its_ram_is_stopped_by_the_pods_host_cgroup";
+    let Some(ctd) = setup(test) else { return };
+    let cri = client(&ctd);
+    let parent = format!("/nacre-oom-{}", std::process::id());
+    let limit: u64 = 192 << 20;
+    let memory_root = if std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
+        std::path::PathBuf::from("/sys/fs/cgroup/memory")
+    } else {
+        std::path::PathBuf::from("/sys/fs/cgroup")
+    };
+    let parent_dir = memory_root.join(parent.trim_start_matches('/'));
+    std::fs::create_dir_all(&parent_dir).unwrap();
+    let v1 = parent_dir.join("memory.limit_in_bytes").exists();
+    let limit_file = if v1 {
+        "memory.limit_in_bytes"
+    } else {
+        "memory.max"
+    };
+    std::fs::write(parent_dir.join(limit_file), limit.to_string()).unwrap();
+    let mut pod_cfg = pod_config(&ctd, "oom-pod", "oom-host");
+    pod_cfg.linux = Some(LinuxPodSandboxConfig {
+        cgroup_parent: parent.clone(),
+        ..Default::default()
+    });
+    let pod = cri
+        .run_pod_sandbox(&pod_cfg, "nacre")
+        .unwrap_or_else(|e| panic!("RunPodSandbox(nacre): {e}\n{}", ctd.log_tail(40)));
+    let hog = run_container(
+        &cri,
+        &pod,
+        &pod_cfg,
+        &container_config(
+            "hog",
+            &["sh", "-c", "x=0123456789abcdef; while :; do x=$x$x; done"],
+            vec![],
+        ),
+    );
+    let st = wait_exited(&cri, &hog);
+    assert_eq!(st.exit_code, 137, "{st:?}\n{}", ctd.log_tail(30));
+    let kills = if v1 {
+        std::fs::read_to_string(parent_dir.join("memory.oom_control"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    } else {
+        std::fs::read_to_string(parent_dir.join("memory.events"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(kills >= 1, "the pod's host cgroup counted no OOM kill");
+    cri.stop_container(&hog, 10).unwrap();
+    cri.remove_container(&hog).unwrap();
+    cri.stop_pod_sandbox(&pod).unwrap();
+    cri.remove_pod_sandbox(&pod).unwrap();
+    let leaf = nacre_runtime::host_cgroup::HostCgroup::locate(&format!("{parent}/{pod}")).unwrap();
+    for dir in leaf.dirs() {
+        assert!(!dir.exists(), "host cgroup {} left", dir.display());
+        let _ = std::fs::remove_dir(dir.parent().unwrap());
+    }
+    let _ = std::fs::remove_dir(&parent_dir);
+}
