@@ -658,7 +658,7 @@ fn nacre_pod_with_limits_oom_and_exit_races() {
 
 /// Issue 14 (3), the acceptance's attack: a guest that touches more RAM
 /// than its pod may use. The pod's cgroup parent (kubelet's, here the
-/// test's) is limited to 192 MiB while the VM has 256 MiB; a container
+/// test's) is limited to 160 MiB while the VM has 256 MiB; a container
 /// with no limit of its own fills the guest's memory. Safe outcome: the
 /// host cgroup's OOM killer stops the VMM (the pod's container ends with
 /// 137, the cgroup counts an OOM kill), nothing outside the pod is hit,
@@ -670,7 +670,7 @@ fn a_guest_filling_its_ram_is_stopped_by_the_pods_host_cgroup() {
     let Some(ctd) = setup(test) else { return };
     let cri = client(&ctd);
     let parent = format!("/nacre-oom-{}", std::process::id());
-    let limit: u64 = 192 << 20;
+    let limit: u64 = 160 << 20;
     let memory_root = if std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
         std::path::PathBuf::from("/sys/fs/cgroup/memory")
     } else {
