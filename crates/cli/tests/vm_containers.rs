@@ -562,7 +562,7 @@ fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 /// socket or mount is left (the VMM dies with its owner, --owner-fd).
 #[test]
 fn vm_monitor_killed_while_making_a_template_or_booting_leaves_nothing() {
-    let Some(vm) = Vm::new("vm_monitor_killed_mid_create") else {
+    let Some(vm) = Vm::new("vm_owner_killed_mid_create") else {
         return;
     };
     let b = busybox_bundle(vm.scratch.path(), &config(&["true"], ""));
@@ -594,7 +594,8 @@ fn vm_monitor_killed_while_making_a_template_or_booting_leaves_nothing() {
         wait_for(&format!("{what}: no VMM"), Duration::from_secs(120), || {
             !pids_of("nacre-vmm", &[vmm_needle]).is_empty()
         });
-        let monitors = pids_of("nacre", &["monitor", &root, &id]);
+        // (" monitor ": the subcommand, not a path that contains it.)
+        let monitors = pids_of("nacre", &[" monitor ", &root, &id]);
         assert_eq!(monitors.len(), 1, "{what}: monitors {monitors:?}");
         // SAFETY: kill(2) of the monitor this test started.
         unsafe { libc::kill(i32::try_from(monitors[0]).unwrap(), libc::SIGKILL) };
