@@ -50,6 +50,9 @@ pub const NET: &[Rule] = &[
     allow("writev", libc::SYS_writev),
     // Interest in tap readiness changes with the rx queue.
     allow("epoll_ctl", libc::SYS_epoll_ctl),
+    // The worker's tap and eventfd clones and their flags (seen in the
+    // audit log of a `make test` run in log mode).
+    allow("fcntl", libc::SYS_fcntl),
 ];
 
 /// virtio-fs: the passthrough file system acting for guest users on the
