@@ -173,7 +173,7 @@ impl From<Cli> for VmmArgs {
 #[derive(Debug)]
 pub enum Invocation {
     /// Boot or restore a VM.
-    Run(VmmArgs),
+    Run(Box<VmmArgs>),
     /// `--features`: print [`features`] and exit.
     Features,
 }
@@ -188,7 +188,7 @@ where
     Ok(if cli.features {
         Invocation::Features
     } else {
-        Invocation::Run(cli.into())
+        Invocation::Run(Box::new(cli.into()))
     })
 }
 

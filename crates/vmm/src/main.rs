@@ -15,7 +15,7 @@ fn code(c: i32) -> ExitCode {
 
 fn main() -> ExitCode {
     let args = match cli::parse_from(std::env::args_os()) {
-        Ok(Invocation::Run(args)) => args,
+        Ok(Invocation::Run(args)) => *args,
         Ok(Invocation::Features) => {
             return match cli::features().to_json() {
                 Ok(json) => {

@@ -20,7 +20,7 @@ fn reparsed(args: &VmmArgs) -> VmmArgs {
         .chain(args.to_args())
         .collect();
     match cli::parse_from(&argv) {
-        Ok(Invocation::Run(parsed)) => parsed,
+        Ok(Invocation::Run(parsed)) => *parsed,
         Ok(Invocation::Features) => panic!("{argv:?} parsed as --features"),
         Err(e) => panic!("{argv:?}: {e}"),
     }
