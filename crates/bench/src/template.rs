@@ -156,8 +156,13 @@ pub fn run(
         }
         // An idle guest costs a good part of a CPU here (periodic tick in
         // emulated kernel code): paused, N of them do not starve the next.
-        if let Err(e) = sandbox.vm().api(&serde_json::json!({"op": "pause"})) {
-            eprintln!("    pausing: {e}");
+        match sandbox.vm().api(&nacre_vmm_api::Request::Pause) {
+            Ok(reply) => {
+                if let Err(e) = reply.into_result() {
+                    eprintln!("    pausing: {e}");
+                }
+            }
+            Err(e) => eprintln!("    pausing: {e}"),
         }
         running.push(sandbox);
     }

@@ -63,7 +63,7 @@ const RESTORE_ROUND: Duration = Duration::from_secs(30);
 
 /// nacre-vmm's exit code for a template it cannot use (corrupt, other
 /// format, VMM version, kernel or initrd).
-pub const TEMPLATE_REFUSED: i32 = 65;
+pub const TEMPLATE_REFUSED: i32 = nacre_vmm_api::exit_code::TEMPLATE;
 
 fn last_line(text: &str) -> String {
     text.lines()

@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use nacre_vmm_api::{
+    MacAddr, NetArg, NetArgError, NetBackend, Request, Response, SharedDir, VmmArgs,
+};
+
 use crate::container::mounts::create_private_dir;
 use crate::image::GuestImage;
 
@@ -96,20 +100,21 @@ pub struct VmNet {
     /// None: a detached device (no host side; a template's VM).
     pub fd: Option<std::os::fd::RawFd>,
     pub mac: String,
-    pub mtu: Option<u32>,
+    pub mtu: Option<u16>,
 }
 
 impl VmNet {
-    /// The `--net` argument.
-    pub fn arg(&self) -> String {
-        let mut arg = match self.fd {
-            Some(fd) => format!("fd={fd},mac={}", self.mac),
-            None => format!("detached,mac={}", self.mac),
-        };
-        if let Some(mtu) = self.mtu {
-            arg.push_str(&format!(",mtu={mtu}"));
-        }
-        arg
+    /// The `--net` device (fails on a malformed MAC).
+    pub fn net_arg(&self) -> Result<NetArg, VmError> {
+        let mac: MacAddr = self.mac.parse().map_err(VmError::Net)?;
+        Ok(NetArg {
+            backend: match self.fd {
+                Some(fd) => NetBackend::Fd(fd),
+                None => NetBackend::Detached,
+            },
+            mac,
+            mtu: self.mtu,
+        })
     }
 }
 
@@ -157,6 +162,8 @@ pub enum VmError {
     },
     #[error("control socket {path}: bad reply {reply:?}")]
     ApiReply { path: PathBuf, reply: String },
+    #[error("--net device: {0}")]
+    Net(#[source] NetArgError),
 }
 
 /// A running (or exited) `nacre-vmm` process.
@@ -202,32 +209,34 @@ fn inherit_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
     }
 }
 
-/// `--net` per device; the child inherits their tap descriptors.
-fn net_args(cmd: &mut Command, nets: &[VmNet]) {
-    for net in nets {
-        cmd.arg("--net").arg(net.arg());
-    }
-    inherit_fds(cmd, nets.iter().filter_map(|n| n.fd).collect());
+/// The `--net` devices and the tap descriptors the child must inherit.
+fn net_args(nets: &[VmNet]) -> Result<(Vec<NetArg>, Vec<std::os::fd::RawFd>), VmError> {
+    let args = nets.iter().map(VmNet::net_arg).collect::<Result<_, _>>()?;
+    Ok((args, nets.iter().filter_map(|n| n.fd).collect()))
+}
+
+/// The `--shared-dir` devices. Every share keeps the VMM's default cache
+/// mode (auto: the host may change files); a share that only its guest
+/// changes could use `CacheMode::Always` here.
+fn shares(dirs: &[(String, PathBuf)]) -> Vec<SharedDir> {
+    dirs.iter()
+        .map(|(tag, path)| SharedDir::new(tag.clone(), path.clone()))
+        .collect()
 }
 
 impl VmProcess {
     /// Creates `dir` (which must not exist) and starts the VMM in it.
     pub fn spawn(vmm: &Path, spec: &VmSpec, dir: &Path) -> Result<Self, VmError> {
-        Self::start(vmm, dir, &spec.host, |cmd| {
-            cmd.arg("--kernel")
-                .arg(&spec.image.kernel)
-                .arg("--initrd")
-                .arg(&spec.image.initrd)
-                .arg("--vcpus")
-                .arg(spec.vcpus.to_string())
-                .arg("--memory-mib")
-                .arg(spec.memory_mib.to_string());
-            if let Some(extra) = &spec.extra_cmdline {
-                cmd.arg("--cmdline").arg(extra);
-            }
-            shared_dir_args(cmd, &spec.shared_dirs);
-            net_args(cmd, &spec.nets);
-        })
+        let (nets, fds) = net_args(&spec.nets)?;
+        let args = VmmArgs {
+            vcpus: spec.vcpus,
+            memory_mib: u64::from(spec.memory_mib),
+            cmdline: spec.extra_cmdline.clone().unwrap_or_default(),
+            shared_dirs: shares(&spec.shared_dirs),
+            nets,
+            ..VmmArgs::boot(&spec.image.kernel, &spec.image.initrd)
+        };
+        Self::start(vmm, dir, &spec.host, args, fds)
     }
 
     /// Creates `dir` (which must not exist) and starts a VMM in it that
@@ -244,25 +253,24 @@ impl VmProcess {
         dir: &Path,
         host: &HostPlacement,
     ) -> Result<Self, VmError> {
-        Self::start(vmm, dir, host, |cmd| {
-            cmd.arg("--restore")
-                .arg(template)
-                .arg("--kernel")
-                .arg(&image.kernel)
-                .arg("--initrd")
-                .arg(&image.initrd);
-            shared_dir_args(cmd, shared_dirs);
-            net_args(cmd, nets);
-        })
+        let (nets, fds) = net_args(nets)?;
+        let args = VmmArgs {
+            shared_dirs: shares(shared_dirs),
+            nets,
+            ..VmmArgs::restore(template, &image.kernel, &image.initrd)
+        };
+        Self::start(vmm, dir, host, args, fds)
     }
 
-    /// Creates `dir` and starts the VMM with the run directory's sockets
-    /// and logs, plus the arguments `args` adds.
+    /// Creates `dir` and starts the VMM with `args` plus the run
+    /// directory's sockets and logs, its lifeline and jail; the child
+    /// inherits `fds` (the taps of `args.nets`).
     fn start(
         vmm: &Path,
         dir: &Path,
         host: &HostPlacement,
-        args: impl FnOnce(&mut Command),
+        mut args: VmmArgs,
+        fds: Vec<std::os::fd::RawFd>,
     ) -> Result<Self, VmError> {
         let run_dir_err = |source| VmError::RunDir {
             path: dir.to_path_buf(),
@@ -288,10 +296,9 @@ impl VmProcess {
             run_dir_err(source)
         })?;
         let mut cmd = Command::new(vmm);
-        args(&mut cmd);
+        inherit_fds(&mut cmd, fds);
         // The VM dies with this process, however it dies.
-        cmd.arg("--owner-fd")
-            .arg(owner_read.as_raw_fd().to_string());
+        args.owner_fd = Some(owner_read.as_raw_fd());
         inherit_fds(&mut cmd, vec![owner_read.as_raw_fd()]);
         if *host != HostPlacement::default() {
             use std::os::unix::process::CommandExt;
@@ -302,13 +309,11 @@ impl VmProcess {
                 cmd.pre_exec(move || host.apply_in_child());
             }
         }
-        jail_arg(&mut cmd, dir);
-        cmd.arg("--serial-log")
-            .arg(dir.join("console.log"))
-            .arg("--vsock-uds")
-            .arg(dir.join("vsock.sock"))
-            .arg("--api-socket")
-            .arg(dir.join("api.sock"));
+        args.jail = jail_dir(dir);
+        args.serial_log = Some(dir.join("console.log"));
+        args.vsock_uds = Some(dir.join("vsock.sock"));
+        args.api_socket = Some(dir.join("api.sock"));
+        cmd.args(args.to_args());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(vmm_log));
@@ -423,8 +428,9 @@ impl VmProcess {
         Ok(status)
     }
 
-    /// Sends one request to the control socket and returns the JSON reply.
-    pub fn api(&self, request: &serde_json::Value) -> Result<serde_json::Value, VmError> {
+    /// Sends one request to the control socket and returns the reply
+    /// (which may be a refusal: see [`Response::into_result`]).
+    pub fn api(&self, request: &Request) -> Result<Response, VmError> {
         let path = self.api_socket();
         let api_err = |source| VmError::Api {
             path: path.clone(),
@@ -434,12 +440,15 @@ impl VmProcess {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(api_err)?;
-        writeln!(stream, "{request}").map_err(api_err)?;
+        let line = request
+            .to_line()
+            .map_err(|e| api_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        stream.write_all(line.as_bytes()).map_err(api_err)?;
         let mut line = String::new();
         BufReader::new(stream)
             .read_line(&mut line)
             .map_err(api_err)?;
-        serde_json::from_str(&line).map_err(|_| VmError::ApiReply {
+        Response::parse(&line).map_err(|_| VmError::ApiReply {
             path: path.clone(),
             reply: line,
         })
@@ -450,19 +459,9 @@ impl VmProcess {
 /// VMM pivots into a tmpfs there (in its own mount namespace) holding,
 /// at their own paths, only the run directory, the kernel, initrd,
 /// template and shares, so every argument stays valid.
-fn jail_arg(cmd: &mut Command, dir: &Path) {
+fn jail_dir(dir: &Path) -> Option<PathBuf> {
     let off = std::env::var("NACRE_VMM_JAIL").is_ok_and(|v| v == "0" || v == "false");
-    if !off {
-        cmd.arg("--jail").arg(dir.join("jail"));
-    }
-}
-
-fn shared_dir_args(cmd: &mut Command, dirs: &[(String, PathBuf)]) {
-    for (tag, path) in dirs {
-        let mut arg = std::ffi::OsString::from(format!("{tag}="));
-        arg.push(path);
-        cmd.arg("--shared-dir").arg(arg);
-    }
+    (!off).then(|| dir.join("jail"))
 }
 
 impl Drop for VmProcess {

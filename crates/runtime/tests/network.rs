@@ -57,9 +57,11 @@ fn attach_and_teardown_leave_nothing() {
 
     let nets = pod.vm_nets();
     assert_eq!(nets.len(), 1);
-    assert!(nets[0]
-        .arg()
-        .starts_with(&format!("fd={},mac={}", nets[0].fd.unwrap(), ns.mac)));
+    assert!(nets[0].net_arg().unwrap().to_arg().starts_with(&format!(
+        "fd={},mac={}",
+        nets[0].fd.unwrap(),
+        ns.mac
+    )));
     assert_eq!(nets[0].mtu, Some(1450));
 
     let tap = ns.exec(&format!("ip -o link show {}", ep.tap_name));

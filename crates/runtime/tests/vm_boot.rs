@@ -40,12 +40,13 @@ fn boot_health_details_shutdown_leaves_nothing() {
     assert_eq!(details.cpus, 1);
     assert!(sandbox.vm().console().contains("nacre-agent: ready"));
 
-    let status = sandbox
-        .vm()
-        .api(&serde_json::json!({"op": "status"}))
-        .unwrap();
-    assert_eq!(status["ok"], true, "{status}");
-    assert_eq!(status["state"], "running", "{status}");
+    let status = sandbox.vm().api(&nacre_vmm_api::Request::Status).unwrap();
+    assert!(status.ok, "{status:?}");
+    assert_eq!(
+        status.state,
+        Some(nacre_vmm_api::State::Running),
+        "{status:?}"
+    );
 
     // The VMM runs under its seccomp filter (unless turned off here).
     if std::env::var("NACRE_VMM_SECCOMP").as_deref() != Ok("off") {

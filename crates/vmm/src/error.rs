@@ -30,29 +30,9 @@ use crate::memory::MemoryError;
 use crate::snapshot::TemplateError;
 use crate::vm::VmError;
 
-/// Exit codes (sysexits.h values where one fits).
-pub mod exit_code {
-    /// The guest stopped cleanly.
-    pub const OK: i32 = 0;
-    /// EX_USAGE: bad configuration.
-    pub const CONFIG: i32 = 64;
-    /// EX_DATAERR: a template that is corrupt, incomplete, of another
-    /// format or VMM version, or made from another kernel or initrd.
-    pub const TEMPLATE: i32 = 65;
-    /// EX_NOINPUT: kernel or initrd unusable.
-    pub const NO_INPUT: i32 = 66;
-    /// EX_UNAVAILABLE: /dev/kvm unavailable.
-    pub const KVM_UNAVAILABLE: i32 = 69;
-    /// EX_SOFTWARE: VMM or guest failure.
-    pub const FAILURE: i32 = 70;
-    /// EX_OSERR: the jail (`--jail`) could not be set up: namespaces,
-    /// mounts, pivot_root, rlimits or the credential drop failed.
-    pub const JAIL: i32 = 71;
-    /// EX_TEMPFAIL: the process that owns the VM (`--owner-fd`) is gone.
-    pub const OWNER_GONE: i32 = 75;
-    /// Added to the signal number for exits on SIGTERM/SIGINT.
-    pub const SIGNAL_BASE: i32 = 128;
-}
+/// Exit codes (sysexits.h values where one fits): defined by the
+/// contract with the runtime, [`nacre_vmm_api::exit_code`].
+pub use nacre_vmm_api::exit_code;
 
 /// Everything that can stop the VMM from starting or running the VM.
 #[derive(Debug, thiserror::Error)]

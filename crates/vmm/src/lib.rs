@@ -15,6 +15,7 @@
 pub mod api;
 pub mod arch;
 pub mod cleanup;
+pub mod cli;
 pub mod cmdline;
 pub mod config;
 pub mod devices;

@@ -130,22 +130,25 @@ pub fn global_args(g: &Global, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Whether the VMM serves `--shared-dir` (virtio-fs); `NACRE_SHARED_FS=0/1`
-/// overrides.
+/// Whether the VMM serves `--shared-dir` (virtio-fs), as its
+/// `--features` says; `NACRE_SHARED_FS=0/1` overrides.
 fn vmm_has_shared_dir(vmm: &Path) -> bool {
     match std::env::var("NACRE_SHARED_FS").as_deref() {
         Ok("0") => return false,
         Ok("1") => return true,
         _ => {}
     }
-    Command::new(vmm)
-        .arg("--help")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout).contains("--shared-dir")
-                || String::from_utf8_lossy(&o.stderr).contains("--shared-dir")
-        })
-        .unwrap_or(false)
+    vmm_features(vmm).is_some_and(|f| f.supports("shared-dir"))
+}
+
+/// What `vmm --features` reports; None if it cannot say (a VMM older
+/// than the flag, or one that does not run).
+fn vmm_features(vmm: &Path) -> Option<nacre_vmm_api::Features> {
+    let out = Command::new(vmm).arg("--features").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    nacre_vmm_api::Features::parse(&String::from_utf8_lossy(&out.stdout)).ok()
 }
 
 fn create_inner(g: &Global, a: &CreateArgs) -> Result<std::process::Child> {

@@ -375,7 +375,9 @@ impl PodNetwork {
                 Some(VmNet {
                     fd: Some(ep.tap.as_ref()?.as_raw_fd()),
                     mac: ep.interface.mac.clone(),
-                    mtu: Some(ep.interface.mtu),
+                    // An MTU no virtio-net device can carry is left to
+                    // the guest's default rather than refused by the VMM.
+                    mtu: u16::try_from(ep.interface.mtu).ok(),
                 })
             })
             .collect()

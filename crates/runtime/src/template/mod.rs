@@ -340,16 +340,10 @@ impl TemplateStore {
         // Written in the run directory (the only place a jailed VMM can
         // write), moved out before the VM and its directory go.
         let in_vm = vm.dir().join("template");
-        let reply = vm.api(&serde_json::json!({"op": "snapshot", "dir": in_vm}))?;
+        vm.api(&nacre_vmm_api::Request::Snapshot { dir: in_vm.clone() })?
+            .into_result()
+            .map_err(TemplateError::Snapshot)?;
         let snapshot = work.join("template");
-        if reply["ok"] != true {
-            return Err(TemplateError::Snapshot(
-                reply["error"]
-                    .as_str()
-                    .unwrap_or("no reason given")
-                    .to_owned(),
-            ));
-        }
         fs::rename(&in_vm, &snapshot).map_err(dir_err(&snapshot))?;
         // The template VM is paused for good: dropping it kills it.
         drop(vm);

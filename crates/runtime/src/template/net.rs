@@ -52,8 +52,9 @@ mod tests {
             },
         ];
         let t = template_nets(&nets);
-        assert_eq!(t[0].arg(), "detached,mac=02:6e:61:63:00:00,mtu=1450");
-        assert_eq!(t[1].arg(), "detached,mac=02:6e:61:63:00:01");
+        let arg = |n: &VmNet| n.net_arg().map(|a| a.to_arg()).unwrap_or_default();
+        assert_eq!(arg(&t[0]), "detached,mac=02:6e:61:63:00:00,mtu=1450");
+        assert_eq!(arg(&t[1]), "detached,mac=02:6e:61:63:00:01");
         let mut net = GuestNetwork::default();
         for n in &nets {
             net.interfaces.push(crate::network::GuestInterface {

@@ -1,5 +1,6 @@
 //! The control socket: a Unix stream socket carrying one JSON request per
-//! line and answering one JSON response per line.
+//! line and answering one JSON response per line (the messages are
+//! [`nacre_vmm_api::api`]'s, shared with the runtime).
 //!
 //! ```text
 //! {"op":"status"}   -> {"ok":true,"state":"running"|"paused","pid":N,"vcpus":N,"memory_mib":N}
@@ -19,26 +20,7 @@ mod server;
 
 pub use server::{ApiServer, ApiServerError};
 
-use serde::{Deserialize, Serialize};
-
-/// One request.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum Request {
-    Status,
-    Pause,
-    Resume,
-    Shutdown,
-    Snapshot { dir: std::path::PathBuf },
-}
-
-/// The run state as the API reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Running,
-    Paused,
-}
+pub use nacre_vmm_api::api::{Request, Response, State};
 
 /// What `status` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,55 +29,6 @@ pub struct VmStatus {
     pub pid: u32,
     pub vcpus: u8,
     pub memory_mib: u64,
-}
-
-/// One response line.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Response {
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<State>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vcpus: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_mib: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Response {
-    fn ok() -> Self {
-        Self {
-            ok: true,
-            ..Self::default()
-        }
-    }
-
-    fn with_state(state: State) -> Self {
-        Self {
-            state: Some(state),
-            ..Self::ok()
-        }
-    }
-
-    /// A failure response.
-    pub fn error(message: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            error: Some(message.into()),
-            ..Self::default()
-        }
-    }
-
-    /// The response as one JSON line, newline included.
-    pub fn to_line(&self) -> String {
-        let mut line = serde_json::to_string(self)
-            .unwrap_or_else(|_| r#"{"ok":false,"error":"response encoding"}"#.to_string());
-        line.push('\n');
-        line
-    }
 }
 
 /// What the API can do to the VM.
@@ -113,7 +46,7 @@ pub trait VmControl: Send + Sync {
 
 /// Parses one request line.
 pub fn parse(line: &str) -> Result<Request, String> {
-    serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}"))
+    Request::parse(line).map_err(|e| format!("bad request: {e}"))
 }
 
 /// Whether a request ends the connection's usefulness (the VMM exits).

@@ -25,9 +25,9 @@
 use super::{check, JailError, JailSpec};
 
 /// The uid of an unprivileged jailed VMM (`--jail-uid`): "nobody".
-pub const DEFAULT_UID: libc::uid_t = 65534;
+pub const DEFAULT_UID: libc::uid_t = nacre_vmm_api::args::DEFAULT_JAIL_UID;
 /// The gid of an unprivileged jailed VMM (`--jail-gid`): "nogroup".
-pub const DEFAULT_GID: libc::gid_t = 65534;
+pub const DEFAULT_GID: libc::gid_t = nacre_vmm_api::args::DEFAULT_JAIL_GID;
 
 /// The capabilities a VMM serving a virtio-fs share keeps.
 pub const SHARE_CAPS: &[u32] = &[

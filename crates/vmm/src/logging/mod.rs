@@ -48,7 +48,7 @@ pub struct LogLimits {
 }
 
 /// 1 MiB in total.
-pub const DEFAULT_MAX_BYTES: u64 = 1 << 20;
+pub const DEFAULT_MAX_BYTES: u64 = nacre_vmm_api::args::DEFAULT_LOG_MAX_BYTES;
 
 impl Default for LogLimits {
     fn default() -> Self {

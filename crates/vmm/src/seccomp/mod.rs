@@ -30,8 +30,6 @@ mod spawn;
 mod workers;
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::OnceLock;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
@@ -39,42 +37,7 @@ use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetA
 pub use rule::{Arg, Rule, THREAD_CLONE_FLAGS};
 pub use spawn::spawn;
 
-/// What the filter does with a system call that is not on the list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SeccompMode {
-    /// Kill the VMM (the kernel logs the call).
-    #[default]
-    Enforce,
-    /// Allow it, and have the kernel log it.
-    Log,
-    /// No filter.
-    Off,
-}
-
-impl FromStr for SeccompMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "enforce" => Ok(Self::Enforce),
-            "log" => Ok(Self::Log),
-            "off" => Ok(Self::Off),
-            other => Err(format!(
-                "{other:?} is not a seccomp mode (enforce, log, off)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for SeccompMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Enforce => "enforce",
-            Self::Log => "log",
-            Self::Off => "off",
-        })
-    }
-}
+pub use nacre_vmm_api::SeccompMode;
 
 /// Errors building or installing the filter.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ fn modes_parse_and_name_themselves() {
     for mode in [SeccompMode::Enforce, SeccompMode::Log, SeccompMode::Off] {
         assert_eq!(mode.to_string().parse::<SeccompMode>(), Ok(mode));
     }
-    let err = "strict".parse::<SeccompMode>().unwrap_err();
+    let err = "strict".parse::<SeccompMode>().unwrap_err().to_string();
     assert!(err.contains("strict") && err.contains("enforce"), "{err}");
 }
 

@@ -27,7 +27,10 @@ mod snapshot_tests;
 #[cfg(test)]
 mod tests;
 
-pub use config::{validate_all, MacAddr, NetBackend, NetConfig, NetConfigError, CONFIG_LEN};
+pub use config::{
+    validate_all, validate_tap_name, MacAddr, NetBackend, NetConfig, NetConfigError, CONFIG_LEN,
+    MAX_MTU, MIN_MTU,
+};
 pub use device::{VirtioNet, NET_DEVICE_TYPE, QUEUE_SIZE};
 pub use frame::VNET_HDR_LEN;
 pub use tap::{Tap, TapError};
