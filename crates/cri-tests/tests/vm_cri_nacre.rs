@@ -666,7 +666,8 @@ fn nacre_pod_with_limits_oom_and_exit_races() {
 #[test]
 fn a_guest_filling_its_ram_is_stopped_by_the_pods_host_cgroup() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let test = "vm_cri_nacre::a_guest_filling_its_ram_is_stopped_by_the_pods_host_cgroup";
+    // (Short: containerd's socket path is made from it.)
+    let test = "vm_cri_nacre::host_cgroup_oom";
     let Some(ctd) = setup(test) else { return };
     let cri = client(&ctd);
     let parent = format!("/nacre-oom-{}", std::process::id());
