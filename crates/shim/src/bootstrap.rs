@@ -165,6 +165,15 @@ fn delete(flags: &Flags) -> Result<(), BootstrapError> {
         // The shim is gone: nothing else will stop its VM.
         nacre_runtime::container::process::kill_vmm(&dir.join("vm"), &[]);
         vm::remove_dir(&dir);
+        // And its host cgroup (empty once the VMM is gone; a container's
+        // own cgroupsPath names nothing nacre made, which is no error).
+        if let Some(path) = crate::podnet::PodSpec::load(&bundle).cgroups_path {
+            let removed =
+                nacre_runtime::host_cgroup::HostCgroup::locate(&path).and_then(|cg| cg.remove());
+            if let Err(e) = removed {
+                tracing::warn!("removing the host cgroup {path}: {e}");
+            }
+        }
     }
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -797,6 +797,12 @@ fn shim_killed_while_making_a_template_or_booting_leaves_nothing() {
         let _ = ctd.ctr(&["task", "delete", "-f", id]);
         let _ = ctd.ctr(&["containers", "rm", id]);
         assert_sandbox_gone(&ctd, id);
+        // The sandbox's host cgroup (ctr's default: /<namespace>/<id>) too.
+        let cg = nacre_runtime::host_cgroup::HostCgroup::locate(&format!("/{}/{id}", common::NS))
+            .unwrap();
+        for d in cg.dirs() {
+            assert!(!d.exists(), "{what}: host cgroup {} left", d.display());
+        }
     }
     let left: Vec<_> = std::fs::read_dir(&store)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
