@@ -264,15 +264,37 @@ impl HostCgroup {
 
     /// Removes the cgroup's directories (the leaf only; parents belong
     /// to whoever made them). Fails while a process is still inside.
+    /// A process that just died counts until it is reaped (EBUSY):
+    /// retried for up to a second; every hierarchy is tried, the first
+    /// error is returned.
     pub fn remove(&self) -> Result<(), HostCgroupError> {
+        self.remove_within(std::time::Duration::from_secs(1))
+    }
+
+    /// [`HostCgroup::remove`], waiting up to `wait` for a dead VMM whose
+    /// owner died too to be reaped by whoever inherited it.
+    pub fn remove_within(&self, wait: std::time::Duration) -> Result<(), HostCgroupError> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut first = None;
         for (_, dir) in &self.dirs {
-            match fs::remove_dir(dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("removing", dir)(e)),
+            loop {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    Err(e) => {
+                        first.get_or_insert(io_err("removing", dir)(e));
+                        break;
+                    }
+                }
             }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 }
 
