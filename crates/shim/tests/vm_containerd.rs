@@ -800,9 +800,11 @@ fn shim_killed_while_making_a_template_or_booting_leaves_nothing() {
         // The sandbox's host cgroup (ctr's default: /<namespace>/<id>) too.
         let cg = nacre_runtime::host_cgroup::HostCgroup::locate(&format!("/{}/{id}", common::NS))
             .unwrap();
-        for d in cg.dirs() {
-            assert!(!d.exists(), "{what}: host cgroup {} left", d.display());
-        }
+        ctd.wait_until(
+            &format!("{what}: the host cgroup to go"),
+            Duration::from_secs(30),
+            || cg.dirs().iter().all(|d| !d.exists()),
+        );
     }
     let left: Vec<_> = std::fs::read_dir(&store)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
