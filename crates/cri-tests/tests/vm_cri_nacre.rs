@@ -14,7 +14,7 @@ use common::*;
 use nacre_cri_tests::containerd::{target_bin_dir, CriContainerd};
 use nacre_cri_tests::cri::v1::{
     ContainerConfig, ContainerState, ContainerStatus, LinuxContainerConfig,
-    LinuxContainerResources, LinuxPodSandboxConfig, Mount,
+    LinuxContainerResources, LinuxPodSandboxConfig, Mount, PodSandboxConfig,
 };
 use nacre_cri_tests::cri::CriClient;
 
@@ -537,14 +537,7 @@ fn nacre_pod_with_limits_oom_and_exit_races() {
     // Issue 14 (3): the pod's VMM runs in the pod's host cgroup (kubelet's
     // cgroup parent, containerd's cgroupfs driver: <parent>/<sandbox id>).
     let parent = format!("/nacre-cri-{}", std::process::id());
-    let mut pod_cfg = pod_config(&ctd, "limits-pod", "limits-host");
-    pod_cfg.linux = Some(LinuxPodSandboxConfig {
-        cgroup_parent: parent.clone(),
-        ..Default::default()
-    });
-    let pod = cri
-        .run_pod_sandbox(&pod_cfg, "nacre")
-        .unwrap_or_else(|e| panic!("RunPodSandbox(nacre): {e}\n{}", ctd.log_tail(40)));
+    let (pod_cfg, pod) = run_pod_under(&ctd, &cri, "limits-pod", &parent);
     let vmms: Vec<u32> = pids_of(SHIM, &ctd.socket().to_string_lossy())
         .iter()
         .flat_map(|s| children_named(*s, "nacre-vmm"))
@@ -647,13 +640,7 @@ fn nacre_pod_with_limits_oom_and_exit_races() {
     cri.remove_pod_sandbox(&pod).unwrap();
     let mounts_left = nacre_runtime::container::mounts::mounts_under(&shim_root());
     assert!(mounts_left.is_empty(), "mounts left: {mounts_left:?}");
-    // The sandbox's host cgroup went with it; the parent is kubelet's
-    // (here the test's) to remove.
-    let leaf = nacre_runtime::host_cgroup::HostCgroup::locate(&format!("{parent}/{pod}")).unwrap();
-    for dir in leaf.dirs() {
-        assert!(!dir.exists(), "host cgroup {} left", dir.display());
-        let _ = std::fs::remove_dir(dir.parent().unwrap());
-    }
+    assert_host_cgroup_gone(&parent, &pod);
 }
 
 /// Issue 14 (3), the acceptance's attack: a guest that touches more RAM
@@ -687,14 +674,7 @@ fn a_guest_filling_its_ram_is_stopped_by_the_pods_host_cgroup() {
         "memory.max"
     };
     std::fs::write(parent_dir.join(limit_file), limit.to_string()).unwrap();
-    let mut pod_cfg = pod_config(&ctd, "oom-pod", "oom-host");
-    pod_cfg.linux = Some(LinuxPodSandboxConfig {
-        cgroup_parent: parent.clone(),
-        ..Default::default()
-    });
-    let pod = cri
-        .run_pod_sandbox(&pod_cfg, "nacre")
-        .unwrap_or_else(|e| panic!("RunPodSandbox(nacre): {e}\n{}", ctd.log_tail(40)));
+    let (pod_cfg, pod) = run_pod_under(&ctd, &cri, "oom-pod", &parent);
     let hog = run_container(
         &cri,
         &pod,
@@ -756,10 +736,35 @@ fn a_guest_filling_its_ram_is_stopped_by_the_pods_host_cgroup() {
     cri.remove_container(&hog).unwrap();
     cri.stop_pod_sandbox(&pod).unwrap();
     cri.remove_pod_sandbox(&pod).unwrap();
+    assert_host_cgroup_gone(&parent, &pod);
+    let _ = std::fs::remove_dir(&parent_dir);
+}
+
+/// RunPodSandbox (handler nacre) of pod `name` under kubelet-style cgroup
+/// parent `parent`; its config and id.
+fn run_pod_under(
+    ctd: &CriContainerd,
+    cri: &CriClient,
+    name: &str,
+    parent: &str,
+) -> (PodSandboxConfig, String) {
+    let mut pod_cfg = pod_config(ctd, name, &format!("{name}-host"));
+    pod_cfg.linux = Some(LinuxPodSandboxConfig {
+        cgroup_parent: parent.to_string(),
+        ..Default::default()
+    });
+    let pod = cri
+        .run_pod_sandbox(&pod_cfg, "nacre")
+        .unwrap_or_else(|e| panic!("RunPodSandbox(nacre): {e}\n{}", ctd.log_tail(40)));
+    (pod_cfg, pod)
+}
+
+/// The removed pod's host cgroup (`<parent>/<pod>`) is gone; the parent
+/// is kubelet's (here the test's) to remove, and is.
+fn assert_host_cgroup_gone(parent: &str, pod: &str) {
     let leaf = nacre_runtime::host_cgroup::HostCgroup::locate(&format!("{parent}/{pod}")).unwrap();
     for dir in leaf.dirs() {
         assert!(!dir.exists(), "host cgroup {} left", dir.display());
         let _ = std::fs::remove_dir(dir.parent().unwrap());
     }
-    let _ = std::fs::remove_dir(&parent_dir);
 }

@@ -37,6 +37,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn setup(name: &str) -> Option<(Containerd, String)> {
+    setup_with(name, Vec::new())
+}
+
+/// [`setup`] with more environment for containerd (and so the shims).
+fn setup_with(name: &str, extra: Vec<(String, String)>) -> Option<(Containerd, String)> {
     if !common::require_root(name) {
         return None;
     }
@@ -60,6 +65,7 @@ fn setup(name: &str) -> Option<(Containerd, String)> {
             env.push((key.to_string(), value));
         }
     }
+    env.extend(extra);
     let ctd = Containerd::start(name, env);
     let image_dir = ctd.dir.join("image");
     std::fs::create_dir_all(&image_dir).unwrap();
@@ -706,34 +712,21 @@ fn vm_death_ends_the_task_and_frees_everything() {
 #[test]
 fn shim_killed_while_making_a_template_or_booting_leaves_nothing() {
     let _serial = serial();
-    if !common::require_root("shim-killed") {
-        return;
-    }
-    let Some(prereqs) = nacre_runtime::testing::vm_prereqs("shim-killed") else {
-        return;
-    };
     let store = std::env::temp_dir().join(format!("nacre-shim-killed-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store);
-    let env = vec![
-        (
-            "NACRE_KERNEL".to_string(),
-            prereqs.image.kernel.display().to_string(),
-        ),
-        (
-            "NACRE_INITRD".to_string(),
-            prereqs.image.initrd.display().to_string(),
-        ),
-        ("NACRE_VMM".to_string(), prereqs.vmm.display().to_string()),
-        ("NACRE_TEMPLATES".to_string(), "1".to_string()),
-        (
-            "NACRE_TEMPLATE_DIR".to_string(),
-            store.display().to_string(),
-        ),
-    ];
-    let ctd = Containerd::start("shim-killed", env);
-    let image_dir = ctd.dir.join("image");
-    std::fs::create_dir_all(&image_dir).unwrap();
-    ctd.import(&common::image::build(&image_dir), IMAGE_BASE);
+    // A fresh template store: the first start makes the template.
+    let Some((ctd, _)) = setup_with(
+        "shim-killed",
+        vec![
+            ("NACRE_TEMPLATES".to_string(), "1".to_string()),
+            (
+                "NACRE_TEMPLATE_DIR".to_string(),
+                store.display().to_string(),
+            ),
+        ],
+    ) else {
+        return;
+    };
     let cold = ctd.dir.join("cold.toml");
     std::fs::write(&cold, "[vm]\ntemplates = false\n").unwrap();
     let cold = cold.display().to_string();
