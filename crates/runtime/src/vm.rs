@@ -53,6 +53,20 @@ pub struct HostPlacement {
 }
 
 impl HostPlacement {
+    /// In `cgroup` (if any), with the spec's OOM score `oom_score_adj`
+    /// (0 when unset; never below 0, see [`HostPlacement::oom_score_adj`]).
+    pub fn new(
+        cgroup: Option<&crate::host_cgroup::HostCgroup>,
+        oom_score_adj: Option<i32>,
+    ) -> Self {
+        Self {
+            cgroup_procs: cgroup
+                .map(crate::host_cgroup::HostCgroup::procs_files)
+                .unwrap_or_default(),
+            oom_score_adj: Some(oom_score_adj.unwrap_or(0)),
+        }
+    }
+
     /// Applies the placement to the calling process with raw system
     /// calls only (safe between fork and exec).
     fn apply_in_child(&self) -> std::io::Result<()> {

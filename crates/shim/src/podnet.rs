@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use nacre_runtime::container::spec as oci;
 use nacre_runtime::network::{self, GuestNetwork, PodNetwork};
 use serde_json::Value;
 
@@ -47,15 +48,8 @@ impl PodSpec {
             netns: network::netns_path(spec),
             resolv_conf: mounted_file(spec, bundle, "/etc/resolv.conf"),
             hosts: mounted_file(spec, bundle, "/etc/hosts"),
-            cgroups_path: spec
-                .pointer("/linux/cgroupsPath")
-                .and_then(Value::as_str)
-                .filter(|p| !p.is_empty())
-                .map(str::to_string),
-            oom_score_adj: spec
-                .pointer("/process/oomScoreAdj")
-                .and_then(Value::as_i64)
-                .and_then(|v| i32::try_from(v).ok()),
+            cgroups_path: oci::cgroups_path(spec).map(str::to_string),
+            oom_score_adj: oci::oom_score_adj(spec),
         }
     }
 

@@ -86,13 +86,7 @@ impl Vm {
                 }
             }
         };
-        let host = HostPlacement {
-            cgroup_procs: cgroup
-                .as_ref()
-                .map(HostCgroup::procs_files)
-                .unwrap_or_default(),
-            oom_score_adj: Some(pod.oom_score_adj.unwrap_or(0)),
-        };
+        let host = HostPlacement::new(cgroup.as_ref(), pod.oom_score_adj);
         let net = match &pod.netns {
             Some(netns) => {
                 let net = network::attach_with(netns, config.network.model()).map_err(|e| {

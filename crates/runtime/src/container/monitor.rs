@@ -160,13 +160,7 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
         })
         .transpose()
         .map_err(|e| ContainerError::Monitor(format!("the container's host cgroup: {e}")))?;
-    spec.host = HostPlacement {
-        cgroup_procs: cgroup
-            .as_ref()
-            .map(HostCgroup::procs_files)
-            .unwrap_or_default(),
-        oom_score_adj: Some(bundle.oom_score_adj().unwrap_or(0)),
-    };
+    spec.host = HostPlacement::new(cgroup.as_ref(), bundle.oom_score_adj());
     if opts.shared_fs {
         identity.shared_tag = Some(SHARED_TAG.to_string());
         spec.shared_dirs

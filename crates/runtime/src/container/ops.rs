@@ -232,10 +232,12 @@ pub fn destroy(paths: &ContainerPaths) -> Result<(), ContainerError> {
     let pids: Vec<u32> = state.as_ref().map(|s| s.vmm_pid).into_iter().collect();
     kill_vmm(&paths.vm_dir(), &pids);
     // The VMM's host cgroup, left by a monitor that died (empty now).
+    // (Only config.json's path: the bundle's rootfs may be gone already.)
     let cgroup = state
         .as_ref()
-        .and_then(|s| Bundle::load(&s.bundle).ok())
-        .and_then(|b| b.cgroups_path().map(str::to_string));
+        .and_then(|s| fs::read(s.bundle.join("config.json")).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|spec| super::spec::cgroups_path(&spec).map(str::to_string));
     if let Some(path) = cgroup {
         if let Err(e) = crate::host_cgroup::HostCgroup::locate(&path).and_then(|cg| cg.remove()) {
             tracing::warn!("removing the host cgroup {path}: {e}");

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::image::VMM_BINARY as VMM_EXE;
+
 /// Whether `pid` names a live process (a zombie counts as dead).
 pub fn pid_alive(pid: u32) -> bool {
     let Ok(raw) = libc::pid_t::try_from(pid) else {
@@ -84,9 +86,6 @@ pub fn kill_if_runs(pid: u32, name: &str) {
         wait_dead(pid, Duration::from_secs(5));
     }
 }
-
-/// The VMM's executable name.
-const VMM_EXE: &str = "nacre-vmm";
 
 /// Kills the `nacre-vmm` of run directory `run_dir`: the pid recorded in
 /// `run_dir/vmm.pid` and any `pids` given, each only if it still runs

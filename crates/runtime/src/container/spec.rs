@@ -98,22 +98,30 @@ impl MountView {
     }
 }
 
+/// `linux.cgroupsPath` of OCI spec `spec`, when set: where runc would put
+/// the container's processes on the host (nacre puts its VMM there).
+pub fn cgroups_path(spec: &Value) -> Option<&str> {
+    spec.pointer("/linux/cgroupsPath")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+}
+
+/// `process.oomScoreAdj` of OCI spec `spec`.
+pub fn oom_score_adj(spec: &Value) -> Option<i32> {
+    spec.pointer("/process/oomScoreAdj")
+        .and_then(Value::as_i64)
+        .and_then(|v| i32::try_from(v).ok())
+}
+
 impl Bundle {
-    /// `linux.cgroupsPath`, when set: where runc would put the
-    /// container's processes on the host (nacre puts its VMM there).
+    /// See [`cgroups_path`].
     pub fn cgroups_path(&self) -> Option<&str> {
-        self.spec
-            .pointer("/linux/cgroupsPath")
-            .and_then(Value::as_str)
-            .filter(|p| !p.is_empty())
+        cgroups_path(&self.spec)
     }
 
-    /// `process.oomScoreAdj`.
+    /// See [`oom_score_adj`].
     pub fn oom_score_adj(&self) -> Option<i32> {
-        self.spec
-            .pointer("/process/oomScoreAdj")
-            .and_then(Value::as_i64)
-            .and_then(|v| i32::try_from(v).ok())
+        oom_score_adj(&self.spec)
     }
 
     /// Loads `<dir>/config.json` and checks that the rootfs and the bind
