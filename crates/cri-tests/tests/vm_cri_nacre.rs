@@ -10,92 +10,17 @@ mod common;
 
 use std::time::Duration;
 
+use common::vm::*;
 use common::*;
-use nacre_cri_tests::containerd::{target_bin_dir, CriContainerd};
+use nacre_cri_tests::containerd::CriContainerd;
 use nacre_cri_tests::cri::v1::{
     ContainerConfig, ContainerState, ContainerStatus, LinuxContainerConfig,
     LinuxContainerResources, LinuxPodSandboxConfig, Mount, PodSandboxConfig,
 };
 use nacre_cri_tests::cri::CriClient;
 
-const SHIM: &str = "containerd-shim-nacre-v2";
-
 /// One VM test at a time: each boots guests on a small, shared host.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// The private containerd with the guest image for the shim, or `None`
-/// (skipped outside CI) when a prerequisite lacks.
-/// The shims' sandbox directories of this test process: leftovers are
-/// checked there, not among other users' sandboxes under /run/nacre-shim.
-fn shim_root() -> std::path::PathBuf {
-    std::path::PathBuf::from(format!("/run/nacre-shim-cri-{}", std::process::id()))
-}
-
-fn setup(test: &str) -> Option<CriContainerd> {
-    if !nacre_runtime::testing::root_prereqs(test) {
-        return None;
-    }
-    let prereqs = nacre_runtime::testing::vm_prereqs(test)?;
-    let shim = target_bin_dir().map(|d| d.join(SHIM));
-    if !shim.as_ref().is_some_and(|s| s.exists()) {
-        let why = format!("{SHIM} is not built next to the tests ({shim:?}); build the workspace");
-        assert!(
-            !nacre_runtime::testing::vm_tests_required(),
-            "{test}: {why}"
-        );
-        eprintln!("SKIPPED VM test {test}: {why}");
-        return None;
-    }
-    let env = vec![
-        (
-            "NACRE_KERNEL".into(),
-            prereqs.image.kernel.display().to_string(),
-        ),
-        (
-            "NACRE_INITRD".into(),
-            prereqs.image.initrd.display().to_string(),
-        ),
-        ("NACRE_VMM".into(), prereqs.vmm.display().to_string()),
-        ("NACRE_SHIM_ROOT".into(), shim_root().display().to_string()),
-    ];
-    // Pods start from VM templates (on by default) kept where the caller
-    // keeps them.
-    let mut env = env;
-    for key in ["NACRE_TEMPLATES", "NACRE_TEMPLATE_DIR"] {
-        if let Ok(value) = std::env::var(key) {
-            env.push((key.into(), value));
-        }
-    }
-    Some(CriContainerd::start_with_env(test, env).unwrap_or_else(|e| panic!("{e}")))
-}
-
-fn client(ctd: &CriContainerd) -> CriClient {
-    let mut cri = ctd.client().unwrap();
-    // A guest boot takes 30-200 s on a loaded host with emulated kernel mode.
-    cri.timeout = Duration::from_secs(600);
-    cri
-}
-
-/// With templates on, the nacre pod's VM was restored from one (made by
-/// this start if it did not exist), network device included.
-fn assert_restored_from_a_template(ctd: &CriContainerd) {
-    let log = ctd.log_tail(usize::MAX);
-    // Boot and restore times, for the record.
-    for line in log
-        .lines()
-        .filter(|l| l.contains("sandbox VM ready") || l.contains("template created"))
-    {
-        eprintln!("{line}");
-    }
-    if nacre_runtime::template::disabled_by_env() {
-        return;
-    }
-    assert!(
-        log.contains("sandbox VM ready (restored from a template)"),
-        "the pod's VM was not restored from a template:\n{}",
-        ctd.log_tail(60)
-    );
-}
 
 /// The container's /proc/mounts line of `dest`.
 fn mount_line(cri: &CriClient, c: &str, dest: &str) -> String {

@@ -26,6 +26,7 @@ use containerd_shim::protos::ttrpc::Result as TtrpcResult;
 use containerd_shim::protos::types::empty::Empty;
 use nacre_runtime::agent::{AgentClient, TtrpcAgentClient};
 use nacre_runtime::container::paths::{validate_id, ContainerPaths};
+use nacre_runtime::container::pod_ns::{self, NsHolder};
 use nacre_runtime::container::share::SharedDir;
 use nacre_runtime::container::spec::Bundle;
 
@@ -47,6 +48,9 @@ pub struct Service {
 
 struct Inner {
     namespace: String,
+    /// The sandbox (pause) container's id: the shim's first container,
+    /// whose namespaces the pod's other containers join.
+    sandbox_id: String,
     sandbox_dir: PathBuf,
     config: std::result::Result<Config, String>,
     publisher: Publisher,
@@ -84,6 +88,7 @@ impl Service {
         Self {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
+                sandbox_id: sandbox_id.to_string(),
                 sandbox_dir: layout::sandbox_dir(namespace, sandbox_id),
                 config,
                 publisher,
@@ -128,6 +133,21 @@ impl Inner {
             .await
             .as_ref()
             .map_or_else(std::process::id, |vm| vm.pid())
+    }
+
+    /// The sandbox container whose namespaces container `cid` may join
+    /// (none for the sandbox itself, or when it is gone).
+    fn ns_holder(&self, cid: &str, vm: &Vm) -> Result<Option<NsHolder>> {
+        if cid == self.sandbox_id {
+            return Ok(None);
+        }
+        Ok(self
+            .containers()?
+            .get(&self.sandbox_id)
+            .map(|sandbox| NsHolder {
+                host_pid: vm.pid(),
+                guest_pid: sandbox.guest_pid,
+            }))
     }
 
     async fn client(&self) -> Result<(Arc<Vm>, TtrpcAgentClient)> {
@@ -221,6 +241,7 @@ impl Inner {
                 bundle: bundle.clone(),
                 mounted_rootfs,
                 share,
+                guest_pid,
                 processes,
                 oom_kills: 0,
             },
@@ -288,6 +309,7 @@ impl Inner {
         };
         let share = vm.share();
         let id = cid.to_string();
+        let holder = self.ns_holder(cid, &vm)?;
         let (sandbox_dir, client) = (self.sandbox_dir.clone(), vm.client().clone());
         let share2 = share.clone();
         let result = blocking(move || {
@@ -301,6 +323,10 @@ impl Inner {
             // (the pod's, configured by the agent) instead of a new one.
             if nacre_runtime::network::netns_path(&b.spec).is_some() {
                 nacre_runtime::network::join_vm_network(&mut guest);
+            }
+            if let Some(holder) = holder {
+                let joined = pod_ns::join_pod_namespaces(&mut guest, &b.spec, holder);
+                tracing::debug!(cid = id, ?joined, "joins the sandbox's namespaces");
             }
             let spec = serde_json::to_vec(&guest)
                 .map_err(|e| ShimError::Internal(format!("encoding the spec: {e}")))?;

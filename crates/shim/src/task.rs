@@ -65,6 +65,8 @@ pub struct Container {
     pub mounted_rootfs: Option<PathBuf>,
     /// `<sandbox>/shared/<cid>`.
     pub share: PathBuf,
+    /// Its init's pid in the guest (never reported to containerd).
+    pub guest_pid: u32,
     pub processes: HashMap<String, Process>,
     /// The guest cgroup's OOM kill count last seen (memory.events
     /// `oom_kill`); a TaskOOM event goes out when it grows.

@@ -430,7 +430,10 @@ impl<L: Launcher> Engine<L> {
             cgroup,
             devices: Mutex::new(devices),
             seccomp,
-            has_pid_ns: spec.namespace("pid").is_some(),
+            // Its own, not one joined by path (a pod's shared one).
+            has_pid_ns: spec
+                .namespace("pid")
+                .is_some_and(|ns| ns.path.as_deref().is_none_or(str::is_empty)),
             started: AtomicBool::new(false),
             paused: AtomicBool::new(false),
         });

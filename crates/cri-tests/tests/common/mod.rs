@@ -2,6 +2,8 @@
 #![allow(dead_code, reason = "each test file uses a different subset")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
 
+pub mod vm;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -18,6 +18,7 @@ pub mod monitor;
 pub mod mounts;
 pub mod ops;
 pub mod paths;
+pub mod pod_ns;
 pub mod process;
 pub mod relay;
 pub mod share;
