@@ -18,6 +18,10 @@
 
 mod server;
 
+/// Serves one connection synchronously: the fuzz targets' entry point
+/// (`fuzz/`); not an API.
+#[doc(hidden)]
+pub use server::serve;
 pub use server::{ApiServer, ApiServerError};
 
 pub use nacre_vmm_api::api::{Request, Response, State};

@@ -18,6 +18,10 @@ mod device;
 mod guard;
 mod worker;
 
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod tests;
 

@@ -25,7 +25,7 @@ const KILL_TOKEN: u64 = 0;
 const HIPRIO_TOKEN: u64 = 1;
 const REQUEST_TOKEN: u64 = 2;
 
-type FuseServer = Server<NoDeviceNodes<PassthroughFs<()>>>;
+pub(super) type FuseServer = Server<NoDeviceNodes<PassthroughFs<()>>>;
 
 pub struct Worker {
     mem: GuestMemory,
@@ -149,7 +149,7 @@ impl Worker {
 /// umask and working directory: `PassthroughFs` sets the umask to 0 (so the
 /// modes the guest asks for are the modes it gets) and that must not leak
 /// into the rest of the VMM, which creates sockets and logs.
-fn new_server(config: PassthroughConfig) -> std::io::Result<FuseServer> {
+pub(super) fn new_server(config: PassthroughConfig) -> std::io::Result<FuseServer> {
     // SAFETY: unshare(CLONE_FS) only detaches this thread's root, cwd and
     // umask from the other threads'; no memory is involved.
     if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
@@ -160,7 +160,7 @@ fn new_server(config: PassthroughConfig) -> std::io::Result<FuseServer> {
 }
 
 /// Handles every available chain of `queue`; returns how many were used.
-fn serve_queue(queue: &mut Queue, mem: &GuestMemory, server: &FuseServer) -> usize {
+pub(super) fn serve_queue(queue: &mut Queue, mem: &GuestMemory, server: &FuseServer) -> usize {
     let mut count = 0;
     while let Some(chain) = queue.pop_descriptor_chain(mem) {
         let head = chain.head_index();

@@ -22,6 +22,10 @@ mod frame;
 mod tap;
 mod worker;
 
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]

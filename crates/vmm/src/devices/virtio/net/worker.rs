@@ -136,7 +136,7 @@ impl Worker {
     /// Interrupts are skipped while the driver suppresses them for both
     /// queues that were used (VRING_AVAIL_F_NO_INTERRUPT, e.g. while NAPI
     /// polls): each costs a guest exit, dear where kernel mode is emulated.
-    fn process(&mut self) {
+    pub(super) fn process(&mut self) {
         let tx_used = self.transmit() > 0;
         let rx_used = self.receive() > 0;
         let notify = (tx_used && wants_interrupt(&self.tx.queue, &self.mem))

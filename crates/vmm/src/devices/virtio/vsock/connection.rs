@@ -159,6 +159,33 @@ impl Connection {
         self.deadline
     }
 
+    /// Bytes the guest may be sent now (its credit).
+    pub fn peer_free(&self) -> u32 {
+        self.credit.peer_free()
+    }
+
+    /// The flow-control invariants, for the fuzz targets: the guest data
+    /// buffered here is exactly what the credit counts as received and not
+    /// forwarded, and never more than the buffer we advertised.
+    pub fn check_credit(&self) -> Result<(), String> {
+        let buffered = self.credit.buffered();
+        if buffered > self.credit.buf_alloc() {
+            return Err(format!(
+                "{:?}: {buffered} bytes buffered beyond buf_alloc {}",
+                self.key,
+                self.credit.buf_alloc()
+            ));
+        }
+        if buffered as usize != self.tx_buf.len() {
+            return Err(format!(
+                "{:?}: credit counts {buffered} buffered bytes, the buffer holds {}",
+                self.key,
+                self.tx_buf.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// A header for a packet of this connection, with our credit stamped.
     pub fn header(&mut self, op: u16, flags: u32) -> Header {
         let (buf_alloc, fwd_cnt) = self.credit.stamp();

@@ -46,6 +46,11 @@ impl Credit {
         }
     }
 
+    /// Our receive buffer for guest data.
+    pub fn buf_alloc(&self) -> u32 {
+        self.buf_alloc
+    }
+
     /// Records the credit fields of a packet from the guest.
     pub fn update_peer(&mut self, buf_alloc: u32, fwd_cnt: u32) {
         self.peer_buf_alloc = buf_alloc;

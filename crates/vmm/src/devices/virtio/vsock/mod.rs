@@ -25,6 +25,10 @@ mod muxer;
 mod packet;
 mod worker;
 
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod tests;
 

@@ -94,6 +94,44 @@ impl Muxer {
         &self.epoll
     }
 
+    /// The live connections (for the fuzz targets' invariant checks).
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.conns.values()
+    }
+
+    /// The bookkeeping invariants, for the fuzz targets: every socket maps
+    /// to its live connection and back, and the limits hold.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.conns.len() > MAX_CONNECTIONS || self.clients.len() > MAX_CONNECTIONS {
+            return Err(format!(
+                "{} connections, {} pending clients: over {MAX_CONNECTIONS}",
+                self.conns.len(),
+                self.clients.len()
+            ));
+        }
+        if self.by_fd.len() != self.conns.len() {
+            return Err(format!(
+                "{} sockets mapped for {} connections",
+                self.by_fd.len(),
+                self.conns.len()
+            ));
+        }
+        for (fd, key) in &self.by_fd {
+            match self.conns.get(key) {
+                Some(conn) if conn.stream().as_raw_fd() == *fd && conn.key() == *key => {}
+                _ => {
+                    return Err(format!(
+                        "socket {fd} maps to {key:?}, not a live connection"
+                    ))
+                }
+            }
+        }
+        for conn in self.conns.values() {
+            conn.check_credit()?;
+        }
+        Ok(())
+    }
+
     /// Stops or restarts accepting host clients; while stopped they wait
     /// in the listener's backlog.
     pub fn set_accepting(&mut self, on: bool) -> std::io::Result<()> {

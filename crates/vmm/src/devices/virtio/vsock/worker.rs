@@ -186,7 +186,7 @@ impl Worker {
 
     /// Moves packets both ways until neither direction makes progress,
     /// then interrupts the guest once if any buffer was used.
-    fn process(&mut self) {
+    pub(super) fn process(&mut self) {
         let mut used = false;
         loop {
             let tx = self.process_tx();
