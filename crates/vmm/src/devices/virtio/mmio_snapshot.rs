@@ -130,7 +130,10 @@ impl MmioTransport {
         self.status = state.status;
         self.interrupt_status
             .store(state.interrupt_status, Ordering::SeqCst);
-        if state.status & super::STATUS_FEATURES_OK != 0 {
+        // A device that ran was told its features, even if the guest
+        // cleared FEATURES_OK afterwards without a reset (found by the
+        // `mmio` fuzz target: the device restarted knowing none).
+        if state.status & super::STATUS_FEATURES_OK != 0 || state.activated {
             self.device.set_acked_features(self.acked_features);
         }
         self.device.prepare_restore();

@@ -344,3 +344,31 @@ fn register_storm_logs_stay_bounded() {
         "{text}"
     );
 }
+
+/// Found by the `mmio` fuzz target: a guest that clears FEATURES_OK and
+/// DRIVER_OK without a reset leaves the device running; a restore of that
+/// state restarted the device without telling it its features.
+#[test]
+fn restore_of_a_running_device_tells_its_features() {
+    let (mut t, _seen, _irq) = transport(true);
+    negotiate(&mut t);
+    setup_queue(&mut t, 0, 0x1_0000);
+    wr(
+        &mut t,
+        REG_STATUS,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+    );
+    wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE);
+    let Ok(state) = t.snapshot(crate::snapshot::DeviceState::Vsock { cid: 3 }) else {
+        panic!("snapshot");
+    };
+    assert!(state.activated && state.status & STATUS_FEATURES_OK == 0);
+    let (mut fresh, seen, _irq) = transport(true);
+    assert_eq!(fresh.restore(&state), Ok(true));
+    assert!(fresh.activate_restored().is_ok());
+    let Ok(seen) = seen.lock() else {
+        panic!("lock");
+    };
+    assert_eq!(seen.acked, state.acked_features);
+    assert_ne!(seen.acked & VIRTIO_F_VERSION_1, 0);
+}
