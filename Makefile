@@ -6,6 +6,9 @@
 #   make guest   the guest image alone (kernel + initrd)
 #   make bench   benchmarks (all sections: boot, containers, templates, ctr,
 #                pods): writes target/bench/report.md and report.json
+#   make fuzz    every fuzz target (fuzz/, nightly cargo-fuzz) for
+#                FUZZ_SECONDS each; make fuzz-smoke (part of make test)
+#                replays the seed corpus and fuzzes FUZZ_SMOKE_SECONDS each
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -30,7 +33,7 @@ APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio \
 export NACRE_CACHE
 
 .PHONY: all deps build guest kernel agent initrd install demo test lint \
-	unit vm-tests bench clean deploy-image-context
+	unit vm-tests bench clean deploy-image-context fuzz fuzz-smoke fuzz-cmin
 
 all: build guest
 
@@ -92,6 +95,23 @@ test: deps guest lint
 	NACRE_REQUIRE_VM=1 NACRE_KERNEL=$(abspath $(KERNEL)) NACRE_INITRD=$(abspath $(INITRD)) \
 		NACRE_TEST_KERNEL=$(abspath $(KERNEL)) NACRE_REQUIRE_PODMAN=1 \
 		$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) fuzz-smoke
+
+# Fuzzing (see README "Fuzzing"): FUZZ_TARGETS empty means all of them.
+# New corpus entries go to fuzz/target/corpus/, crashes to fuzz/artifacts/.
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 15
+FUZZ_TARGETS ?=
+
+fuzz:
+	fuzz/run.sh run $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-smoke:
+	fuzz/run.sh smoke $(FUZZ_SMOKE_SECONDS) $(FUZZ_TARGETS)
+
+# Folds the inputs runs found into the committed seeds, minimised.
+fuzz-cmin:
+	fuzz/cmin.sh $(FUZZ_TARGETS)
 
 bench: deps guest build
 	NACRE_KERNEL=$(abspath $(KERNEL)) NACRE_INITRD=$(abspath $(INITRD)) \

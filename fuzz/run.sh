@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Builds and runs nacre's fuzz targets (cargo-fuzz, libFuzzer, nightly).
+#
+#   fuzz/run.sh run   SECONDS [TARGET...]   fuzz each target SECONDS
+#   fuzz/run.sh smoke SECONDS [TARGET...]   replay the seed corpus, then
+#                                           fuzz each target SECONDS
+#
+# The committed seeds (fuzz/corpus/<target>/) are only read: new inputs
+# go to fuzz/target/corpus/<target>/ (git-ignored); `make fuzz-cmin`
+# folds them back into the seeds, minimised. Crashes land in
+# fuzz/artifacts/<target>/ (git-ignored) and make this script fail.
+# Each run's figures (executions, cov, ft, exec/s) are appended to
+# fuzz/target/logs/<target>.tsv and printed at the end.
+set -euo pipefail
+
+mode=${1:?usage: run.sh run|smoke SECONDS [TARGET...]}
+seconds=${2:?usage: run.sh run|smoke SECONDS [TARGET...]}
+shift 2
+cd "$(dirname "$0")"
+
+if ! rustup toolchain list | grep -q '^nightly'; then
+	rustup toolchain install nightly --profile minimal
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+	echo ">> installing cargo-fuzz"
+	cargo install cargo-fuzz --locked
+fi
+
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+	mapfile -t targets < <(cargo +nightly fuzz list)
+fi
+
+echo ">> building the fuzz targets"
+cargo +nightly fuzz build
+
+mkdir -p target/logs
+summary=()
+failed=()
+for t in "${targets[@]}"; do
+	seeds=corpus/$t
+	scratch=target/corpus/$t
+	mkdir -p "$seeds" "$scratch" "artifacts/$t"
+	log=target/logs/$t.last
+	flags=(-max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1)
+	if [ "$mode" = smoke ]; then
+		echo ">> $t: replaying $(ls "$seeds" | wc -l) seeds"
+		if ! cargo +nightly fuzz run "$t" "$seeds" -- -runs=0 -timeout=20 >"$log" 2>&1; then
+			tail -40 "$log"
+			failed+=("$t (seed replay)")
+			continue
+		fi
+	fi
+	echo ">> $t: fuzzing ${seconds}s"
+	start=$(date +%s)
+	if ! cargo +nightly fuzz run "$t" "$scratch" "$seeds" -- "${flags[@]}" >"$log" 2>&1; then
+		tail -60 "$log"
+		failed+=("$t")
+	fi
+	took=$(($(date +%s) - start))
+	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+	speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+	covft=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || true)
+	cov=$(echo "$covft" | awk '{print $2}')
+	ft=$(echo "$covft" | awk '{print $4}')
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$mode" "$seconds" \
+		"${execs:-0}" "${cov:-?}" "${ft:-?}" "${speed:-0}" >>"target/logs/$t.tsv"
+	summary+=("$(printf '%-20s %10s execs %8s exec/s  cov %6s  ft %6s  %4ss' \
+		"$t" "${execs:-0}" "${speed:-0}" "${cov:-?}" "${ft:-?}" "$took")")
+done
+
+echo ">> fuzz $mode summary (${seconds}s per target)"
+printf '%s\n' "${summary[@]}"
+if [ ${#failed[@]} -gt 0 ]; then
+	echo ">> FAILED: ${failed[*]} (inputs in fuzz/artifacts/<target>/)" >&2
+	exit 1
+fi

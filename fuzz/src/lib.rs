@@ -1,0 +1,26 @@
+//! Shared harness of nacre's fuzz targets: a guest memory the fuzzer
+//! fills, virtqueues laid out in it, the checks every device target makes
+//! (no write outside what the driver offered, used lengths within their
+//! chains) and scratch directories.
+//!
+//! The harness may `unwrap` on its own setup (a failure there is a broken
+//! machine, not a finding); the code under test never gets that leeway.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod guest;
+pub mod oracle;
+pub mod scratch;
+
+/// Ignores SIGPIPE, as a Rust `main` would: the fuzz targets' `main` is
+/// libFuzzer's, and a write to a socket whose peer left must fail with
+/// EPIPE (what the product sees) rather than kill the fuzzer.
+pub fn ignore_sigpipe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: installs the SIG_IGN disposition; no handler code runs.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+    });
+}
