@@ -252,10 +252,6 @@ fn lay_out_requests(
     (ring, chains)
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 fn check_share(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let t = std::fs::symlink_metadata(e.path()).unwrap().file_type();
@@ -289,7 +285,8 @@ fuzz_target!(|input: Input| {
     let mut data_before = vec![0u8; guest::DATA_LEN];
     mem.read_slice(&mut data_before, GuestAddress(DATA))
         .unwrap();
-    let planted = contains(&data_before, SECRET) || contains(&data_before, SECRET_NAME.as_bytes());
+    let planted = nacre_fuzz::contains(&data_before, SECRET)
+        || nacre_fuzz::contains(&data_before, SECRET_NAME.as_bytes());
 
     let server = Server::new(&s.share).unwrap();
     server.serve_queue(&mut hiprio, &mem);
@@ -308,11 +305,11 @@ fuzz_target!(|input: Input| {
         let mut all = vec![0u8; guest::DATA_LEN];
         mem.read_slice(&mut all, GuestAddress(DATA)).unwrap();
         assert!(
-            !contains(&all, SECRET),
+            !nacre_fuzz::contains(&all, SECRET),
             "content from outside the share reached the guest"
         );
         assert!(
-            !contains(&all, SECRET_NAME.as_bytes()),
+            !nacre_fuzz::contains(&all, SECRET_NAME.as_bytes()),
             "a name from outside the share reached the guest"
         );
     }

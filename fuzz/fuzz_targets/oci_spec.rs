@@ -232,10 +232,6 @@ fn bundle() -> &'static PathBuf {
     })
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 fuzz_target!(|input: Input| {
     let dir = bundle();
     let bytes = match &input {
@@ -284,9 +280,9 @@ fuzz_target!(|input: Input| {
     }
     let text = serde_json::to_vec(&guest).unwrap();
     let host = dir.as_os_str().as_encoded_bytes();
-    if !contains(&bytes, host) {
+    if !nacre_fuzz::contains(&bytes, host) {
         assert!(
-            !contains(&text, host),
+            !nacre_fuzz::contains(&text, host),
             "the bundle's host path reached the guest spec"
         );
     }

@@ -103,7 +103,10 @@ pub fn memory(data: &[u8]) -> Mem {
     ])
     .unwrap();
     if !data.is_empty() {
-        let fill: Vec<u8> = data.iter().copied().cycle().take(DATA_LEN).collect();
+        let mut fill = vec![0u8; DATA_LEN];
+        for chunk in fill.chunks_mut(data.len()) {
+            chunk.copy_from_slice(&data[..chunk.len()]);
+        }
         mem.write_slice(&fill, GuestAddress(DATA)).unwrap();
     }
     mem

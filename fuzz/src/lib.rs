@@ -24,3 +24,20 @@ pub fn ignore_sigpipe() {
         }
     });
 }
+
+/// Whether `needle` occurs in `hay`. One `memmem` call: a byte loop (or
+/// `windows().any(==)`, a memcmp per window that libFuzzer records) over
+/// 64 KiB made the search the bulk of an execution.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    // SAFETY: both pointers and lengths come from live slices; memmem only
+    // reads them and returns a pointer into `hay` or null.
+    let found = unsafe {
+        libc::memmem(
+            hay.as_ptr().cast(),
+            hay.len(),
+            needle.as_ptr().cast(),
+            needle.len(),
+        )
+    };
+    !found.is_null()
+}
