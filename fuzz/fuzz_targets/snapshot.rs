@@ -30,7 +30,8 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-const MEM_LEN: usize = 0x2_0000;
+/// Large enough for the ring addresses of a real template's state.
+const MEM_LEN: usize = 16 << 20;
 const FEATURES: u64 = (1 << 32) | (1 << 29) | 1;
 
 struct Checker {
@@ -132,7 +133,7 @@ fn restore(m: &ArbMmio) {
             .iter()
             .take(4)
             .map(|q| QueueSnapshot {
-                max_size: if q.near { 16 } else { q.max_size },
+                max_size: if q.near { 256 } else { q.max_size },
                 size: q.size,
                 ready: q.ready,
                 desc_table: addr(q.desc_table, q.near),
@@ -150,10 +151,11 @@ fn restore(m: &ArbMmio) {
 /// Restores `state` onto a fresh transport whose device checks what it
 /// is handed, and restarts the device if the state says it ran.
 fn restore_state(state: &MmioState) {
+    // The queue sizes of nacre's devices: three for vsock, two otherwise.
     let sizes = if state.device_type == 19 {
-        vec![16, 16, 16]
+        vec![256; 3]
     } else {
-        vec![16, 16]
+        vec![256; 2]
     };
     let kind = state.device_type;
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_LEN)]).unwrap();
