@@ -199,7 +199,11 @@ impl Bundle {
             .and_then(|l| u64::try_from(l).ok())
             .filter(|l| *l > 0);
         let cpu_limit = match (int("/cpu/quota"), int("/cpu/period")) {
-            (Some(q), Some(p)) if q > 0 && p > 0 => u32::try_from((q + p - 1) / p).ok(),
+            // Both positive: unsigned, so a huge quota cannot overflow
+            // the rounding (found by the oci_spec fuzz target).
+            (Some(q), Some(p)) if q > 0 && p > 0 => {
+                u32::try_from(q.unsigned_abs().div_ceil(p.unsigned_abs())).ok()
+            }
             _ => None,
         };
         Ok(Self {
@@ -436,5 +440,24 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let err = Bundle::load(&dir).unwrap_err().to_string();
         assert!(err.contains("config.json"), "{err}");
+    }
+
+    /// Found by the `oci_spec` fuzz target: a CPU quota near `i64::MAX`
+    /// overflowed the rounding up of quota / period.
+    #[test]
+    fn huge_cpu_quota_does_not_overflow() {
+        let config = |quota: i64, period: i64| {
+            format!(
+                r#"{{"ociVersion": "1.0.2", "root": {{"path": "rootfs"}},
+                    "linux": {{"resources": {{"cpu": {{"quota": {quota}, "period": {period}}}}}}}}}"#
+            )
+        };
+        let dir = bundle_dir(&config(i64::MAX, 2));
+        assert_eq!(Bundle::load(&dir).unwrap().cpu_limit, None);
+        std::fs::write(dir.join("config.json"), config(i64::MAX, i64::MAX)).unwrap();
+        assert_eq!(Bundle::load(&dir).unwrap().cpu_limit, Some(1));
+        std::fs::write(dir.join("config.json"), config(150_000, 100_000)).unwrap();
+        assert_eq!(Bundle::load(&dir).unwrap().cpu_limit, Some(2));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
