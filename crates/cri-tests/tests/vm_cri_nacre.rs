@@ -13,10 +13,7 @@ use std::time::Duration;
 use common::vm::*;
 use common::*;
 use nacre_cri_tests::containerd::CriContainerd;
-use nacre_cri_tests::cri::v1::{
-    ContainerConfig, ContainerState, ContainerStatus, LinuxContainerConfig,
-    LinuxContainerResources, LinuxPodSandboxConfig, Mount, PodSandboxConfig,
-};
+use nacre_cri_tests::cri::v1::{LinuxPodSandboxConfig, Mount, PodSandboxConfig};
 use nacre_cri_tests::cri::CriClient;
 
 /// One VM test at a time: each boots guests on a small, shared host.
@@ -389,50 +386,6 @@ fn nacre_and_runc_pods_reach_each_other() {
 /// Linux resources as kubelet sends them for a container with CPU and
 /// memory limits while the node has no swap: the swap limit equals the
 /// memory limit ("no swap").
-fn limits(cpu_quota: i64, memory: i64) -> LinuxContainerResources {
-    LinuxContainerResources {
-        cpu_period: 100_000,
-        cpu_quota,
-        cpu_shares: 512,
-        memory_limit_in_bytes: memory,
-        memory_swap_limit_in_bytes: memory,
-        oom_score_adj: 900,
-        ..Default::default()
-    }
-}
-
-fn with_limits(mut cfg: ContainerConfig, linux: LinuxContainerResources) -> ContainerConfig {
-    cfg.linux = Some(LinuxContainerConfig {
-        resources: Some(linux),
-        ..Default::default()
-    });
-    cfg
-}
-
-/// The container's own guest cgroup files `files` (its cgroup path from
-/// /proc/self/cgroup under CRI's read-only cgroupfs mount).
-fn cgroup_files(cri: &CriClient, c: &str, files: &str) -> String {
-    let script =
-        format!("p=$(cat /proc/self/cgroup); p=${{p#0::}}; cd /sys/fs/cgroup$p && cat {files}");
-    exec_ok(cri, c, &["sh", "-c", &script])
-}
-
-/// Waits until CRI reports container `id` exited; its status.
-fn wait_exited(cri: &CriClient, id: &str) -> ContainerStatus {
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        let st = cri.container_status(id).unwrap();
-        if st.state == ContainerState::ContainerExited as i32 {
-            return st;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "container {id} did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Issue 11: a pod whose containers have CPU and memory limits (with
 /// kubelet's swap limit) runs, sees its limits in the guest, follows an
 /// UpdateContainerResources, is OOMKilled past its memory limit, and

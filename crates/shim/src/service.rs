@@ -295,6 +295,16 @@ impl Inner {
                 ))
             }
             None => {
+                let shared = pod_ns::host_namespaces(&b.spec);
+                if !shared.is_empty() {
+                    return Err(ShimError::InvalidArgument(format!(
+                        "the spec shares the host's {} namespace{} (hostNetwork, hostPID, \
+                         hostIPC or --net-host): a nacre sandbox is a VM with its own kernel \
+                         and cannot; use runc for such pods",
+                        shared.join(", "),
+                        if shared.len() > 1 { "s" } else { "" }
+                    )));
+                }
                 let (dir, config, shape) =
                     (self.sandbox_dir.clone(), config.clone(), shape.clone());
                 let pod = crate::podnet::PodSpec::load(bundle);

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use nacre_cri_tests::containerd::{CriContainerd, TEST_IMAGE};
 use nacre_cri_tests::cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, DnsConfig, ImageSpec, KeyValue, Mount,
-    PodSandboxConfig, PodSandboxMetadata,
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, DnsConfig, ImageSpec,
+    KeyValue, LinuxContainerConfig, LinuxContainerResources, Mount, PodSandboxConfig,
+    PodSandboxMetadata,
 };
 use nacre_cri_tests::cri::CriClient;
 use nacre_cri_tests::stream::{StreamError, TerminalSize};
@@ -269,4 +270,45 @@ pub fn check_exec_stream(cri: &CriClient, id: &str) {
         .unwrap_err();
     assert!(matches!(err, StreamError::Cri(_)), "{err}");
     eprintln!("streamed exec checks (5 execs): {:?}", start.elapsed());
+}
+
+pub fn limits(cpu_quota: i64, memory: i64) -> LinuxContainerResources {
+    LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota,
+        cpu_shares: 512,
+        memory_limit_in_bytes: memory,
+        memory_swap_limit_in_bytes: memory,
+        oom_score_adj: 900,
+        ..Default::default()
+    }
+}
+
+pub fn with_limits(mut cfg: ContainerConfig, linux: LinuxContainerResources) -> ContainerConfig {
+    cfg.linux = Some(LinuxContainerConfig {
+        resources: Some(linux),
+        ..Default::default()
+    });
+    cfg
+}
+
+/// The container's own guest cgroup files `files` (its cgroup path from
+/// /proc/self/cgroup under CRI's read-only cgroupfs mount).
+pub fn cgroup_files(cri: &CriClient, c: &str, files: &str) -> String {
+    let script =
+        format!("p=$(cat /proc/self/cgroup); p=${{p#0::}}; cd /sys/fs/cgroup$p && cat {files}");
+    exec_ok(cri, c, &["sh", "-c", &script])
+}
+
+/// Waits until CRI reports container `id` exited; its status.
+pub fn wait_exited(cri: &CriClient, id: &str) -> ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let st = cri.container_status(id).unwrap();
+        if st.state == ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "container {id} did not exit");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -68,6 +68,28 @@ pub fn join_pod_namespaces(guest: &mut Value, host: &Value, holder: NsHolder) ->
     wanted.into_iter().map(|(kind, _)| kind).collect()
 }
 
+/// The namespaces a VM sandbox cannot give: those `spec` (the sandbox's
+/// first container) shares with the host by leaving out their
+/// `linux.namespaces` entry (Kubernetes' `hostNetwork`, `hostPID`,
+/// `hostIPC`; `ctr run --net-host`). The guest has its own kernel, so it
+/// has no host namespace to share; running such a pod anyway would give it
+/// silently different networking, processes or IPC.
+pub fn host_namespaces(spec: &Value) -> Vec<&'static str> {
+    let entries = spec
+        .pointer("/linux/namespaces")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    ["network", "pid", "ipc"]
+        .into_iter()
+        .filter(|kind| {
+            !entries
+                .iter()
+                .any(|ns| ns.get("type").and_then(Value::as_str) == Some(kind))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -139,5 +161,17 @@ mod tests {
         // No namespaces at all.
         let mut bare = json!({"process": {}});
         assert!(join_pod_namespaces(&mut bare, &host, HOLDER).is_empty());
+    }
+
+    #[test]
+    fn host_namespaces_are_the_missing_entries() {
+        let all = json!({"linux": {"namespaces": [
+            {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+            {"type": "network", "path": "/var/run/netns/cni-1"},
+        ]}});
+        assert!(host_namespaces(&all).is_empty());
+        let host_net = json!({"linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}]}});
+        assert_eq!(host_namespaces(&host_net), ["network"]);
+        assert_eq!(host_namespaces(&json!({})), ["network", "pid", "ipc"]);
     }
 }
