@@ -100,7 +100,7 @@ test: deps guest lint
 # Fuzzing (see README "Fuzzing"): FUZZ_TARGETS empty means all of them.
 # New corpus entries go to fuzz/target/corpus/, crashes to fuzz/artifacts/.
 FUZZ_SECONDS ?= 60
-FUZZ_SMOKE_SECONDS ?= 15
+FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_TARGETS ?=
 
 fuzz:
