@@ -84,7 +84,7 @@ append="console=ttyS0 reboot=t panic=-1 mitigations=off nokaslr noxsave"
 append+=" clearcpuid=cx16,smap,smep,popcnt pty.legacy_count=0"
 [[ ${NACRE_SMOKE_QUIET:-1} == 0 ]] || append+=" quiet"
 append+=${NACRE_SMOKE_EXTRA_APPEND:+ $NACRE_SMOKE_EXTRA_APPEND}
-cmd=("$qemu" -machine microvm,accel=kvm -cpu qemu64,+x2apic -m 128 -smp 1
+cmd=("$qemu" -machine microvm,accel=kvm -cpu qemu64,+x2apic,+xsaveerptr -m 128 -smp 1
 	-nodefaults -no-user-config -display none -serial stdio
 	-kernel "$vmlinux" -initrd "$initrd" -append "$append" -no-reboot)
 log "booting: ${cmd[*]}"

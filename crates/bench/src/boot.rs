@@ -63,7 +63,14 @@ impl Vmm {
             }
             Vmm::QemuMicrovm { binary } => {
                 let mut cmd = Command::new(binary);
-                cmd.args(["-machine", "microvm,accel=kvm", "-cpu", "qemu64,+x2apic"])
+                // qemu64 says AuthenticAMD; without XSAVEERPTR the guest
+                // kernel flags AMD's FXSAVE leak and runs `fnclex` in
+                // kernel mode, which this host's emulator of guest kernel
+                // mode cannot execute on AMD hosts (KVM internal error,
+                // emulation failure). nacre-vmm passes the host's CPUID,
+                // which has it; QEMU drops the flag where KVM lacks it.
+                cmd.args(["-machine", "microvm,accel=kvm"])
+                    .args(["-cpu", "qemu64,+x2apic,+xsaveerptr"])
                     .args(["-m", &memory_mib.to_string(), "-smp", "1"])
                     .args(["-nodefaults", "-no-user-config", "-nographic"])
                     .args(["-serial", "stdio", "-no-reboot"])
