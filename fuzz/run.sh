@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds and runs nacre's fuzz targets (cargo-fuzz, libFuzzer, nightly).
 #
-#   fuzz/run.sh run   SECONDS [TARGET...]   fuzz each target SECONDS
-#   fuzz/run.sh smoke SECONDS [TARGET...]   replay the seed corpus, then
-#                                           fuzz each target SECONDS
+#   fuzz/run.sh run   SECONDS [TARGET...]   replay each target's seeds,
+#                                           then fuzz it SECONDS
+#   fuzz/run.sh smoke SECONDS [TARGET...]   the same from a build meant
+#                                           for a short run (make test)
 #
 # The committed seeds (fuzz/corpus/<target>/) are only read: new inputs
 # go to fuzz/target/corpus/<target>/ (git-ignored); `make fuzz-cmin`
@@ -55,15 +56,9 @@ for t in "${targets[@]}"; do
 	# The sync ttrpc client's threads outlive a call for a moment: their
 	# thread-locals are not leaks of the code under test.
 	[ "$t" = agent_reply ] && extra=(-detect_leaks=0)
-	if [ "$mode" = smoke ]; then
-		echo ">> $t: replaying $(ls "$seeds" | wc -l) seeds"
-		if ! cargo +nightly fuzz run "${build[@]}" "$t" "$seeds" -- -runs=0 -timeout=20 "${extra[@]}" >"$log" 2>&1; then
-			tail -40 "$log"
-			failed+=("$t (seed replay)")
-			continue
-		fi
-	fi
-	echo ">> $t: fuzzing ${seconds}s"
+	# libFuzzer runs every input of the corpus directories before it
+	# mutates: the seeds are replayed first, and a crashing seed fails.
+	echo ">> $t: $(ls "$seeds" | wc -l) seeds replayed, then fuzzing ${seconds}s"
 	start=$(date +%s)
 	if ! cargo +nightly fuzz run "${build[@]}" "$t" "$scratch" "$seeds" -- "${flags[@]}" "${extra[@]}" >"$log" 2>&1; then
 		tail -60 "$log"
