@@ -122,11 +122,7 @@ const READONLY: [&str; 5] = [
 
 /// Cases where nacre still differs from runc, with why; each must still
 /// differ (a fixed one leaves this list).
-const KNOWN_DIVERGENCES: &[(&str, &str)] = &[(
-    "privileged",
-    "containerd writes /sys `rw` for a privileged container; runc mounts it read-only \
-     in a pod's (joined) network namespace, nacre's agent mounts it as written",
-)];
+const KNOWN_DIVERGENCES: &[(&str, &str)] = &[];
 
 /// A case: a name and what the container shows.
 type Case = (&'static str, fn(&Pod) -> String);

@@ -251,6 +251,33 @@ pub struct Engine<L: Launcher> {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Ids being created (reserved against duplicates).
     creating: Mutex<Vec<String>>,
+    /// Whether the first sysfs a container of this VM mounted was
+    /// read-only (see [`pod_sysfs`]).
+    sysfs_ro: Mutex<Option<bool>>,
+}
+
+/// On a host, a pod's containers share one network namespace and so one
+/// sysfs superblock: the first sysfs mount in it (the pause container's,
+/// read-only unless the pod is privileged) decides whether every later
+/// sysfs mount there is read-only, whatever the later spec asks (the
+/// kernel reuses the superblock; a privileged container of a pod sees
+/// `/sys` read-only under runc). In the guest all containers share the
+/// VM's network namespace whose sysfs the agent mounted read-write, so
+/// the agent applies the same rule itself: `first` is the read-only flag
+/// of the first sysfs mount (recorded here), later ones follow it.
+pub fn pod_sysfs(first: &mut Option<bool>, spec: &mut Spec) {
+    for m in spec
+        .mounts
+        .iter_mut()
+        .filter(|m| m.kind.as_deref() == Some("sysfs"))
+    {
+        let ro = super::mounts::parse(Some("sysfs"), &m.options).flags & libc::MS_RDONLY != 0;
+        match *first {
+            None => *first = Some(ro),
+            Some(true) if !ro => m.options.push("ro".to_owned()),
+            Some(_) => {}
+        }
+    }
 }
 
 impl<L: Launcher> std::fmt::Debug for Engine<L> {
@@ -312,6 +339,7 @@ impl<L: Launcher> Engine<L> {
             cgroups,
             containers: Mutex::new(HashMap::new()),
             creating: Mutex::new(Vec::new()),
+            sysfs_ro: Mutex::new(None),
         }
     }
 
@@ -341,7 +369,7 @@ impl<L: Launcher> Engine<L> {
     /// `CreateContainer`.
     pub fn create(&self, id: &str, spec_json: &[u8]) -> Result<libc::pid_t, ContainerError> {
         validate_id(id)?;
-        let spec = Spec::parse(spec_json)
+        let mut spec = Spec::parse(spec_json)
             .map_err(|e| ContainerError::new(ErrorKind::InvalidArgument, id, e.to_string()))?;
         {
             let containers = lock(&self.containers);
@@ -355,9 +383,12 @@ impl<L: Launcher> Engine<L> {
             }
             creating.push(id.to_owned());
         }
+        let mut sysfs_ro = *lock(&self.sysfs_ro);
+        pod_sysfs(&mut sysfs_ro, &mut spec);
         let began = std::time::Instant::now();
         let result = self.create_reserved(id, &spec);
         if result.is_ok() {
+            *lock(&self.sysfs_ro) = sysfs_ro;
             tracing::info!("container {id}: created in {:?}", began.elapsed());
         }
         lock(&self.creating).retain(|c| c != id);

@@ -263,3 +263,40 @@ fn remove_of_a_created_container_kills_its_init() {
         .contains(&(init, libc::SIGKILL)));
     engine.create("c", SPEC.as_bytes()).unwrap();
 }
+
+#[test]
+fn the_first_sysfs_mount_of_a_pod_decides_for_later_ones() {
+    let spec = |opts: &str| {
+        Spec::parse(
+            format!(
+                r#"{{"process":{{"args":["x"]}},"root":{{"path":"/r"}},"mounts":[{{"destination":"/sys","type":"sysfs","source":"sysfs","options":[{opts}]}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    let ro = |s: &Spec| {
+        super::super::mounts::parse(Some("sysfs"), &s.mounts[0].options).flags & libc::MS_RDONLY
+            != 0
+    };
+    // The pause container's read-only sysfs makes a privileged
+    // container's read-write one read-only, as the kernel does on a host.
+    let mut first = None;
+    let mut pause = spec(r#""nosuid","ro""#);
+    pod_sysfs(&mut first, &mut pause);
+    assert_eq!(first, Some(true));
+    let mut privileged = spec(r#""nosuid","rw""#);
+    pod_sysfs(&mut first, &mut privileged);
+    assert!(ro(&privileged), "{:?}", privileged.mounts[0].options);
+    // A privileged pod's read-write first mount leaves later ones alone.
+    let mut first = None;
+    let mut pause = spec(r#""rw""#);
+    pod_sysfs(&mut first, &mut pause);
+    assert_eq!(first, Some(false));
+    let mut app = spec(r#""ro""#);
+    pod_sysfs(&mut first, &mut app);
+    assert!(ro(&app));
+    let mut privileged = spec(r#""rw""#);
+    pod_sysfs(&mut first, &mut privileged);
+    assert!(!ro(&privileged));
+}
