@@ -368,6 +368,38 @@ fn vm_docker_runs_containers_like_runc() {
     assert!(state.starts_with("exited "), "{state}");
     d.ok(&["rm", "bg"]);
 
+    // Past its memory limit a container is OOMKilled, as Docker reports
+    // it under runc: the guest's OOM kill is raised on the host cgroup
+    // that containerd's runc shim watches (the monitor's).
+    let o = d.run(&[
+        "run",
+        "--name",
+        "oom",
+        "--runtime",
+        "nacre",
+        "--network",
+        "none",
+        "--memory",
+        "64m",
+        IMAGE,
+        "sh",
+        "-c",
+        "x=0123456789abcdef; while :; do x=$x$x; done",
+    ]);
+    assert_eq!(o.status.code(), Some(137), "oom: {}", stderr(&o));
+    let state = d.ok(&[
+        "inspect",
+        "-f",
+        "{{.State.OOMKilled}} {{.State.ExitCode}}",
+        "oom",
+    ]);
+    assert_eq!(
+        state.trim(),
+        "true 137",
+        "docker inspect of the OOM container"
+    );
+    d.ok(&["rm", "oom"]);
+
     // Restart policy: a container that fails is restarted by dockerd.
     d.ok(&[
         "run",

@@ -18,6 +18,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+mod oom;
+
 /// Errors placing a sandbox in its host cgroup.
 #[derive(Debug, thiserror::Error)]
 pub enum HostCgroupError {

@@ -160,6 +160,13 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
         })
         .transpose()
         .map_err(|e| ContainerError::Monitor(format!("the container's host cgroup: {e}")))?;
+    // The monitor is the container's process on the host for whoever
+    // holds its pid (containerd's runc shim under Docker reads its cgroup
+    // for stats and OOM events, as it would runc's init): it joins too.
+    if let Some(cg) = &cgroup {
+        cg.add(std::process::id())
+            .map_err(|e| ContainerError::Monitor(format!("joining the host cgroup: {e}")))?;
+    }
     spec.host = HostPlacement::new(cgroup.as_ref(), bundle.oom_score_adj());
     if opts.shared_fs {
         identity.shared_tag = Some(SHARED_TAG.to_string());
@@ -287,6 +294,13 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
         // When terminated, `delete` holds the lock and removes the state.
         record_exit(&opts.paths, status);
     }
+    // An OOM kill in the guest, to be shown on the host cgroup below.
+    let guest_oom = vm_alive
+        && !terminated
+        && cgroup.is_some()
+        && client
+            .stats_container(&id)
+            .is_ok_and(|s| s.memory_oom_kill > 0);
     if vm_alive && !terminated {
         if let Err(e) = sandbox.shutdown(Duration::from_secs(15)) {
             tracing::warn!("shutting the VM of {id} down: {e}");
@@ -298,6 +312,15 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
         tracing::warn!("removing the shared directory of {id}: {e}");
     }
     if let Some(cg) = cgroup {
+        if let Err(e) = cg.leave() {
+            tracing::warn!("leaving the host cgroup of {id}: {e}");
+        }
+        if guest_oom {
+            match cg.raise_oom_event() {
+                Ok(seen) => tracing::info!(id, seen, "guest OOM kill raised on the host cgroup"),
+                Err(e) => tracing::warn!("raising the guest OOM kill of {id} on the host: {e}"),
+            }
+        }
         if let Err(e) = cg.remove() {
             tracing::warn!("removing the host cgroup of {id}: {e}");
         }
