@@ -380,7 +380,7 @@ fn vm_docker_runs_containers_like_runc() {
         "--network",
         "none",
         "--memory",
-        "64m",
+        "16m",
         IMAGE,
         "sh",
         "-c",
