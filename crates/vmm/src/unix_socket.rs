@@ -11,33 +11,77 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
 /// Mode of every listening socket of the VMM.
 pub const SOCKET_MODE: u32 = 0o600;
 
-/// Binds a stream socket at `path` (which must not exist), makes it 0600
-/// whatever the umask, then listens.
-pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
+/// The address of `path` and its length, or `InvalidInput` when it does
+/// not fit `sun_path` or holds a NUL byte.
+fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, usize)> {
     let bytes = path.as_os_str().as_bytes();
     // SAFETY: sockaddr_un is plain integers; all-zero is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() || CString::new(bytes).is_err() {
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     }
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;
     }
+    Ok((
+        addr,
+        std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1,
+    ))
+}
+
+/// A new stream socket with `flags` (`SOCK_CLOEXEC` always).
+fn stream_socket(flags: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) with constant arguments.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a descriptor socket(2) just returned, owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Connects to the listener at `path` without ever blocking: a Unix
+/// stream `connect(2)` on a non-blocking socket completes at once or
+/// fails, `EAGAIN` when the listener's backlog is full (where a blocking
+/// connect would wait for the listener, as long as it likes). The
+/// returned stream is non-blocking.
+pub fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    let (addr, len) = sockaddr(path)?;
+    let sock = stream_socket(libc::SOCK_NONBLOCK)?;
+    // SAFETY: a valid socket and an initialized sockaddr_un of at least
+    // `len` bytes.
+    let rc = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            libc::socklen_t::try_from(len).unwrap_or(0),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(sock))
+}
+
+/// Binds a stream socket at `path` (which must not exist), makes it 0600
+/// whatever the umask, then listens.
+pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    let bytes = path.as_os_str().as_bytes();
+    let (addr, len) = sockaddr(path)?;
+    let sock = stream_socket(0)?;
     // SAFETY: a valid socket and an initialized sockaddr_un of at least
     // `len` bytes.
     let rc = unsafe {

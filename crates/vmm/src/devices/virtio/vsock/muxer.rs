@@ -388,8 +388,10 @@ impl Muxer {
             return;
         }
         let path = listener_path(&self.uds_path, hdr.dst_port);
-        let stream = UnixStream::connect(&path).and_then(|s| {
-            s.set_nonblocking(true)?;
+        // Never a blocking connect on the device thread: a host listener
+        // with a full backlog would stall every connection of the VM,
+        // the agent's included (review L5); EAGAIN is a refusal.
+        let stream = crate::unix_socket::connect_nonblocking(&path).and_then(|s| {
             self.register(&s)?;
             Ok(s)
         });

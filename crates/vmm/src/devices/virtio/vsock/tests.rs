@@ -664,6 +664,55 @@ fn guest_connects_to_a_host_listener() {
     assert_eq!((rst.op, rst.src_port, rst.dst_port), (OP_RST, 5001, 40001));
 }
 
+/// A listening socket at `path` whose backlog is full: listen(2) with a
+/// backlog of 0, then connections until the kernel refuses one.
+fn full_listener(path: &Path) -> (std::os::fd::OwnedFd, Vec<UnixStream>) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let listener = crate::unix_socket::bind_private(path).unwrap();
+    // SAFETY: lowers the backlog of a listening socket we own.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    // SAFETY: the listener's descriptor moves into an OwnedFd.
+    let fd = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(listener)) };
+    let mut queued = Vec::new();
+    loop {
+        match crate::unix_socket::connect_nonblocking(path) {
+            Ok(s) => queued.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the backlog: {e}"),
+        }
+        assert!(queued.len() < 1000, "the backlog never filled");
+    }
+    (fd, queued)
+}
+
+/// Attack (review L5): the guest connects to a host listener that
+/// accepts nothing and whose backlog is full. Safe outcome: the guest
+/// gets RST at once and the device keeps serving others (a blocking
+/// connect on the device thread would stall every connection of the VM,
+/// the agent's included).
+#[test]
+fn a_host_listener_with_a_full_backlog_does_not_stall_the_device() {
+    let dir = temp_dir("fullbacklog");
+    let mem = new_memory();
+    let mut g = Guest::start(&mem, &dir);
+    let (_full, _queued) = full_listener(&listener_path(&g.uds, 5002));
+    let began = Instant::now();
+    g.send(pkt(OP_REQUEST, 40002, 5002), &[]);
+    let (rst, _) = g.recv_one();
+    assert_eq!((rst.op, rst.src_port, rst.dst_port), (OP_RST, 5002, 40002));
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    // The device still serves a host client's connection.
+    let (mut client, hport) = host_connect(&mut g, 1024);
+    g.send(pkt(OP_RW, 1024, hport), b"still here");
+    let mut got = [0u8; 10];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still here");
+}
+
 #[test]
 fn malformed_packets_are_dropped() {
     let dir = temp_dir("malformed");
