@@ -610,6 +610,20 @@ fn bad_requests_get_the_right_codes() {
     assert!(err.to_string().contains("no-such-command"), "{err}");
     client.remove_container("nocmd").unwrap();
 
+    // runc: proc goes only on an ordinary directory; an image whose
+    // /proc is a symlink is refused by name, not mounted through it.
+    let planted = agent.rootfs("r4");
+    std::fs::remove_dir(planted.join("proc")).unwrap();
+    std::os::unix::fs::symlink("/", planted.join("proc")).unwrap();
+    let err = client
+        .create_container("planted", &bytes(&spec(&planted, &["true"])))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("filesystem \"proc\" must be mounted on ordinary directory"),
+        "{err}"
+    );
+
     // A mount that cannot be made fails create with what failed.
     let mut badmount = spec(&agent.rootfs("r3"), &["true"]);
     badmount["mounts"].as_array_mut().unwrap().push(json!({

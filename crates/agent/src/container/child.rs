@@ -245,6 +245,18 @@ fn mount_one(rootfs: &Path, m: &super::spec::Mount) -> Step {
                 .map_err(ctx(|| format!("{} (remount)", what())))?;
         }
     } else {
+        // runc: proc and sysfs go only on an ordinary directory (or a new
+        // one), never through a symlink or onto a file the image planted.
+        if matches!(kind, "proc" | "sysfs") {
+            if let Ok(meta) = fs::symlink_metadata(&target) {
+                if !meta.is_dir() {
+                    return Err(format!(
+                        "{}: filesystem {kind:?} must be mounted on ordinary directory",
+                        what()
+                    ));
+                }
+            }
+        }
         // runc: a tmpfs without `mode=` keeps the mode of the directory
         // it covers (the kernel would give it 1777).
         let keep_mode = (kind == "tmpfs" && !opts.data.split(',').any(|o| o.starts_with("mode=")))
