@@ -444,6 +444,38 @@ fn read_only_bind_mount_and_hostname() {
     assert!(!data.join("x").exists());
 }
 
+/// Attack: an image whose mount destination is a symlink out of its
+/// rootfs (`/data -> /srv/data`, `/cache -> ../../../../tmp/...`).
+/// Safe outcome, as runc's: each resolves inside the rootfs and the
+/// volume is where the container looks, not on the agent's own tree.
+#[test]
+fn mount_destinations_resolve_inside_the_rootfs() {
+    let agent = Agent::start("sjoin");
+    let data = agent.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("hello.txt"), "from the volume\n").unwrap();
+    let rootfs = agent.rootfs("r");
+    std::fs::create_dir_all(rootfs.join("srv/data")).unwrap();
+    std::os::unix::fs::symlink("/srv/data", rootfs.join("data")).unwrap();
+    let outside = agent.dir.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let escape = format!("../../../../../../..{}", outside.display());
+    std::os::unix::fs::symlink(&escape, rootfs.join("cache")).unwrap();
+    let mut spec = spec(&rootfs, &["sh", "-c", "cat /srv/data/hello.txt; ls /cache"]);
+    for dest in ["/data", "/cache"] {
+        spec["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": dest, "type": "bind", "source": data,
+            "options": ["rbind", "ro"]
+        }));
+    }
+    let (status, out, err) = run(&agent, "sjoin", &spec);
+    assert_eq!(status, 0, "{out} {err}");
+    assert_eq!(out, "from the volume\nhello.txt\n", "{err}");
+    // The second bind went to <rootfs>/<outside path>, made there.
+    assert!(rootfs.join(outside.strip_prefix("/").unwrap()).is_dir());
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
+
 #[test]
 fn pids_limit() {
     let agent = Agent::start("pids");

@@ -231,7 +231,13 @@ pub fn mount_rootfs(spec: &Spec, rootfs: &Path, console: Option<&str>) -> Step {
 fn mount_one(rootfs: &Path, m: &super::spec::Mount) -> Step {
     let kind = m.kind.as_deref().unwrap_or("none");
     let opts = mounts::parse(Some(kind), &m.options);
-    let target = in_rootfs(rootfs, &m.destination)?;
+    // proc and sysfs: the path as written (checked below, as runc does);
+    // anything else: resolved inside the rootfs, as runc's securejoin.
+    let target = if matches!(kind, "proc" | "sysfs") {
+        in_rootfs(rootfs, &m.destination)?
+    } else {
+        super::securejoin::secure_join(rootfs, &m.destination)?
+    };
     let what = || format!("mount {kind} on {}", m.destination);
     if opts.is_bind() {
         let source = m.source.as_deref().unwrap_or_default();

@@ -6,6 +6,7 @@
 //! - [`launch`]: the real launcher (fork, namespaces, execve), with
 //!   [`child`] running in the forked child and [`ffi`] the system calls;
 //! - [`cgroup`], [`mounts`], [`caps`], [`stdio`]: the pieces;
+//! - [`securejoin`]: mount destinations resolved inside the rootfs;
 //! - [`devices`]: device control, a cgroup BPF program per container;
 //! - [`ephemeral`]: the pod's tmpfs volumes (memory emptyDirs, /dev/shm).
 //!
@@ -26,6 +27,7 @@ pub mod home;
 pub mod launch;
 pub mod mounts;
 pub mod seccomp;
+pub mod securejoin;
 pub mod spec;
 pub mod stdio;
 pub mod syscalls;
