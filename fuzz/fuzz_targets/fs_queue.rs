@@ -282,11 +282,8 @@ fuzz_target!(|input: Input| {
     let (rring, chains) = lay_out_requests(&mem, &reqs, &splits, &replies);
     let mut request_q = guest::queue(&mem, rring, false);
     let before = Before::take(&mem, &[hring, rring]);
-    let mut data_before = vec![0u8; guest::DATA_LEN];
-    mem.read_slice(&mut data_before, GuestAddress(DATA))
-        .unwrap();
-    let planted = nacre_fuzz::contains(&data_before, SECRET)
-        || nacre_fuzz::contains(&data_before, SECRET_NAME.as_bytes());
+    let planted = nacre_fuzz::contains(before.data(), SECRET)
+        || nacre_fuzz::contains(before.data(), SECRET_NAME.as_bytes());
 
     let server = Server::new(&s.share).unwrap();
     server.serve_queue(&mut hiprio, &mem);
@@ -302,14 +299,13 @@ fuzz_target!(|input: Input| {
         "the directory next to the share changed"
     );
     if !planted {
-        let mut all = vec![0u8; guest::DATA_LEN];
-        mem.read_slice(&mut all, GuestAddress(DATA)).unwrap();
+        let all = guest::region(&mem, DATA, guest::DATA_LEN);
         assert!(
-            !nacre_fuzz::contains(&all, SECRET),
+            !nacre_fuzz::contains(all, SECRET),
             "content from outside the share reached the guest"
         );
         assert!(
-            !nacre_fuzz::contains(&all, SECRET_NAME.as_bytes()),
+            !nacre_fuzz::contains(all, SECRET_NAME.as_bytes()),
             "a name from outside the share reached the guest"
         );
     }

@@ -9,7 +9,7 @@
 use arbitrary::Arbitrary;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Guest memory as the devices see it.
@@ -110,30 +110,54 @@ pub fn memory(data: &[u8]) -> Mem {
         ])
         .unwrap();
     }
-    static ZEROS: [u8; RINGS_LEN] = [0; RINGS_LEN];
     let mem = MEM.with(Mem::clone);
-    mem.write_slice(&ZEROS, GuestAddress(RINGS)).unwrap();
-    mem.write_slice(&fill(data), GuestAddress(DATA)).unwrap();
+    // SAFETY: no device runs while a target sets its memory up (devices
+    // run on the target's thread, for one input), so nothing else
+    // accesses the regions while these slices live.
+    unsafe { region_mut(&mem, RINGS, RINGS_LEN) }.fill(0);
+    fill(unsafe { region_mut(&mem, DATA, DATA_LEN) }, data);
     mem
 }
 
-/// `data` repeated over the data region's length (zeros if empty), by
-/// doubling copies: a chunk-by-chunk loop over a one-byte `data` took
-/// 65,536 iterations.
-fn fill(data: &[u8]) -> Vec<u8> {
-    let mut fill = vec![0u8; DATA_LEN];
+/// Region `base` (`RINGS` or `DATA`, of `len` bytes) of `mem` as host
+/// memory: compared and copied in place, without the copies (and their
+/// zeroed buffers) of `read_slice`.
+pub fn region(mem: &Mem, base: u64, len: usize) -> &[u8] {
+    let ptr = mem.get_host_address(GuestAddress(base)).unwrap();
+    assert!(mem.check_range(GuestAddress(base), len));
+    // SAFETY: the `len` bytes from `ptr` are one mapped region of `mem`
+    // (checked above), alive as long as `mem`; the targets read them only
+    // while no device runs.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
+}
+
+/// [`region`], writable.
+///
+/// # Safety
+///
+/// Nothing else may access the region while the slice lives.
+unsafe fn region_mut(mem: &Mem, base: u64, len: usize) -> &mut [u8] {
+    let ptr = mem.get_host_address(GuestAddress(base)).unwrap();
+    assert!(mem.check_range(GuestAddress(base), len));
+    // SAFETY: as in `region`; exclusivity is the caller's.
+    unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+}
+
+/// Fills `out` with `data` repeated (zeros if empty), by doubling copies:
+/// a chunk-by-chunk loop over a one-byte `data` took 65,536 iterations.
+fn fill(out: &mut [u8], data: &[u8]) {
     if data.is_empty() {
-        return fill;
+        out.fill(0);
+        return;
     }
-    let first = data.len().min(DATA_LEN);
-    fill[..first].copy_from_slice(&data[..first]);
+    let first = data.len().min(out.len());
+    out[..first].copy_from_slice(&data[..first]);
     let mut done = first;
-    while done < DATA_LEN {
-        let n = done.min(DATA_LEN - done);
-        fill.copy_within(..n, done);
+    while done < out.len() {
+        let n = done.min(out.len() - done);
+        out.copy_within(..n, done);
         done += n;
     }
-    fill
 }
 
 #[cfg(test)]
@@ -152,7 +176,9 @@ mod tests {
             } else {
                 data.iter().copied().cycle().take(super::DATA_LEN).collect()
             };
-            assert_eq!(super::fill(data), want);
+            let mut out = vec![0xaa; super::DATA_LEN];
+            super::fill(&mut out, data);
+            assert_eq!(out, want);
         }
     }
 }
