@@ -260,6 +260,11 @@ impl Before {
             // the blocks that changed.
             let blocks = old.chunks(64).zip(now.chunks(64)).enumerate();
             for (k, (ob, nb)) in blocks.filter(|(_, (ob, nb))| ob != nb) {
+                let start = base + (k * 64) as u64;
+                let end = start + ob.len() as u64;
+                if self.writable.iter().any(|&(a, b)| a <= start && end <= b) {
+                    continue;
+                }
                 for (i, (a, b)) in ob.iter().zip(nb.iter()).enumerate() {
                     let gpa = base + (k * 64 + i) as u64;
                     assert!(
