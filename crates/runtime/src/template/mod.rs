@@ -23,7 +23,9 @@
 //! refuses (corrupt, other version) is removed, and the caller boots cold.
 //! Before a new template is made, stale ones are pruned: each records the
 //! stat lines of its VMM, kernel and initrd (`inputs`), and one whose
-//! files changed or went away can never be found again.
+//! files changed or went away can never be found again; then the least
+//! recently used go while the store is full (at most
+//! `NACRE_TEMPLATE_MAX`, default 16: `evict.rs`).
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -33,8 +35,11 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+mod evict;
 mod net;
 mod start;
+
+pub use evict::{max_from_env, DEFAULT_MAX};
 
 pub use net::{mark_restored, placeholder_mac};
 pub use start::{cold_cmdline, start_sandbox, StartKind, NET_RESTORE_PROTOCOL};
@@ -82,6 +87,8 @@ pub enum TemplateError {
 #[derive(Debug, Clone)]
 pub struct TemplateStore {
     root: PathBuf,
+    /// Most templates kept (see `evict.rs`).
+    max: usize,
 }
 
 /// Whether `NACRE_TEMPLATES` turns templates off ("0", "off", "false", "no").
@@ -123,12 +130,23 @@ impl TemplateStore {
         let root = std::env::var_os("NACRE_TEMPLATE_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
-        Some(Self::new(root))
+        Some(Self {
+            max: max_from_env(),
+            ..Self::new(root)
+        })
     }
 
     /// A store at `root` (created on first use).
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self {
+            root,
+            max: DEFAULT_MAX,
+        }
+    }
+
+    /// The most templates the store keeps.
+    pub fn max(&self) -> usize {
+        self.max
     }
 
     /// The store's directory.
@@ -231,7 +249,11 @@ impl TemplateStore {
     /// complete (its header was written last).
     pub fn find(&self, vmm: &Path, spec: &VmSpec) -> Result<Option<PathBuf>, TemplateError> {
         let dir = self.root.join(Self::key(vmm, spec)?);
-        Ok(dir.join("header.json").is_file().then_some(dir))
+        if !dir.join("header.json").is_file() {
+            return Ok(None);
+        }
+        evict::mark_used(&dir);
+        Ok(Some(dir))
     }
 
     /// Removes the template in `dir` (after the VMM refused it).
@@ -264,6 +286,7 @@ impl TemplateStore {
             return Ok(dir);
         }
         self.prune();
+        self.evict(self.max.saturating_sub(1));
         let key = Self::key(vmm, spec)?;
         let final_dir = self.root.join(&key);
         let work = self.root.join(format!(".{key}.{}", std::process::id()));
