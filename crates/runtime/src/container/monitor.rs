@@ -114,6 +114,9 @@ struct Running {
     /// The container's host cgroup (`linux.cgroupsPath`), where its VMM
     /// runs; dropped after the VMM.
     cgroup: Option<HostCgroup>,
+    /// The container has a memory limit (only then can the guest's
+    /// cgroup OOM-kill it, which runc's host cgroup would report).
+    memory_limited: bool,
     sandbox: Sandbox,
     agent: Arc<TtrpcAgentClient>,
     io: HostIo,
@@ -221,6 +224,7 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
     }
     Ok(Running {
         cgroup,
+        memory_limited: bundle.memory_limit.is_some(),
         sandbox,
         agent,
         io,
@@ -233,6 +237,7 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     install_signal_handlers();
     let Running {
         cgroup,
+        memory_limited,
         mut sandbox,
         agent,
         io,
@@ -297,6 +302,7 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     // An OOM kill in the guest, to be shown on the host cgroup below.
     let guest_oom = vm_alive
         && !terminated
+        && memory_limited
         && cgroup.is_some()
         && client
             .stats_container(&id)
