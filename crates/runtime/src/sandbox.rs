@@ -24,6 +24,14 @@ pub fn default_boot_timeout() -> Duration {
     }
 }
 
+/// Bound of each non-blocking agent call of the CLI and the shim: as
+/// long as a boot may take, at least two minutes (a starved guest on a
+/// loaded host where kernel mode is emulated answers slowly; container
+/// creation took 19 s under a 2-core host's full load).
+pub fn default_call_timeout() -> Duration {
+    default_boot_timeout().max(Duration::from_secs(120))
+}
+
 /// Errors booting, driving or stopping a sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {

@@ -16,20 +16,13 @@ use nacre_runtime::container::share::SharedDir;
 use nacre_runtime::host_cgroup::{HostCgroup, HostLimits};
 use nacre_runtime::image::locate_vmm;
 use nacre_runtime::network::{self, PodNetwork};
-use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
+use nacre_runtime::sandbox::{default_boot_timeout, default_call_timeout, Sandbox};
 use nacre_runtime::template::{mark_restored, start_sandbox, StartKind, TemplateStore};
 use nacre_runtime::vm::{HostPlacement, VmSpec};
 
 use crate::config::{Config, VmShape};
 use crate::error::ShimError;
 use crate::podnet::{self, PodSpec};
-
-/// Bound of each agent call (blocking stdio and wait calls have none):
-/// as long as a boot may take, at least two minutes. A starved guest on a
-/// loaded host where kernel mode is emulated answers slowly.
-fn call_timeout() -> Duration {
-    default_boot_timeout().max(Duration::from_secs(120))
-}
 
 /// One booted sandbox VM.
 #[derive(Debug)]
@@ -161,7 +154,7 @@ impl Vm {
                 let client = TtrpcAgentClient::connect(
                     Endpoint::agent_vsock(sandbox.vm().vsock_socket()),
                     ClientOptions {
-                        call_timeout: call_timeout(),
+                        call_timeout: default_call_timeout(),
                         ..ClientOptions::default()
                     },
                 )

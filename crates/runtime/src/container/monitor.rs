@@ -76,10 +76,11 @@ fn install_signal_handlers() {
 }
 
 /// Connects a client for the container RPCs (blocking ones have no
-/// deadline; see [`AgentClient`]).
+/// deadline; see [`AgentClient`]; the others the shim's).
 pub fn connect_agent(paths: &ContainerPaths) -> Result<TtrpcAgentClient, ContainerError> {
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(10),
+        call_timeout: crate::sandbox::default_call_timeout(),
         ..ClientOptions::default()
     };
     Ok(TtrpcAgentClient::connect(
