@@ -57,14 +57,6 @@ const KNOWN_DIVERGENCES: &[(&str, &str)] = &[
          gives 755); nacre honours mode= and takes the directory's mode only \
          without one (/srv: 711 under both)",
     ),
-    (
-        "exec -d -t with a console socket",
-        "not fixed yet: the guest agent opens an exec's terminal on the \
-         guest's devpts before the process enters the container, so `tty` \
-         finds no /dev/pts entry in the container's devpts (`not a tty`, \
-         although stdin is a terminal); runc opens it from the container's \
-         /dev/ptmx (/dev/pts/0)",
-    ),
 ];
 
 /// busybox applets the probes use.
