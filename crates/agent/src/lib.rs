@@ -17,6 +17,7 @@ pub mod guest_info;
 pub mod init;
 pub mod log;
 pub mod network;
+pub mod procinfo;
 pub mod reaper;
 pub mod restored;
 pub mod server;

@@ -335,6 +335,22 @@ impl agent_ttrpc::Agent for AgentService {
     ) -> ttrpc::Result<c::ListProcessesResponse> {
         let pids = self.run(&req.container_id, |e| e.list(&req.container_id))?;
         let mut resp = c::ListProcessesResponse::new();
+        resp.processes = pids
+            .iter()
+            .filter_map(|&pid| crate::procinfo::read(pid))
+            .map(|p| {
+                let mut m = c::ProcessInfo::new();
+                m.pid = p.pid;
+                m.ppid = p.ppid;
+                m.uid = p.uid;
+                m.start_time_ms = p.start_time_ms;
+                m.cpu_time_ms = p.cpu_time_ms;
+                m.elapsed_ms = p.elapsed_ms;
+                m.tty = p.tty;
+                m.cmd = p.cmd;
+                m
+            })
+            .collect();
         resp.pids = pids;
         Ok(resp)
     }

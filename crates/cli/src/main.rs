@@ -17,10 +17,13 @@ use clap::{Parser, Subcommand};
 
 use crate::logging::{LogFormat, Logger};
 
-/// The text of `nacre --version`.
+/// The text of `nacre --version`: runc's lines (version, commit, spec),
+/// then what runs the containers.
 const VERSION: &str = concat!(
     "nacre version ",
     env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("NACRE_GIT_COMMIT"),
     "\nspec: 1.0.2\nruntime: nacre (KVM VM per container)"
 );
 
@@ -87,7 +90,7 @@ enum Command {
     Delete(commands::lifecycle::DeleteArgs),
     /// Run a new process in a container.
     Exec(commands::exec::ExecArgs),
-    /// List a container's processes (guest pids).
+    /// List a container's processes (the guest's, as `ps -ef` shows them).
     Ps(commands::query::PsArgs),
     /// List containers.
     #[command(alias = "ls")]
@@ -112,14 +115,49 @@ enum Command {
     ExecMonitor(commands::exec::ExecMonitorArgs),
 }
 
+/// Global options that take a value (`--root DIR`).
+const TAKE_VALUE: &[&str] = &["--root", "--log", "--log-format", "--log-level", "--criu"];
+
+/// Where the arguments after the global options start.
+fn after_globals(args: &[String]) -> usize {
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if TAKE_VALUE.contains(&a) {
+            i += 2;
+        } else if a.starts_with('-') {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    i.min(args.len())
+}
+
+/// The topic of `[GLOBAL OPTIONS] help TOPIC` when no command has that
+/// name.
+fn unknown_help_topic(args: &[String]) -> Option<&str> {
+    use clap::CommandFactory;
+    match &args[after_globals(args)..] {
+        [help, topic] if help == "help" && Cli::command().find_subcommand(topic).is_none() => {
+            Some(topic)
+        }
+        _ => None,
+    }
+}
+
 fn main() {
     // `nacre --version` needs no subcommand.
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--version" || a == "-v")
-        && !args.iter().any(|a| !a.starts_with('-'))
-    {
+    let globals = &args[..after_globals(&args)];
+    if globals.iter().any(|a| a == "--version" || a == "-v") && globals.len() == args.len() {
         println!("{VERSION}");
         return;
+    }
+    // runc: `help TOPIC` of an unknown topic fails with exit code 3.
+    if let Some(topic) = unknown_help_topic(&args) {
+        eprintln!("nacre: No help topic for '{topic}'");
+        std::process::exit(3);
     }
     let cli = Cli::parse();
     if cli.version {

@@ -355,6 +355,44 @@ fn exec_refuses_preserve_fds_by_name() {
     assert!(stderr(&o).contains("not supported"), "{}", stderr(&o));
 }
 
+/// `create`/`run --preserve-fds N` (N > 0) are refused by name before
+/// anything exists: no descriptor of this host can reach the VM.
+#[test]
+fn create_refuses_preserve_fds_by_name() {
+    let s = Scratch::new("cpfds");
+    let root = s.path().join("root");
+    let b = bundle(s.path(), &config(&["true"], ""));
+    for verb in ["create", "run"] {
+        let o = nacre_in(
+            &root,
+            &[verb, "--preserve-fds", "1", "-b", b.to_str().unwrap(), "p1"],
+        );
+        assert_eq!(o.status.code(), Some(1), "{verb}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--preserve-fds 1 is not supported"),
+            "{verb}: {}",
+            stderr(&o)
+        );
+        assert!(!root.join("p1").exists(), "{verb} left its state");
+    }
+    let o = nacre_in(
+        &root,
+        &[
+            "create",
+            "--preserve-fds",
+            "0",
+            "-b",
+            "/nonexistent/b",
+            "p1",
+        ],
+    );
+    assert!(
+        !stderr(&o).contains("preserve-fds"),
+        "0 is accepted: {}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn each_cause_is_printed_once() {
     let s = Scratch::new("once");

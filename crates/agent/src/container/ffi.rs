@@ -138,6 +138,69 @@ pub fn openpty() -> io::Result<(OwnedFd, OwnedFd, String)> {
     Ok((master, slave, path))
 }
 
+/// A new pseudo-terminal of the devpts instance a container sees at
+/// `/dev/pts`, `root` being the container's root (`/proc/PID/root`), as
+/// runc opens an exec's terminal from the container's `/dev/ptmx`: the
+/// slave is then `/dev/pts/N` in the container. `dev/pts/ptmx` is
+/// resolved inside `root` (openat2 RESOLVE_IN_ROOT: the container's own
+/// symlinks cannot lead out) and must be a ptmx device. Returns (master,
+/// slave, slave path in the container).
+pub fn openpty_in(root: &Path) -> io::Result<(OwnedFd, OwnedFd, String)> {
+    let root = open(root, libc::O_PATH | libc::O_DIRECTORY)?;
+    // SAFETY: all-zero is a valid open_how (non-exhaustive in libc).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = u64::try_from(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .unwrap_or_default();
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    let name = c"dev/pts/ptmx";
+    // SAFETY: openat2 reads the NUL-terminated name and the open_how that
+    // live for the call; the returned descriptor is new.
+    let fd = check_long(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            name.as_ptr(),
+            std::ptr::from_ref(&how),
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })?;
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let master = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid stat; fstat writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat of an open descriptor into our stat.
+    check(unsafe { libc::fstat(master.as_raw_fd(), &mut st) })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR
+        || libc::major(st.st_rdev) != 5
+        || libc::minor(st.st_rdev) != 2
+    {
+        return Err(io::Error::other(
+            "the container's /dev/pts/ptmx is not a ptmx device",
+        ));
+    }
+    // SAFETY: unlockpt takes an open master descriptor.
+    check(unsafe { libc::unlockpt(master.as_raw_fd()) })?;
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes the pty number into our c_uint.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) })?;
+    // SAFETY: TIOCGPTPEER opens the slave of this master, a new descriptor.
+    let slave = check(unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `slave` was just opened and is owned by nobody else.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    // SAFETY: fcntl on an open descriptor, integer arguments.
+    let flags = check(unsafe { libc::fcntl(master.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) })?;
+    Ok((master, slave, format!("/dev/pts/{n}")))
+}
+
 /// Sets a terminal's window size.
 pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
     let ws = libc::winsize {

@@ -54,9 +54,15 @@ struct AgentStdio {
     terminal: Option<OwnedFd>,
 }
 
-fn stdio(process: &Process) -> io::Result<(ChildStdio, AgentStdio)> {
+/// `container_root`: for an exec, the container's root, whose devpts the
+/// terminal comes from (as runc's, so the process finds its /dev/pts/N);
+/// the guest's when the container has none usable.
+fn stdio(process: &Process, container_root: Option<&Path>) -> io::Result<(ChildStdio, AgentStdio)> {
     if process.terminal {
-        let (master, slave, path) = ffi::openpty()?;
+        let (master, slave, path) = match container_root.map(ffi::openpty_in) {
+            Some(Ok(pty)) => pty,
+            _ => ffi::openpty()?,
+        };
         if let Some(size) = process.console_size {
             ffi::set_winsize(master.as_fd(), size.height, size.width)?;
         }
@@ -273,7 +279,7 @@ impl Launcher for LinuxLauncher {
         // every container of the pod binds the same one.
         super::ephemeral::prepare(req.spec)?;
         let (child_io, io) =
-            stdio(&req.spec.process()).map_err(|e| format!("creating stdio: {e}"))?;
+            stdio(&req.spec.process(), None).map_err(|e| format!("creating stdio: {e}"))?;
         let (start_r, start_w) = ffi::pipe().map_err(|e| format!("creating start pipe: {e}"))?;
         let (sync_r, sync_w) = ffi::pipe().map_err(|e| format!("creating sync pipe: {e}"))?;
         let pidns = match req.spec.namespace("pid") {
@@ -313,9 +319,11 @@ impl Launcher for LinuxLauncher {
     }
 
     fn exec(&self, req: &ExecRequest<'_>) -> Result<Launched, String> {
-        let (child_io, io) = stdio(req.process).map_err(|e| format!("creating stdio: {e}"))?;
-        let (sync_r, sync_w) = ffi::pipe().map_err(|e| format!("creating sync pipe: {e}"))?;
         let init = req.init_pid;
+        let root = PathBuf::from(format!("/proc/{init}/root"));
+        let (child_io, io) =
+            stdio(req.process, Some(&root)).map_err(|e| format!("creating stdio: {e}"))?;
+        let (sync_r, sync_w) = ffi::pipe().map_err(|e| format!("creating sync pipe: {e}"))?;
         let mut namespaces = Vec::new();
         for (name, kind) in EXEC_NAMESPACES {
             if same_ns(init, name) {

@@ -41,7 +41,7 @@ pub struct ExecArgs {
     /// uid[:gid] to run as.
     #[arg(short = 'u', long)]
     pub user: Option<String>,
-    /// Accepted for compatibility.
+    /// Set no_new_privs for the process.
     #[arg(long)]
     pub no_new_privs: bool,
     /// Refused when above 0: descriptors cannot cross into the VM.
@@ -50,9 +50,12 @@ pub struct ExecArgs {
     /// Accepted for compatibility.
     #[arg(long)]
     pub cgroup: Option<String>,
-    /// Accepted for compatibility.
+    /// A capability to add to the process (repeatable).
     #[arg(short = 'c', long)]
     pub cap: Vec<String>,
+    /// A supplementary group for the process (repeatable).
+    #[arg(short = 'g', long)]
+    pub additional_gids: Vec<u32>,
     /// Accepted for compatibility.
     #[arg(long)]
     pub process_label: Option<String>,
@@ -97,8 +100,20 @@ pub fn exec(g: &Global, a: &ExecArgs) -> Result<i32> {
         cwd: a.cwd.clone(),
         user: a.user.clone(),
         tty: a.tty,
+        caps: a.cap.clone(),
+        additional_gids: a.additional_gids.clone(),
+        no_new_privs: a.no_new_privs,
     };
     let process = build_process(a.process.as_deref(), base.as_ref(), &overrides)?;
+    // runc's checks: a console socket is for a detached process on a
+    // terminal, and a detached terminal needs one.
+    let terminal = process.get("terminal").and_then(serde_json::Value::as_bool) == Some(true);
+    if a.console_socket.is_some() && (!a.detach || !terminal) {
+        anyhow::bail!("cannot use console socket if nacre will not detach or allocate tty");
+    }
+    if a.detach && terminal && a.console_socket.is_none() {
+        anyhow::bail!("cannot allocate tty if nacre will detach without setting console socket");
+    }
     let exec_id = new_exec_id();
     if !a.detach {
         let code = run_exec(

@@ -31,7 +31,8 @@ pub struct CreateArgs {
     /// Accepted for compatibility.
     #[arg(long)]
     pub no_new_keyring: bool,
-    /// Accepted for compatibility: descriptors cannot cross into the VM.
+    /// Refused when above 0: descriptors of this host cannot cross into
+    /// the VM.
     #[arg(long, default_value_t = 0)]
     pub preserve_fds: u32,
     /// The container id.
@@ -152,6 +153,13 @@ fn vmm_features(vmm: &Path) -> Option<nacre_vmm_api::Features> {
 }
 
 fn create_inner(g: &Global, a: &CreateArgs) -> Result<std::process::Child> {
+    if a.preserve_fds > 0 {
+        anyhow::bail!(
+            "--preserve-fds {} is not supported: the container runs in a VM, \
+             descriptors of this host cannot reach it",
+            a.preserve_fds
+        );
+    }
     let paths = paths(g, &a.id)?;
     // Cheap checks first: they create nothing.
     if paths.dir().exists() {

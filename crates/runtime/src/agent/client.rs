@@ -14,7 +14,7 @@ use nacre_protocol::health_ttrpc::HealthClient as HealthStub;
 use nacre_protocol::network_ttrpc::NetworkClient as NetworkStub;
 use nacre_protocol::ttrpc::{self, context};
 
-use super::container::{ContainerState, ContainerStats, ContainerStatus, ProcessExit};
+use super::container::{ContainerState, ContainerStats, ContainerStatus, ProcessExit, ProcessInfo};
 use super::endpoint::Endpoint;
 use super::error::{check_json_size, AgentClientError};
 use super::{AgentClient, GuestDetails, HealthStatus, RestoredIdentity};
@@ -394,6 +394,41 @@ impl AgentClient for TtrpcAgentClient {
             .list_processes(self.ctx(), &req)
             .map_err(self.map("Agent.ListProcesses"))?;
         Ok(resp.pids)
+    }
+
+    fn process_table(&self, container_id: &str) -> Result<Vec<ProcessInfo>, AgentClientError> {
+        let req = container_req(|r: &mut pb::ListProcessesRequest| {
+            r.container_id = container_id.to_owned();
+        });
+        let resp = self
+            .agent
+            .list_processes(self.ctx(), &req)
+            .map_err(self.map("Agent.ListProcesses"))?;
+        if resp.processes.is_empty() {
+            // An agent from before the table: the pids alone.
+            return Ok(resp
+                .pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid,
+                    ..ProcessInfo::default()
+                })
+                .collect());
+        }
+        Ok(resp
+            .processes
+            .into_iter()
+            .map(|p| ProcessInfo {
+                pid: p.pid,
+                ppid: p.ppid,
+                uid: p.uid,
+                start_time_ms: p.start_time_ms,
+                cpu_time_ms: p.cpu_time_ms,
+                elapsed_ms: p.elapsed_ms,
+                tty: p.tty,
+                cmd: p.cmd,
+            })
+            .collect())
     }
 
     fn pause_container(&self, container_id: &str) -> Result<(), AgentClientError> {

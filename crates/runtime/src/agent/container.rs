@@ -17,6 +17,29 @@ pub struct ProcessExit {
     pub exited_at: SystemTime,
 }
 
+/// One guest process of a container as `ps -ef` describes it
+/// (`Agent.ListProcesses`). Fields an older agent does not fill are 0 or
+/// empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Guest pid.
+    pub pid: u32,
+    /// Guest parent pid.
+    pub ppid: u32,
+    /// Effective uid.
+    pub uid: u32,
+    /// Start, milliseconds since the Unix epoch (guest clock).
+    pub start_time_ms: u64,
+    /// User + system CPU time, milliseconds.
+    pub cpu_time_ms: u64,
+    /// Milliseconds since it started.
+    pub elapsed_ms: u64,
+    /// Controlling terminal (`pts/0`), empty without one.
+    pub tty: String,
+    /// Command line, or `[comm]`.
+    pub cmd: String,
+}
+
 /// Resource usage of a container's cgroup (`Agent.StatsContainer`).
 /// Counters the guest kernel does not provide are 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -19,7 +19,8 @@ use std::time::{Duration, SystemTime};
 
 pub use client::{ClientOptions, TtrpcAgentClient};
 pub use container::{
-    ContainerState, ContainerStats, ContainerStatus, ProcessExit, UnknownStatus, INIT_EXEC_ID,
+    ContainerState, ContainerStats, ContainerStatus, ProcessExit, ProcessInfo, UnknownStatus,
+    INIT_EXEC_ID,
 };
 pub use endpoint::{hybrid_vsock_handshake, Endpoint, HandshakeError};
 pub use error::{check_json_size, guest_text, AgentClientError, GUEST_TEXT_MAX, MAX_JSON_BYTES};
@@ -222,6 +223,19 @@ pub trait AgentClient: Send + Sync {
 
     /// `Agent.ListProcesses`: guest pids in the container's cgroup.
     fn list_processes(&self, container_id: &str) -> Result<Vec<u32>, AgentClientError>;
+
+    /// `Agent.ListProcesses` with what `ps -ef` shows of each process;
+    /// by default only the pids.
+    fn process_table(&self, container_id: &str) -> Result<Vec<ProcessInfo>, AgentClientError> {
+        Ok(self
+            .list_processes(container_id)?
+            .into_iter()
+            .map(|pid| ProcessInfo {
+                pid,
+                ..ProcessInfo::default()
+            })
+            .collect())
+    }
 
     /// `Agent.PauseContainer`: freezes the container's cgroup.
     fn pause_container(&self, container_id: &str) -> Result<(), AgentClientError>;

@@ -24,9 +24,15 @@ pub struct ExecOverrides {
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: Option<String>,
-    /// `uid[:gid]`.
+    /// `uid[:gid]`; without a gid the process keeps its own (runc).
     pub user: Option<String>,
     pub tty: bool,
+    /// `--cap`: added to every capability set, as runc adds them.
+    pub caps: Vec<String>,
+    /// `--additional-gids`: added to the process's supplementary groups.
+    pub additional_gids: Vec<u32>,
+    /// `--no-new-privs`.
+    pub no_new_privs: bool,
 }
 
 /// The OCI `process` object to run: the `--process` file as given, or the
@@ -83,14 +89,61 @@ pub fn build_process(
         p["env"] = Value::Array(env);
     }
     if let Some(user) = &o.user {
-        let (uid, gid) = user.split_once(':').unwrap_or((user.as_str(), "0"));
-        let uid: u32 = uid
-            .parse()
-            .map_err(|_| bad(format!("bad --user {user:?}: want uid[:gid]")))?;
-        let gid: u32 = gid
-            .parse()
-            .map_err(|_| bad(format!("bad --user {user:?}: want uid[:gid]")))?;
-        p["user"] = json!({"uid": uid, "gid": gid});
+        // runc: uid[:gid] replaces those two; the rest of the user (its
+        // additional gids, umask) and, without `:gid`, the gid stay.
+        let (uid, gid) = match user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (user.as_str(), None),
+        };
+        let bad_user = || bad(format!("bad --user {user:?}: want uid[:gid]"));
+        let uid: u32 = uid.parse().map_err(|_| bad_user())?;
+        let gid: Option<u32> = gid.map(|g| g.parse().map_err(|_| bad_user())).transpose()?;
+        if !p.get("user").is_some_and(Value::is_object) {
+            p["user"] = json!({"uid": 0, "gid": 0});
+        }
+        p["user"]["uid"] = json!(uid);
+        if let Some(gid) = gid {
+            p["user"]["gid"] = json!(gid);
+        }
+    }
+    if !o.additional_gids.is_empty() {
+        if !p.get("user").is_some_and(Value::is_object) {
+            p["user"] = json!({"uid": 0, "gid": 0});
+        }
+        let mut gids: Vec<Value> = p["user"]
+            .get("additionalGids")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        gids.extend(o.additional_gids.iter().map(|g| json!(g)));
+        p["user"]["additionalGids"] = Value::Array(gids);
+    }
+    if !o.caps.is_empty() {
+        // runc 1.1's getProcess: bounding, effective and permitted; ambient
+        // only when the process has an inheritable set (exec --cap sets no
+        // inheritable bits, CVE-2022-29162).
+        if !p.get("capabilities").is_some_and(Value::is_object) {
+            p["capabilities"] = json!({});
+        }
+        let has_inheritable = p["capabilities"]
+            .get("inheritable")
+            .is_some_and(|v| !v.is_null());
+        let mut sets = vec!["bounding", "effective", "permitted"];
+        if has_inheritable {
+            sets.push("ambient");
+        }
+        for set in sets {
+            let mut caps: Vec<Value> = p["capabilities"]
+                .get(set)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            caps.extend(o.caps.iter().map(|c| json!(c)));
+            p["capabilities"][set] = Value::Array(caps);
+        }
+    }
+    if o.no_new_privs {
+        p["noNewPrivileges"] = json!(true);
     }
     if p.get("cwd").is_none() {
         p["cwd"] = json!("/");
@@ -198,6 +251,34 @@ mod tests {
         assert_eq!(p["cwd"], "/home");
         assert_eq!(p["terminal"], false);
         assert_eq!(p["user"], json!({"uid": 1000, "gid": 100}));
+    }
+
+    /// runc's getProcess: a uid alone keeps the gid, gids and caps are
+    /// appended.
+    #[test]
+    fn user_gids_and_caps_as_runc() {
+        let base = json!({"args": ["sh"], "user": {"uid": 0, "gid": 5, "additionalGids": [7]},
+            "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"]}});
+        let o = ExecOverrides {
+            args: vec!["id".into()],
+            user: Some("1000".into()),
+            caps: vec!["CAP_SYS_ADMIN".into()],
+            additional_gids: vec![10],
+            no_new_privs: true,
+            ..Default::default()
+        };
+        let p = build_process(None, Some(&base), &o).unwrap();
+        assert_eq!(
+            p["user"],
+            json!({"uid": 1000, "gid": 5, "additionalGids": [7, 10]})
+        );
+        assert_eq!(
+            p["capabilities"]["bounding"],
+            json!(["CAP_KILL", "CAP_SYS_ADMIN"])
+        );
+        assert_eq!(p["capabilities"].get("inheritable"), None);
+        assert_eq!(p["capabilities"].get("ambient"), None, "no inheritable set");
+        assert_eq!(p["noNewPrivileges"], true);
     }
 
     #[test]

@@ -189,6 +189,13 @@ pub fn processes(paths: &ContainerPaths) -> Result<Vec<u32>, ContainerError> {
     Ok(live_agent(paths)?.list_processes(paths.id())?)
 }
 
+/// `ps`: the container's guest processes as `ps -ef` describes them.
+pub fn process_table(
+    paths: &ContainerPaths,
+) -> Result<Vec<crate::agent::ProcessInfo>, ContainerError> {
+    Ok(live_agent(paths)?.process_table(paths.id())?)
+}
+
 /// `events --stats`: resource usage.
 pub fn stats(paths: &ContainerPaths) -> Result<ContainerStats, ContainerError> {
     Ok(live_agent(paths)?.stats_container(paths.id())?)
