@@ -40,11 +40,6 @@ use serde_json::Value;
 /// matches again fails the suite until it is taken off the list.
 const KNOWN_DIVERGENCES: &[(&str, &str)] = &[
     (
-        "list empty: json",
-        "runc marshals Go's nil slice as `null`; nacre prints an empty JSON \
-         array (`[]`), which every JSON client reads as no containers too",
-    ),
-    (
         "spec: default config.json",
         "nacre's default spec adds a cgroup namespace, so that the \
          container's /sys/fs/cgroup (cgroup v2 in the guest) is its own \

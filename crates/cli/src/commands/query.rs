@@ -100,6 +100,9 @@ pub fn list(g: &Global, a: &ListArgs) -> Result<i32> {
         for s in &states {
             println!("{}", s.id);
         }
+    } else if a.format == Format::Json && states.is_empty() {
+        // runc marshals its empty (nil) list as `null`.
+        println!("null");
     } else if a.format == Format::Json {
         println!("{}", serde_json::to_string(&states)?);
     } else {
