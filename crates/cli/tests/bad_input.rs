@@ -208,6 +208,68 @@ fn duplicate_id_is_refused_and_the_existing_one_kept() {
     );
 }
 
+/// Security review L6: an id whose VM run directory (the short one under
+/// `/run/nacre-vm`, used when the root is long) is a live VMM's is
+/// refused, and that directory and its VMM are left alone. (The directory
+/// names are 128 bits of SHA-256, so nobody can choose such an id; the
+/// stand-in VMM below plays the collision.)
+#[test]
+fn a_run_directory_in_use_by_a_live_vmm_is_never_removed() {
+    use std::os::unix::process::CommandExt;
+    if !require_root("a_run_directory_in_use_by_a_live_vmm_is_never_removed") {
+        return;
+    }
+    let s = Scratch::new("rundir-in-use");
+    let root = s.path().join("r".repeat(90));
+    let id = "victim-of-a-collision";
+    let vm_dir = nacre_runtime::container::paths::ContainerPaths::new(&root, id)
+        .unwrap()
+        .vm_dir();
+    assert!(vm_dir.starts_with("/run/nacre-vm"), "{}", vm_dir.display());
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    std::fs::write(vm_dir.join("vsock.sock"), "another VM's socket").unwrap();
+    let mut vmm = std::process::Command::new("sh")
+        .arg0("nacre-vmm")
+        .args(["-c", "sleep 100; :"])
+        .arg(&vm_dir)
+        .spawn()
+        .unwrap();
+    std::fs::write(vm_dir.join("vmm.pid"), vmm.id().to_string()).unwrap();
+    // Once the stand-in has exec'd (its command line is its own).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while nacre_runtime::container::process::vmm_in(&vm_dir, &[]).is_none()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let b = bundle(s.path(), &config(&["true"], ""));
+    // A guest image that would never boot: the create must stop before.
+    let kernel = s.path().join("vmlinux");
+    std::fs::write(&kernel, "k").unwrap();
+    let vmm_bin = s.path().join("fake-vmm");
+    std::fs::write(&vmm_bin, "#!/bin/sh\nexit 69\n").unwrap();
+    std::fs::set_permissions(&vmm_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let env = [
+        ("NACRE_VMM", vmm_bin.as_os_str()),
+        ("NACRE_KERNEL", kernel.as_os_str()),
+        ("NACRE_INITRD", kernel.as_os_str()),
+        ("NACRE_TEMPLATES", OsStr::new("0")),
+    ];
+    let err = fails(&root, "create", &b, id, &env);
+    let alive = nacre_runtime::container::process::pid_alive(vmm.id());
+    let _ = vmm.kill();
+    let _ = vmm.wait();
+    let kept = vm_dir.join("vsock.sock").exists();
+    let _ = std::fs::remove_dir_all(&vm_dir);
+    assert!(
+        err.contains(&format!("{} is in use by nacre-vmm pid", vm_dir.display())),
+        "{err}"
+    );
+    assert!(alive, "the other VM's VMM was killed");
+    assert!(kept, "the other VM's run directory was removed");
+    assert!(!root.join(id).exists(), "a state directory was left");
+}
+
 #[test]
 fn vmm_failure_after_mounting_leaves_nothing() {
     if !require_root("vmm_failure_after_mounting_leaves_nothing") {

@@ -47,13 +47,11 @@ pub fn sandbox_dir(namespace: &str, sandbox: &str) -> PathBuf {
     let root = std::env::var_os("NACRE_SHIM_ROOT")
         .filter(|r| !r.is_empty())
         .map_or_else(|| PathBuf::from(DEFAULT_SHIM_ROOT), PathBuf::from);
-    // FNV-1a: short (socket paths must fit 108 bytes) and stable.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in namespace.bytes().chain([0u8]).chain(sandbox.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    root.join(format!("{h:016x}"))
+    // Short (socket paths must fit 108 bytes), stable, collision-resistant.
+    root.join(nacre_runtime::container::paths::short_hash(&[
+        namespace.as_bytes(),
+        sandbox.as_bytes(),
+    ]))
 }
 
 #[cfg(test)]

@@ -18,6 +18,10 @@ pub enum ContainerError {
     /// A state directory for this id already exists.
     #[error("container {0} already exists")]
     Exists(String),
+    /// The VMM run directory this container would use belongs to a
+    /// running VMM.
+    #[error("the VM run directory {path} is in use by nacre-vmm pid {pid}")]
+    RunDirInUse { path: PathBuf, pid: u32 },
     /// The bundle's config.json could not be read.
     #[error("reading {path}: {source}")]
     ReadConfig {

@@ -58,7 +58,12 @@ pub fn create(
     let vm_dir = paths.vm_dir();
     if !vm_dir.starts_with(&dir) && vm_dir.exists() {
         // Left by a container of the same root and id that was never
-        // deleted (its state directory is gone, so nothing runs there).
+        // deleted (its state directory is gone). Removed only when no VMM
+        // runs there: a live one is somebody's VM, never ours to break.
+        if let Some(pid) = super::process::vmm_in(&vm_dir, &[]) {
+            let _ = fs::remove_dir(&dir);
+            return Err(ContainerError::RunDirInUse { path: vm_dir, pid });
+        }
         tracing::warn!("removing the stale run directory {}", vm_dir.display());
         let _ = fs::remove_dir_all(&vm_dir);
     }

@@ -82,20 +82,8 @@ impl ContainerPaths {
 
     /// The fallback VMM run directory for long roots or ids.
     pub fn short_vm_dir(&self) -> PathBuf {
-        // FNV-1a over root and id: stable across processes and versions.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self
-            .root
-            .as_os_str()
-            .as_encoded_bytes()
-            .iter()
-            .chain([0u8].iter())
-            .chain(self.id.as_bytes())
-        {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        PathBuf::from(SHORT_VM_BASE).join(format!("{h:016x}"))
+        let h = short_hash(&[self.root.as_os_str().as_encoded_bytes(), self.id.as_bytes()]);
+        PathBuf::from(SHORT_VM_BASE).join(h)
     }
 
     pub fn vsock_socket(&self) -> PathBuf {
@@ -148,6 +136,24 @@ pub fn validate_id(id: &str) -> Result<(), ContainerError> {
     }
 }
 
+/// A short name for a host directory keyed by `parts`: the first 128
+/// bits of SHA-256 over the parts, each followed by a NUL, in hex (32
+/// characters, so socket paths under it fit a Unix socket address).
+/// Collision-resistant: nobody can choose an id whose directory is
+/// another container's (a 64-bit FNV hash was; security review L6).
+pub fn short_hash(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+        h.update([0u8]);
+    }
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +201,11 @@ mod tests {
         assert_eq!(vm, p.vm_dir(), "stable");
         let other = ContainerPaths::new(Path::new("/tmp/some/long/podman/test/root2"), id).unwrap();
         assert_ne!(vm, other.vm_dir());
+        // SHA-256 of "<root>\0<id>\0", first 128 bits.
+        // (printf '/r\0c\0' | sha256sum | cut -c1-32)
+        assert_eq!(
+            short_hash(&[b"/r", b"c"]),
+            "2c82a5cf143bad312e3edd87d661bf28"
+        );
     }
 }

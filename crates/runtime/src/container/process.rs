@@ -94,23 +94,31 @@ pub fn kill_if_runs(pid: u32, name: &str) {
 /// VMM it lost track of (CLI delete, shim delete, template prune).
 /// Returns whether one was killed.
 pub fn kill_vmm(run_dir: &Path, pids: &[u32]) -> bool {
+    let mut killed = false;
+    while let Some(pid) = vmm_in(run_dir, pids) {
+        tracing::info!(pid, run_dir = %run_dir.display(), "killing a leftover VMM");
+        send_signal(pid, libc::SIGKILL);
+        if !wait_dead(pid, Duration::from_secs(5)) {
+            break;
+        }
+        killed = true;
+    }
+    killed
+}
+
+/// A live `nacre-vmm` of run directory `run_dir`, among the pid recorded
+/// in `run_dir/vmm.pid` and `pids`: one that runs `nacre-vmm` with
+/// `run_dir` on its command line.
+pub fn vmm_in(run_dir: &Path, pids: &[u32]) -> Option<u32> {
     let recorded = std::fs::read_to_string(run_dir.join("vmm.pid"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok());
     let needle = run_dir.as_os_str().as_encoded_bytes();
-    let mut killed = false;
-    for pid in pids.iter().copied().chain(recorded) {
-        let ours = pid_runs(pid, VMM_EXE)
+    pids.iter().copied().chain(recorded).find(|&pid| {
+        pid_runs(pid, VMM_EXE)
             && std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| !needle.is_empty() && c.windows(needle.len()).any(|w| w == needle));
-        if ours {
-            tracing::info!(pid, run_dir = %run_dir.display(), "killing a leftover VMM");
-            send_signal(pid, libc::SIGKILL);
-            wait_dead(pid, Duration::from_secs(5));
-            killed = true;
-        }
-    }
-    killed
+                .is_ok_and(|c| !needle.is_empty() && c.windows(needle.len()).any(|w| w == needle))
+    })
 }
 
 #[cfg(test)]
@@ -159,6 +167,34 @@ mod tests {
         assert!(pid_alive(child.id()));
         child.kill().unwrap();
         child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A run directory in use by a live VMM (one named `nacre-vmm` with
+    /// the directory on its command line) is found, and killed by
+    /// `kill_vmm`; once it is dead, nothing is found.
+    #[test]
+    fn a_live_vmm_of_a_run_directory_is_found() {
+        use std::os::unix::process::CommandExt;
+        let dir = std::env::temp_dir().join(format!("nacre-vmmin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .arg0("nacre-vmm")
+            .args(["-c", "sleep 100; :"])
+            .arg(&dir)
+            .spawn()
+            .unwrap();
+        std::fs::write(dir.join("vmm.pid"), child.id().to_string()).unwrap();
+        // Once the child has exec'd (its command line is its own).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vmm_in(&dir, &[]).is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(vmm_in(&dir, &[]), Some(child.id()));
+        assert_eq!(vmm_in(&dir.join("other"), &[child.id()]), None);
+        assert!(kill_vmm(&dir, &[]));
+        child.wait().unwrap();
+        assert_eq!(vmm_in(&dir, &[]), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
