@@ -9,7 +9,9 @@
 //! Invariants: a file that parses is within its own bounds (1 ≤ vcpus ≤
 //! max_vcpus, 64 ≤ memory_mib ≤ max_memory_mib); a VM shape that comes
 //! out stays within the maxima, and without `annotations_may_grow` and
-//! without pod resources never exceeds the configured VM.
+//! without pod resources never exceeds the configured VM; the kernel
+//! parameters a pod added are only those a pod may set (never `init=`
+//! or the agent's `nacre.*`).
 
 #![no_main]
 
@@ -148,6 +150,13 @@ fuzz_target!(|input: Input| {
         .keys()
         .any(|k| k.starts_with("io.kubernetes.cri."));
     if let Ok(shape) = config.vm_shape(&annotations) {
+        if let Some(params) = annotations.get(ANNOTATION_KERNEL_PARAMS) {
+            assert_eq!(
+                nacre_runtime::config::kernel_params::refused(params),
+                None,
+                "{params:?}"
+            );
+        }
         assert!(shape.vcpus >= 1 && shape.vcpus <= vm.max_vcpus, "{shape:?}");
         assert!(
             shape.memory_mib >= 64 && shape.memory_mib <= vm.max_memory_mib,

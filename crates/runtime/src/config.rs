@@ -19,6 +19,8 @@
 //! annotations_may_grow = false # io.nacre.vm.* may only shrink the VM
 //! ```
 
+pub mod kernel_params;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -318,6 +320,9 @@ impl Config {
                     shape.memory_mib = n;
                 }
                 ANNOTATION_KERNEL_PARAMS => {
+                    if let Some(reason) = kernel_params::refused(value) {
+                        return Err(bad(reason));
+                    }
                     if !shape.kernel_params.is_empty() {
                         shape.kernel_params.push(' ');
                     }
@@ -622,5 +627,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"many\""), "{err}");
+    }
+
+    /// A pod may tune its guest kernel, not take its boot from the node.
+    #[test]
+    fn pod_kernel_params_are_limited() {
+        let c = Config::default();
+        let shape = c
+            .vm_shape(&ann(&[(
+                ANNOTATION_KERNEL_PARAMS,
+                "sysctl.vm.swappiness=10",
+            )]))
+            .unwrap();
+        assert_eq!(shape.kernel_params, "sysctl.vm.swappiness=10");
+        let err = c
+            .vm_shape(&ann(&[(ANNOTATION_KERNEL_PARAMS, "quiet init=/bin/sh")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(ANNOTATION_KERNEL_PARAMS)
+                && err.contains("\"init=/bin/sh\" is the node's"),
+            "{err}"
+        );
     }
 }
