@@ -110,6 +110,11 @@ pub struct Config {
     /// The virtio-fs tag of the directory the host shares, mounted at
     /// [`SHARED_DIR`] (PID 1 only; `nacre.shared=TAG`).
     pub shared_tag: Option<String>,
+    /// Where to serve the debug console (a root shell outside every
+    /// container), if anywhere: `nacre.debug_console=1` (vsock port
+    /// [`nacre_protocol::DEBUG_CONSOLE_VSOCK_PORT`]) or `--debug-console
+    /// ADDR`. Off by default.
+    pub debug_console: Option<ListenAddr>,
 }
 
 /// The default cgroup v2 mount point.
@@ -126,6 +131,7 @@ impl Default for Config {
             hostname: None,
             cgroup_root: DEFAULT_CGROUP_ROOT.to_owned(),
             shared_tag: None,
+            debug_console: None,
         }
     }
 }
@@ -144,12 +150,13 @@ pub enum Command {
 /// The `--help` text.
 pub const USAGE: &str = "\
 usage: nacre-agent [--listen ADDR] [--log LEVEL] [--cgroup-root DIR]
+                   [--debug-console ADDR]
        nacre-agent --help | --version
 
 nacre's guest agent. As PID 1 it sets up the guest and reads its settings
 from the kernel command line (nacre.hostname=NAME nacre.log=LEVEL
-nacre.listen=ADDR nacre.shared=VIRTIOFS_TAG); otherwise it only serves
-ttRPC (for host tests).
+nacre.listen=ADDR nacre.shared=VIRTIOFS_TAG nacre.debug_console=1);
+otherwise it only serves ttRPC (for host tests).
 
   --listen ADDR   unix:///path/to/sock or vsock://CID:PORT
                   (default vsock://-1:1024, -1 = any CID)
@@ -158,6 +165,9 @@ ttRPC (for host tests).
                   cgroup v2 hierarchy for container cgroups
                   (default /sys/fs/cgroup; /sys/fs/cgroup/unified on
                   hybrid hosts)
+  --debug-console ADDR
+                  serve a shell outside every container there (off by
+                  default; as PID 1: nacre.debug_console=1, vsock port 1025)
 ";
 
 impl Config {
@@ -185,6 +195,7 @@ impl Config {
                 "--listen" => config.listen = value()?.parse()?,
                 "--log" => config.log_level = parse_level(&value()?)?,
                 "--cgroup-root" => config.cgroup_root = value()?,
+                "--debug-console" => config.debug_console = Some(value()?.parse()?),
                 _ => return Err(ConfigError::UnknownArgument(arg)),
             }
         }
@@ -203,6 +214,12 @@ impl Config {
                 "nacre.log" => config.log_level = parse_level(value)?,
                 "nacre.listen" => config.listen = value.parse()?,
                 "nacre.shared" if !value.is_empty() => config.shared_tag = Some(value.to_owned()),
+                "nacre.debug_console" if value == "1" => {
+                    config.debug_console = Some(ListenAddr::Vsock {
+                        cid: libc::VMADDR_CID_ANY,
+                        port: nacre_protocol::DEBUG_CONSOLE_VSOCK_PORT,
+                    });
+                }
                 _ => {}
             }
         }
@@ -365,5 +382,24 @@ mod tests {
             Err(ConfigError::BadLogLevel("shout".into()))
         );
         assert!(Config::from_kernel_cmdline("nacre.unknown=1 other.log=x").is_ok());
+        assert_eq!(
+            Config::from_kernel_cmdline("quiet").unwrap().debug_console,
+            None
+        );
+        assert_eq!(
+            Config::from_kernel_cmdline("nacre.debug_console=1")
+                .unwrap()
+                .debug_console,
+            Some(ListenAddr::Vsock {
+                cid: libc::VMADDR_CID_ANY,
+                port: 1025
+            })
+        );
+        assert_eq!(
+            Config::from_kernel_cmdline("nacre.debug_console=0")
+                .unwrap()
+                .debug_console,
+            None
+        );
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod container;
+pub mod debug_console;
 pub mod guest_info;
 pub mod init;
 pub mod log;
@@ -125,6 +126,11 @@ pub fn run(config: &Config, mode: Mode) -> Result<(), AgentError> {
         // Orphans of containers (without a pid namespace) come back to the
         // agent, as they do to PID 1 in the guest.
         sys::set_child_subreaper();
+    }
+    if let Some(addr) = &config.debug_console {
+        if let Err(e) = debug_console::start(addr, reaper.clone()) {
+            tracing::error!("debug console on {addr}: {e}");
+        }
     }
     let engine = container::Engine::new(
         container::LinuxLauncher::new(reaper),

@@ -107,6 +107,10 @@ enum Command {
     Spec(commands::spec::SpecArgs),
     /// Print the features nacre supports, as JSON.
     Features,
+    /// Open a shell in a sandbox's VM, outside every container (needs
+    /// `[debug] console = true` in the configuration file when the VM
+    /// starts).
+    DebugConsole(commands::debug::DebugConsoleArgs),
     /// The host-side monitor of a container (started by `create`).
     #[command(hide = true)]
     Monitor(commands::lifecycle::MonitorArgs),
@@ -194,6 +198,7 @@ fn main() {
         Command::Events(args) => commands::query::events(g, &args),
         Command::Spec(args) => commands::spec::spec(g, &args),
         Command::Features => commands::spec::features(),
+        Command::DebugConsole(args) => commands::debug::debug_console(g, &args),
         Command::Monitor(args) => commands::lifecycle::monitor(g, &args),
         Command::ExecMonitor(args) => commands::exec::exec_monitor(g, &args),
     };

@@ -270,6 +270,50 @@ fn a_run_directory_in_use_by_a_live_vmm_is_never_removed() {
     assert!(!root.join(id).exists(), "a state directory was left");
 }
 
+/// Issue 17: `nacre debug-console` is refused by name while the
+/// configuration does not enable it, and names an unknown sandbox.
+#[test]
+fn debug_console_is_refused_unless_enabled() {
+    if !require_root("debug_console_is_refused_unless_enabled") {
+        return;
+    }
+    let s = Scratch::new("debug-console");
+    let root = s.path().join("root");
+    let off = s.path().join("off.toml");
+    std::fs::write(&off, "[vm]\nvcpus = 1\n").unwrap();
+    let o = nacre()
+        .env("NACRE_CONFIG", &off)
+        .arg("--root")
+        .arg(&root)
+        .args(["debug-console", "c1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("the debug console is disabled")
+            && err.contains("[debug] console = true")
+            && err.contains(&*off.to_string_lossy()),
+        "{err}"
+    );
+    let on = s.path().join("on.toml");
+    std::fs::write(&on, "[debug]\nconsole = true\n").unwrap();
+    let o = nacre()
+        .env("NACRE_CONFIG", &on)
+        .env("NACRE_SHIM_ROOT", s.path().join("shim"))
+        .arg("--root")
+        .arg(&root)
+        .args(["debug-console", "nope"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("no container nope") && err.contains("no pod sandbox nope"),
+        "{err}"
+    );
+}
+
 #[test]
 fn vmm_failure_after_mounting_leaves_nothing() {
     if !require_root("vmm_failure_after_mounting_leaves_nothing") {

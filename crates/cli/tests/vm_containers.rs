@@ -227,7 +227,7 @@ fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
                   p=$(cat /proc/self/cgroup); p=${p#0::}; \
                   cat /sys/fs/cgroup$p/cpu.max /sys/fs/cgroup$p/memory.max \
                   /sys/fs/cgroup$p/memory.swap.max | sed 's/^/cgroup: /'; \
-                  echo to-stderr >&2; exit 7";
+                  echo to-stderr >&2; read x; exit 7";
     let spec = config(&["sh", "-c", script], CGROUP_MOUNT).replace(
         r#""linux": {"#,
         r#""linux": {"resources": {"memory": {"limit": 134217728, "swap": 134217728},
@@ -237,12 +237,13 @@ fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
     let config_file = vm.scratch.path().join("config.toml");
     std::fs::write(
         &config_file,
-        "[vm]\nmemory_mib = 192\nkernel_params = \"nacre.test=config\"\ntemplates = false\n",
+        "[vm]\nmemory_mib = 192\nkernel_params = \"nacre.test=config\"\ntemplates = false\n\
+         [debug]\nconsole = true\n",
     )
     .unwrap();
     let log = vm.scratch.path().join("nacre.log");
     let t = Instant::now();
-    let o = vm
+    let mut run = vm
         .nacre()
         .env("NACRE_CONFIG", &config_file)
         .arg("--log")
@@ -250,9 +251,20 @@ fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
         .args(["--log-level", "info", "run", "-b"])
         .arg(&b)
         .arg("run1")
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // Issue 17: the debug console (enabled by this configuration) is a
+    // shell in the VM outside the container: PID 1 there is the agent
+    // (`init`), and the container's guest cgroup is visible. The
+    // container waits on its stdin meanwhile.
+    let console = debug_console(&vm, &config_file, "run1");
+    assert!(console.lines().any(|l| l.trim() == "init"), "{console}");
+    assert!(console.contains("cgroup-of:run1"), "{console}");
+    drop(run.stdin.take());
+    let o = run.wait_with_output().unwrap();
     eprintln!(
         "nacre run took {:.1} s; stderr: {}",
         t.elapsed().as_secs_f64(),
@@ -285,6 +297,42 @@ fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
         "templates = false did not boot cold:\n{log}"
     );
     assert_nothing_left(&vm.root, "run1");
+}
+
+/// Runs `nacre debug-console ID` under the configuration `config` until
+/// the guest's shell answers (the VM may still be booting), with a script
+/// on stdin; returns what the console printed.
+fn debug_console(vm: &Vm, config: &Path, id: &str) -> String {
+    use std::io::Write;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut c = vm
+            .nacre()
+            .env("NACRE_CONFIG", config)
+            .args(["debug-console", id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(b"cat /proc/1/comm; ls /sys/fs/cgroup/nacre | sed 's/^/cgroup-of:/'; exit\n")
+            .unwrap();
+        let o = c.wait_with_output().unwrap();
+        if o.status.success() && stdout(&o).contains("cgroup-of:") {
+            return stdout(&o);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "debug-console {id}: {}\n{}{}",
+            o.status,
+            stdout(&o),
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]
@@ -343,6 +391,23 @@ fn vm_lifecycle_exec_readonly_mount_pids_limit() {
     }
     let o = vm.run(&["start", id]);
     assert!(!o.status.success(), "a second start must fail");
+    // Issue 17: a VM started while the debug console was off serves none,
+    // even once the configuration enables it; the error says so.
+    let on = vm.scratch.path().join("debug-on.toml");
+    std::fs::write(&on, "[debug]\nconsole = true\n").unwrap();
+    let o = vm
+        .nacre()
+        .env("NACRE_CONFIG", &on)
+        .args(["debug-console", id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("serves no debug console"),
+        "{}",
+        stderr(&o)
+    );
 
     // exec (each costs seconds in an emulated guest, so one does a lot):
     // output on both streams, env, the read-only bind mount is readable,

@@ -46,6 +46,11 @@ pub use {protobuf, ttrpc};
 /// The vsock port the agent's ttRPC server listens on in the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The vsock port of the guest's debug console (a shell outside every
+/// container), served only when the node's configuration enables it
+/// (`nacre.debug_console=1` on the guest kernel command line).
+pub const DEBUG_CONSOLE_VSOCK_PORT: u32 = 1025;
+
 /// The guest's vsock context id (CID) given by the VMM's hybrid vsock device.
 pub const GUEST_CID: u32 = 3;
 

@@ -17,6 +17,8 @@
 //! boot_timeout_secs = 300
 //! templates = true            # restore sandboxes from VM templates
 //! annotations_may_grow = false # io.nacre.vm.* may only shrink the VM
+//! [debug]
+//! console = false             # `nacre debug-console`: a root shell in the VM
 //! ```
 
 pub mod kernel_params;
@@ -88,7 +90,22 @@ pub struct Config {
     pub vm: VmConfig,
     /// Pod network.
     pub network: NetworkConfig,
+    /// Operators' access to the guest.
+    pub debug: DebugConfig,
 }
+
+/// Operators' access to the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Serve the debug console (a root shell in the VM, outside every
+    /// container, opened by `nacre debug-console`) in VMs started while
+    /// this is on. Off by default.
+    pub console: bool,
+}
+
+/// The guest kernel parameter that has the agent serve the debug console.
+pub const DEBUG_CONSOLE_PARAM: &str = "nacre.debug_console=1";
 
 /// How the VM joins the pod network.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -144,6 +161,7 @@ impl Default for Config {
             log_level: "info".into(),
             vm: VmConfig::default(),
             network: NetworkConfig::default(),
+            debug: DebugConfig::default(),
         }
     }
 }
@@ -260,6 +278,12 @@ impl Config {
             memory_mib: self.vm.memory_mib,
             kernel_params: self.vm.kernel_params.clone(),
         };
+        if self.debug.console {
+            if !shape.kernel_params.is_empty() {
+                shape.kernel_params.push(' ');
+            }
+            shape.kernel_params.push_str(DEBUG_CONSOLE_PARAM);
+        }
         self.add_pod_resources(&mut shape, annotations)?;
         let allowed = if self.vm.annotations_may_grow {
             (self.vm.max_vcpus, self.vm.max_memory_mib)
@@ -627,6 +651,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"many\""), "{err}");
+    }
+
+    #[test]
+    fn the_debug_console_is_off_unless_configured() {
+        let off = Config::default();
+        assert!(!off.debug.console);
+        let shape = off.vm_shape(&HashMap::new()).unwrap();
+        assert!(!shape.kernel_params.contains("debug_console"));
+        let on = Config::parse(
+            "[vm]\nkernel_params = \"quiet\"\n[debug]\nconsole = true\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let shape = on.vm_shape(&HashMap::new()).unwrap();
+        assert_eq!(shape.kernel_params, "quiet nacre.debug_console=1");
     }
 
     /// A pod may tune its guest kernel, not take its boot from the node.

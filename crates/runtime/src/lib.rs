@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod config;
 pub mod container;
+pub mod debug_console;
 pub mod host;
 pub mod host_cgroup;
 pub mod image;

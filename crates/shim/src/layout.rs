@@ -12,10 +12,9 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Root of the sandbox directories; `NACRE_SHIM_ROOT` overrides it.
-pub const DEFAULT_SHIM_ROOT: &str = "/run/nacre-shim";
+pub use nacre_runtime::container::paths::DEFAULT_SHIM_ROOT;
 /// The CRI annotation naming a container's sandbox.
 pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// The CRI annotation saying whether a container is the sandbox itself.
@@ -43,16 +42,7 @@ pub fn bundle_annotations(bundle: &Path) -> HashMap<String, String> {
 }
 
 /// The directory of one sandbox.
-pub fn sandbox_dir(namespace: &str, sandbox: &str) -> PathBuf {
-    let root = std::env::var_os("NACRE_SHIM_ROOT")
-        .filter(|r| !r.is_empty())
-        .map_or_else(|| PathBuf::from(DEFAULT_SHIM_ROOT), PathBuf::from);
-    // Short (socket paths must fit 108 bytes), stable, collision-resistant.
-    root.join(nacre_runtime::container::paths::short_hash(&[
-        namespace.as_bytes(),
-        sandbox.as_bytes(),
-    ]))
-}
+pub use nacre_runtime::container::paths::pod_sandbox_dir as sandbox_dir;
 
 #[cfg(test)]
 mod tests {

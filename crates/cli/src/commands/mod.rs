@@ -2,6 +2,7 @@
 //! `nacre_runtime::container`. Every command returns the process exit
 //! code on success.
 
+pub mod debug;
 pub mod exec;
 mod forward;
 pub mod lifecycle;

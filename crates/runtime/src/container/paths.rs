@@ -136,6 +136,20 @@ pub fn validate_id(id: &str) -> Result<(), ContainerError> {
     }
 }
 
+/// Root of the containerd shim's sandbox directories;
+/// `NACRE_SHIM_ROOT` overrides it.
+pub const DEFAULT_SHIM_ROOT: &str = "/run/nacre-shim";
+
+/// The directory of one pod sandbox of the containerd shim (layout in
+/// the shim's `layout.rs`).
+pub fn pod_sandbox_dir(namespace: &str, sandbox: &str) -> PathBuf {
+    let root = std::env::var_os("NACRE_SHIM_ROOT")
+        .filter(|r| !r.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_SHIM_ROOT), PathBuf::from);
+    // Short (socket paths must fit 108 bytes), stable, collision-resistant.
+    root.join(short_hash(&[namespace.as_bytes(), sandbox.as_bytes()]))
+}
+
 /// A short name for a host directory keyed by `parts`: the first 128
 /// bits of SHA-256 over the parts, each followed by a NUL, in hex (32
 /// characters, so socket paths under it fit a Unix socket address).

@@ -1,0 +1,201 @@
+//! The debug console: a root shell in the guest, outside every container,
+//! for the node's operators (what Kata's debug console is). Served only
+//! when the host enables it (`nacre.debug_console=1` on the guest kernel
+//! command line, from the node's configuration; `--debug-console ADDR` on
+//! the host for tests). Each connection gets `/bin/sh` on a new
+//! pseudo-terminal, as session leader with the terminal as its
+//! controlling one; the connection carries the terminal's bytes both
+//! ways. Reachable only from the host: containers cannot reach guest
+//! vsock listeners (no vsock loopback in the guest kernel), and on the
+//! host only root reaches the VMM's vsock socket.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::config::ListenAddr;
+use crate::container::ffi;
+use crate::reaper::Reaper;
+
+/// The shell each session runs.
+pub const SHELL: &str = "/bin/sh";
+
+/// Sessions served at once; more are refused (closed at once).
+const MAX_SESSIONS: usize = 4;
+
+/// Binds `addr` and serves sessions from a background thread.
+pub fn start(addr: &ListenAddr, reaper: Reaper) -> io::Result<()> {
+    let listener = listen(addr)?;
+    let active = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("debug-console".into())
+        .spawn(move || loop {
+            let conn = match accept(&listener) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!("debug console: accept: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if active.fetch_add(1, Ordering::SeqCst) >= MAX_SESSIONS {
+                active.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            let (reaper, active) = (reaper.clone(), active.clone());
+            let spawned = std::thread::Builder::new()
+                .name("debug-session".into())
+                .spawn(move || {
+                    if let Err(e) = session(conn, &reaper) {
+                        tracing::warn!("debug console session: {e}");
+                    }
+                    active.fetch_sub(1, Ordering::SeqCst);
+                });
+            if let Err(e) = spawned {
+                tracing::warn!("debug console: starting a session: {e}");
+            }
+        })?;
+    tracing::info!("debug console on {addr}");
+    Ok(())
+}
+
+/// One session: the shell on a new terminal, relayed until it exits or
+/// the host hangs up (the shell then gets SIGHUP).
+fn session(conn: OwnedFd, reaper: &Reaper) -> io::Result<()> {
+    let (master, slave, _) = ffi::openpty()?;
+    let mut cmd = Command::new(SHELL);
+    cmd.arg0("-sh")
+        .env_clear()
+        .env("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
+        .env("HOME", "/root")
+        .env("TERM", "linux")
+        .env("PS1", "nacre-guest# ")
+        .current_dir("/")
+        .stdin(Stdio::from(slave.try_clone()?))
+        .stdout(Stdio::from(slave.try_clone()?))
+        .stderr(Stdio::from(slave));
+    // SAFETY: between fork and exec the closure calls only setsid(2) and
+    // ioctl(2), both async-signal-safe, on a descriptor the child holds.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The terminal is the child's stdin (dup2'd before this runs).
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let pid = reaper.spawn(|| {
+        let child = cmd.spawn()?;
+        // The reaper collects it; `Child` is only dropped.
+        let pid = libc::pid_t::try_from(child.id())
+            .map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+        Ok((pid, pid))
+    })?;
+    // `cmd` holds the slave's copies until dropped: the master reads EIO
+    // only once every slave descriptor is closed.
+    drop(cmd);
+    let mut to_shell = File::from(master.try_clone()?);
+    let mut from_shell = File::from(master);
+    let mut conn_in = File::from(conn.try_clone()?);
+    let mut conn_out = File::from(conn);
+    let input = std::thread::Builder::new()
+        .name("debug-input".into())
+        .spawn(move || {
+            let _ = copy(&mut conn_in, &mut to_shell);
+            // The host hung up: end the shell's session.
+            // SAFETY: kill(2) of the session's process group.
+            unsafe { libc::kill(-pid, libc::SIGHUP) };
+        })?;
+    let _ = copy(&mut from_shell, &mut conn_out);
+    // The shell is gone (EIO on the master): end the connection, which
+    // also ends the input thread's read.
+    // SAFETY: shutdown(2) of a socket this function owns.
+    unsafe { libc::shutdown(conn_out.as_raw_fd(), libc::SHUT_RDWR) };
+    let status = reaper.wait(pid);
+    let _ = input.join();
+    tracing::info!(?status, "debug console session ended");
+    Ok(())
+}
+
+/// Copies until end of file or an error (EIO on a terminal master whose
+/// slave side is closed counts as the end).
+fn copy(from: &mut File, to: &mut File) -> io::Result<()> {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+    }
+}
+
+fn listen(addr: &ListenAddr) -> io::Result<OwnedFd> {
+    match addr {
+        ListenAddr::Unix(path) => {
+            let _ = std::fs::remove_file(path);
+            Ok(OwnedFd::from(UnixListener::bind(path)?))
+        }
+        ListenAddr::Vsock { cid, port } => vsock_listen(*cid, *port),
+    }
+}
+
+fn vsock_listen(cid: u32, port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) returns a new descriptor or -1.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid sockaddr_vm.
+    let mut sa: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    sa.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    sa.svm_cid = cid;
+    sa.svm_port = port;
+    // SAFETY: bind(2) reads `sa`, which lives for the call, with its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&sa).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on a bound socket we own.
+    if unsafe { libc::listen(fd.as_raw_fd(), 4) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
+    // SAFETY: accept4(2) without an address; returns a new descriptor.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by accept4 and is owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
