@@ -71,6 +71,7 @@ install: build guest
 	install -D -m 0755 target/release/nacre-vmm $(PREFIX)/bin/nacre-vmm
 	install -D -m 0755 target/release/nacre $(PREFIX)/bin/nacre
 	install -D -m 0755 target/release/containerd-shim-nacre-v2 $(PREFIX)/bin/containerd-shim-nacre-v2
+	install -D -m 0755 target/release/nacre-metrics $(PREFIX)/bin/nacre-metrics
 	install -D -m 0644 $(KERNEL) $(PREFIX)/share/nacre/vmlinux
 	install -D -m 0644 $(INITRD) $(PREFIX)/share/nacre/initrd.cpio
 
@@ -78,7 +79,7 @@ install: build guest
 # Kubernetes nodes: target/deploy/{bin,share}.
 deploy-image-context: build guest
 	install -D -m 0755 -t target/deploy/bin target/release/nacre-vmm target/release/nacre \
-		target/release/containerd-shim-nacre-v2
+		target/release/containerd-shim-nacre-v2 target/release/nacre-metrics
 	install -D -m 0644 -t target/deploy/share $(KERNEL) $(INITRD)
 	install -m 0644 deploy/Containerfile target/deploy/Containerfile
 

@@ -396,3 +396,41 @@ fn install_names_a_missing_artifact() {
     assert!(err.contains("initrd.cpio is missing"), "{err}");
     assert_eq!(node.config(), EXISTING);
 }
+
+/// The metrics DaemonSet (issue 17): the node's /proc (hostPID), the shim
+/// root read-only, the endpoint's port, only the capabilities it needs.
+#[test]
+fn metrics_daemonset_reads_the_shims_and_serves_8090() {
+    let docs = documents("nacre-metrics.yaml");
+    let ds = by_kind(&docs, "DaemonSet");
+    let pod = field(ds, "spec.template.spec");
+    assert_eq!(field(pod, "hostPID").as_bool(), Some(true));
+    assert_eq!(node_label(field(pod, "nodeSelector")), Some("true"));
+    let c = field(pod, "containers.0");
+    assert!(str_field(c, "command.0").ends_with("/nacre-metrics"));
+    assert_eq!(field(c, "ports.0.containerPort").as_u64(), Some(8090));
+    let args: Vec<&str> = field(c, "args")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.contains(&"0.0.0.0:8090") && args.contains(&"/run/nacre-shim"),
+        "{args:?}"
+    );
+    let mounts = field(c, "volumeMounts").as_sequence().unwrap();
+    assert!(mounts
+        .iter()
+        .all(|m| m.get("readOnly").and_then(Value::as_bool) == Some(true)));
+    assert_eq!(str_field(c, "securityContext.capabilities.drop.0"), "ALL");
+    assert_eq!(
+        field(c, "securityContext.allowPrivilegeEscalation").as_bool(),
+        Some(false)
+    );
+    let unit = read("systemd/nacre-metrics.service");
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/nacre-metrics"),
+        "{unit}"
+    );
+}

@@ -466,6 +466,60 @@ fn nacre_pod_with_limits_oom_and_exit_races() {
         "after UpdateContainerResources: {seen}"
     );
 
+    // Issue 17 (1): the node's metrics endpoint, scraped over HTTP and
+    // read by a Prometheus text parser, tells what this test knows.
+    let samples = scrape_node_metrics();
+    let value = |metric: &str, want: &[(&str, &str)]| -> Option<f64> {
+        samples.iter().find_map(|s| {
+            (s.metric == metric && want.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).then(
+                || match s.value {
+                    prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                },
+            )
+        })
+    };
+    let sb = [("sandbox", pod.as_str()), ("namespace", "k8s.io")];
+    assert_eq!(
+        value("nacre_sandbox_containers", &sb),
+        Some(2.0),
+        "{samples:?}"
+    );
+    assert_eq!(
+        value(
+            "nacre_container_state",
+            &[
+                ("sandbox", pod.as_str()),
+                ("container", app.as_str()),
+                ("state", "running")
+            ]
+        ),
+        Some(1.0),
+        "{samples:?}"
+    );
+    assert_eq!(
+        value(
+            "nacre_container_memory_limit_bytes",
+            &[("sandbox", pod.as_str()), ("container", app.as_str())]
+        ),
+        Some(100_663_296.0),
+        "{samples:?}"
+    );
+    assert!(
+        value("nacre_vmm_rss_bytes", &sb).is_some_and(|v| v > 0.0),
+        "{samples:?}"
+    );
+    assert!(
+        value(
+            "nacre_vmm_cpu_seconds_total",
+            &[("sandbox", pod.as_str()), ("kind", "vcpu")]
+        )
+        .is_some_and(|v| v > 0.0),
+        "{samples:?}"
+    );
+
     // Past its memory limit: killed by the guest's OOM killer, and CRI
     // says so.
     let hog = run_container(
@@ -623,6 +677,44 @@ fn a_guest_filling_its_ram_is_stopped_by_the_pods_host_cgroup() {
 
 /// RunPodSandbox (handler nacre) of pod `name` under kubelet-style cgroup
 /// parent `parent`; its config and id.
+/// Starts `nacre-metrics` on a free local port for this test's shims,
+/// scrapes `/metrics` once over HTTP and parses it with a Prometheus
+/// text-format parser.
+fn scrape_node_metrics() -> Vec<prometheus_parse::Sample> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let bin = nacre_cri_tests::containerd::target_bin_dir()
+        .unwrap()
+        .join("nacre-metrics");
+    let mut child = std::process::Command::new(&bin)
+        .args(["--listen", "127.0.0.1:0", "--shim-root"])
+        .arg(shim_root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or(("", ""));
+    assert!(head.starts_with("HTTP/1.0 200"), "{out}");
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines)
+        .unwrap_or_else(|e| panic!("not Prometheus text: {e}\n{body}"))
+        .samples
+}
+
 fn run_pod_under(
     ctd: &CriContainerd,
     cri: &CriClient,

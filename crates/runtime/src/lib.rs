@@ -11,6 +11,7 @@ pub mod debug_console;
 pub mod host;
 pub mod host_cgroup;
 pub mod image;
+pub mod metrics;
 pub mod network;
 pub mod sandbox;
 pub mod template;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod layout;
 pub mod metrics;
+pub mod metrics_socket;
 pub mod options;
 pub mod podnet;
 pub mod service;

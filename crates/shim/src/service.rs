@@ -107,6 +107,55 @@ impl Inner {
             .map_err(|_| ShimError::Internal("container table poisoned".into()))
     }
 
+    /// The sandbox's metrics report (blocking: asks the agent for the
+    /// guest figures of each running or paused container).
+    fn report(&self, vm: &Vm) -> nacre_runtime::metrics::SandboxReport {
+        use nacre_runtime::metrics::{ContainerReport, GuestStats, SandboxReport};
+        let mut listed: Vec<(String, Status)> = self
+            .containers()
+            .map(|t| {
+                t.iter()
+                    .map(|(id, c)| (id.clone(), c.init().map_or(Status::UNKNOWN, |p| p.status)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        let containers = listed
+            .into_iter()
+            .map(|(id, status)| {
+                let live = matches!(status, Status::RUNNING | Status::PAUSED);
+                let stats = live
+                    .then(|| vm.client().stats_container(&id).ok())
+                    .flatten()
+                    .map(|s| GuestStats::from(&s));
+                let state = match status {
+                    Status::CREATED => "created",
+                    Status::RUNNING => "running",
+                    Status::PAUSED | Status::PAUSING => "paused",
+                    Status::STOPPED => "stopped",
+                    _ => "unknown",
+                };
+                ContainerReport {
+                    id,
+                    state: state.to_owned(),
+                    stats,
+                }
+            })
+            .collect();
+        let started = vm.started();
+        SandboxReport {
+            sandbox: self.sandbox_id.clone(),
+            namespace: self.namespace.clone(),
+            vmm_pid: vm.pid(),
+            vcpus: started.vcpus,
+            memory_mib: started.memory_mib,
+            start_kind: started.kind.to_owned(),
+            start_seconds: started.seconds,
+            create_seconds: None,
+            containers,
+        }
+    }
+
     /// Runs `f` on process `exec_id` of container `cid`.
     fn with_process<T>(
         &self,
@@ -314,6 +363,13 @@ impl Inner {
                 *guard = Some(vm.clone());
                 spawn_watchdog(self.clone(), vm.clone());
                 spawn_oom_poller(self.clone(), vm.clone());
+                let (inner, v) = (self.clone(), vm.clone());
+                let socket = self
+                    .sandbox_dir
+                    .join(nacre_runtime::metrics::METRICS_SOCKET);
+                if let Err(e) = crate::metrics_socket::spawn(&socket, move || inner.report(&v)) {
+                    tracing::warn!("serving metrics on {}: {e}", socket.display());
+                }
                 vm
             }
         };

@@ -39,6 +39,19 @@ pub struct Vm {
     /// The sandbox's host cgroup (the VMM runs in it), removed once the
     /// VMM has exited.
     cgroup: Option<HostCgroup>,
+    /// How it started, for the metrics.
+    started: Started,
+}
+
+/// How a sandbox VM started.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// "cold" or "template".
+    pub kind: &'static str,
+    /// From the VMM's start to its agent's first answer.
+    pub seconds: f64,
 }
 
 impl Vm {
@@ -182,7 +195,17 @@ impl Vm {
                         )));
                     }
                 }
+                let started = Started {
+                    vcpus: shape.vcpus,
+                    memory_mib: shape.memory_mib,
+                    kind: match kind {
+                        StartKind::Template(_) => "template",
+                        StartKind::Cold(_) => "cold",
+                    },
+                    seconds: sandbox.boot_time().as_secs_f64(),
+                };
                 Ok(Self {
+                    started,
                     client,
                     pid: sandbox.vm().pid(),
                     sandbox: Mutex::new(Some(sandbox)),
@@ -212,6 +235,11 @@ impl Vm {
     /// The agent connection.
     pub fn client(&self) -> &TtrpcAgentClient {
         &self.client
+    }
+
+    /// How the VM started.
+    pub fn started(&self) -> &Started {
+        &self.started
     }
 
     /// The VMM's pid.
