@@ -470,16 +470,15 @@ fn nacre_pod_with_limits_oom_and_exit_races() {
     // read by a Prometheus text parser, tells what this test knows.
     let samples = scrape_node_metrics();
     let value = |metric: &str, want: &[(&str, &str)]| -> Option<f64> {
-        samples.iter().find_map(|s| {
-            (s.metric == metric && want.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).then(
-                || match s.value {
-                    prometheus_parse::Value::Gauge(v)
-                    | prometheus_parse::Value::Counter(v)
-                    | prometheus_parse::Value::Untyped(v) => v,
-                    _ => f64::NAN,
-                },
-            )
-        })
+        samples
+            .iter()
+            .find(|s| s.metric == metric && want.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
     };
     let sb = [("sandbox", pod.as_str()), ("namespace", "k8s.io")];
     assert_eq!(
