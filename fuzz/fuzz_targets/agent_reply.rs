@@ -30,7 +30,9 @@ use libfuzzer_sys::fuzz_target;
 use nacre_protocol::agent::GetGuestDetailsResponse;
 use nacre_protocol::protobuf::{Enum, Message};
 use nacre_protocol::ttrpc::{self, Code};
-use nacre_runtime::agent::{AgentClient, ClientOptions, Endpoint, TtrpcAgentClient};
+use nacre_runtime::agent::{
+    AgentClient, AgentClientError, ClientOptions, Endpoint, TtrpcAgentClient,
+};
 
 #[derive(Arbitrary, Debug, Clone)]
 struct Details {
@@ -316,13 +318,24 @@ fuzz_target!(|input: Input| {
             close: !keep,
         })
         .unwrap();
-    let got = if input.health {
-        let _ = session.client.health();
-        None
+    let (got, timed_out) = if input.health {
+        let r = session.client.health();
+        (None, matches!(r, Err(AgentClientError::Timeout { .. })))
     } else {
-        Some(session.client.guest_details())
+        let r = session.client.guest_details();
+        let t = matches!(r, Err(AgentClientError::Timeout { .. }));
+        (Some(r), t)
     };
     agent.done.lock().unwrap().recv().unwrap();
+    // A call that timed out is the client doing its job when the answer
+    // comes late: on a loaded machine (a niced fuzzer beside a VM test
+    // run) the agent thread can wait seconds for a CPU. Its late reply
+    // would answer the next input's call, so the session ends here and
+    // nothing is checked of this input.
+    if timed_out {
+        end(session);
+        return;
+    }
     if keep {
         session.next_call += 2;
         SESSION.with(|s| *s.borrow_mut() = Some(session));
