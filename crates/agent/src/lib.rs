@@ -24,6 +24,7 @@ pub mod restored;
 pub mod server;
 pub mod service;
 mod sys;
+pub mod trace;
 
 use std::sync::{mpsc, OnceLock};
 use std::time::Duration;

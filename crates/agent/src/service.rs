@@ -7,8 +7,9 @@ use std::io;
 use std::sync::mpsc::Sender;
 
 use nacre_protocol::agent::{
-    GetGuestDetailsRequest, GetGuestDetailsResponse, RestoredRequest, RestoredResponse,
-    SetTimeRequest, SetTimeResponse, ShutdownRequest, ShutdownResponse,
+    GetGuestDetailsRequest, GetGuestDetailsResponse, GetTraceRequest, GetTraceResponse,
+    RestoredRequest, RestoredResponse, SetTimeRequest, SetTimeResponse, ShutdownRequest,
+    ShutdownResponse, TraceSpan,
 };
 use nacre_protocol::container as c;
 use nacre_protocol::health::check_response::ServingStatus;
@@ -164,6 +165,26 @@ impl AgentService {
 }
 
 impl agent_ttrpc::Agent for AgentService {
+    fn get_trace(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: GetTraceRequest,
+    ) -> ttrpc::Result<GetTraceResponse> {
+        let mut resp = GetTraceResponse::new();
+        resp.spans = crate::trace::spans()
+            .into_iter()
+            .map(|s| {
+                let mut t = TraceSpan::new();
+                t.name = s.name.to_owned();
+                t.start_us = s.start_us;
+                t.duration_us = s.duration_us;
+                t.thread = s.thread;
+                t
+            })
+            .collect();
+        Ok(resp)
+    }
+
     fn get_guest_details(
         &self,
         _ctx: &TtrpcContext,
@@ -173,6 +194,7 @@ impl agent_ttrpc::Agent for AgentService {
     }
 
     fn set_time(&self, _ctx: &TtrpcContext, req: SetTimeRequest) -> ttrpc::Result<SetTimeResponse> {
+        let _span = crate::trace::span("SetTime");
         Self::set_time(&req).map_err(ServiceError::into_rpc)?;
         tracing::info!(unix_seconds = req.unix_seconds, "clock set");
         Ok(SetTimeResponse::new())
@@ -183,6 +205,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: RestoredRequest,
     ) -> ttrpc::Result<RestoredResponse> {
+        let _span = crate::trace::span("Restored");
         let identity = crate::restored::Identity {
             hostname: req.hostname,
             sandbox_id: req.sandbox_id,
@@ -202,6 +225,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         _req: ShutdownRequest,
     ) -> ttrpc::Result<ShutdownResponse> {
+        let _span = crate::trace::span("Shutdown");
         tracing::info!("shutdown requested");
         self.shutdown().map_err(ServiceError::into_rpc)?;
         Ok(ShutdownResponse::new())
@@ -212,6 +236,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: c::CreateContainerRequest,
     ) -> ttrpc::Result<c::CreateContainerResponse> {
+        let _span = crate::trace::span("CreateContainer");
         let pid = self.run(&req.container_id, |e| {
             e.create(&req.container_id, &req.oci_spec_json)
         })?;
@@ -225,6 +250,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: c::StartContainerRequest,
     ) -> ttrpc::Result<c::StartContainerResponse> {
+        let _span = crate::trace::span("StartContainer");
         self.run(&req.container_id, |e| e.start(&req.container_id))?;
         Ok(c::StartContainerResponse::new())
     }
@@ -234,6 +260,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: c::ExecProcessRequest,
     ) -> ttrpc::Result<c::ExecProcessResponse> {
+        let _span = crate::trace::span("ExecProcess");
         let pid = self.run(&req.container_id, |e| {
             e.exec(&req.container_id, &req.exec_id, &req.process_json)
         })?;
@@ -247,6 +274,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: c::WaitProcessRequest,
     ) -> ttrpc::Result<c::WaitProcessResponse> {
+        let _span = crate::trace::span("WaitProcess");
         let (status, at) = self.run(&req.container_id, |e| {
             e.wait(&req.container_id, &req.exec_id)
         })?;
@@ -261,6 +289,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: c::SignalProcessRequest,
     ) -> ttrpc::Result<c::SignalProcessResponse> {
+        let _span = crate::trace::span("SignalProcess");
         self.run(&req.container_id, |e| {
             e.signal(&req.container_id, &req.exec_id, req.signal, req.all)
         })?;
@@ -360,6 +389,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: c::PauseContainerRequest,
     ) -> ttrpc::Result<c::PauseContainerResponse> {
+        let _span = crate::trace::span("PauseContainer");
         self.run(&req.container_id, |e| e.set_paused(&req.container_id, true))?;
         Ok(c::PauseContainerResponse::new())
     }
@@ -369,6 +399,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: c::ResumeContainerRequest,
     ) -> ttrpc::Result<c::ResumeContainerResponse> {
+        let _span = crate::trace::span("ResumeContainer");
         self.run(&req.container_id, |e| {
             e.set_paused(&req.container_id, false)
         })?;
@@ -380,6 +411,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: c::UpdateContainerRequest,
     ) -> ttrpc::Result<c::UpdateContainerResponse> {
+        let _span = crate::trace::span("UpdateContainer");
         self.run(&req.container_id, |e| {
             e.update(&req.container_id, &req.resources_json)
         })?;
@@ -391,6 +423,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: c::StatsContainerRequest,
     ) -> ttrpc::Result<c::StatsContainerResponse> {
+        let _span = crate::trace::span("StatsContainer");
         let s = self.run(&req.container_id, |e| e.stats(&req.container_id))?;
         let mut resp = c::StatsContainerResponse::new();
         resp.cpu_usage_usec = s.cpu_usage_usec;
@@ -424,6 +457,7 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: c::RemoveContainerRequest,
     ) -> ttrpc::Result<c::RemoveContainerResponse> {
+        let _span = crate::trace::span("RemoveContainer");
         self.run(&req.container_id, |e| e.remove(&req.container_id))?;
         Ok(c::RemoveContainerResponse::new())
     }

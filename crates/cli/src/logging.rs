@@ -109,8 +109,11 @@ impl Logger {
             .ok()
             .and_then(|f| EnvFilter::try_new(f).ok())
             .unwrap_or_else(|| EnvFilter::new(filter));
+        // NACRE_TRACE: every span, whatever the log level.
+        let trace = nacre_runtime::trace::file().map(|_| nacre_runtime::trace::TraceLayer);
         let _ = tracing_subscriber::registry()
             .with(LineLayer(logger.clone()).with_filter(filter))
+            .with(trace)
             .try_init();
         logger
     }

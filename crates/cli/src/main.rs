@@ -181,6 +181,8 @@ fn main() {
     };
     let logger = Logger::init(log.as_deref(), g.log_format, level);
     let is_exec = matches!(cli.command, Command::Exec(_));
+    let command = args.get(after_globals(&args)).cloned().unwrap_or_default();
+    let span = tracing::info_span!("cli", command = command.as_str()).entered();
     let result = match cli.command {
         Command::Check(args) => check::run(&args).map(|()| 0),
         Command::Create(args) => commands::lifecycle::create(g, &args),
@@ -202,6 +204,12 @@ fn main() {
         Command::Monitor(args) => commands::lifecycle::monitor(g, &args),
         Command::ExecMonitor(args) => commands::exec::exec_monitor(g, &args),
     };
+    drop(span);
+    if let Some(file) = nacre_runtime::trace::file() {
+        if let Err(e) = nacre_runtime::trace::flush(&file, &format!("nacre {command}")) {
+            eprintln!("nacre: writing the trace {}: {e}", file.display());
+        }
+    }
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {

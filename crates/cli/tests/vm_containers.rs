@@ -243,9 +243,11 @@ fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
     .unwrap();
     let log = vm.scratch.path().join("nacre.log");
     let t = Instant::now();
+    let trace = vm.scratch.path().join("trace.json");
     let mut run = vm
         .nacre()
         .env("NACRE_CONFIG", &config_file)
+        .env("NACRE_TRACE", &trace)
         .arg("--log")
         .arg(&log)
         .args(["--log-level", "info", "run", "-b"])
@@ -297,6 +299,55 @@ fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
         "templates = false did not boot cold:\n{log}"
     );
     assert_nothing_left(&vm.root, "run1");
+    // Issue 17 (2): NACRE_TRACE gave one Trace Event Format file with the
+    // host's steps (the CLI, the monitor) and the guest agent's.
+    let events = trace_events(&trace);
+    let has = |cat: &str, name: &str| {
+        events
+            .iter()
+            .any(|e| e["ph"] == "X" && e["cat"] == cat && e["name"] == name)
+    };
+    for (cat, name) in [
+        ("host", "cli"),
+        ("host", "monitor.setup"),
+        ("host", "sandbox.start"),
+        ("host", "agent.CreateContainer"),
+        ("host", "container.wait"),
+        ("guest", "agent.CreateContainer"),
+        ("guest", "agent.StartContainer"),
+        ("guest", "agent.WaitProcess"),
+    ] {
+        assert!(has(cat, name), "no {cat} span {name} in {events:?}");
+    }
+    for e in events.iter().filter(|e| e["ph"] == "X") {
+        assert!(
+            e["ts"].is_u64() && e["dur"].is_u64() && e["pid"].is_u64() && e["tid"].is_u64(),
+            "{e}"
+        );
+    }
+}
+
+/// The events of a `NACRE_TRACE` file once every process of the run has
+/// added its own (the monitor writes after the CLI may have returned).
+fn trace_events(file: &Path) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let doc: Option<Value> = std::fs::read(file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let events = doc
+            .as_ref()
+            .and_then(|d| d["traceEvents"].as_array().cloned())
+            .unwrap_or_default();
+        let monitor = events
+            .iter()
+            .any(|e| e["ph"] == "M" && e["args"]["name"] == "nacre monitor");
+        if monitor || Instant::now() > deadline {
+            assert!(doc.is_some(), "{} is not JSON", file.display());
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Runs `nacre debug-console ID` under the configuration `config` until

@@ -58,7 +58,8 @@ pub const GUEST_CID: u32 = 3;
 /// `GetGuestDetailsResponse.protocol_version`. Bump when RPCs or fields are
 /// added, so a host can tell what an agent supports.
 /// 3: `Interface.current_mac` (a restored VM's NIC is given its MAC).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: `Agent.GetTrace`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Fully qualified ttRPC service names (for logs and error messages).
 pub mod service {

@@ -16,4 +16,5 @@ pub mod network;
 pub mod sandbox;
 pub mod template;
 pub mod testing;
+pub mod trace;
 pub mod vm;

@@ -5,7 +5,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nacre_protocol::agent::{
-    GetGuestDetailsRequest, RestoredRequest, SetTimeRequest, ShutdownRequest,
+    GetGuestDetailsRequest, GetTraceRequest, RestoredRequest, SetTimeRequest, ShutdownRequest,
 };
 use nacre_protocol::agent_ttrpc::AgentClient as AgentStub;
 use nacre_protocol::health::check_response::ServingStatus;
@@ -175,6 +175,24 @@ impl AgentClient for TtrpcAgentClient {
             memory_total_bytes: resp.memory_total_bytes,
             uptime: Duration::from_millis(resp.uptime_ms),
         })
+    }
+
+    fn trace(&self) -> Result<Vec<crate::trace::GuestSpan>, AgentClientError> {
+        let resp = self
+            .agent
+            .get_trace(self.ctx(), &GetTraceRequest::new())
+            .map_err(self.map("Agent.GetTrace"))?;
+        Ok(resp
+            .spans
+            .iter()
+            .take(crate::trace::GUEST_SPANS_MAX)
+            .map(|s| crate::trace::GuestSpan {
+                name: super::guest_text(&s.name),
+                start_us: s.start_us,
+                duration_us: s.duration_us,
+                thread: s.thread,
+            })
+            .collect())
     }
 
     fn set_time(&self, time: SystemTime) -> Result<(), AgentClientError> {

@@ -138,6 +138,15 @@ pub trait AgentClient: Send + Sync {
         })
     }
 
+    /// `Agent.GetTrace`: the spans the agent recorded of its own work
+    /// (at most [`crate::trace::GUEST_SPANS_MAX`] are taken).
+    fn trace(&self) -> Result<Vec<crate::trace::GuestSpan>, AgentClientError> {
+        Err(AgentClientError::Unsupported {
+            rpc: "Agent.GetTrace",
+            message: "not implemented by this client".into(),
+        })
+    }
+
     /// `Agent.Shutdown`: the agent syncs and resets the VM (the VMM then
     /// exits 0). Returns once the agent acknowledged, or once the connection
     /// closed after the request was sent (the guest went down first).

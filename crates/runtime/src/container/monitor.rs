@@ -125,6 +125,7 @@ struct Running {
 }
 
 fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
+    let _span = tracing::info_span!("monitor.setup", id = opts.paths.id()).entered();
     let paths = &opts.paths;
     let bundle = Bundle::load(&opts.bundle_dir)?;
     let io = console_io(opts.console_socket.as_deref())?;
@@ -182,6 +183,7 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
     } else {
         None
     };
+    let start_span = tracing::info_span!("sandbox.start", kind = tracing::field::Empty).entered();
     let (sandbox, kind) = start_sandbox(
         store.as_ref(),
         &opts.vmm,
@@ -190,9 +192,13 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
         &identity,
         default_boot_timeout(),
     )?;
+    start_span.record("kind", tracing::field::debug(&kind));
+    drop(start_span);
     tracing::info!(id = paths.id(), ?kind, "sandbox started");
-    let agent = Arc::new(connect_agent(paths)?);
-    if let Err(e) = agent.set_time(SystemTime::now()) {
+    let agent = Arc::new(tracing::info_span!("agent.connect").in_scope(|| connect_agent(paths))?);
+    if let Err(e) =
+        tracing::info_span!("agent.SetTime").in_scope(|| agent.set_time(SystemTime::now()))
+    {
         tracing::warn!("setting the guest clock: {e}");
     }
     let guest_spec = serde_json::to_vec(&bundle.guest_spec(paths)).map_err(|source| {
@@ -201,7 +207,8 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
             source,
         }
     })?;
-    let guest_pid = agent.create_container(paths.id(), &guest_spec)?;
+    let guest_pid = tracing::info_span!("agent.CreateContainer")
+        .in_scope(|| agent.create_container(paths.id(), &guest_spec))?;
     tracing::info!(id = paths.id(), guest_pid, "container created in the guest");
     let me = std::process::id();
     let state = State {
@@ -264,6 +271,7 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
         });
     }
     let mut vm_alive = true;
+    let wait_span = tracing::info_span!("container.wait", id = id.as_str()).entered();
     let status = loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(Ok(exit)) => break exit.status,
@@ -290,6 +298,7 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
             break 128 + libc::SIGKILL;
         }
     };
+    drop(wait_span);
     if vm_alive && !TERMINATE.load(Ordering::Relaxed) {
         relay.finish(Duration::from_secs(5));
     } else {
@@ -308,7 +317,14 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
         && client
             .stats_container(&id)
             .is_ok_and(|s| s.memory_oom_kill > 0);
+    if vm_alive && crate::trace::file().is_some() {
+        match client.trace() {
+            Ok(spans) => crate::trace::add_guest(&spans, sandbox.vm().pid()),
+            Err(e) => tracing::warn!("reading the guest's trace: {e}"),
+        }
+    }
     if vm_alive && !terminated {
+        let _span = tracing::info_span!("sandbox.shutdown").entered();
         if let Err(e) = sandbox.shutdown(Duration::from_secs(15)) {
             tracing::warn!("shutting the VM of {id} down: {e}");
         }
