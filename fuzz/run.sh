@@ -71,6 +71,8 @@ for t in "${targets[@]}"; do
 	start=$(date +%s)
 	if ! cargo +nightly fuzz run "${build[@]}" "$t" "$scratch" "$seeds" -- "${flags[@]}" "${extra[@]}" >"$log" 2>&1; then
 		tail -60 "$log"
+		# Kept: the next run of the target overwrites $log.
+		cp "$log" "target/logs/$t.failed.$(date +%s)"
 		failed+=("$t")
 	fi
 	took=$(($(date +%s) - start))
