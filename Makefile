@@ -22,6 +22,7 @@ GUEST_TARGET_DIR := target/guest-build
 AGENT_BIN := $(GUEST_TARGET_DIR)/$(GUEST_TARGET)/guest/nacre-agent
 KERNEL := $(GUEST_DIR)/vmlinux
 INITRD := $(GUEST_DIR)/initrd.cpio
+DEBUG_INITRD := $(GUEST_DIR)/initrd-debug.cpio
 
 # Debian packages every target needs (the Rust toolchain comes with the
 # machine). Kernel build, initrd, QEMU comparison, container tools.
@@ -63,9 +64,10 @@ agent:
 initrd: agent
 	@mkdir -p $(GUEST_DIR)
 	guest/initrd/build.sh $(AGENT_BIN) $(INITRD)
+	NACRE_INITRD_SHELL=1 guest/initrd/build.sh $(AGENT_BIN) $(DEBUG_INITRD)
 
 guest: deps kernel initrd
-	@ls -l $(KERNEL) $(INITRD)
+	@ls -l $(KERNEL) $(INITRD) $(DEBUG_INITRD)
 
 install: build guest
 	install -D -m 0755 target/release/nacre-vmm $(PREFIX)/bin/nacre-vmm
@@ -74,13 +76,14 @@ install: build guest
 	install -D -m 0755 target/release/nacre-metrics $(PREFIX)/bin/nacre-metrics
 	install -D -m 0644 $(KERNEL) $(PREFIX)/share/nacre/vmlinux
 	install -D -m 0644 $(INITRD) $(PREFIX)/share/nacre/initrd.cpio
+	install -D -m 0644 $(DEBUG_INITRD) $(PREFIX)/share/nacre/initrd-debug.cpio
 
 # What the nacre-deploy installer image (deploy/Containerfile) copies onto
 # Kubernetes nodes: target/deploy/{bin,share}.
 deploy-image-context: build guest
 	install -D -m 0755 -t target/deploy/bin target/release/nacre-vmm target/release/nacre \
 		target/release/containerd-shim-nacre-v2 target/release/nacre-metrics
-	install -D -m 0644 -t target/deploy/share $(KERNEL) $(INITRD)
+	install -D -m 0644 -t target/deploy/share $(KERNEL) $(INITRD) $(DEBUG_INITRD)
 	install -m 0644 deploy/Containerfile target/deploy/Containerfile
 
 demo: deps install

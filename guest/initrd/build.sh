@@ -37,15 +37,19 @@ chmod 0700 "$stage/root"
 mknod -m 0600 "$stage/dev/console" c 5 1
 mknod -m 0666 "$stage/dev/null" c 1 3
 install -m 0755 "$agent" "$stage/init"
-# The debug console's shell (off unless the node enables it; see
-# crates/agent/src/debug_console.rs): a static busybox, applets run
-# without links (`busybox sh` finds its own applets).
-busybox=${BUSYBOX:-/bin/busybox}
-[[ -x $busybox ]] || die "busybox $busybox missing (apt-get install busybox-static)"
-readelf -l "$busybox" | grep -q INTERP && die "busybox $busybox is not static (apt-get install busybox-static)"
-mkdir -p "$stage/bin"
-install -m 0755 "$busybox" "$stage/bin/busybox"
-ln -s busybox "$stage/bin/sh"
+# NACRE_INITRD_SHELL=1: the debug console's image (used only while the
+# node enables the console; see crates/agent/src/debug_console.rs) also
+# holds a static busybox as /bin/sh (applets run without links). Not in
+# the default image: every MB of initrd costs ~3 s of emulated kernel
+# work per cold boot on hosts without VT-x (../shared/notes/HOST.md).
+if [[ ${NACRE_INITRD_SHELL:-0} == 1 ]]; then
+    busybox=${BUSYBOX:-/bin/busybox}
+    [[ -x $busybox ]] || die "busybox $busybox missing (apt-get install busybox-static)"
+    readelf -l "$busybox" | grep -q INTERP && die "busybox $busybox is not static (apt-get install busybox-static)"
+    mkdir -p "$stage/bin"
+    install -m 0755 "$busybox" "$stage/bin/busybox"
+    ln -s busybox "$stage/bin/sh"
+fi
 
 find "$stage" -exec touch -h -d "@$epoch" {} +
 

@@ -208,6 +208,20 @@ impl VmShape {
 }
 
 impl Config {
+    /// The guest image of new VMs: `vm.kernel` and `vm.initrd` (see
+    /// [`VmConfig::guest_image`]); with the debug console on, the initrd's
+    /// `-debug` sibling (`initrd-debug.cpio` next to `initrd.cpio`), which
+    /// also holds the console's shell (kept out of the default image: each
+    /// MB of initrd costs seconds of emulated guest work per cold boot).
+    pub fn guest_image(&self) -> Result<GuestImage, ImageError> {
+        let mut image = self.vm.guest_image()?;
+        if self.debug.console {
+            let debug = debug_initrd(&image.initrd);
+            image = GuestImage::checked(image.kernel, debug)?;
+        }
+        Ok(image)
+    }
+
     /// Loads the file named by `NACRE_CONFIG`, else
     /// [`DEFAULT_CONFIG_PATH`] if it exists, else the defaults.
     pub fn load() -> Result<Self, ConfigError> {
@@ -457,6 +471,19 @@ impl Config {
     }
 }
 
+/// `<dir>/<stem>-debug.<ext>` for `<dir>/<stem>.<ext>`.
+pub fn debug_initrd(initrd: &Path) -> PathBuf {
+    let stem = initrd
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match initrd.extension() {
+        Some(ext) => format!("{stem}-debug.{}", ext.to_string_lossy()),
+        None => format!("{stem}-debug"),
+    };
+    initrd.with_file_name(name)
+}
+
 /// The values `log_level` takes.
 const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
 
@@ -666,6 +693,10 @@ mod tests {
         .unwrap();
         let shape = on.vm_shape(&HashMap::new()).unwrap();
         assert_eq!(shape.kernel_params, "quiet nacre.debug_console=1");
+        assert_eq!(
+            debug_initrd(Path::new("/usr/share/nacre/initrd.cpio")),
+            Path::new("/usr/share/nacre/initrd-debug.cpio")
+        );
     }
 
     /// A pod may tune its guest kernel, not take its boot from the node.

@@ -69,7 +69,6 @@ impl Vm {
     ) -> Result<Self, ShimError> {
         let hostname = pod.hostname.as_deref();
         let image = config
-            .vm
             .guest_image()
             .map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;
         let vmm = locate_vmm().map_err(|e| ShimError::FailedPrecondition(e.to_string()))?;

@@ -169,7 +169,7 @@ fn create_inner(g: &Global, a: &CreateArgs) -> Result<std::process::Child> {
     let config = Config::load()?;
     let shape =
         config.container_shape(&bundle.annotations, bundle.memory_limit, bundle.cpu_limit)?;
-    let image = config.vm.guest_image()?;
+    let image = config.guest_image()?;
     let vmm = locate_vmm()?;
     let mut cmd = Command::new(std::env::current_exe().context("finding the nacre binary")?);
     global_args(g, &mut cmd)?;
