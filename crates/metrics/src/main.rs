@@ -36,14 +36,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let shim_root = args.shim_root.unwrap_or_else(|| {
-        std::env::var_os("NACRE_SHIM_ROOT")
-            .filter(|r| !r.is_empty())
-            .map_or_else(
-                || PathBuf::from(nacre_runtime::container::paths::DEFAULT_SHIM_ROOT),
-                PathBuf::from,
-            )
-    });
+    let shim_root = args
+        .shim_root
+        .unwrap_or_else(nacre_runtime::container::paths::shim_root);
     let template_dir = args.template_dir.or_else(|| {
         nacre_runtime::template::TemplateStore::from_env().map(|s| s.root().to_path_buf())
     });

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::agent::{hybrid_vsock_handshake, HandshakeError};
 use crate::container::console::{is_tty, make_raw, restore};
-use crate::container::paths::pod_sandbox_dir;
+use crate::container::paths::{pod_sandbox_dir_in, shim_root};
 use crate::container::ContainerPaths;
 
 /// How long the VMM and the guest have to answer the connection.
@@ -63,6 +63,16 @@ pub enum DebugConsoleError {
 /// The VMM vsock socket of `id`: a container of the CLI under `root`, or
 /// a pod sandbox of the containerd shim in `namespace`.
 pub fn vsock_socket(root: &Path, id: &str, namespace: &str) -> Result<PathBuf, DebugConsoleError> {
+    vsock_socket_in(root, &shim_root(), id, namespace)
+}
+
+/// [`vsock_socket`] with the shim's root given.
+fn vsock_socket_in(
+    root: &Path,
+    shim_root: &Path,
+    id: &str,
+    namespace: &str,
+) -> Result<PathBuf, DebugConsoleError> {
     let not_found = || DebugConsoleError::NotFound {
         id: id.to_owned(),
         root: root.to_path_buf(),
@@ -72,7 +82,9 @@ pub fn vsock_socket(root: &Path, id: &str, namespace: &str) -> Result<PathBuf, D
     if paths.dir().is_dir() {
         return Ok(paths.vsock_socket());
     }
-    let pod = pod_sandbox_dir(namespace, id).join("vm").join("vsock.sock");
+    let pod = pod_sandbox_dir_in(shim_root, namespace, id)
+        .join("vm")
+        .join("vsock.sock");
     if pod.exists() {
         return Ok(pod);
     }
@@ -147,5 +159,34 @@ fn copy_out(mut stream: UnixStream) -> io::Result<()> {
         };
         out.write_all(&buf[..n])?;
         out.flush()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CLI container by its state directory, a pod sandbox by the shim's
+    /// directory of (namespace, id), else a clear error.
+    #[test]
+    fn containers_and_pods_are_found() {
+        let base = std::env::temp_dir().join(format!("nacre-dbg-{}", std::process::id()));
+        let (root, shim) = (base.join("root"), base.join("shim"));
+        std::fs::create_dir_all(root.join("c1")).unwrap();
+        let pod_vm = pod_sandbox_dir_in(&shim, "k8s.io", "pod1").join("vm");
+        std::fs::create_dir_all(&pod_vm).unwrap();
+        std::fs::write(pod_vm.join("vsock.sock"), "").unwrap();
+        let c = vsock_socket_in(&root, &shim, "c1", "k8s.io").unwrap();
+        assert_eq!(c, root.join("c1/vm/vsock.sock"));
+        let p = vsock_socket_in(&root, &shim, "pod1", "k8s.io").unwrap();
+        assert_eq!(p, pod_vm.join("vsock.sock"));
+        let err = vsock_socket_in(&root, &shim, "pod1", "default")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no pod sandbox pod1 in namespace default"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

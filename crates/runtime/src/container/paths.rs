@@ -143,9 +143,18 @@ pub const DEFAULT_SHIM_ROOT: &str = "/run/nacre-shim";
 /// The directory of one pod sandbox of the containerd shim (layout in
 /// the shim's `layout.rs`).
 pub fn pod_sandbox_dir(namespace: &str, sandbox: &str) -> PathBuf {
-    let root = std::env::var_os("NACRE_SHIM_ROOT")
+    pod_sandbox_dir_in(&shim_root(), namespace, sandbox)
+}
+
+/// The shim's root: `NACRE_SHIM_ROOT`, else [`DEFAULT_SHIM_ROOT`].
+pub fn shim_root() -> PathBuf {
+    std::env::var_os("NACRE_SHIM_ROOT")
         .filter(|r| !r.is_empty())
-        .map_or_else(|| PathBuf::from(DEFAULT_SHIM_ROOT), PathBuf::from);
+        .map_or_else(|| PathBuf::from(DEFAULT_SHIM_ROOT), PathBuf::from)
+}
+
+/// [`pod_sandbox_dir`] under the shim root `root`.
+pub fn pod_sandbox_dir_in(root: &Path, namespace: &str, sandbox: &str) -> PathBuf {
     // Short (socket paths must fit 108 bytes), stable, collision-resistant.
     root.join(short_hash(&[namespace.as_bytes(), sandbox.as_bytes()]))
 }
