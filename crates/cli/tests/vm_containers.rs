@@ -372,7 +372,10 @@ fn debug_console(vm: &Vm, config: &Path, id: &str) -> String {
             .write_all(b"cat /proc/1/comm; ls /sys/fs/cgroup/nacre | sed 's/^/cgroup-of:/'; exit\n")
             .unwrap();
         let o = c.wait_with_output().unwrap();
-        if o.status.success() && stdout(&o).contains("cgroup-of:") {
+        // The console answers as soon as the agent runs, which may be
+        // before the container exists: until its cgroup is listed. (The
+        // terminal echoes the script, hence the id in the test.)
+        if o.status.success() && stdout(&o).contains(&format!("cgroup-of:{id}")) {
             return stdout(&o);
         }
         assert!(
