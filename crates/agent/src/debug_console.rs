@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::ListenAddr;
@@ -27,6 +27,9 @@ pub const SHELL: &str = "/bin/sh";
 
 /// Sessions served at once; more are refused (closed at once).
 const MAX_SESSIONS: usize = 4;
+/// After the host hangs up, the shell's session has this many 100 ms
+/// steps to end on SIGHUP before it is killed.
+const HANGUP_GRACE_STEPS: u32 = 20;
 
 /// Binds `addr` and serves sessions from a background thread.
 pub fn start(addr: &ListenAddr, reaper: Reaper) -> io::Result<()> {
@@ -79,10 +82,25 @@ fn session(conn: OwnedFd, reaper: &Reaper) -> io::Result<()> {
         .stdin(Stdio::from(slave.try_clone()?))
         .stdout(Stdio::from(slave.try_clone()?))
         .stderr(Stdio::from(slave));
-    // SAFETY: between fork and exec the closure calls only setsid(2) and
-    // ioctl(2), both async-signal-safe, on a descriptor the child holds.
+    // SAFETY: between fork and exec the closure calls only signal(2),
+    // setsid(2) and ioctl(2), all async-signal-safe, on a descriptor the
+    // child holds.
     unsafe {
         cmd.pre_exec(move || {
+            // Dispositions a parent ignored (nohup) would survive exec: the
+            // shell must die of the hangup below.
+            for sig in [
+                libc::SIGHUP,
+                libc::SIGINT,
+                libc::SIGQUIT,
+                libc::SIGTERM,
+                libc::SIGPIPE,
+                libc::SIGTSTP,
+                libc::SIGTTIN,
+                libc::SIGTTOU,
+            ] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -107,13 +125,26 @@ fn session(conn: OwnedFd, reaper: &Reaper) -> io::Result<()> {
     let mut from_shell = File::from(master);
     let mut conn_in = File::from(conn.try_clone()?);
     let mut conn_out = File::from(conn);
+    let ended = Arc::new(AtomicBool::new(false));
+    let ended_in = ended.clone();
     let input = std::thread::Builder::new()
         .name("debug-input".into())
         .spawn(move || {
             let _ = copy(&mut conn_in, &mut to_shell);
-            // The host hung up: end the shell's session.
+            // The host hung up: end the shell's session, by force if it
+            // ignores the hangup (`trap '' HUP` in the shell).
             // SAFETY: kill(2) of the session's process group.
             unsafe { libc::kill(-pid, libc::SIGHUP) };
+            for _ in 0..HANGUP_GRACE_STEPS {
+                if ended_in.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if !ended_in.load(Ordering::SeqCst) {
+                // SAFETY: as above; the session has not been reaped.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
         })?;
     let _ = copy(&mut from_shell, &mut conn_out);
     // The shell is gone (EIO on the master): end the connection, which
@@ -121,6 +152,7 @@ fn session(conn: OwnedFd, reaper: &Reaper) -> io::Result<()> {
     // SAFETY: shutdown(2) of a socket this function owns.
     unsafe { libc::shutdown(conn_out.as_raw_fd(), libc::SHUT_RDWR) };
     let status = reaper.wait(pid);
+    ended.store(true, Ordering::SeqCst);
     let _ = input.join();
     tracing::info!(?status, "debug console session ended");
     Ok(())

@@ -126,6 +126,29 @@ fn wait_gone_now(pid: u32) -> bool {
     !Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// A shell that ignores the hangup (`trap '' HUP`) is killed instead.
+#[test]
+fn a_shell_ignoring_the_hangup_is_killed() {
+    let agent = Agent::start("nohup", true);
+    let mut s = UnixStream::connect(agent.console()).unwrap();
+    s.write_all(b"trap '' HUP; echo pid=$$\n").unwrap();
+    let mut out = String::new();
+    while out.matches("pid=").count() < 2 || !out.rsplit("pid=").next().unwrap_or("").contains('\n')
+    {
+        let (more, ended) = read_until(&mut s, "\n");
+        assert!(!ended && !more.is_empty(), "no answer: {out:?}{more:?}");
+        out += &more;
+    }
+    let pid: u32 = out
+        .rsplit("pid=")
+        .next()
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    drop(s);
+    assert!(wait_gone(pid), "shell {pid} outlived the connection");
+}
+
 #[test]
 fn no_console_unless_asked_for() {
     let agent = Agent::start("off", false);
