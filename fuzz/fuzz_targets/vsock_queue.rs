@@ -143,8 +143,16 @@ fuzz_target!(|input: Input| {
     oracle::check_used(&mem, &before, 0, &rx, input.rx.avail_idx());
     oracle::check_used(&mem, &before, 1, &tx, input.tx.avail_idx());
     oracle::check_used(&mem, &before, 2, &ev, input.event.avail_idx());
-    // Every tx chain goes back with length 0.
+    // Every tx chain goes back with length 0 (used fields a guest aliased
+    // with a device-writable buffer hold packet data: not checked).
+    let aliased = |at: u64, len: u64| before.aliased(at, len);
+    if aliased(tx.used + 2, 2) {
+        return;
+    }
     for pos in 0..tx.used_idx(&mem).min(tx.size) {
+        if aliased(tx.used + 4 + 8 * u64::from(pos), 8) {
+            continue;
+        }
         assert_eq!(
             tx.used_elem(&mem, pos).1,
             0,
