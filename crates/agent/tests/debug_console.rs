@@ -87,6 +87,25 @@ fn wait_gone(pid: u32) -> bool {
     false
 }
 
+/// The shell's answer to `echo pid=$$`: the terminal echoes the line
+/// first, so the answer is the second "pid=".
+fn shell_pid(s: &mut UnixStream) -> u32 {
+    let mut out = String::new();
+    while out.matches("pid=").count() < 2 || !out.rsplit("pid=").next().unwrap_or("").contains('\n')
+    {
+        let (more, ended) = read_until(s, "\n");
+        assert!(!ended && !more.is_empty(), "no answer: {out:?}{more:?}");
+        out += &more;
+    }
+    let pid: u32 = out
+        .rsplit("pid=")
+        .next()
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    pid
+}
+
 #[test]
 fn a_shell_on_a_terminal_per_connection() {
     let agent = Agent::start("shell", true);
@@ -103,20 +122,7 @@ fn the_shell_is_hung_up_when_the_host_leaves() {
     let agent = Agent::start("hangup", true);
     let mut s = UnixStream::connect(agent.console()).unwrap();
     s.write_all(b"echo pid=$$\n").unwrap();
-    // The terminal echoes the line first: the answer is the second "pid=".
-    let mut out = String::new();
-    while out.matches("pid=").count() < 2 || !out.rsplit("pid=").next().unwrap_or("").contains('\n')
-    {
-        let (more, ended) = read_until(&mut s, "\n");
-        assert!(!ended && !more.is_empty(), "no answer: {out:?}{more:?}");
-        out += &more;
-    }
-    let pid: u32 = out
-        .rsplit("pid=")
-        .next()
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let pid = shell_pid(&mut s);
     assert!(!wait_gone_now(pid), "the shell is not running");
     drop(s);
     assert!(wait_gone(pid), "shell {pid} outlived the connection");
@@ -132,19 +138,7 @@ fn a_shell_ignoring_the_hangup_is_killed() {
     let agent = Agent::start("nohup", true);
     let mut s = UnixStream::connect(agent.console()).unwrap();
     s.write_all(b"trap '' HUP; echo pid=$$\n").unwrap();
-    let mut out = String::new();
-    while out.matches("pid=").count() < 2 || !out.rsplit("pid=").next().unwrap_or("").contains('\n')
-    {
-        let (more, ended) = read_until(&mut s, "\n");
-        assert!(!ended && !more.is_empty(), "no answer: {out:?}{more:?}");
-        out += &more;
-    }
-    let pid: u32 = out
-        .rsplit("pid=")
-        .next()
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let pid = shell_pid(&mut s);
     drop(s);
     assert!(wait_gone(pid), "shell {pid} outlived the connection");
 }
