@@ -59,7 +59,9 @@ for t in "${targets[@]}"; do
 	seeds=corpus/$t
 	scratch=target/corpus/$t
 	mkdir -p "$seeds" "$scratch" "artifacts/$t"
-	log=target/logs/$t.last
+	# A log of this process's own: two campaigns of one target may run
+	# side by side, and each must read its own final figures.
+	log=target/logs/$t.$$.log
 	flags=(-max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1)
 	extra=()
 	# The sync ttrpc client's threads outlive a call for a moment: their
@@ -71,7 +73,7 @@ for t in "${targets[@]}"; do
 	start=$(date +%s)
 	if ! cargo +nightly fuzz run "${build[@]}" "$t" "$scratch" "$seeds" -- "${flags[@]}" "${extra[@]}" >"$log" 2>&1; then
 		tail -60 "$log"
-		# Kept: the next run of the target overwrites $log.
+		# Kept: the next run of the target overwrites its .last log.
 		cp "$log" "target/logs/$t.failed.$(date +%s)"
 		failed+=("$t")
 	fi
@@ -85,6 +87,7 @@ for t in "${targets[@]}"; do
 		"${execs:-0}" "${cov:-?}" "${ft:-?}" "${speed:-0}" "$sanitizer" >>"target/logs/$t.tsv"
 	summary+=("$(printf '%-20s %10s execs %8s exec/s  cov %6s  ft %6s  %4ss' \
 		"$t" "${execs:-0}" "${speed:-0}" "${cov:-?}" "${ft:-?}" "$took")")
+	mv "$log" "target/logs/$t.last"
 done
 
 echo ">> fuzz $mode summary (${seconds}s per target)"
