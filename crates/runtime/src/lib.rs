@@ -13,6 +13,7 @@ pub mod host_cgroup;
 pub mod image;
 pub mod metrics;
 pub mod network;
+pub mod pod;
 pub mod sandbox;
 pub mod template;
 pub mod testing;

@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::error::ShimError;
 use crate::layout;
 use crate::service::Service;
-use crate::vm;
+use nacre_runtime::container::mounts;
 
 /// The task service names containerd calls.
 const TASK_V2: &str = "containerd.task.v2.Task";
@@ -159,12 +159,12 @@ fn delete(flags: &Flags) -> Result<(), BootstrapError> {
     if let Err(e) = SharedDir::open(&dir).remove_container(&flags.id) {
         tracing::warn!("removing the share of {}: {e}", flags.id);
     }
-    vm::unmount_all(&bundle.join("rootfs"));
+    mounts::unmount_all(&bundle.join("rootfs"));
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox);
     if !shim_answers(&address) {
         // The shim is gone: nothing else will stop its VM.
         nacre_runtime::container::process::kill_vmm(&dir.join("vm"), &[]);
-        vm::remove_dir(&dir);
+        nacre_runtime::pod::remove_sandbox_dir(&dir);
         // And its host cgroup (empty once the VMM is gone; a container's
         // own cgroupsPath names nothing nacre made, which is no error).
         if let Some(path) = crate::podnet::PodSpec::load(&bundle).cgroups_path {

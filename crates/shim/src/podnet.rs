@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use nacre_runtime::container::spec as oci;
-use nacre_runtime::network::{self, GuestNetwork, PodNetwork};
+use nacre_runtime::network;
 use serde_json::Value;
 
 /// The pod network settings of the sandbox (first) container's spec.
@@ -52,17 +52,6 @@ impl PodSpec {
             oom_score_adj: oci::oom_score_adj(spec),
         }
     }
-
-    /// What the agent configures for `pod`: its interfaces, routes and
-    /// neighbours plus this spec's host name and files.
-    pub fn guest_network(&self, pod: &PodNetwork) -> GuestNetwork {
-        GuestNetwork {
-            hostname: self.hostname.clone(),
-            resolv_conf: self.resolv_conf.clone(),
-            hosts: self.hosts.clone(),
-            ..pod.guest_network()
-        }
-    }
 }
 
 /// The contents of the host file the spec bind-mounts at `destination`.
@@ -91,15 +80,6 @@ fn mounted_file(spec: &Value, bundle: &Path, destination: &str) -> Option<String
             tracing::warn!("reading {} for {destination}: {e}", source.display());
             None
         }
-    }
-}
-
-/// Tears `pod` down, logging what could not be undone.
-pub fn teardown(pod: PodNetwork) {
-    let netns = pod.netns().to_path_buf();
-    match pod.teardown() {
-        Ok(()) => tracing::info!(netns = %netns.display(), "pod network torn down"),
-        Err(e) => tracing::warn!("{e}"),
     }
 }
 

@@ -24,7 +24,7 @@ use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::protos::ttrpc::Result as TtrpcResult;
 use containerd_shim::protos::types::empty::Empty;
-use nacre_runtime::agent::{AgentClient, TtrpcAgentClient};
+use nacre_runtime::agent::AgentClient;
 use nacre_runtime::container::paths::{validate_id, ContainerPaths};
 use nacre_runtime::container::pod_ns::{self, NsHolder};
 use nacre_runtime::container::share::SharedDir;
@@ -38,7 +38,8 @@ use crate::metrics;
 use crate::options::RuntimeOptions;
 use crate::stdio::{self, StdioPaths};
 use crate::task::{Container, Exit, Process};
-use crate::vm::{self, Vm};
+use crate::vm::Vm;
+use nacre_runtime::container::mounts;
 
 /// The Task service of one shim (one sandbox).
 #[derive(Clone)]
@@ -199,7 +200,7 @@ impl Inner {
             }))
     }
 
-    async fn client(&self) -> Result<(Arc<Vm>, TtrpcAgentClient)> {
+    async fn client(&self) -> Result<(Arc<Vm>, Arc<dyn AgentClient>)> {
         let vm =
             self.vm.lock().await.clone().ok_or_else(|| {
                 ShimError::FailedPrecondition("the sandbox VM is not running".into())
@@ -266,7 +267,7 @@ impl Inner {
             Ok(v) => v,
             Err(e) => {
                 if let Some(r) = &mounted_rootfs {
-                    vm::unmount_all(r);
+                    mounts::unmount_all(r);
                 }
                 return Err(e);
             }
@@ -411,7 +412,7 @@ impl Inner {
                     stderr: req.stderr.clone(),
                     terminal: req.terminal,
                 };
-                let io = stdio::start(vm.client(), cid, "", &paths, &self.namespace);
+                let io = stdio::start(&vm.client(), cid, "", &paths, &self.namespace);
                 match io {
                     Ok(io) => Ok((pid, io)),
                     Err(e) => {
@@ -447,7 +448,7 @@ impl Inner {
     fn spawn_waiter(
         self: &Arc<Self>,
         vm: Arc<Vm>,
-        client: TtrpcAgentClient,
+        client: Arc<dyn AgentClient>,
         cid: &str,
         exec_id: &str,
         io: Option<Arc<stdio::IoHandle>>,
@@ -606,7 +607,7 @@ impl Inner {
             .unwrap_or_default();
         let _ = blocking(move || {
             for r in rootfs {
-                vm::unmount_all(&r);
+                mounts::unmount_all(&r);
             }
             vm.shutdown();
             Ok(())
@@ -848,7 +849,7 @@ impl Inner {
             }
             remove_share(&share);
             if let Some(r) = rootfs {
-                vm::unmount_all(&r);
+                mounts::unmount_all(&r);
             }
             Ok(())
         })
@@ -983,7 +984,7 @@ impl Inner {
         cid: &str,
         what: &str,
         f: impl FnOnce(
-                &TtrpcAgentClient,
+                &Arc<dyn AgentClient>,
                 &str,
             ) -> std::result::Result<T, nacre_runtime::agent::AgentClientError>
             + Send
@@ -1031,7 +1032,7 @@ fn mount_rootfs(list: &[(String, String, Vec<String>)], target: &Path) -> Result
         let kind = Some(kind.as_str()).filter(|s| !s.is_empty());
         let source = Some(source.as_str()).filter(|s| !s.is_empty());
         if let Err(e) = containerd_shim::mount::mount_rootfs(kind, source, options, target) {
-            vm::unmount_all(target);
+            mounts::unmount_all(target);
             return Err(ShimError::InvalidArgument(format!(
                 "mounting the rootfs ({} {}) on {}: {e}",
                 kind.unwrap_or("-"),

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nacre_runtime::agent::{AgentClient, TtrpcAgentClient};
+use nacre_runtime::agent::AgentClient;
 
 use crate::error::ShimError;
 
@@ -76,7 +76,7 @@ fn target(uri: &str) -> Result<Target, ShimError> {
 
 /// Starts copying for process `exec_id` of `cid`.
 pub fn start(
-    client: &TtrpcAgentClient,
+    client: &Arc<dyn AgentClient>,
     cid: &str,
     exec_id: &str,
     paths: &StdioPaths,
@@ -209,7 +209,7 @@ fn open_target(target: Target) -> Box<dyn Write + Send> {
 const READ_MAX: u32 = 1 << 20;
 
 fn pump_output(
-    client: &TtrpcAgentClient,
+    client: &Arc<dyn AgentClient>,
     cid: &str,
     exec_id: &str,
     stream: Stream,
@@ -240,7 +240,7 @@ fn pump_output(
 }
 
 fn pump_stdin(
-    client: &TtrpcAgentClient,
+    client: &Arc<dyn AgentClient>,
     cid: &str,
     exec_id: &str,
     fifo: &Path,

@@ -13,28 +13,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
-use crate::agent::{
-    AgentClient, ClientOptions, Endpoint, RestoredIdentity, TtrpcAgentClient, INIT_EXEC_ID,
-};
+use crate::agent::{ClientOptions, Endpoint, TtrpcAgentClient, INIT_EXEC_ID};
 use crate::image::GuestImage;
-use crate::sandbox::{default_boot_timeout, Sandbox};
-use crate::template::{start_sandbox, TemplateStore};
-use crate::vm::VmSpec;
+use crate::pod::{Pod, PodCgroup, PodError, PodOptions};
+use crate::sandbox::default_boot_timeout;
+use crate::template::TemplateStore;
 
 use super::console::{open_pty, send_console};
 use super::launch::Reporter;
 use super::lock::DirLock;
-use super::paths::{ContainerPaths, SHARED_TAG};
+use super::paths::ContainerPaths;
 use super::relay::{start_relay, HostIo};
 use super::share::SharedDir;
 use super::spec::Bundle;
 use super::state::{rfc3339, write_atomic, State, Status};
 use super::ContainerError;
-use crate::host_cgroup::{HostCgroup, HostLimits, VMM_OVERHEAD_MIB};
-use crate::vm::HostPlacement;
+use crate::host_cgroup::{HostLimits, VMM_OVERHEAD_MIB};
 
 /// Exit status recorded when the VM died under the container.
-pub const VM_LOST_STATUS: i32 = 255;
+pub use crate::pod::VM_LOST_STATUS;
 
 /// What the monitor of one container needs.
 #[derive(Debug, Clone)]
@@ -112,14 +109,10 @@ pub fn console_io(console_socket: Option<&std::path::Path>) -> Result<HostIo, Co
 }
 
 struct Running {
-    /// The container's host cgroup (`linux.cgroupsPath`), where its VMM
-    /// runs; dropped after the VMM.
-    cgroup: Option<HostCgroup>,
+    pod: Pod,
     /// The container has a memory limit (only then can the guest's
     /// cgroup OOM-kill it, which runc's host cgroup would report).
     memory_limited: bool,
-    sandbox: Sandbox,
-    agent: Arc<TtrpcAgentClient>,
     io: HostIo,
     terminal: bool,
 }
@@ -129,78 +122,50 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
     let paths = &opts.paths;
     let bundle = Bundle::load(&opts.bundle_dir)?;
     let io = console_io(opts.console_socket.as_deref())?;
-    let mut spec = VmSpec {
+    let pod = Pod::start(PodOptions {
+        id: paths.id().to_string(),
+        hostname: bundle.hostname.clone(),
+        vmm: opts.vmm.clone(),
+        image: opts.image.clone(),
         vcpus: opts.vcpus,
         memory_mib: opts.memory_mib,
-        extra_cmdline: opts.kernel_params.clone(),
-        ..VmSpec::new(opts.image.clone())
-    };
-    let hostname = bundle
-        .hostname
-        .as_deref()
-        .filter(|h| {
-            !h.is_empty()
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        })
-        .unwrap_or("");
-    let mut identity =
-        RestoredIdentity::new(hostname, paths.id()).map_err(|source| ContainerError::Io {
-            what: "reading host entropy (getrandom) for",
-            path: paths.vm_dir(),
-            source,
-        })?;
-    // The VMM is the container's process on the host: it goes where
-    // runc would put the container (`linux.cgroupsPath`), limited to the
-    // VM's memory plus the VMM's overhead when the container has a limit.
-    let cgroup = bundle
-        .cgroups_path()
-        .map(|path| {
-            let limits = HostLimits {
+        kernel_params: opts.kernel_params.clone(),
+        vm_dir: paths.vm_dir(),
+        share: opts.shared_fs.then(|| paths.shared_dir()),
+        // The VMM is the container's process on the host: it goes where
+        // runc would put the container (`linux.cgroupsPath`), limited to
+        // the VM's memory plus the VMM's overhead when the container has a
+        // limit. The monitor is the container's process on the host for
+        // whoever holds its pid (containerd's runc shim under Docker reads
+        // its cgroup for stats and OOM events, as it would runc's init):
+        // it joins too.
+        cgroup: bundle.cgroups_path().map(|path| PodCgroup {
+            path: path.to_string(),
+            limits: HostLimits {
                 memory_bytes: bundle
                     .memory_limit
                     .map(|_| (u64::from(opts.memory_mib) + VMM_OVERHEAD_MIB) << 20),
-            };
-            HostCgroup::create(path, &limits)
-        })
-        .transpose()
-        .map_err(|e| ContainerError::Monitor(format!("the container's host cgroup: {e}")))?;
-    // The monitor is the container's process on the host for whoever
-    // holds its pid (containerd's runc shim under Docker reads its cgroup
-    // for stats and OOM events, as it would runc's init): it joins too.
-    if let Some(cg) = &cgroup {
-        cg.add(std::process::id())
-            .map_err(|e| ContainerError::Monitor(format!("joining the host cgroup: {e}")))?;
-    }
-    spec.host = HostPlacement::new(cgroup.as_ref(), bundle.oom_score_adj());
-    if opts.shared_fs {
-        identity.shared_tag = Some(SHARED_TAG.to_string());
-        spec.shared_dirs
-            .push((SHARED_TAG.to_string(), paths.shared_dir()));
-    }
-    let store = if opts.templates {
-        TemplateStore::from_env()
-    } else {
-        None
-    };
-    let start_span = tracing::info_span!("sandbox.start", kind = tracing::field::Empty).entered();
-    let (sandbox, kind) = start_sandbox(
-        store.as_ref(),
-        &opts.vmm,
-        &spec,
-        &paths.vm_dir(),
-        &identity,
-        default_boot_timeout(),
-    )?;
-    start_span.record("kind", tracing::field::debug(&kind));
-    drop(start_span);
-    tracing::info!(id = paths.id(), ?kind, "sandbox started");
-    let agent = Arc::new(tracing::info_span!("agent.connect").in_scope(|| connect_agent(paths))?);
-    if let Err(e) =
-        tracing::info_span!("agent.SetTime").in_scope(|| agent.set_time(SystemTime::now()))
-    {
-        tracing::warn!("setting the guest clock: {e}");
-    }
+            },
+            join: true,
+        }),
+        oom_score_adj: bundle.oom_score_adj(),
+        network: None,
+        templates: if opts.templates {
+            TemplateStore::from_env()
+        } else {
+            None
+        },
+        boot_timeout: default_boot_timeout(),
+    })
+    .map_err(|e| match e {
+        PodError::Start(e) => ContainerError::from(e),
+        e => ContainerError::Monitor(e.to_string()),
+    })?;
+    tracing::info!(
+        id = paths.id(),
+        kind = pod.started().kind,
+        "sandbox started"
+    );
     let guest_spec = serde_json::to_vec(&bundle.guest_spec(paths)).map_err(|source| {
         ContainerError::BadState {
             path: opts.bundle_dir.join("config.json"),
@@ -208,7 +173,7 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
         }
     })?;
     let guest_pid = tracing::info_span!("agent.CreateContainer")
-        .in_scope(|| agent.create_container(paths.id(), &guest_spec))?;
+        .in_scope(|| pod.agent().create_container(paths.id(), &guest_spec))?;
     tracing::info!(id = paths.id(), guest_pid, "container created in the guest");
     let me = std::process::id();
     let state = State {
@@ -221,7 +186,7 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
         owner: String::new(),
         annotations: bundle.annotations.clone(),
         monitor_pid: me,
-        vmm_pid: sandbox.vm().pid(),
+        vmm_pid: pod.pid(),
         exit_status: None,
         terminal: bundle.terminal,
     };
@@ -231,10 +196,8 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
         write_pid_file(pid_file, me)?;
     }
     Ok(Running {
-        cgroup,
-        memory_limited: bundle.memory_limit.is_some(),
-        sandbox,
-        agent,
+        pod,
+        memory_limited: bundle.memory_limit.is_some() && bundle.cgroups_path().is_some(),
         io,
         terminal: bundle.terminal,
     })
@@ -244,10 +207,8 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
 pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     install_signal_handlers();
     let Running {
-        cgroup,
+        pod,
         memory_limited,
-        mut sandbox,
-        agent,
         io,
         terminal,
     } = match setup(opts) {
@@ -260,7 +221,7 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     };
     reporter.ok();
     let id = opts.paths.id().to_string();
-    let client: Arc<dyn AgentClient> = agent.clone();
+    let client = pod.agent();
     let relay = start_relay(Arc::clone(&client), &id, INIT_EXEC_ID, io, terminal);
 
     let (tx, rx) = mpsc::channel();
@@ -270,17 +231,15 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
             let _ = tx.send(client.wait_process(&id, INIT_EXEC_ID));
         });
     }
-    let mut vm_alive = true;
     let wait_span = tracing::info_span!("container.wait", id = id.as_str()).entered();
     let status = loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(Ok(exit)) => break exit.status,
             Ok(Err(e)) => {
                 // Usually the VM went away; give the VMM a moment to exit.
-                if let Ok(Some(st)) = sandbox.vm_mut().wait_timeout(Duration::from_secs(2)) {
-                    vm_alive = false;
-                    tracing::warn!("the VMM exited ({st}) under container {id}");
-                    break vm_lost_status(st);
+                if let Some(status) = pod.wait_exit(Duration::from_secs(2)) {
+                    tracing::warn!("the VMM exited under container {id}");
+                    break status;
                 }
                 tracing::error!("WaitProcess for container {id}: {e}");
                 break VM_LOST_STATUS;
@@ -288,10 +247,9 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break VM_LOST_STATUS,
         }
-        if let Ok(Some(st)) = sandbox.vm_mut().try_wait() {
-            vm_alive = false;
-            tracing::warn!("the VMM exited ({st}) under container {id}");
-            break vm_lost_status(st);
+        if let Some(status) = pod.poll_exit() {
+            tracing::warn!("the VMM exited under container {id}");
+            break status;
         }
         if TERMINATE.load(Ordering::Relaxed) {
             tracing::info!("monitor of {id} terminated: stopping the VM");
@@ -299,61 +257,42 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
         }
     };
     drop(wait_span);
-    if vm_alive && !TERMINATE.load(Ordering::Relaxed) {
-        relay.finish(Duration::from_secs(5));
-    } else {
-        relay.finish(Duration::ZERO);
-    }
+    let vm_alive = pod.exit_status().is_none();
     let terminated = TERMINATE.load(Ordering::Relaxed);
+    relay.finish(if vm_alive && !terminated {
+        Duration::from_secs(5)
+    } else {
+        Duration::ZERO
+    });
     if !terminated {
         // When terminated, `delete` holds the lock and removes the state.
         record_exit(&opts.paths, status);
     }
-    // An OOM kill in the guest, to be shown on the host cgroup below.
-    let guest_oom = vm_alive
+    // An OOM kill in the guest, to be shown on the host cgroup.
+    if vm_alive
         && !terminated
         && memory_limited
-        && cgroup.is_some()
         && client
             .stats_container(&id)
-            .is_ok_and(|s| s.memory_oom_kill > 0);
+            .is_ok_and(|s| s.memory_oom_kill > 0)
+    {
+        pod.raise_guest_oom();
+    }
     if vm_alive && crate::trace::file().is_some() {
         match client.trace() {
-            Ok(spans) => crate::trace::add_guest(&spans, sandbox.vm().pid()),
+            Ok(spans) => crate::trace::add_guest(&spans, pod.pid()),
             Err(e) => tracing::warn!("reading the guest's trace: {e}"),
         }
     }
     if vm_alive && !terminated {
-        let _span = tracing::info_span!("sandbox.shutdown").entered();
-        if let Err(e) = sandbox.shutdown(Duration::from_secs(15)) {
-            tracing::warn!("shutting the VM of {id} down: {e}");
-        }
+        pod.shutdown(Duration::from_secs(15));
     } else {
-        drop(sandbox);
+        pod.kill();
     }
     if let Err(e) = SharedDir::open(&opts.paths.dir()).teardown() {
         tracing::warn!("removing the shared directory of {id}: {e}");
     }
-    if let Some(cg) = cgroup {
-        if let Err(e) = cg.leave() {
-            tracing::warn!("leaving the host cgroup of {id}: {e}");
-        }
-        if guest_oom {
-            match cg.raise_oom_event() {
-                Ok(seen) => tracing::info!(id, seen, "guest OOM kill raised on the host cgroup"),
-                Err(e) => tracing::warn!("raising the guest OOM kill of {id} on the host: {e}"),
-            }
-        }
-        if let Err(e) = cg.remove() {
-            tracing::warn!("removing the host cgroup of {id}: {e}");
-        }
-    }
     status
-}
-
-fn vm_lost_status(st: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    st.signal().map_or(VM_LOST_STATUS, |sig| 128 + sig)
 }
 
 /// Records the exit in `state.json` (best effort: `delete` may be removing

@@ -421,6 +421,25 @@ fn chmod_dir(path: &Path) -> io::Result<()> {
     dir.set_permissions(fs::Permissions::from_mode(DIR_MODE))
 }
 
+/// Lazily unmounts every mount at or under `dir`, deepest first, never
+/// through a symlink in the last component. Not for a sandbox's share
+/// (see [`super::share::SharedDir`]): for containerd's bundle rootfs.
+pub fn unmount_all(dir: &Path) {
+    for _ in 0..8 {
+        let mut left = mounts_under(dir);
+        if left.is_empty() {
+            return;
+        }
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in left {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: a NUL-terminated path that outlives the call.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

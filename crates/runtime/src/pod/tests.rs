@@ -1,0 +1,105 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::agent::fake::FakeAgent;
+
+fn started() -> Started {
+    Started {
+        vcpus: 1,
+        memory_mib: 128,
+        kind: "cold",
+        seconds: 0.0,
+    }
+}
+
+fn pod() -> (Pod, FakeVm, Arc<FakeAgent>) {
+    let vm = FakeVm::new();
+    let agent = Arc::new(FakeAgent::default());
+    let pod = Pod::from_parts(agent.clone(), Box::new(vm.clone()), started());
+    (pod, vm, agent)
+}
+
+#[test]
+fn a_vm_that_dies_gives_128_plus_its_signal_once() {
+    let (pod, vm, _) = pod();
+    assert_eq!(pod.poll_exit(), None);
+    assert_eq!(pod.exit_status(), None);
+    vm.die(libc::SIGKILL);
+    assert_eq!(pod.wait_exit(Duration::from_secs(5)), Some(137));
+    assert_eq!(pod.poll_exit(), Some(137));
+    assert_eq!(pod.exit_status(), Some(137));
+    assert!(!pod.is_shut_down());
+    // A later shutdown has nothing left to stop.
+    pod.shutdown(Duration::from_secs(1));
+    assert_eq!(vm.stops(), (0, 0));
+    assert_eq!(pod.exit_status(), Some(137));
+}
+
+#[test]
+fn shutdown_goes_through_the_guest_and_marks_the_pod() {
+    let (pod, vm, _) = pod();
+    pod.shutdown(Duration::from_secs(1));
+    assert!(pod.is_shut_down());
+    assert!(!vm.running());
+    assert_eq!(vm.stops(), (1, 0));
+    assert_eq!(pod.exit_status(), Some(VM_LOST_STATUS));
+    drop(pod);
+    assert_eq!(vm.stops(), (1, 0));
+}
+
+#[test]
+fn kill_and_drop_kill_the_vm() {
+    let (pod, vm, _) = pod();
+    pod.kill();
+    assert_eq!(vm.stops(), (0, 1));
+    let (pod, vm, _) = self::pod();
+    drop(pod);
+    assert_eq!(
+        vm.stops(),
+        (0, 1),
+        "a dropped pod never leaves its VM running"
+    );
+}
+
+#[test]
+fn wait_exit_times_out_while_the_vm_runs() {
+    let (pod, vm, _) = pod();
+    assert_eq!(pod.wait_exit(Duration::from_millis(20)), None);
+    let v = vm.clone();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        v.die(libc::SIGTERM);
+    });
+    assert_eq!(
+        pod.wait_exit(Duration::from_secs(10)),
+        Some(128 + libc::SIGTERM)
+    );
+    killer.join().unwrap();
+}
+
+#[test]
+fn the_guest_identity_keeps_only_dns_host_names() {
+    let id = guest_identity("sb1", Some("web-0.ns"), true).unwrap();
+    assert_eq!(id.hostname, "web-0.ns");
+    assert_eq!(id.sandbox_id, "sb1");
+    assert_eq!(
+        id.shared_tag.as_deref(),
+        Some(crate::container::paths::SHARED_TAG)
+    );
+    for bad in ["", "a b", "x;reboot", "h\n", "nacre.debug=1 x"] {
+        assert_eq!(
+            guest_identity("sb1", Some(bad), false).unwrap().hostname,
+            "",
+            "{bad:?}"
+        );
+    }
+    assert_eq!(guest_identity("sb1", None, false).unwrap().shared_tag, None);
+}
+
+#[test]
+fn lost_status_is_128_plus_the_signal_else_255() {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(lost_status(ExitStatus::from_raw(9)), 137);
+    assert_eq!(lost_status(ExitStatus::from_raw(1 << 8)), VM_LOST_STATUS);
+}
