@@ -23,10 +23,12 @@ const ATTEMPTS: u32 = 10;
 /// How long one forward may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// containerd's event endpoint (`TTRPC_ADDRESS`).
+/// containerd's event endpoint (`TTRPC_ADDRESS`), or a recorder of the
+/// topics published (for tests of the Task service).
 pub struct Publisher {
     address: String,
     client: tokio::sync::Mutex<Option<EventsClient>>,
+    recorded: Option<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Publisher {
@@ -36,12 +38,36 @@ impl Publisher {
         Ok(Self {
             address: address.to_string(),
             client: tokio::sync::Mutex::new(Some(client)),
+            recorded: None,
         })
+    }
+
+    /// A publisher that only records the topics it is given, in order.
+    pub fn recorder() -> Self {
+        Self {
+            address: String::new(),
+            client: tokio::sync::Mutex::new(None),
+            recorded: Some(std::sync::Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The topics a [`Publisher::recorder`] was given so far.
+    pub fn recorded(&self) -> Vec<String> {
+        self.recorded
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
     }
 
     /// Publishes `event` on `topic` in `namespace`; logs and drops it when
     /// containerd stays unreachable.
     pub async fn publish(&self, topic: &str, namespace: &str, event: Box<dyn MessageDyn>) {
+        if let Some(r) = &self.recorded {
+            r.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(topic.to_string());
+            return;
+        }
         let any = match containerd_shim::util::convert_to_any(event) {
             Ok(a) => a,
             Err(e) => {

@@ -58,7 +58,16 @@ struct Inner {
     exit: Arc<ExitSignal>,
     vm: tokio::sync::Mutex<Option<Arc<Vm>>>,
     containers: Mutex<HashMap<String, Container>>,
+    boot: Boot,
 }
+
+/// How the sandbox's VM is started on its first container's create:
+/// [`Vm::boot`], or a fake in unit tests.
+pub type Boot = Arc<
+    dyn Fn(&str, &Path, &Config, &crate::config::VmShape, &crate::podnet::PodSpec) -> Result<Vm>
+        + Send
+        + Sync,
+>;
 
 type Result<T> = std::result::Result<T, ShimError>;
 
@@ -86,16 +95,40 @@ impl Service {
         publisher: Publisher,
         exit: Arc<ExitSignal>,
     ) -> Self {
+        let boot: Boot = Arc::new(Vm::boot);
+        Self::with_boot(
+            namespace,
+            sandbox_id,
+            layout::sandbox_dir(namespace, sandbox_id),
+            config,
+            publisher,
+            exit,
+            boot,
+        )
+    }
+
+    /// [`Service::new`] with the sandbox directory and the VM start
+    /// given: what the unit tests drive with a fake agent.
+    pub fn with_boot(
+        namespace: &str,
+        sandbox_id: &str,
+        sandbox_dir: PathBuf,
+        config: std::result::Result<Config, String>,
+        publisher: Publisher,
+        exit: Arc<ExitSignal>,
+        boot: Boot,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
                 sandbox_id: sandbox_id.to_string(),
-                sandbox_dir: layout::sandbox_dir(namespace, sandbox_id),
+                sandbox_dir,
                 config,
                 publisher,
                 exit,
                 vm: tokio::sync::Mutex::new(None),
                 containers: Mutex::new(HashMap::new()),
+                boot,
             }),
         }
     }
@@ -359,8 +392,8 @@ impl Inner {
                     (self.sandbox_dir.clone(), config.clone(), shape.clone());
                 let pod = crate::podnet::PodSpec::load(bundle);
                 let id = cid.to_string();
-                let vm =
-                    Arc::new(blocking(move || Vm::boot(&id, &dir, &config, &shape, &pod)).await?);
+                let boot = self.boot.clone();
+                let vm = Arc::new(blocking(move || boot(&id, &dir, &config, &shape, &pod)).await?);
                 *guard = Some(vm.clone());
                 spawn_watchdog(self.clone(), vm.clone());
                 spawn_oom_poller(self.clone(), vm.clone());
@@ -616,8 +649,10 @@ impl Inner {
     }
 
     async fn start(self: &Arc<Self>, req: StartRequest) -> Result<StartResponse> {
-        let (vm, client) = self.client().await?;
         let (cid, exec_id) = (req.id.clone(), req.exec_id.clone());
+        // An unknown task is NotFound whether or not a VM runs.
+        self.with_process(&cid, &exec_id, |_| Ok(()))?;
+        let (vm, client) = self.client().await?;
         if exec_id.is_empty() {
             let pid = self.with_process(&cid, "", |p| match p.status {
                 Status::CREATED => Ok(p.pid),
@@ -842,12 +877,18 @@ impl Inner {
         let id = cid.clone();
         let vm2 = vm.clone();
         blocking(move || {
-            if let Some(vm) = vm2.filter(|v| v.exit_status().is_none()) {
-                if let Err(e) = vm.client().remove_container(&id) {
-                    tracing::warn!(cid = id, "removing the container in the VM: {e}");
+            match vm2 {
+                Some(vm) if vm.exit_status().is_none() => {
+                    if let Err(e) = vm.client().remove_container(&id) {
+                        tracing::warn!(cid = id, "removing the container in the VM: {e}");
+                    }
+                    if let Err(e) = vm.share().remove_container(&id) {
+                        tracing::warn!(cid = id, "removing the container's share: {e}");
+                    }
                 }
+                // The VM is gone: its sandbox directory is being removed.
+                _ => remove_share(&share),
             }
-            remove_share(&share);
             if let Some(r) = rootfs {
                 mounts::unmount_all(&r);
             }
@@ -1270,3 +1311,6 @@ impl containerd_shim::Task for Service {
         Ok(Empty::new())
     }
 }
+
+#[cfg(test)]
+mod tests;

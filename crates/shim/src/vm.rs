@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use nacre_runtime::agent::AgentClient;
 use nacre_runtime::container::share::SharedDir;
+use nacre_runtime::container::spec::Bundle;
+use nacre_runtime::container::ContainerError;
 use nacre_runtime::host_cgroup::HostLimits;
 use nacre_runtime::image::locate_vmm;
 use nacre_runtime::pod::{self, Pod, PodCgroup, PodNetworkOptions, PodOptions, Started};
@@ -18,11 +20,31 @@ use crate::config::{Config, VmShape};
 use crate::error::ShimError;
 use crate::podnet::PodSpec;
 
+/// Where a sandbox's containers are shared with its VM: the sandbox
+/// directory's [`SharedDir`] (bind mounts), or nothing in unit tests.
+pub trait ContainerShare: Send + Sync + std::fmt::Debug {
+    /// Shares container `cid`'s rootfs and bind volumes.
+    fn bind_container(&self, bundle: &Bundle, cid: &str) -> Result<(), ContainerError>;
+    /// Unshares container `cid`.
+    fn remove_container(&self, cid: &str) -> Result<(), ContainerError>;
+}
+
+impl ContainerShare for SharedDir {
+    fn bind_container(&self, bundle: &Bundle, cid: &str) -> Result<(), ContainerError> {
+        SharedDir::bind_container(self, bundle, cid)
+    }
+
+    fn remove_container(&self, cid: &str) -> Result<(), ContainerError> {
+        SharedDir::remove_container(self, cid)
+    }
+}
+
 /// One booted sandbox VM.
 #[derive(Debug)]
 pub struct Vm {
     pod: Pod,
     dir: PathBuf,
+    share: Arc<dyn ContainerShare>,
 }
 
 impl Vm {
@@ -84,7 +106,7 @@ impl Vm {
             },
         };
         match Pod::start(options) {
-            Ok(pod) => Ok(Self::from_pod(pod, dir)),
+            Ok(pod) => Ok(Self::from_pod(pod, dir, Arc::new(SharedDir::open(dir)))),
             Err(e) => {
                 pod::remove_sandbox_dir(dir);
                 Err(match e {
@@ -95,11 +117,13 @@ impl Vm {
         }
     }
 
-    /// The VM of `pod`, served from the sandbox directory `dir`.
-    pub fn from_pod(pod: Pod, dir: &Path) -> Self {
+    /// The VM of `pod`, served from the sandbox directory `dir`, its
+    /// containers shared through `share`.
+    pub fn from_pod(pod: Pod, dir: &Path, share: Arc<dyn ContainerShare>) -> Self {
         Self {
             pod,
             dir: dir.to_path_buf(),
+            share,
         }
     }
 
@@ -123,9 +147,9 @@ impl Vm {
         self.pod.pid()
     }
 
-    /// The sandbox's shared directory (virtio-fs share) on the host.
-    pub fn share(&self) -> SharedDir {
-        SharedDir::open(&self.dir)
+    /// Where the sandbox's containers are shared with the VM.
+    pub fn share(&self) -> Arc<dyn ContainerShare> {
+        Arc::clone(&self.share)
     }
 
     /// The status tasks get when the VM went away under them (see

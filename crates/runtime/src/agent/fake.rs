@@ -6,7 +6,8 @@
 //! through [`FakeAgent::set_output`]; stdin written is recorded.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use nacre_protocol::ttrpc::Code;
@@ -46,6 +47,8 @@ pub struct FakeContainer {
     pub processes: HashMap<String, FakeProcess>,
     /// The last resources JSON given to update.
     pub resources: Option<Vec<u8>>,
+    /// Its cgroup's OOM kill count (`memory.events` `oom_kill`).
+    pub oom_kills: u64,
 }
 
 /// An in-memory agent: answers from its fields and records the calls.
@@ -60,6 +63,13 @@ pub struct FakeAgent {
     pub fail_with: Option<String>,
     /// The status a process exits with when waited for without a signal.
     pub exit_status: i32,
+    /// `wait_process` blocks until the process ends (a killing signal or
+    /// [`FakeAgent::exit`]) or the agent is gone
+    /// ([`FakeAgent::disconnect`]), as the real agent's does; else it
+    /// returns at once with [`FakeAgent::exit_status`].
+    pub block_waits: bool,
+    disconnected: AtomicBool,
+    changed: Condvar,
     calls: Mutex<Vec<&'static str>>,
     containers: Mutex<HashMap<String, FakeContainer>>,
     next_pid: Mutex<u32>,
@@ -80,6 +90,9 @@ impl Default for FakeAgent {
             health: HealthStatus::Serving,
             fail_with: None,
             exit_status: 0,
+            block_waits: false,
+            disconnected: AtomicBool::new(false),
+            changed: Condvar::new(),
             calls: Mutex::new(Vec::new()),
             containers: Mutex::new(HashMap::new()),
             next_pid: Mutex::new(100),
@@ -92,6 +105,15 @@ fn status(rpc: &'static str, code: Code, message: String) -> AgentClientError {
 }
 
 impl FakeAgent {
+    /// A fake whose `wait_process` blocks as the real agent's does (see
+    /// [`FakeAgent::block_waits`]).
+    pub fn blocking() -> Self {
+        Self {
+            block_waits: true,
+            ..Self::default()
+        }
+    }
+
     /// The RPCs called so far, in order (e.g. `"Agent.Shutdown"`).
     pub fn calls(&self) -> Vec<&'static str> {
         self.calls
@@ -117,6 +139,48 @@ impl FakeAgent {
         }
     }
 
+    /// Ends process `exec_id` of `id` with `status` (a blocked
+    /// `wait_process` returns it).
+    pub fn exit(&self, id: &str, exec_id: &str, status: i32) {
+        let mut containers = self.containers();
+        if let Some(c) = containers.get_mut(id) {
+            if let Some(p) = c.processes.get_mut(exec_id) {
+                p.exit.get_or_insert(status);
+            }
+            if exec_id.is_empty() {
+                c.status = ContainerStatus::Stopped;
+            }
+        }
+        drop(containers);
+        self.changed.notify_all();
+    }
+
+    /// The OOM killer of container `id`'s cgroup kills process
+    /// `exec_id` (SIGKILL: status 137).
+    pub fn oom_kill(&self, id: &str, exec_id: &str) {
+        if let Some(c) = self.containers().get_mut(id) {
+            c.oom_kills += 1;
+        }
+        self.exit(id, exec_id, 137);
+    }
+
+    /// The connection is gone (the VM died): every call fails from now
+    /// on, blocked ones included.
+    pub fn disconnect(&self) {
+        self.disconnected.store(true, Ordering::SeqCst);
+        let _guard = self.containers();
+        self.changed.notify_all();
+    }
+
+    fn gone(rpc: &'static str) -> AgentClientError {
+        AgentClientError::Transport {
+            rpc,
+            source: Box::new(nacre_protocol::ttrpc::Error::Others(
+                "the connection to the agent closed".into(),
+            )),
+        }
+    }
+
     fn containers(&self) -> MutexGuard<'_, HashMap<String, FakeContainer>> {
         self.containers
             .lock()
@@ -134,6 +198,9 @@ impl FakeAgent {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(rpc);
+        if self.disconnected.load(Ordering::SeqCst) {
+            return Err(Self::gone(rpc));
+        }
         match &self.fail_with {
             Some(message) => Err(AgentClientError::Unsupported {
                 rpc,
@@ -245,6 +312,7 @@ impl AgentClient for FakeAgent {
                 status: ContainerStatus::Created,
                 processes: HashMap::from([(String::new(), init)]),
                 resources: None,
+                oom_kills: 0,
             },
         );
         Ok(pid)
@@ -306,24 +374,46 @@ impl AgentClient for FakeAgent {
         container_id: &str,
         exec_id: &str,
     ) -> Result<ProcessExit, AgentClientError> {
-        let exit_status = self.exit_status;
-        self.with_container("Agent.WaitProcess", container_id, |c| {
+        const RPC: &str = "Agent.WaitProcess";
+        self.call(RPC)?;
+        let mut containers = self.containers();
+        loop {
+            if self.disconnected.load(Ordering::SeqCst) {
+                return Err(Self::gone(RPC));
+            }
+            let c = containers.get_mut(container_id).ok_or_else(|| {
+                status(
+                    RPC,
+                    Code::NOT_FOUND,
+                    format!("container {container_id}: not found"),
+                )
+            })?;
             let p = c.processes.get_mut(exec_id).ok_or_else(|| {
                 status(
-                    "Agent.WaitProcess",
+                    RPC,
                     Code::NOT_FOUND,
                     format!("container {container_id}: no process {exec_id:?}"),
                 )
             })?;
-            let exit = *p.exit.get_or_insert(exit_status);
+            let exit = match p.exit {
+                Some(exit) => exit,
+                None if !self.block_waits => *p.exit.get_or_insert(self.exit_status),
+                None => {
+                    containers = self
+                        .changed
+                        .wait(containers)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+            };
             if exec_id.is_empty() {
                 c.status = ContainerStatus::Stopped;
             }
-            Ok(ProcessExit {
+            return Ok(ProcessExit {
                 status: exit,
                 exited_at: SystemTime::now(),
-            })
-        })
+            });
+        }
     }
 
     fn signal_process(
@@ -364,7 +454,9 @@ impl AgentClient for FakeAgent {
                 }
             }
             Ok(())
-        })
+        })?;
+        self.changed.notify_all();
+        Ok(())
     }
 
     fn write_stdin(
@@ -481,6 +573,7 @@ impl AgentClient for FakeAgent {
             Ok(ContainerStats {
                 memory_usage_bytes: 1 << 20,
                 pids_current: running as u64,
+                memory_oom_kill: c.oom_kills,
                 ..ContainerStats::default()
             })
         })

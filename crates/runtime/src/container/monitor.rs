@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
-use crate::agent::{ClientOptions, Endpoint, TtrpcAgentClient, INIT_EXEC_ID};
+use crate::agent::{AgentClient, ClientOptions, Endpoint, TtrpcAgentClient, INIT_EXEC_ID};
 use crate::image::GuestImage;
 use crate::pod::{Pod, PodCgroup, PodError, PodOptions};
 use crate::sandbox::default_boot_timeout;
@@ -224,38 +224,8 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     let client = pod.agent();
     let relay = start_relay(Arc::clone(&client), &id, INIT_EXEC_ID, io, terminal);
 
-    let (tx, rx) = mpsc::channel();
-    {
-        let (client, id) = (Arc::clone(&client), id.clone());
-        std::thread::spawn(move || {
-            let _ = tx.send(client.wait_process(&id, INIT_EXEC_ID));
-        });
-    }
     let wait_span = tracing::info_span!("container.wait", id = id.as_str()).entered();
-    let status = loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Ok(exit)) => break exit.status,
-            Ok(Err(e)) => {
-                // Usually the VM went away; give the VMM a moment to exit.
-                if let Some(status) = pod.wait_exit(Duration::from_secs(2)) {
-                    tracing::warn!("the VMM exited under container {id}");
-                    break status;
-                }
-                tracing::error!("WaitProcess for container {id}: {e}");
-                break VM_LOST_STATUS;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break VM_LOST_STATUS,
-        }
-        if let Some(status) = pod.poll_exit() {
-            tracing::warn!("the VMM exited under container {id}");
-            break status;
-        }
-        if TERMINATE.load(Ordering::Relaxed) {
-            tracing::info!("monitor of {id} terminated: stopping the VM");
-            break 128 + libc::SIGKILL;
-        }
-    };
+    let status = supervise(&pod, &client, &id, &TERMINATE);
     drop(wait_span);
     let vm_alive = pod.exit_status().is_none();
     let terminated = TERMINATE.load(Ordering::Relaxed);
@@ -295,6 +265,44 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     status
 }
 
+/// Waits for the container's init to exit, for the VM to die under it or
+/// for `terminate` (SIGTERM from `nacre delete`), whichever comes first;
+/// returns the status to record: the init's, 128 + the signal that killed
+/// the VMM, or 128 + SIGKILL when terminated.
+fn supervise(pod: &Pod, client: &Arc<dyn AgentClient>, id: &str, terminate: &AtomicBool) -> i32 {
+    let (tx, rx) = mpsc::channel();
+    {
+        let (client, id) = (Arc::clone(client), id.to_string());
+        std::thread::spawn(move || {
+            let _ = tx.send(client.wait_process(&id, INIT_EXEC_ID));
+        });
+    }
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(exit)) => break exit.status,
+            Ok(Err(e)) => {
+                // Usually the VM went away; give the VMM a moment to exit.
+                if let Some(status) = pod.wait_exit(Duration::from_secs(2)) {
+                    tracing::warn!("the VMM exited under container {id}");
+                    break status;
+                }
+                tracing::error!("WaitProcess for container {id}: {e}");
+                break VM_LOST_STATUS;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break VM_LOST_STATUS,
+        }
+        if let Some(status) = pod.poll_exit() {
+            tracing::warn!("the VMM exited under container {id}");
+            break status;
+        }
+        if terminate.load(Ordering::Relaxed) {
+            tracing::info!("monitor of {id} terminated: stopping the VM");
+            break 128 + libc::SIGKILL;
+        }
+    }
+}
+
 /// Records the exit in `state.json` (best effort: `delete` may be removing
 /// the directory).
 fn record_exit(paths: &ContainerPaths, status: i32) {
@@ -311,5 +319,87 @@ fn record_exit(paths: &ContainerPaths, status: i32) {
             }
         }
         Err(e) => tracing::debug!("recording the exit: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::fake::FakeAgent;
+    use crate::pod::{FakeVm, Started};
+
+    fn running() -> (Pod, FakeVm, Arc<FakeAgent>, Arc<dyn AgentClient>) {
+        let agent = Arc::new(FakeAgent::blocking());
+        agent.create_container("c1", b"{}").unwrap();
+        agent.start_container("c1").unwrap();
+        let vm = FakeVm::new();
+        let started = Started {
+            vcpus: 1,
+            memory_mib: 128,
+            kind: "cold",
+            seconds: 0.0,
+        };
+        let pod = Pod::from_parts(agent.clone(), Box::new(vm.clone()), started);
+        let client = pod.agent();
+        (pod, vm, agent, client)
+    }
+
+    #[test]
+    fn the_init_exit_is_the_status() {
+        let (pod, vm, agent, client) = running();
+        let a = agent.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            a.exit("c1", "", 42);
+        });
+        assert_eq!(supervise(&pod, &client, "c1", &AtomicBool::new(false)), 42);
+        t.join().unwrap();
+        assert!(vm.running(), "the caller shuts the VM down");
+    }
+
+    #[test]
+    fn a_vm_killed_under_the_container_gives_128_plus_its_signal() {
+        let (pod, vm, agent, client) = running();
+        let v = vm.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            v.die(libc::SIGKILL);
+        });
+        assert_eq!(supervise(&pod, &client, "c1", &AtomicBool::new(false)), 137);
+        t.join().unwrap();
+        assert_eq!(pod.exit_status(), Some(137));
+        agent.disconnect();
+    }
+
+    #[test]
+    fn the_agent_connection_lost_with_the_vm_gives_its_status() {
+        let (pod, vm, agent, client) = running();
+        vm.die(libc::SIGSEGV);
+        agent.disconnect();
+        assert_eq!(
+            supervise(&pod, &client, "c1", &AtomicBool::new(false)),
+            128 + libc::SIGSEGV
+        );
+    }
+
+    #[test]
+    fn the_agent_failing_while_the_vm_runs_gives_255() {
+        let (pod, vm, agent, client) = running();
+        agent.disconnect();
+        assert_eq!(
+            supervise(&pod, &client, "c1", &AtomicBool::new(false)),
+            VM_LOST_STATUS
+        );
+        assert!(vm.running());
+    }
+
+    #[test]
+    fn terminate_stops_waiting_with_sigkill_status() {
+        let (pod, _vm, agent, client) = running();
+        assert_eq!(
+            supervise(&pod, &client, "c1", &AtomicBool::new(true)),
+            128 + libc::SIGKILL
+        );
+        agent.disconnect();
     }
 }

@@ -134,6 +134,7 @@ impl Pod {
         )?;
         start_span.record("kind", tracing::field::debug(&kind));
         drop(start_span);
+        tracing::info!(id = opts.id, ?kind, "sandbox started");
         match &kind {
             StartKind::Template(t) => tracing::info!(
                 id = opts.id,
