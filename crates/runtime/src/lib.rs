@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod network;
 pub mod pod;
 pub mod sandbox;
+pub mod stdio;
 pub mod template;
 pub mod testing;
 pub mod trace;

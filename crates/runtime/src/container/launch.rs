@@ -123,7 +123,9 @@ mod tests {
     use super::*;
 
     fn sh(script: &str) -> Command {
-        let mut c = Command::new("sh");
+        // bash: the sync fd may be above 9 when other tests hold
+        // descriptors, and dash's redirections take one digit only.
+        let mut c = Command::new("bash");
         // The fd number comes last ($2 after `--sync-fd`).
         c.arg("-c").arg(script).arg("sh");
         c

@@ -1,19 +1,16 @@
-//! Relaying one container process's stdio between host descriptors and
-//! the agent: host input → `WriteStdin` (EOF → `CloseStdin`),
-//! `ReadStdout`/`ReadStderr` → host output, and terminal window sizes →
-//! `ResizeTty`.
+//! The CLI's stdio ends: this process's own descriptors, or a pty slave
+//! whose master went to the console socket, relayed by the one relay
+//! ([`crate::stdio`]).
 
 use std::fs::File;
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::agent::AgentClient;
+use crate::stdio::{self, Ends, OutputEnd, ReaderInput};
 
-use super::console::{is_tty, make_raw, restore, window_size};
+use super::console::{is_tty, make_raw, restore};
 
 /// Where a process's stdio goes on the host.
 #[derive(Debug)]
@@ -27,8 +24,7 @@ pub enum HostIo {
 /// A running relay; [`Relay::finish`] waits for the output to drain.
 #[derive(Debug)]
 pub struct Relay {
-    outputs: Vec<JoinHandle<()>>,
-    done: Arc<AtomicBool>,
+    relay: Option<stdio::Relay>,
     saved_termios: Option<(RawFd, libc::termios)>,
 }
 
@@ -37,6 +33,10 @@ fn dup_file(fd: RawFd) -> Option<File> {
     let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
     // SAFETY: `new` is a fresh descriptor owned by nobody else.
     (new >= 0).then(|| unsafe { File::from_raw_fd(new) })
+}
+
+fn output(file: Option<File>) -> Option<OutputEnd> {
+    file.map(|f| Box::new(move || Box::new(f) as Box<dyn std::io::Write + Send>) as OutputEnd)
 }
 
 /// Starts relaying the process `exec_id` of `container_id`. With
@@ -49,107 +49,49 @@ pub fn start_relay(
     io: HostIo,
     terminal: bool,
 ) -> Relay {
-    let done = Arc::new(AtomicBool::new(false));
-    let (input, out, err, tty_fd, saved_termios) = match io {
+    let (input, out, err, window, saved_termios) = match io {
         HostIo::Inherited => {
-            let saved = if terminal && is_tty(0) {
+            let tty = terminal && is_tty(0);
+            let saved = if tty {
                 make_raw(0).ok().map(|t| (0, t))
             } else {
                 None
             };
-            let tty = (terminal && is_tty(0)).then_some(0);
-            (dup_file(0), dup_file(1), dup_file(2), tty, saved)
+            (
+                dup_file(0),
+                dup_file(1),
+                dup_file(2),
+                tty.then_some(0),
+                saved,
+            )
         }
         HostIo::Pty(slave) => {
             let fd = slave.as_raw_fd();
             let out = slave.try_clone().ok();
             let err = slave.try_clone().ok();
             let tty = dup_file(fd);
-            let tty_fd = tty.as_ref().map(AsRawFd::as_raw_fd);
+            let window = tty.as_ref().map(AsRawFd::as_raw_fd);
             // The dup lives as long as the process: leak it deliberately so
-            // the resize thread's descriptor stays valid.
+            // the window-size thread's descriptor stays valid.
             std::mem::forget(tty);
-            (Some(slave), out, err, tty_fd, None)
+            (Some(slave), out, err, window, None)
         }
     };
-    let id = container_id.to_string();
-    let exec = exec_id.to_string();
-
-    if let Some(mut input) = input {
-        let (agent, id, exec) = (Arc::clone(&agent), id.clone(), exec.clone());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match input.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if let Err(e) = agent.write_stdin(&id, &exec, &buf[..n]) {
-                            tracing::debug!("WriteStdin: {e}");
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        tracing::debug!("reading host stdin: {e}");
-                        break;
-                    }
-                }
-            }
-            if let Err(e) = agent.close_stdin(&id, &exec) {
-                tracing::debug!("CloseStdin: {e}");
-            }
-        });
-    }
-
-    let mut outputs = Vec::new();
-    let streams: [(bool, Option<File>); 2] =
-        [(true, out), (false, if terminal { None } else { err })];
-    for (is_stdout, sink) in streams {
-        let Some(mut sink) = sink else { continue };
-        let (agent, id, exec) = (Arc::clone(&agent), id.clone(), exec.clone());
-        outputs.push(std::thread::spawn(move || loop {
-            let read = if is_stdout {
-                agent.read_stdout(&id, &exec, 0)
-            } else {
-                agent.read_stderr(&id, &exec, 0)
-            };
-            match read {
-                Ok(data) if data.is_empty() => break,
-                Ok(data) => {
-                    if sink.write_all(&data).and_then(|()| sink.flush()).is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(is_stdout, "reading the process output: {e}");
-                    break;
-                }
-            }
-        }));
-    }
-
-    if let Some(fd) = tty_fd {
-        let (agent, done) = (Arc::clone(&agent), Arc::clone(&done));
-        std::thread::spawn(move || {
-            let mut last = None;
-            while !done.load(Ordering::Relaxed) {
-                let size = window_size(fd);
-                if size.is_some() && size != last {
-                    if let Some((rows, cols)) = size {
-                        match agent.resize_tty(&id, &exec, rows.into(), cols.into()) {
-                            Ok(()) => last = size,
-                            Err(e) => tracing::debug!("ResizeTty: {e}"),
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-        });
-    }
-
+    let ends = Ends {
+        stdin: input.map(|f| Box::new(ReaderInput(f)) as _),
+        stdout: output(out),
+        stderr: if terminal { None } else { output(err) },
+        window,
+    };
+    let relay = match stdio::start(&agent, container_id, exec_id, ends) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(container_id, exec_id, "starting the stdio relay: {e}");
+            None
+        }
+    };
     Relay {
-        outputs,
-        done,
+        relay,
         saved_termios,
     }
 }
@@ -158,16 +100,10 @@ impl Relay {
     /// Waits up to `timeout` for the output streams to end, then stops the
     /// window-size watcher and restores the host terminal.
     pub fn finish(self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        for h in self.outputs {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if h.is_finished() {
-                let _ = h.join();
-            }
+        if let Some(relay) = &self.relay {
+            relay.wait_outputs(timeout);
+            relay.stop();
         }
-        self.done.store(true, Ordering::Relaxed);
         if let Some((fd, saved)) = self.saved_termios {
             restore(fd, &saved);
         }
