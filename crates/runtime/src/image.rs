@@ -15,7 +15,7 @@ pub const DEFAULT_INITRD: &str = "/usr/local/share/nacre/initrd.cpio";
 pub const VMM_BINARY: &str = "nacre-vmm";
 
 /// A guest kernel and initrd that boot together.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuestImage {
     pub kernel: PathBuf,
     pub initrd: PathBuf,

@@ -115,7 +115,7 @@ impl Sandbox {
         vmm: &Path,
         template: &Path,
         image: &GuestImage,
-        shared_dirs: &[(String, PathBuf)],
+        shared_dirs: &[nacre_vmm_api::SharedDir],
         nets: &[VmNet],
         dir: &Path,
         host: &HostPlacement,

@@ -31,7 +31,7 @@ pub struct VmSpec {
     pub extra_cmdline: Option<String>,
     /// Host directories served to the guest over virtio-fs, as (tag, path)
     /// (`nacre-vmm --shared-dir TAG=PATH`).
-    pub shared_dirs: Vec<(String, PathBuf)>,
+    pub shared_dirs: Vec<SharedDir>,
     /// virtio-net devices on tap descriptors this process holds
     /// (`nacre-vmm --net fd=N,...`; see [`crate::network::PodNetwork::vm_nets`]).
     pub nets: Vec<VmNet>,
@@ -229,15 +229,6 @@ fn net_args(nets: &[VmNet]) -> Result<(Vec<NetArg>, Vec<std::os::fd::RawFd>), Vm
     Ok((args, nets.iter().filter_map(|n| n.fd).collect()))
 }
 
-/// The `--shared-dir` devices. Every share keeps the VMM's default cache
-/// mode (auto: the host may change files); a share that only its guest
-/// changes could use `CacheMode::Always` here.
-fn shares(dirs: &[(String, PathBuf)]) -> Vec<SharedDir> {
-    dirs.iter()
-        .map(|(tag, path)| SharedDir::new(tag.clone(), path.clone()))
-        .collect()
-}
-
 impl VmProcess {
     /// Creates `dir` (which must not exist) and starts the VMM in it.
     pub fn spawn(vmm: &Path, spec: &VmSpec, dir: &Path) -> Result<Self, VmError> {
@@ -246,7 +237,7 @@ impl VmProcess {
             vcpus: spec.vcpus,
             memory_mib: u64::from(spec.memory_mib),
             cmdline: spec.extra_cmdline.clone().unwrap_or_default(),
-            shared_dirs: shares(&spec.shared_dirs),
+            shared_dirs: spec.shared_dirs.clone(),
             nets,
             ..VmmArgs::boot(&spec.image.kernel, &spec.image.initrd)
         };
@@ -262,14 +253,14 @@ impl VmProcess {
         vmm: &Path,
         template: &Path,
         image: &GuestImage,
-        shared_dirs: &[(String, PathBuf)],
+        shared_dirs: &[SharedDir],
         nets: &[VmNet],
         dir: &Path,
         host: &HostPlacement,
     ) -> Result<Self, VmError> {
         let (nets, fds) = net_args(nets)?;
         let args = VmmArgs {
-            shared_dirs: shares(shared_dirs),
+            shared_dirs: shared_dirs.to_vec(),
             nets,
             ..VmmArgs::restore(template, &image.kernel, &image.initrd)
         };

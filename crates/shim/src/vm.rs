@@ -12,7 +12,7 @@ use nacre_runtime::container::spec::Bundle;
 use nacre_runtime::container::ContainerError;
 use nacre_runtime::host_cgroup::HostLimits;
 use nacre_runtime::image::locate_vmm;
-use nacre_runtime::pod::{self, Pod, PodCgroup, PodNetworkOptions, PodOptions, Started};
+use nacre_runtime::pod::{self, CacheMode, Pod, PodCgroup, PodNetworkOptions, PodOptions, Started};
 use nacre_runtime::sandbox::default_boot_timeout;
 use nacre_runtime::template::TemplateStore;
 
@@ -80,6 +80,9 @@ impl Vm {
             kernel_params: shape.extra_cmdline(),
             vm_dir: dir.join("vm"),
             share: Some(shared.shared()),
+            // Every container's rootfs and volumes share one directory:
+            // volumes may change on the host, so close-to-open.
+            share_cache: CacheMode::Auto,
             // The VMM runs in the sandbox's host cgroup (the pod's, under
             // kubelet): its memory and CPU are the pod's.
             cgroup: spec.cgroups_path.clone().map(|path| PodCgroup {

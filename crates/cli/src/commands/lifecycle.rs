@@ -8,7 +8,7 @@ use nacre_runtime::config::Config;
 use nacre_runtime::container::launch::Reporter;
 use nacre_runtime::container::monitor::{run_monitor, MonitorOptions};
 use nacre_runtime::container::{ops, parse_signal};
-use nacre_runtime::image::{locate_vmm, GuestImage};
+use nacre_runtime::image::locate_vmm;
 
 use super::{exit_code, paths, IdArg};
 use crate::Global;
@@ -79,28 +79,9 @@ pub struct DeleteArgs {
 #[derive(clap::Args, Debug)]
 pub struct MonitorArgs {
     pub id: String,
+    /// `MonitorOptions` as JSON.
     #[arg(long)]
-    pub bundle: PathBuf,
-    #[arg(long)]
-    pub vmm: PathBuf,
-    #[arg(long)]
-    pub kernel: PathBuf,
-    #[arg(long)]
-    pub initrd: PathBuf,
-    #[arg(long)]
-    pub console_socket: Option<PathBuf>,
-    #[arg(long)]
-    pub pid_file: Option<PathBuf>,
-    #[arg(long, default_value_t = 256)]
-    pub memory_mib: u32,
-    #[arg(long, default_value_t = 1)]
-    pub vcpus: u8,
-    #[arg(long)]
-    pub kernel_params: Option<String>,
-    #[arg(long)]
-    pub no_templates: bool,
-    #[arg(long)]
-    pub shared_fs: bool,
+    pub options: String,
     #[arg(long)]
     pub sync_fd: Option<i32>,
 }
@@ -171,39 +152,26 @@ fn create_inner(g: &Global, a: &CreateArgs) -> Result<std::process::Child> {
         config.container_shape(&bundle.annotations, bundle.memory_limit, bundle.cpu_limit)?;
     let image = config.guest_image()?;
     let vmm = locate_vmm()?;
+    let options = MonitorOptions {
+        bundle_dir: absolute(&a.bundle)?,
+        vmm: vmm.clone(),
+        image,
+        vcpus: shape.vcpus,
+        memory_mib: shape.memory_mib,
+        kernel_params: shape.extra_cmdline(),
+        console_socket: a.console_socket.as_deref().map(absolute).transpose()?,
+        pid_file: a.pid_file.as_deref().map(absolute).transpose()?,
+        shared_fs: vmm_has_shared_dir(&vmm),
+        templates: config.vm.templates,
+    };
     let mut cmd = Command::new(std::env::current_exe().context("finding the nacre binary")?);
     global_args(g, &mut cmd)?;
     cmd.arg("monitor")
         .arg(&a.id)
-        .arg("--bundle")
-        .arg(absolute(&a.bundle)?)
-        .arg("--vmm")
-        .arg(&vmm)
-        .arg("--kernel")
-        .arg(&image.kernel)
-        .arg("--initrd")
-        .arg(&image.initrd)
-        .arg("--vcpus")
-        .arg(shape.vcpus.to_string())
-        .arg("--memory-mib")
-        .arg(shape.memory_mib.to_string());
-    if let Some(params) = shape.extra_cmdline() {
-        cmd.arg("--kernel-params").arg(params);
-    }
-    if !config.vm.templates {
-        cmd.arg("--no-templates");
-    }
-    if vmm_has_shared_dir(&vmm) {
-        cmd.arg("--shared-fs");
-    }
-    if let Some(s) = &a.console_socket {
-        cmd.arg("--console-socket").arg(absolute(s)?);
-    }
-    if let Some(p) = &a.pid_file {
-        cmd.arg("--pid-file").arg(absolute(p)?);
-    }
+        .arg("--options")
+        .arg(serde_json::to_string(&options).context("encoding the monitor's options")?);
     tracing::debug!(?cmd, "starting the monitor");
-    Ok(ops::create(&paths, &a.bundle, cmd)?)
+    Ok(ops::create(&paths, &bundle, cmd)?)
 }
 
 pub fn create(g: &Global, a: &CreateArgs) -> Result<i32> {
@@ -267,18 +235,7 @@ pub fn monitor(g: &Global, a: &MonitorArgs) -> Result<i32> {
         Some(fd) => unsafe { Reporter::from_raw_fd(fd) },
         None => Reporter::none(),
     };
-    let opts = MonitorOptions {
-        paths: paths(g, &a.id)?,
-        bundle_dir: a.bundle.clone(),
-        vmm: a.vmm.clone(),
-        image: GuestImage::checked(a.kernel.clone(), a.initrd.clone())?,
-        vcpus: a.vcpus,
-        memory_mib: a.memory_mib,
-        kernel_params: a.kernel_params.clone(),
-        console_socket: a.console_socket.clone(),
-        pid_file: a.pid_file.clone(),
-        shared_fs: a.shared_fs,
-        templates: !a.no_templates,
-    };
-    Ok(run_monitor(&opts, &mut reporter))
+    let opts: MonitorOptions =
+        serde_json::from_str(&a.options).context("reading the monitor's --options")?;
+    Ok(run_monitor(&paths(g, &a.id)?, &opts, &mut reporter))
 }

@@ -18,6 +18,7 @@ use crate::image::GuestImage;
 use crate::pod::{Pod, PodCgroup, PodError, PodOptions};
 use crate::sandbox::default_boot_timeout;
 use crate::template::TemplateStore;
+use nacre_vmm_api::CacheMode;
 
 use super::console::{open_pty, send_console};
 use super::launch::Reporter;
@@ -33,10 +34,11 @@ use crate::host_cgroup::{HostLimits, VMM_OVERHEAD_MIB};
 /// Exit status recorded when the VM died under the container.
 pub use crate::pod::VM_LOST_STATUS;
 
-/// What the monitor of one container needs.
-#[derive(Debug, Clone)]
+/// What the monitor of one container is started with: one serialised
+/// value (`nacre create` passes it as JSON, `nacre monitor --options`),
+/// not a flag per field.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MonitorOptions {
-    pub paths: ContainerPaths,
     pub bundle_dir: PathBuf,
     pub vmm: PathBuf,
     pub image: GuestImage,
@@ -117,21 +119,25 @@ struct Running {
     terminal: bool,
 }
 
-fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
-    let _span = tracing::info_span!("monitor.setup", id = opts.paths.id()).entered();
-    let paths = &opts.paths;
+fn setup(paths: &ContainerPaths, opts: &MonitorOptions) -> Result<Running, ContainerError> {
+    let _span = tracing::info_span!("monitor.setup", id = paths.id()).entered();
+    let image = GuestImage::checked(opts.image.kernel.clone(), opts.image.initrd.clone())
+        .map_err(|e| ContainerError::Monitor(e.to_string()))?;
     let bundle = Bundle::load(&opts.bundle_dir)?;
     let io = console_io(opts.console_socket.as_deref())?;
     let pod = Pod::start(PodOptions {
         id: paths.id().to_string(),
         hostname: bundle.hostname.clone(),
         vmm: opts.vmm.clone(),
-        image: opts.image.clone(),
+        image,
         vcpus: opts.vcpus,
         memory_mib: opts.memory_mib,
         kernel_params: opts.kernel_params.clone(),
         vm_dir: paths.vm_dir(),
         share: opts.shared_fs.then(|| paths.shared_dir()),
+        // The container's rootfs and its volumes share one directory:
+        // volumes may change on the host, so close-to-open.
+        share_cache: CacheMode::Auto,
         // The VMM is the container's process on the host: it goes where
         // runc would put the container (`linux.cgroupsPath`), limited to
         // the VM's memory plus the VMM's overhead when the container has a
@@ -204,23 +210,23 @@ fn setup(opts: &MonitorOptions) -> Result<Running, ContainerError> {
 }
 
 /// Runs the monitor to the end; returns the exit status to exit with.
-pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
+pub fn run_monitor(paths: &ContainerPaths, opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     install_signal_handlers();
     let Running {
         pod,
         memory_limited,
         io,
         terminal,
-    } = match setup(opts) {
+    } = match setup(paths, opts) {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!("creating container {}: {e}", opts.paths.id());
+            tracing::error!("creating container {}: {e}", paths.id());
             reporter.fail(&e.to_string());
             return 1;
         }
     };
     reporter.ok();
-    let id = opts.paths.id().to_string();
+    let id = paths.id().to_string();
     let client = pod.agent();
     let relay = start_relay(Arc::clone(&client), &id, INIT_EXEC_ID, io, terminal);
 
@@ -236,7 +242,7 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     });
     if !terminated {
         // When terminated, `delete` holds the lock and removes the state.
-        record_exit(&opts.paths, status);
+        record_exit(paths, status);
     }
     // An OOM kill in the guest, to be shown on the host cgroup.
     if vm_alive
@@ -259,7 +265,7 @@ pub fn run_monitor(opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
     } else {
         pod.kill();
     }
-    if let Err(e) = SharedDir::open(&opts.paths.dir()).teardown() {
+    if let Err(e) = SharedDir::open(&paths.dir()).teardown() {
         tracing::warn!("removing the shared directory of {id}: {e}");
     }
     status

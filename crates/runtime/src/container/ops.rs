@@ -35,14 +35,13 @@ pub const NOT_RUNNING: &str = "container not running";
 /// failure nothing is left behind. Returns the monitor, running detached.
 pub fn create(
     paths: &ContainerPaths,
-    bundle_dir: &Path,
+    bundle: &Bundle,
     monitor: Command,
 ) -> Result<Child, ContainerError> {
     let dir = paths.dir();
     if dir.exists() {
         return Err(ContainerError::Exists(paths.id().into()));
     }
-    let bundle = Bundle::load(bundle_dir)?;
     ensure_private_dir(paths.root()).map_err(ContainerError::io("creating", paths.root()))?;
     if let Err(e) = create_private_dir(&dir) {
         return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -69,7 +68,7 @@ pub fn create(
     }
     let result = (|| {
         let _lock = DirLock::acquire(&dir, paths.id())?;
-        SharedDir::create(&dir)?.bind_container(&bundle, paths.id())?;
+        SharedDir::create(&dir)?.bind_container(bundle, paths.id())?;
         launch_detached(monitor)
     })();
     if result.is_err() {

@@ -34,6 +34,7 @@ use crate::template::{mark_restored, start_sandbox, StartKind};
 use crate::vm::HostPlacement;
 
 pub use dir::remove_sandbox_dir;
+pub use nacre_vmm_api::CacheMode;
 pub use options::{guest_identity, PodCgroup, PodNetworkOptions, PodOptions};
 pub use vm::{FakeVm, PodVm};
 

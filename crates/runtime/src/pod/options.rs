@@ -12,6 +12,7 @@ use crate::image::GuestImage;
 use crate::network::{GuestNetwork, NetworkModel, PodNetwork};
 use crate::template::TemplateStore;
 use crate::vm::VmSpec;
+use nacre_vmm_api::{CacheMode, SharedDir};
 
 /// Everything [`super::Pod::start`] needs.
 #[derive(Debug, Clone)]
@@ -32,6 +33,10 @@ pub struct PodOptions {
     /// The host directory served to the guest over virtio-fs as its
     /// shared directory, if any.
     pub share: Option<PathBuf>,
+    /// How the guest may cache the share's file data. A share that holds
+    /// host-changed files (volumes) needs `Auto`; one only its guest
+    /// changes (a rootfs alone) may take `Always`.
+    pub share_cache: CacheMode,
     /// The host cgroup the VMM runs in.
     pub cgroup: Option<PodCgroup>,
     /// The spec's `process.oomScoreAdj` (the VMM's is never below 0).
@@ -90,7 +95,11 @@ impl PodOptions {
             shared_dirs: self
                 .share
                 .iter()
-                .map(|dir| (SHARED_TAG.to_string(), dir.clone()))
+                .map(|dir| SharedDir {
+                    tag: SHARED_TAG.to_string(),
+                    path: dir.clone(),
+                    cache: self.share_cache,
+                })
                 .collect(),
             ..VmSpec::new(self.image.clone())
         }

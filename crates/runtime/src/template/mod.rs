@@ -173,8 +173,8 @@ impl TemplateStore {
             format!("memory_mib={}", spec.memory_mib),
             format!("cmdline={}", spec.extra_cmdline.as_deref().unwrap_or("")),
         ];
-        for (tag, _) in &spec.shared_dirs {
-            text.push(format!("share={tag}"));
+        for share in &spec.shared_dirs {
+            text.push(format!("share={}", share.tag));
         }
         for net in &spec.nets {
             text.push(format!("net=mtu:{}", net.mtu.unwrap_or(0)));
@@ -348,7 +348,7 @@ impl TemplateStore {
         fs::create_dir(&empty).map_err(dir_err(&empty))?;
         let mut template_spec = spec.clone();
         for share in &mut template_spec.shared_dirs {
-            share.1 = empty.clone();
+            share.path = empty.clone();
         }
         template_spec.nets = net::template_nets(&spec.nets);
         // The template is shared by every pod: its VM is charged to no
@@ -531,7 +531,9 @@ mod tests {
         bigger.memory_mib = 512;
         assert_ne!(TemplateStore::key(&vmm, &bigger).unwrap_or_default(), k1);
         let mut shared = s.clone();
-        shared.shared_dirs.push(("nacre".into(), dir.clone()));
+        shared
+            .shared_dirs
+            .push(nacre_vmm_api::SharedDir::new("nacre", dir.clone()));
         assert_ne!(TemplateStore::key(&vmm, &shared).unwrap_or_default(), k1);
         // Network devices count by number and MTU, not by tap or MAC.
         let net = |fd, mac: &str, mtu| crate::vm::VmNet {
