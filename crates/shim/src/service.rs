@@ -25,10 +25,11 @@ use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::protos::ttrpc::Result as TtrpcResult;
 use containerd_shim::protos::types::empty::Empty;
 use nacre_runtime::agent::AgentClient;
-use nacre_runtime::container::paths::{validate_id, ContainerPaths};
+use nacre_runtime::container::paths::validate_id;
 use nacre_runtime::container::pod_ns::{self, NsHolder};
 use nacre_runtime::container::share::SharedDir;
 use nacre_runtime::container::spec::Bundle;
+use nacre_runtime::pod::{CreateError, Joins};
 
 use crate::config::Config;
 use crate::error::ShimError;
@@ -410,31 +411,25 @@ impl Inner {
         let share = vm.share();
         let id = cid.to_string();
         let holder = self.ns_holder(cid, &vm)?;
-        let (sandbox_dir, client) = (self.sandbox_dir.clone(), vm.client().clone());
-        let share2 = share.clone();
+        let (vm2, share2) = (vm.clone(), share.clone());
         let result = blocking(move || {
             share2
                 .bind_container(&b, &id)
                 .map_err(|e| ShimError::Internal(format!("sharing the rootfs with the VM: {e}")))?;
-            let paths = ContainerPaths::new(&sandbox_dir, &id)
-                .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
-            let mut guest = b.guest_spec(&paths);
-            // A container in the pod's network namespace shares the VM's
-            // (the pod's, configured by the agent) instead of a new one.
-            if nacre_runtime::network::netns_path(&b.spec).is_some() {
-                nacre_runtime::network::join_vm_network(&mut guest);
-            }
-            if let Some(holder) = holder {
-                let joined = pod_ns::join_pod_namespaces(&mut guest, &b.spec, holder);
-                tracing::debug!(cid = id, ?joined, "joins the sandbox's namespaces");
-            }
-            let spec = serde_json::to_vec(&guest)
-                .map_err(|e| ShimError::Internal(format!("encoding the spec: {e}")))?;
-            client
-                .create_container(&id, &spec)
-                .map_err(ShimError::agent(format!(
-                    "creating container {id} in the VM"
-                )))
+            let joins = Joins {
+                // A container in the pod's network namespace shares the
+                // VM's (the pod's, configured by the agent).
+                vm_network: nacre_runtime::network::netns_path(&b.spec).is_some(),
+                pod_namespaces: holder,
+            };
+            vm2.pod()
+                .create_container(&id, &b, joins)
+                .map_err(|e| match e {
+                    CreateError::Agent(e) => {
+                        ShimError::agent(format!("creating container {id} in the VM"))(e)
+                    }
+                    e => ShimError::Internal(e.to_string()),
+                })
         })
         .await;
         let started = match result {

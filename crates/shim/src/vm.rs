@@ -130,6 +130,11 @@ impl Vm {
         }
     }
 
+    /// The engine's pod.
+    pub fn pod(&self) -> &Pod {
+        &self.pod
+    }
+
     /// Whether [`Vm::shutdown`] was called.
     pub fn is_shut_down(&self) -> bool {
         self.pod.is_shut_down()

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::agent::{AgentClient, ClientOptions, Endpoint, TtrpcAgentClient, INIT_EXEC_ID};
 use crate::image::GuestImage;
-use crate::pod::{Pod, PodCgroup, PodError, PodOptions};
+use crate::pod::{CreateError, Joins, Pod, PodCgroup, PodError, PodOptions};
 use crate::sandbox::default_boot_timeout;
 use crate::template::TemplateStore;
 use nacre_vmm_api::CacheMode;
@@ -172,15 +172,14 @@ fn setup(paths: &ContainerPaths, opts: &MonitorOptions) -> Result<Running, Conta
         kind = pod.started().kind,
         "sandbox started"
     );
-    let guest_spec = serde_json::to_vec(&bundle.guest_spec(paths)).map_err(|source| {
-        ContainerError::BadState {
-            path: opts.bundle_dir.join("config.json"),
-            source,
-        }
-    })?;
-    let guest_pid = tracing::info_span!("agent.CreateContainer")
-        .in_scope(|| pod.agent().create_container(paths.id(), &guest_spec))?;
-    tracing::info!(id = paths.id(), guest_pid, "container created in the guest");
+    pod.create_container(paths.id(), &bundle, Joins::default())
+        .map_err(|e| match e {
+            CreateError::Agent(e) => ContainerError::from(e),
+            CreateError::Spec(source) => ContainerError::BadState {
+                path: opts.bundle_dir.join("config.json"),
+                source,
+            },
+        })?;
     let me = std::process::id();
     let state = State {
         id: paths.id().to_string(),

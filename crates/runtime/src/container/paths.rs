@@ -108,13 +108,38 @@ impl ContainerPaths {
             .join(n.to_string())
     }
 
+    /// Where the guest finds this container's shared files.
+    pub fn guest(&self) -> GuestLayout {
+        GuestLayout::new(&self.id)
+    }
+}
+
+/// Where the guest finds a container's shared files: the same for a CLI
+/// container (its own VM) and a pod's container (the pod's VM), since
+/// both share `<sandbox>/shared/<id>/` as `/run/nacre/shared/<id>/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestLayout {
+    id: String,
+}
+
+impl GuestLayout {
+    /// The layout of container `id` (an id [`validate_id`] accepts).
+    pub fn new(id: &str) -> Self {
+        Self { id: id.to_string() }
+    }
+
+    /// The container's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The rootfs as the guest sees it.
-    pub fn guest_rootfs(&self) -> String {
+    pub fn rootfs(&self) -> String {
         format!("{GUEST_SHARED_DIR}/{}/rootfs", self.id)
     }
 
     /// The `n`-th mount source as the guest sees it.
-    pub fn guest_mount(&self, n: usize) -> String {
+    pub fn mount(&self, n: usize) -> String {
         format!("{GUEST_SHARED_DIR}/{}/mounts/{n}", self.id)
     }
 }
@@ -203,8 +228,8 @@ mod tests {
             p.shared_mount(2),
             Path::new("/run/nacre/c1/shared/c1/mounts/2")
         );
-        assert_eq!(p.guest_rootfs(), "/run/nacre/shared/c1/rootfs");
-        assert_eq!(p.guest_mount(0), "/run/nacre/shared/c1/mounts/0");
+        assert_eq!(p.guest().rootfs(), "/run/nacre/shared/c1/rootfs");
+        assert_eq!(p.guest().mount(0), "/run/nacre/shared/c1/mounts/0");
         assert_eq!(p.vsock_socket(), Path::new("/run/nacre/c1/vm/vsock.sock"));
     }
 

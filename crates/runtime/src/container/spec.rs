@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::paths::ContainerPaths;
+use super::paths::GuestLayout;
 use super::volumes::{self, Ephemeral};
 use super::ContainerError;
 
@@ -224,15 +224,15 @@ impl Bundle {
     /// The spec as the guest gets it: rootfs and bind sources moved into
     /// the shared directory, host-only parts (hooks, namespace paths, the
     /// host's cgroup path) removed.
-    pub fn guest_spec(&self, paths: &ContainerPaths) -> Value {
-        guest_spec(&self.spec, &self.binds, paths)
+    pub fn guest_spec(&self, layout: &GuestLayout) -> Value {
+        guest_spec(&self.spec, &self.binds, layout)
     }
 }
 
-fn guest_spec(spec: &Value, binds: &[BindMount], paths: &ContainerPaths) -> Value {
+fn guest_spec(spec: &Value, binds: &[BindMount], layout: &GuestLayout) -> Value {
     let mut spec = spec.clone();
     if let Some(root) = spec.get_mut("root").and_then(Value::as_object_mut) {
-        root.insert("path".into(), Value::String(paths.guest_rootfs()));
+        root.insert("path".into(), Value::String(layout.rootfs()));
     }
     if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
         for b in binds {
@@ -240,7 +240,7 @@ fn guest_spec(spec: &Value, binds: &[BindMount], paths: &ContainerPaths) -> Valu
                 continue;
             };
             let Some(e) = &b.ephemeral else {
-                m.insert("source".into(), Value::String(paths.guest_mount(b.index)));
+                m.insert("source".into(), Value::String(layout.mount(b.index)));
                 continue;
             };
             m.insert("source".into(), Value::String(e.guest_path()));
@@ -266,7 +266,7 @@ fn guest_spec(spec: &Value, binds: &[BindMount], paths: &ContainerPaths) -> Valu
     if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
         linux.insert(
             "cgroupsPath".into(),
-            Value::String(format!("/nacre/{}", paths.id())),
+            Value::String(format!("/nacre/{}", layout.id())),
         );
         if let Some(nss) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
             // A container joining another's IPC namespace (CRI: the
@@ -288,6 +288,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::container::ContainerPaths;
 
     fn bundle_dir(config: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -350,7 +351,7 @@ mod tests {
             ]
         );
         let paths = ContainerPaths::new(Path::new("/run/nacre"), "c1").unwrap();
-        let g = b.guest_spec(&paths);
+        let g = b.guest_spec(&paths.guest());
         assert_eq!(
             g["root"],
             json!({"path": "/run/nacre/shared/c1/rootfs", "readonly": true})
@@ -387,7 +388,7 @@ mod tests {
             mode: 0o1777,
         });
         let paths = ContainerPaths::new(Path::new("/run/nacre"), "c1").unwrap();
-        let g = b.guest_spec(&paths);
+        let g = b.guest_spec(&paths.guest());
         assert_eq!(g["mounts"][0]["source"], "/run/nacre/ephemeral/shm");
         assert_eq!(
             g["mounts"][0]["options"],

@@ -16,6 +16,7 @@
 //! [`AgentClient`]), so the frontends' state machines run in unit tests
 //! against a fake agent (see [`Pod::from_parts`]).
 
+mod container;
 mod dir;
 mod options;
 mod vm;
@@ -33,6 +34,7 @@ use crate::sandbox::{default_call_timeout, SandboxError};
 use crate::template::{mark_restored, start_sandbox, StartKind};
 use crate::vm::HostPlacement;
 
+pub use container::{CreateError, Joins};
 pub use dir::remove_sandbox_dir;
 pub use nacre_vmm_api::CacheMode;
 pub use options::{guest_identity, PodCgroup, PodNetworkOptions, PodOptions};
