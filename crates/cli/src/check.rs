@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use nacre_runtime::host::{self, KernelMode};
 use nacre_runtime::image::{locate_vmm, GuestImage};
-use nacre_runtime::sandbox::{default_boot_timeout, Sandbox};
-use nacre_runtime::vm::VmSpec;
+use nacre_runtime::pod::{CacheMode, Pod, PodOptions};
+use nacre_runtime::sandbox::default_boot_timeout;
 
 #[derive(Args)]
 pub struct CheckArgs {
@@ -45,22 +45,31 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     }
 
     let dir = args.run_dir.join(format!("vm-{}", std::process::id()));
-    let spec = VmSpec {
+    println!("booting a VM ({} MiB, 1 vCPU)...", args.memory_mib);
+    let pod = Pod::start(PodOptions {
+        id: "check".into(),
+        hostname: None,
+        vmm,
+        image,
+        vcpus: 1,
         memory_mib: args.memory_mib,
-        ..VmSpec::new(image)
-    };
-    println!("booting a VM ({} MiB, 1 vCPU)...", spec.memory_mib);
-    let sandbox =
-        Sandbox::boot(&vmm, &spec, &dir, default_boot_timeout()).context("booting the check VM")?;
+        kernel_params: None,
+        vm_dir: dir,
+        share: None,
+        share_cache: CacheMode::Auto,
+        cgroup: None,
+        oom_score_adj: None,
+        network: None,
+        templates: None,
+        boot_timeout: default_boot_timeout(),
+    })
+    .context("booting the check VM")?;
     println!(
         "agent answered      after {:.2} s (VMM pid {})",
-        sandbox.boot_time().as_secs_f64(),
-        sandbox.vm().pid()
+        pod.started().seconds,
+        pod.pid()
     );
-    let details = sandbox
-        .agent()
-        .guest_details()
-        .context("asking the agent")?;
+    let details = pod.agent().guest_details().context("asking the agent")?;
     println!("agent version       {}", details.agent_version);
     println!("guest kernel        {}", details.kernel_release);
     println!("host kernel         {}", host::kernel_release());
@@ -69,8 +78,7 @@ pub fn run(args: &CheckArgs) -> Result<()> {
         details.cpus,
         details.memory_total_bytes >> 20
     );
-    sandbox
-        .shutdown(Duration::from_secs(60))
+    pod.shutdown(Duration::from_secs(60))
         .context("shutting the check VM down")?;
     println!("shutdown            VMM exited cleanly, run directory removed");
     Ok(())

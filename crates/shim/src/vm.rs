@@ -175,7 +175,9 @@ impl Vm {
     /// Shuts the VM down (agent Shutdown, kill after a timeout), unmounts
     /// the shared directory and removes the sandbox directory. Blocking.
     pub fn shutdown(&self) {
-        self.pod.shutdown(Duration::from_secs(10));
+        if let Err(e) = self.pod.shutdown(Duration::from_secs(10)) {
+            tracing::warn!(pid = self.pid(), "sandbox VM shutdown: {e}");
+        }
         pod::remove_sandbox_dir(&self.dir);
     }
 

@@ -260,7 +260,9 @@ pub fn run_monitor(paths: &ContainerPaths, opts: &MonitorOptions, reporter: &mut
         }
     }
     if vm_alive && !terminated {
-        pod.shutdown(Duration::from_secs(15));
+        if let Err(e) = pod.shutdown(Duration::from_secs(15)) {
+            tracing::warn!("shutting the VM of {id} down: {e}");
+        }
     } else {
         pod.kill();
     }

@@ -299,17 +299,20 @@ impl Pod {
     }
 
     /// Shuts the VM down through its agent (killed after `timeout`) and
-    /// releases what the pod holds. Blocking.
-    pub fn shutdown(&self, timeout: Duration) {
+    /// releases what the pod holds, in any case. Blocking. The error says
+    /// how the VM did not stop cleanly.
+    pub fn shutdown(&self, timeout: Duration) -> Result<(), SandboxError> {
         self.shut.store(true, Ordering::SeqCst);
         let vm = self.vm.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(vm) = vm {
-            let _span = tracing::info_span!("sandbox.shutdown").entered();
-            if let Err(e) = vm.shutdown(timeout) {
-                tracing::warn!(pid = self.pid, "sandbox VM shutdown: {e}");
+        let stopped = match vm {
+            Some(vm) => {
+                let _span = tracing::info_span!("sandbox.shutdown").entered();
+                vm.shutdown(timeout)
             }
-        }
+            None => Ok(()),
+        };
         self.release(VM_LOST_STATUS);
+        stopped
     }
 
     /// Kills the VMM at once and releases what the pod holds.

@@ -31,7 +31,7 @@ fn a_vm_that_dies_gives_128_plus_its_signal_once() {
     assert_eq!(pod.exit_status(), Some(137));
     assert!(!pod.is_shut_down());
     // A later shutdown has nothing left to stop.
-    pod.shutdown(Duration::from_secs(1));
+    pod.shutdown(Duration::from_secs(1)).unwrap();
     assert_eq!(vm.stops(), (0, 0));
     assert_eq!(pod.exit_status(), Some(137));
 }
@@ -39,7 +39,7 @@ fn a_vm_that_dies_gives_128_plus_its_signal_once() {
 #[test]
 fn shutdown_goes_through_the_guest_and_marks_the_pod() {
     let (pod, vm, _) = pod();
-    pod.shutdown(Duration::from_secs(1));
+    pod.shutdown(Duration::from_secs(1)).unwrap();
     assert!(pod.is_shut_down());
     assert!(!vm.running());
     assert_eq!(vm.stops(), (1, 0));
