@@ -14,13 +14,13 @@
 
 #![no_main]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use nacre_runtime::container::paths::GuestLayout;
 use nacre_runtime::container::spec::{cgroups_path, oom_score_adj, Bundle};
-use nacre_runtime::container::ContainerPaths;
 use serde_json::{json, Map, Value};
 
 #[derive(Arbitrary, Debug)]
@@ -248,11 +248,11 @@ fuzz_target!(|input: Input| {
     };
     assert!(b.memory_limit.is_none_or(|l| l > 0));
     assert!(b.cpu_limit.is_none_or(|c| c > 0));
-    let paths = ContainerPaths::new(Path::new("/run/nacre"), "c1").unwrap();
-    let guest = b.guest_spec(&paths);
+    let layout = GuestLayout::new("c1");
+    let guest = b.guest_spec(&layout);
     assert!(guest.get("hooks").is_none(), "hooks reached the guest");
     if let Some(root) = guest.get("root").and_then(Value::as_object) {
-        assert_eq!(root.get("path"), Some(&s(paths.guest_rootfs())));
+        assert_eq!(root.get("path"), Some(&s(layout.rootfs())));
     }
     let mounts = guest.get("mounts").and_then(Value::as_array);
     for bind in &b.binds {
@@ -261,7 +261,7 @@ fuzz_target!(|input: Input| {
         };
         let want = match &bind.ephemeral {
             Some(e) => e.guest_path(),
-            None => paths.guest_mount(bind.index),
+            None => layout.mount(bind.index),
         };
         assert_eq!(
             m.get("source"),
