@@ -104,8 +104,7 @@ impl Pod {
         };
         // Removes the cgroup (after the caller left it) when a later step
         // fails.
-        let cgroup = CgroupGuard(cgroup, false);
-        let mut cgroup = cgroup;
+        let mut cgroup = CgroupGuard(cgroup, false);
         if let (Some(cg), Some(c)) = (&cgroup.0, &opts.cgroup) {
             if c.join {
                 cg.add(std::process::id())?;
