@@ -15,8 +15,8 @@ use containerd_shim::protos::api::{
     UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
-    TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskPaused, TaskResumed,
+    TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
@@ -29,7 +29,7 @@ use nacre_runtime::container::paths::validate_id;
 use nacre_runtime::container::pod_ns::{self, NsHolder};
 use nacre_runtime::container::share::SharedDir;
 use nacre_runtime::container::spec::Bundle;
-use nacre_runtime::pod::{CreateError, Joins};
+use nacre_runtime::pod::{ContainerHandle, CreateError, Joins};
 
 use crate::config::Config;
 use crate::error::ShimError;
@@ -160,7 +160,7 @@ impl Inner {
             .map(|(id, status)| {
                 let live = matches!(status, Status::RUNNING | Status::PAUSED);
                 let stats = live
-                    .then(|| vm.client().stats_container(&id).ok())
+                    .then(|| vm.pod().container(&id).stats().ok())
                     .flatten()
                     .map(|s| GuestStats::from(&s));
                 let state = match status {
@@ -395,9 +395,17 @@ impl Inner {
                 let id = cid.to_string();
                 let boot = self.boot.clone();
                 let vm = Arc::new(blocking(move || boot(&id, &dir, &config, &shape, &pod)).await?);
+                if let Err(e) = self.watch(&vm) {
+                    let v = vm.clone();
+                    let _ = blocking(move || {
+                        v.shutdown();
+                        Ok(())
+                    })
+                    .await;
+                    return Err(e);
+                }
                 *guard = Some(vm.clone());
-                spawn_watchdog(self.clone(), vm.clone());
-                spawn_oom_poller(self.clone(), vm.clone());
+                exits::spawn_oom_poller(self.clone(), vm.clone());
                 let (inner, v) = (self.clone(), vm.clone());
                 let socket = self
                     .sandbox_dir
@@ -413,9 +421,6 @@ impl Inner {
         let holder = self.ns_holder(cid, &vm)?;
         let (vm2, share2) = (vm.clone(), share.clone());
         let result = blocking(move || {
-            share2
-                .bind_container(&b, &id)
-                .map_err(|e| ShimError::Internal(format!("sharing the rootfs with the VM: {e}")))?;
             let joins = Joins {
                 // A container in the pod's network namespace shares the
                 // VM's (the pod's, configured by the agent).
@@ -423,7 +428,7 @@ impl Inner {
                 pod_namespaces: holder,
             };
             vm2.pod()
-                .create_container(&id, &b, joins)
+                .add_container(&id, &b, joins, share2.as_ref())
                 .map_err(|e| match e {
                     CreateError::Agent(e) => {
                         ShimError::agent(format!("creating container {id} in the VM"))(e)
@@ -444,203 +449,32 @@ impl Inner {
                 match io {
                     Ok(io) => Ok((pid, io)),
                     Err(e) => {
-                        let _ = vm.client().remove_container(cid);
+                        let (c, id) = (vm.pod().container(cid), cid.to_string());
+                        let _ = blocking(move || {
+                            let _ = c.remove();
+                            if let Err(e) = share.remove_container(&id) {
+                                tracing::warn!(cid = id, "removing the container's share: {e}");
+                            }
+                            Ok(())
+                        })
+                        .await;
                         Err(e)
                     }
                 }
             }
+            // `add_container` removed the share.
             Err(e) => Err(e),
         };
-        if started.is_err() {
-            let (share, id) = (share.clone(), cid.to_string());
+        if started.is_err() && booted_here && self.containers()?.is_empty() {
+            let vm2 = vm.clone();
             let _ = blocking(move || {
-                if let Err(e) = share.remove_container(&id) {
-                    tracing::warn!(cid = id, "removing the container's share: {e}");
-                }
+                vm2.shutdown();
                 Ok(())
             })
             .await;
-            if booted_here && self.containers()?.is_empty() {
-                let vm2 = vm.clone();
-                let _ = blocking(move || {
-                    vm2.shutdown();
-                    Ok(())
-                })
-                .await;
-                *guard = None;
-            }
+            *guard = None;
         }
         started
-    }
-
-    fn spawn_waiter(
-        self: &Arc<Self>,
-        vm: Arc<Vm>,
-        client: Arc<dyn AgentClient>,
-        cid: &str,
-        exec_id: &str,
-        io: Option<Arc<stdio::IoHandle>>,
-    ) {
-        let inner = self.clone();
-        let (cid, exec_id) = (cid.to_string(), exec_id.to_string());
-        tokio::spawn(async move {
-            let (c, e) = (cid.clone(), exec_id.clone());
-            let marker = inner.clone();
-            let status = tokio::task::spawn_blocking(move || {
-                let waited = client.wait_process(&c, &e);
-                // Kill and Delete know at once that it is gone, while its
-                // last output drains.
-                if let Ok(mut table) = marker.containers() {
-                    if let Some(p) = table.get_mut(&c).and_then(|t| t.processes.get_mut(&e)) {
-                        p.finished = true;
-                    }
-                }
-                let status = match waited {
-                    Ok(exit) => u32::try_from(exit.status).unwrap_or(255),
-                    Err(err) => {
-                        tracing::info!(cid = c, exec_id = e, "waiting for the process: {err}");
-                        let mut status = 255;
-                        for _ in 0..50 {
-                            if let Some(s) = vm.poll_exit() {
-                                status = s;
-                                break;
-                            }
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                        status
-                    }
-                };
-                if let Some(io) = io {
-                    io.close_stdin();
-                    io.wait_outputs(Duration::from_secs(10));
-                }
-                status
-            })
-            .await
-            .unwrap_or(255);
-            // A process the OOM killer took: TaskOOM goes out before its
-            // TaskExit.
-            inner.check_oom(&cid).await;
-            inner.record_exit(&cid, &exec_id, status).await;
-        });
-    }
-
-    /// Publishes TaskOOM if the OOM kill count of container `cid`'s
-    /// cgroup grew since it was last read.
-    async fn check_oom(&self, cid: &str) {
-        let Ok((_, client)) = self.client().await else {
-            return;
-        };
-        let id = cid.to_string();
-        let stats = blocking(move || {
-            client
-                .stats_container(&id)
-                .map_err(ShimError::agent(format!("reading the statistics of {id}")))
-        })
-        .await;
-        let kills = match stats {
-            Ok(s) => s.memory_oom_kill,
-            Err(e) => {
-                tracing::debug!(cid, "checking for OOM kills: {e}");
-                return;
-            }
-        };
-        let grew = match self.containers() {
-            Ok(mut table) => match table.get_mut(cid) {
-                Some(c) if kills > c.oom_kills => {
-                    c.oom_kills = kills;
-                    true
-                }
-                _ => false,
-            },
-            Err(_) => false,
-        };
-        if grew {
-            tracing::info!(cid, kills, "OOM kill in the container");
-            self.publish(
-                topics::TASK_OOM_EVENT_TOPIC,
-                Box::new(TaskOOM {
-                    container_id: cid.to_string(),
-                    ..Default::default()
-                }),
-            )
-            .await;
-        }
-    }
-
-    /// Records that a process exited (once) and publishes TaskExit.
-    async fn record_exit(&self, cid: &str, exec_id: &str, status: u32) {
-        let now = SystemTime::now();
-        let pid = {
-            let Ok(mut table) = self.containers() else {
-                return;
-            };
-            let Some(p) = table
-                .get_mut(cid)
-                .and_then(|c| c.processes.get_mut(exec_id))
-            else {
-                return;
-            };
-            if p.exited().is_some() {
-                return;
-            }
-            p.status = Status::STOPPED;
-            p.exit.send_replace(Some(Exit { status, at: now }));
-            p.pid
-        };
-        tracing::info!(cid, exec_id, status, "process exited");
-        self.publish(
-            topics::TASK_EXIT_EVENT_TOPIC,
-            Box::new(TaskExit {
-                container_id: cid.to_string(),
-                id: if exec_id.is_empty() {
-                    cid.to_string()
-                } else {
-                    exec_id.to_string()
-                },
-                pid,
-                exit_status: status,
-                exited_at: Some(timestamp(now)).into(),
-                ..Default::default()
-            }),
-        )
-        .await;
-    }
-
-    /// The VM died: every process exits with `status`, and every host
-    /// resource of the sandbox goes.
-    async fn vm_died(&self, vm: Arc<Vm>, status: u32) {
-        let running: Vec<(String, String)> = match self.containers() {
-            Ok(table) => table
-                .iter()
-                .flat_map(|(cid, c)| {
-                    c.processes
-                        .iter()
-                        .filter(|(_, p)| p.exited().is_none() && p.pending_spec.is_none())
-                        .map(move |(e, _)| (cid.clone(), e.clone()))
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        for (cid, exec_id) in running {
-            self.record_exit(&cid, &exec_id, status).await;
-        }
-        let rootfs: Vec<PathBuf> = self
-            .containers()
-            .map(|t| {
-                t.values()
-                    .filter_map(|c| c.mounted_rootfs.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let _ = blocking(move || {
-            for r in rootfs {
-                mounts::unmount_all(&r);
-            }
-            vm.shutdown();
-            Ok(())
-        })
-        .await;
     }
 
     async fn start(self: &Arc<Self>, req: StartRequest) -> Result<StartResponse> {
@@ -655,18 +489,17 @@ impl Inner {
                     "container {cid} is {s:?}, not created"
                 ))),
             })?;
-            let c = client.clone();
-            let id = cid.clone();
+            let c = vm.pod().container(&cid);
             blocking(move || {
-                c.start_container(&id)
-                    .map_err(ShimError::agent(format!("starting container {id}")))
+                c.start()
+                    .map_err(ShimError::agent(format!("starting container {}", c.id())))
             })
             .await?;
-            let io = self.with_process(&cid, "", |p| {
+            self.with_process(&cid, "", |p| {
                 p.status = Status::RUNNING;
-                Ok(p.io.clone())
+                Ok(())
             })?;
-            self.spawn_waiter(vm, client, &cid, "", io);
+            vm.watch_process(&cid, "");
             self.publish(
                 topics::TASK_START_EVENT_TOPIC,
                 Box::new(TaskStart {
@@ -693,9 +526,10 @@ impl Inner {
             exec_id.clone(),
             self.namespace.clone(),
         );
+        let handle = vm.pod().container(&cid);
         let started = blocking(move || {
-            let pid = c
-                .exec_process(&id, &e, &spec)
+            let pid = handle
+                .exec(&e, &spec)
                 .map_err(ShimError::agent(format!("exec {e} in container {id}")))?;
             let io = stdio::start(&c, &id, &e, &stdio_paths, &ns)?;
             Ok((pid, io))
@@ -726,7 +560,7 @@ impl Inner {
             p.io = Some(io.clone());
             Ok(())
         })?;
-        self.spawn_waiter(vm, client, &cid, &exec_id, Some(io));
+        vm.watch_process(&cid, &exec_id);
         self.publish(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
             Box::new(TaskExecStarted {
@@ -800,10 +634,10 @@ impl Inner {
                 req.exec_id, req.id
             )));
         }
-        let (_, client) = self.client().await?;
+        let (vm, _) = self.client().await?;
+        let c = vm.pod().container(&req.id);
         blocking(move || {
-            client
-                .signal_process(&req.id, &req.exec_id, req.signal, req.all)
+            c.signal(&req.exec_id, req.signal, req.all)
                 .map_err(ShimError::agent(format!("signalling {}", req.id)))
         })
         .await
@@ -874,7 +708,7 @@ impl Inner {
         blocking(move || {
             match vm2 {
                 Some(vm) if vm.exit_status().is_none() => {
-                    if let Err(e) = vm.client().remove_container(&id) {
+                    if let Err(e) = vm.pod().container(&id).remove() {
                         tracing::warn!(cid = id, "removing the container in the VM: {e}");
                     }
                     if let Err(e) = vm.share().remove_container(&id) {
@@ -971,17 +805,13 @@ impl Inner {
     }
 
     async fn pause_resume(&self, cid: String, pause: bool) -> Result<()> {
-        let (_, client) = self.client().await?;
-        let id = cid.clone();
+        let (vm, _) = self.client().await?;
+        let c = vm.pod().container(&cid);
         blocking(move || {
-            if pause {
-                client.pause_container(&id)
-            } else {
-                client.resume_container(&id)
-            }
-            .map_err(ShimError::agent(format!(
-                "{} container {id}",
-                if pause { "pausing" } else { "resuming" }
+            if pause { c.pause() } else { c.resume() }.map_err(ShimError::agent(format!(
+                "{} container {}",
+                if pause { "pausing" } else { "resuming" },
+                c.id()
             )))
         })
         .await?;
@@ -1020,8 +850,7 @@ impl Inner {
         cid: &str,
         what: &str,
         f: impl FnOnce(
-                &Arc<dyn AgentClient>,
-                &str,
+                &ContainerHandle,
             ) -> std::result::Result<T, nacre_runtime::agent::AgentClientError>
             + Send
             + 'static,
@@ -1029,9 +858,12 @@ impl Inner {
         if !self.containers()?.contains_key(cid) {
             return Err(ShimError::NotFound(format!("container {cid}")));
         }
-        let (_, client) = self.client().await?;
-        let (id, what) = (cid.to_string(), format!("{what} of container {cid}"));
-        blocking(move || f(&client, &id).map_err(ShimError::agent(what))).await
+        let (vm, _) = self.client().await?;
+        let (c, what) = (
+            vm.pod().container(cid),
+            format!("{what} of container {cid}"),
+        );
+        blocking(move || f(&c).map_err(ShimError::agent(what))).await
     }
 }
 
@@ -1080,58 +912,9 @@ fn mount_rootfs(list: &[(String, String, Vec<String>)], target: &Path) -> Result
     Ok(())
 }
 
-fn spawn_watchdog(inner: Arc<Inner>, vm: Arc<Vm>) {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if vm.is_shut_down() {
-                return;
-            }
-            let v = vm.clone();
-            let exited = tokio::task::spawn_blocking(move || v.poll_exit())
-                .await
-                .ok()
-                .flatten();
-            if let Some(status) = exited {
-                if vm.is_shut_down() {
-                    return;
-                }
-                inner.vm_died(vm, status).await;
-                return;
-            }
-        }
-    });
-}
-
-/// How often running containers are checked for OOM kills that did not
-/// end a process the shim waits for (a child of one, say).
-const OOM_POLL_INTERVAL: Duration = Duration::from_secs(5);
-
 /// How long a Delete waits for the exit record of a process that already
 /// exited in the guest (its output drains for at most 10 s first).
 const EXIT_RECORD_WAIT: Duration = Duration::from_secs(15);
-
-fn spawn_oom_poller(inner: Arc<Inner>, vm: Arc<Vm>) {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(OOM_POLL_INTERVAL).await;
-            if vm.is_shut_down() || vm.exit_status().is_some() {
-                return;
-            }
-            let running: Vec<String> = match inner.containers() {
-                Ok(table) => table
-                    .iter()
-                    .filter(|(_, c)| c.init().is_some_and(|p| p.status == Status::RUNNING))
-                    .map(|(cid, _)| cid.clone())
-                    .collect(),
-                Err(_) => return,
-            };
-            for cid in running {
-                inner.check_oom(&cid).await;
-            }
-        }
-    });
-}
 
 #[async_trait::async_trait]
 impl containerd_shim::Task for Service {
@@ -1159,9 +942,7 @@ impl containerd_shim::Task for Service {
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let pids = self
             .inner
-            .agent_call(&req.id, "listing the processes", |c, id| {
-                c.list_processes(id)
-            })
+            .agent_call(&req.id, "listing the processes", |c| c.pids())
             .await?;
         Ok(PidsResponse {
             processes: pids
@@ -1206,8 +987,8 @@ impl containerd_shim::Task for Service {
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
         let exec_id = req.exec_id.clone();
         self.inner
-            .agent_call(&req.id, "resizing the terminal", move |c, id| {
-                c.resize_tty(id, &exec_id, req.height, req.width)
+            .agent_call(&req.id, "resizing the terminal", move |c| {
+                c.resize(&exec_id, req.height, req.width)
             })
             .await?;
         Ok(Empty::new())
@@ -1236,8 +1017,8 @@ impl containerd_shim::Task for Service {
             .filter(|v| !v.is_empty())
             .ok_or_else(|| ShimError::InvalidArgument("update without resources".into()))?;
         self.inner
-            .agent_call(&req.id, "updating the resources", move |c, id| {
-                c.update_container(id, &resources)
+            .agent_call(&req.id, "updating the resources", move |c| {
+                c.update(&resources)
             })
             .await?;
         Ok(Empty::new())
@@ -1262,9 +1043,7 @@ impl containerd_shim::Task for Service {
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
         let stats = self
             .inner
-            .agent_call(&req.id, "reading the statistics", |c, id| {
-                c.stats_container(id)
-            })
+            .agent_call(&req.id, "reading the statistics", |c| c.stats())
             .await?;
         Ok(StatsResponse {
             stats: Some(metrics::to_any(&stats)?).into(),
@@ -1307,5 +1086,6 @@ impl containerd_shim::Task for Service {
     }
 }
 
+mod exits;
 #[cfg(test)]
 mod tests;

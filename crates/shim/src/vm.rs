@@ -3,16 +3,17 @@
 //! directory it is served from.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nacre_runtime::agent::AgentClient;
 use nacre_runtime::container::share::SharedDir;
-use nacre_runtime::container::spec::Bundle;
-use nacre_runtime::container::ContainerError;
 use nacre_runtime::host_cgroup::HostLimits;
 use nacre_runtime::image::locate_vmm;
-use nacre_runtime::pod::{self, CacheMode, Pod, PodCgroup, PodNetworkOptions, PodOptions, Started};
+pub use nacre_runtime::pod::ContainerShare;
+use nacre_runtime::pod::{
+    self, CacheMode, EventSink, Pod, PodCgroup, PodNetworkOptions, PodOptions, Started, Watcher,
+};
 use nacre_runtime::sandbox::default_boot_timeout;
 use nacre_runtime::template::TemplateStore;
 
@@ -20,31 +21,13 @@ use crate::config::{Config, VmShape};
 use crate::error::ShimError;
 use crate::podnet::PodSpec;
 
-/// Where a sandbox's containers are shared with its VM: the sandbox
-/// directory's [`SharedDir`] (bind mounts), or nothing in unit tests.
-pub trait ContainerShare: Send + Sync + std::fmt::Debug {
-    /// Shares container `cid`'s rootfs and bind volumes.
-    fn bind_container(&self, bundle: &Bundle, cid: &str) -> Result<(), ContainerError>;
-    /// Unshares container `cid`.
-    fn remove_container(&self, cid: &str) -> Result<(), ContainerError>;
-}
-
-impl ContainerShare for SharedDir {
-    fn bind_container(&self, bundle: &Bundle, cid: &str) -> Result<(), ContainerError> {
-        SharedDir::bind_container(self, bundle, cid)
-    }
-
-    fn remove_container(&self, cid: &str) -> Result<(), ContainerError> {
-        SharedDir::remove_container(self, cid)
-    }
-}
-
 /// One booted sandbox VM.
 #[derive(Debug)]
 pub struct Vm {
     pod: Pod,
     dir: PathBuf,
     share: Arc<dyn ContainerShare>,
+    watcher: OnceLock<Watcher>,
 }
 
 impl Vm {
@@ -127,6 +110,26 @@ impl Vm {
             pod,
             dir: dir.to_path_buf(),
             share,
+            watcher: OnceLock::new(),
+        }
+    }
+
+    /// Starts the pod's watcher (see [`Pod::watch`]); its events go to
+    /// `sink`. Once.
+    pub fn watch(&self, sink: EventSink) -> std::io::Result<()> {
+        let watcher = self.pod.watch(sink)?;
+        if self.watcher.set(watcher).is_err() {
+            tracing::warn!("the sandbox VM was already watched");
+        }
+        Ok(())
+    }
+
+    /// Has the watcher report the end of process `exec_id` of container
+    /// `cid`.
+    pub fn watch_process(&self, cid: &str, exec_id: &str) {
+        match self.watcher.get() {
+            Some(w) => w.process(cid, exec_id),
+            None => tracing::error!(cid, exec_id, "no watcher for the sandbox VM"),
         }
     }
 

@@ -171,7 +171,7 @@ fn create_inner(g: &Global, a: &CreateArgs) -> Result<std::process::Child> {
         .arg("--options")
         .arg(serde_json::to_string(&options).context("encoding the monitor's options")?);
     tracing::debug!(?cmd, "starting the monitor");
-    Ok(ops::create(&paths, &bundle, cmd)?)
+    Ok(ops::create(&paths, cmd)?)
 }
 
 pub fn create(g: &Global, a: &CreateArgs) -> Result<i32> {

@@ -3,12 +3,13 @@
 //! a small exec monitor of its own.
 
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::agent::AgentClient;
+use crate::pod::ContainerHandle;
 
 use super::launch::Reporter;
 use super::monitor::{connect_agent, console_io, write_pid_file};
@@ -193,11 +194,11 @@ pub fn run_exec(
     reporter: &mut Reporter,
 ) -> Result<i32, ContainerError> {
     let started = (|| {
-        let agent = Arc::new(connect_agent(paths)?);
+        let agent: Arc<dyn AgentClient> = Arc::new(connect_agent(paths)?);
         let json =
             serde_json::to_vec(process).map_err(|e| ContainerError::Monitor(e.to_string()))?;
         let io = console_io(console_socket)?;
-        agent.exec_process(paths.id(), exec_id, &json)?;
+        ContainerHandle::attach(Arc::clone(&agent), paths.id()).exec(exec_id, &json)?;
         if let Some(pid_file) = pid_file {
             write_pid_file(pid_file, std::process::id())?;
         }
@@ -212,22 +213,8 @@ pub fn run_exec(
     };
     reporter.ok();
     let terminal = process.get("terminal").and_then(Value::as_bool) == Some(true);
-    let client: Arc<dyn AgentClient> = agent;
-    let relay = start_relay(Arc::clone(&client), paths.id(), exec_id, io, terminal);
-    let (tx, rx) = mpsc::channel();
-    {
-        let (client, id, exec) = (
-            Arc::clone(&client),
-            paths.id().to_string(),
-            exec_id.to_string(),
-        );
-        std::thread::spawn(move || {
-            let _ = tx.send(client.wait_process(&id, &exec));
-        });
-    }
-    let exit = rx
-        .recv()
-        .map_err(|_| ContainerError::Monitor("the wait thread ended".into()))??;
+    let relay = start_relay(Arc::clone(&agent), paths.id(), exec_id, io, terminal);
+    let exit = ContainerHandle::attach(agent, paths.id()).wait(exec_id)?;
     relay.finish(Duration::from_secs(5));
     Ok(exit.status)
 }

@@ -8,14 +8,15 @@
 //! VMM that dies under it, and SIGTERM (from `nacre delete`) makes it kill
 //! the VM and clean up.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime};
 
-use crate::agent::{AgentClient, ClientOptions, Endpoint, TtrpcAgentClient, INIT_EXEC_ID};
+use crate::agent::{ClientOptions, Endpoint, TtrpcAgentClient, INIT_EXEC_ID};
 use crate::image::GuestImage;
-use crate::pod::{CreateError, Joins, Pod, PodCgroup, PodError, PodOptions};
+use crate::pod::{CreateError, EventSink, Joins, Pod, PodCgroup, PodError, PodEvent, PodOptions};
 use crate::sandbox::default_boot_timeout;
 use crate::template::TemplateStore;
 use nacre_vmm_api::CacheMode;
@@ -58,19 +59,73 @@ pub struct MonitorOptions {
 }
 
 static TERMINATE: AtomicBool = AtomicBool::new(false);
+/// The write end of the pipe that turns SIGTERM into a [`Wake`] (-1 until
+/// [`install_signal_handlers`] made it).
+static TERMINATE_PIPE: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_terminate(_: libc::c_int) {
     TERMINATE.store(true, Ordering::Relaxed);
+    let fd = TERMINATE_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = 1u8;
+        // SAFETY: write(2) is async-signal-safe; one byte from a local.
+        let _ = unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+    }
 }
 
-fn install_signal_handlers() {
+/// Installs the SIGTERM/SIGINT handler; returns the read end of the pipe
+/// it writes to (None if no pipe could be made: the flag still works for
+/// setup, but the running container is then only stopped by its end).
+fn install_signal_handlers() -> Option<OwnedFd> {
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    let piped = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } == 0;
+    let read = if piped {
+        TERMINATE_PIPE.store(fds[1], Ordering::Relaxed);
+        // SAFETY: fds[0] is the new pipe's read end, owned by no one else
+        // (the write end stays open for the process's life).
+        Some(unsafe { OwnedFd::from_raw_fd(fds[0]) })
+    } else {
+        tracing::warn!(
+            "creating the SIGTERM pipe: {}",
+            std::io::Error::last_os_error()
+        );
+        None
+    };
     let handler = on_terminate as extern "C" fn(libc::c_int);
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe; SIG_IGN for SIGHUP is always valid.
+    // SAFETY: the handler only stores to an atomic and writes to a pipe,
+    // both async-signal-safe; SIG_IGN for SIGHUP is always valid.
     unsafe {
         libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
         libc::signal(libc::SIGINT, handler as libc::sighandler_t);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    read
+}
+
+/// Sends [`Wake::Terminate`] on `tx` once `pipe` (from
+/// [`install_signal_handlers`]) is written to.
+fn forward_terminate(pipe: OwnedFd, tx: mpsc::Sender<Wake>) {
+    let spawned = std::thread::Builder::new()
+        .name("sigterm".into())
+        .spawn(move || loop {
+            let mut pfd = libc::pollfd {
+                fd: pipe.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+            if r > 0 {
+                let _ = tx.send(Wake::Terminate);
+                return;
+            }
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return;
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("starting the SIGTERM forwarder: {e}");
     }
 }
 
@@ -172,8 +227,10 @@ fn setup(paths: &ContainerPaths, opts: &MonitorOptions) -> Result<Running, Conta
         kind = pod.started().kind,
         "sandbox started"
     );
-    pod.create_container(paths.id(), &bundle, Joins::default())
+    let share = SharedDir::open(&paths.dir());
+    pod.add_container(paths.id(), &bundle, Joins::default(), &share)
         .map_err(|e| match e {
+            CreateError::Share(e) => e,
             CreateError::Agent(e) => ContainerError::from(e),
             CreateError::Spec(source) => ContainerError::BadState {
                 path: opts.bundle_dir.join("config.json"),
@@ -210,7 +267,7 @@ fn setup(paths: &ContainerPaths, opts: &MonitorOptions) -> Result<Running, Conta
 
 /// Runs the monitor to the end; returns the exit status to exit with.
 pub fn run_monitor(paths: &ContainerPaths, opts: &MonitorOptions, reporter: &mut Reporter) -> i32 {
-    install_signal_handlers();
+    let terminate_pipe = install_signal_handlers();
     let Running {
         pod,
         memory_limited,
@@ -230,7 +287,11 @@ pub fn run_monitor(paths: &ContainerPaths, opts: &MonitorOptions, reporter: &mut
     let relay = start_relay(Arc::clone(&client), &id, INIT_EXEC_ID, io, terminal);
 
     let wait_span = tracing::info_span!("container.wait", id = id.as_str()).entered();
-    let status = supervise(&pod, &client, &id, &TERMINATE);
+    let (tx, rx) = mpsc::channel();
+    if let Some(pipe) = terminate_pipe {
+        forward_terminate(pipe, tx.clone());
+    }
+    let status = supervise(&pod, &id, tx, &rx);
     drop(wait_span);
     let vm_alive = pod.exit_status().is_none();
     let terminated = TERMINATE.load(Ordering::Relaxed);
@@ -247,13 +308,15 @@ pub fn run_monitor(paths: &ContainerPaths, opts: &MonitorOptions, reporter: &mut
     if vm_alive
         && !terminated
         && memory_limited
-        && client
-            .stats_container(&id)
+        && pod
+            .container(&id)
+            .stats()
             .is_ok_and(|s| s.memory_oom_kill > 0)
     {
         pod.raise_guest_oom();
     }
     if vm_alive && crate::trace::file().is_some() {
+        crate::trace::add_vmm_cpu(pod.pid());
         match client.trace() {
             Ok(spans) => crate::trace::add_guest(&spans, pod.pid()),
             Err(e) => tracing::warn!("reading the guest's trace: {e}"),
@@ -272,40 +335,51 @@ pub fn run_monitor(paths: &ContainerPaths, opts: &MonitorOptions, reporter: &mut
     status
 }
 
+/// What wakes the monitor while its container runs.
+#[derive(Debug)]
+enum Wake {
+    Pod(PodEvent),
+    /// SIGTERM or SIGINT (`nacre delete` sends SIGTERM).
+    Terminate,
+}
+
 /// Waits for the container's init to exit, for the VM to die under it or
-/// for `terminate` (SIGTERM from `nacre delete`), whichever comes first;
-/// returns the status to record: the init's, 128 + the signal that killed
-/// the VMM, or 128 + SIGKILL when terminated.
-fn supervise(pod: &Pod, client: &Arc<dyn AgentClient>, id: &str, terminate: &AtomicBool) -> i32 {
-    let (tx, rx) = mpsc::channel();
-    {
-        let (client, id) = (Arc::clone(client), id.to_string());
-        std::thread::spawn(move || {
-            let _ = tx.send(client.wait_process(&id, INIT_EXEC_ID));
-        });
+/// for [`Wake::Terminate`] on `rx` (what `tx` sends), whichever comes
+/// first, each an event: the pod's watcher and the signal forwarder send
+/// them. Returns the status to record: the init's, 128 + the signal that
+/// killed the VMM, or 128 + SIGKILL when terminated.
+fn supervise(pod: &Pod, id: &str, tx: mpsc::Sender<Wake>, rx: &mpsc::Receiver<Wake>) -> i32 {
+    let sink: EventSink = Arc::new(move |e| {
+        let _ = tx.send(Wake::Pod(e));
+    });
+    match pod.watch(sink) {
+        Ok(watcher) => watcher.process(id, INIT_EXEC_ID),
+        Err(e) => {
+            tracing::error!("watching the VM of container {id}: {e}");
+            return VM_LOST_STATUS;
+        }
     }
     loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Ok(exit)) => break exit.status,
-            Ok(Err(e)) => {
-                // Usually the VM went away; give the VMM a moment to exit.
+        match rx.recv() {
+            Ok(Wake::Pod(PodEvent::Exited { cid, exec_id, exit }))
+                if cid == id && exec_id == INIT_EXEC_ID =>
+            {
+                // A failed wait: usually the VM went away; give the VMM a
+                // moment to exit.
+                break pod.exit_of(id, &exit, Duration::from_secs(2));
+            }
+            Ok(Wake::Pod(PodEvent::VmExited)) => {
                 if let Some(status) = pod.wait_exit(Duration::from_secs(2)) {
                     tracing::warn!("the VMM exited under container {id}");
                     break status;
                 }
-                tracing::error!("WaitProcess for container {id}: {e}");
-                break VM_LOST_STATUS;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break VM_LOST_STATUS,
-        }
-        if let Some(status) = pod.poll_exit() {
-            tracing::warn!("the VMM exited under container {id}");
-            break status;
-        }
-        if terminate.load(Ordering::Relaxed) {
-            tracing::info!("monitor of {id} terminated: stopping the VM");
-            break 128 + libc::SIGKILL;
+            Ok(Wake::Pod(e)) => tracing::debug!("ignored pod event {e:?}"),
+            Ok(Wake::Terminate) => {
+                tracing::info!("monitor of {id} terminated: stopping the VM");
+                break 128 + libc::SIGKILL;
+            }
+            Err(mpsc::RecvError) => break VM_LOST_STATUS,
         }
     }
 }
@@ -333,9 +407,18 @@ fn record_exit(paths: &ContainerPaths, status: i32) {
 mod tests {
     use super::*;
     use crate::agent::fake::FakeAgent;
+    use crate::agent::AgentClient;
     use crate::pod::{FakeVm, Started};
 
-    fn running() -> (Pod, FakeVm, Arc<FakeAgent>, Arc<dyn AgentClient>) {
+    fn supervise_(pod: &Pod, terminate: bool) -> i32 {
+        let (tx, rx) = mpsc::channel();
+        if terminate {
+            tx.send(Wake::Terminate).unwrap();
+        }
+        supervise(pod, "c1", tx, &rx)
+    }
+
+    fn running() -> (Pod, FakeVm, Arc<FakeAgent>) {
         let agent = Arc::new(FakeAgent::blocking());
         agent.create_container("c1", b"{}").unwrap();
         agent.start_container("c1").unwrap();
@@ -347,32 +430,31 @@ mod tests {
             seconds: 0.0,
         };
         let pod = Pod::from_parts(agent.clone(), Box::new(vm.clone()), started);
-        let client = pod.agent();
-        (pod, vm, agent, client)
+        (pod, vm, agent)
     }
 
     #[test]
     fn the_init_exit_is_the_status() {
-        let (pod, vm, agent, client) = running();
+        let (pod, vm, agent) = running();
         let a = agent.clone();
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
             a.exit("c1", "", 42);
         });
-        assert_eq!(supervise(&pod, &client, "c1", &AtomicBool::new(false)), 42);
+        assert_eq!(supervise_(&pod, false), 42);
         t.join().unwrap();
         assert!(vm.running(), "the caller shuts the VM down");
     }
 
     #[test]
     fn a_vm_killed_under_the_container_gives_128_plus_its_signal() {
-        let (pod, vm, agent, client) = running();
+        let (pod, vm, agent) = running();
         let v = vm.clone();
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
             v.die(libc::SIGKILL);
         });
-        assert_eq!(supervise(&pod, &client, "c1", &AtomicBool::new(false)), 137);
+        assert_eq!(supervise_(&pod, false), 137);
         t.join().unwrap();
         assert_eq!(pod.exit_status(), Some(137));
         agent.disconnect();
@@ -380,33 +462,24 @@ mod tests {
 
     #[test]
     fn the_agent_connection_lost_with_the_vm_gives_its_status() {
-        let (pod, vm, agent, client) = running();
+        let (pod, vm, agent) = running();
         vm.die(libc::SIGSEGV);
         agent.disconnect();
-        assert_eq!(
-            supervise(&pod, &client, "c1", &AtomicBool::new(false)),
-            128 + libc::SIGSEGV
-        );
+        assert_eq!(supervise_(&pod, false), 128 + libc::SIGSEGV);
     }
 
     #[test]
     fn the_agent_failing_while_the_vm_runs_gives_255() {
-        let (pod, vm, agent, client) = running();
+        let (pod, vm, agent) = running();
         agent.disconnect();
-        assert_eq!(
-            supervise(&pod, &client, "c1", &AtomicBool::new(false)),
-            VM_LOST_STATUS
-        );
+        assert_eq!(supervise_(&pod, false), VM_LOST_STATUS);
         assert!(vm.running());
     }
 
     #[test]
     fn terminate_stops_waiting_with_sigkill_status() {
-        let (pod, _vm, agent, client) = running();
-        assert_eq!(
-            supervise(&pod, &client, "c1", &AtomicBool::new(true)),
-            128 + libc::SIGKILL
-        );
+        let (pod, _vm, agent) = running();
+        assert_eq!(supervise_(&pod, true), 128 + libc::SIGKILL);
         agent.disconnect();
     }
 }

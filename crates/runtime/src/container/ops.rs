@@ -4,11 +4,13 @@
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nacre_protocol::ttrpc::Code;
 
-use crate::agent::{AgentClient, AgentClientError, ContainerStats, INIT_EXEC_ID};
+use crate::agent::{AgentClientError, ContainerStats, INIT_EXEC_ID};
+use crate::pod::ContainerHandle;
 
 use super::launch::launch_detached;
 use super::lock::DirLock;
@@ -17,7 +19,6 @@ use super::mounts::{create_private_dir, ensure_private_dir};
 use super::paths::ContainerPaths;
 use super::process::{kill_if_runs, kill_vmm, pid_alive, send_signal, wait_dead};
 use super::share::SharedDir;
-use super::spec::Bundle;
 use super::state::{State, Status};
 use super::ContainerError;
 
@@ -29,15 +30,11 @@ pub const VMM_EXE: &str = "nacre-vmm";
 /// runc shim matches this text to mean "already finished".
 pub const NOT_RUNNING: &str = "container not running";
 
-/// `create`: checks the bundle, makes the state and shared directories,
+/// `create`: makes the state and shared directories,
 /// then starts the monitor (`monitor`, a prepared `nacre monitor ...`
 /// command; `--sync-fd N` is appended) and waits for its report. On any
 /// failure nothing is left behind. Returns the monitor, running detached.
-pub fn create(
-    paths: &ContainerPaths,
-    bundle: &Bundle,
-    monitor: Command,
-) -> Result<Child, ContainerError> {
+pub fn create(paths: &ContainerPaths, monitor: Command) -> Result<Child, ContainerError> {
     let dir = paths.dir();
     if dir.exists() {
         return Err(ContainerError::Exists(paths.id().into()));
@@ -68,7 +65,8 @@ pub fn create(
     }
     let result = (|| {
         let _lock = DirLock::acquire(&dir, paths.id())?;
-        SharedDir::create(&dir)?.bind_container(bundle, paths.id())?;
+        // The monitor shares the rootfs and volumes (`Pod::add_container`).
+        SharedDir::create(&dir)?;
         launch_detached(monitor)
     })();
     if result.is_err() {
@@ -126,7 +124,7 @@ pub fn start(paths: &ContainerPaths) -> Result<(), ContainerError> {
             "only a created container can be started",
         ));
     }
-    connect_agent(paths)?.start_container(paths.id())?;
+    container(paths)?.start()?;
     state.status = Status::Running;
     state.save(&paths.state_file())
 }
@@ -140,7 +138,7 @@ pub fn kill(paths: &ContainerPaths, signal: i32, all: bool) -> Result<(), Contai
     }
     let signal =
         u32::try_from(signal).map_err(|_| ContainerError::UnknownSignal(signal.to_string()))?;
-    match connect_agent(paths)?.signal_process(paths.id(), INIT_EXEC_ID, signal, all) {
+    match container(paths)?.signal(INIT_EXEC_ID, signal, all) {
         // Its init exited in the guest before the monitor recorded it.
         Err(AgentClientError::Status {
             code: Code::NOT_FOUND,
@@ -154,14 +152,14 @@ pub fn kill(paths: &ContainerPaths, signal: i32, all: bool) -> Result<(), Contai
 pub fn set_paused(paths: &ContainerPaths, pause: bool) -> Result<(), ContainerError> {
     let (_lock, mut state) = locked(paths)?;
     let status = state.effective_status();
-    let agent = connect_agent(paths);
+    let container = container(paths);
     match (pause, status) {
         (true, Status::Running) => {
-            agent?.pause_container(paths.id())?;
+            container?.pause()?;
             state.status = Status::Paused;
         }
         (false, Status::Paused) => {
-            agent?.resume_container(paths.id())?;
+            container?.resume()?;
             state.status = Status::Running;
         }
         (true, s) => return Err(wrong(&state, s, "only a running container can be paused")),
@@ -170,13 +168,23 @@ pub fn set_paused(paths: &ContainerPaths, pause: bool) -> Result<(), ContainerEr
     state.save(&paths.state_file())
 }
 
-fn live_agent(paths: &ContainerPaths) -> Result<impl AgentClient, ContainerError> {
+/// The container as its pod's agent drives it (a connection of this
+/// process's own).
+fn container(paths: &ContainerPaths) -> Result<ContainerHandle, ContainerError> {
+    Ok(ContainerHandle::attach(
+        Arc::new(connect_agent(paths)?),
+        paths.id(),
+    ))
+}
+
+/// [`container`], refused once the container stopped.
+fn live_container(paths: &ContainerPaths) -> Result<ContainerHandle, ContainerError> {
     let state = load(paths)?;
     let status = state.effective_status();
     if status == Status::Stopped {
         return Err(wrong(&state, status, NOT_RUNNING));
     }
-    connect_agent(paths)
+    container(paths)
 }
 
 /// `update`: applies an OCI `linux.resources` object.
@@ -184,25 +192,25 @@ pub fn update(paths: &ContainerPaths, resources: &serde_json::Value) -> Result<(
     let _lock = DirLock::acquire(&paths.dir(), paths.id())?;
     let json =
         serde_json::to_vec(resources).map_err(|e| ContainerError::BadResources(e.to_string()))?;
-    live_agent(paths)?.update_container(paths.id(), &json)?;
+    live_container(paths)?.update(&json)?;
     Ok(())
 }
 
 /// `ps`: the container's guest pids.
 pub fn processes(paths: &ContainerPaths) -> Result<Vec<u32>, ContainerError> {
-    Ok(live_agent(paths)?.list_processes(paths.id())?)
+    Ok(live_container(paths)?.pids()?)
 }
 
 /// `ps`: the container's guest processes as `ps -ef` describes them.
 pub fn process_table(
     paths: &ContainerPaths,
 ) -> Result<Vec<crate::agent::ProcessInfo>, ContainerError> {
-    Ok(live_agent(paths)?.process_table(paths.id())?)
+    Ok(live_container(paths)?.processes()?)
 }
 
 /// `events --stats`: resource usage.
 pub fn stats(paths: &ContainerPaths) -> Result<ContainerStats, ContainerError> {
-    Ok(live_agent(paths)?.stats_container(paths.id())?)
+    Ok(live_container(paths)?.stats()?)
 }
 
 /// `delete`: stops what runs (with `force`, even a running container) and

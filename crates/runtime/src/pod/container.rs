@@ -4,7 +4,9 @@
 use crate::agent::AgentClientError;
 use crate::container::paths::GuestLayout;
 use crate::container::pod_ns::{self, NsHolder};
+use crate::container::share::SharedDir;
 use crate::container::spec::Bundle;
+use crate::container::ContainerError;
 
 use super::Pod;
 
@@ -20,9 +22,31 @@ pub struct Joins {
     pub pod_namespaces: Option<NsHolder>,
 }
 
+/// Where a pod's containers are shared with its VM: the sandbox's
+/// [`SharedDir`] (bind mounts), or a stand-in that mounts nothing in unit
+/// tests.
+pub trait ContainerShare: Send + Sync + std::fmt::Debug {
+    /// Shares container `cid`'s rootfs and bind volumes.
+    fn bind_container(&self, bundle: &Bundle, cid: &str) -> Result<(), ContainerError>;
+    /// Unshares container `cid`.
+    fn remove_container(&self, cid: &str) -> Result<(), ContainerError>;
+}
+
+impl ContainerShare for SharedDir {
+    fn bind_container(&self, bundle: &Bundle, cid: &str) -> Result<(), ContainerError> {
+        SharedDir::bind_container(self, bundle, cid)
+    }
+
+    fn remove_container(&self, cid: &str) -> Result<(), ContainerError> {
+        SharedDir::remove_container(self, cid)
+    }
+}
+
 /// Errors creating a container in a pod.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
+    #[error("sharing the rootfs with the VM: {0}")]
+    Share(ContainerError),
     #[error("encoding the guest spec: {0}")]
     Spec(#[from] serde_json::Error),
     #[error(transparent)]
@@ -30,6 +54,29 @@ pub enum CreateError {
 }
 
 impl Pod {
+    /// Adds container `cid` of `bundle` to the pod: shares its rootfs and
+    /// volumes through `share`, then creates it (see
+    /// [`Pod::create_container`]). On failure its share is removed again.
+    /// Returns its init's pid in the guest.
+    pub fn add_container(
+        &self,
+        cid: &str,
+        bundle: &Bundle,
+        joins: Joins,
+        share: &dyn ContainerShare,
+    ) -> Result<u32, CreateError> {
+        share
+            .bind_container(bundle, cid)
+            .map_err(CreateError::Share)?;
+        let created = self.create_container(cid, bundle, joins);
+        if created.is_err() {
+            if let Err(e) = share.remove_container(cid) {
+                tracing::warn!(cid, "removing the container's share: {e}");
+            }
+        }
+        created
+    }
+
     /// Has the agent create container `cid` of `bundle` (its rootfs and
     /// volumes already in the share): the spec as the guest sees it,
     /// joined to the pod as `joins` says. Returns its init's pid in the

@@ -9,8 +9,11 @@
 //! configuration. A step that fails undoes the ones before it (their
 //! owners' `Drop`), so a half-built pod leaves nothing behind.
 //!
-//! A started [`Pod`] owns the VMM: [`Pod::poll_exit`] notices its death,
-//! [`Pod::shutdown`] stops it through the agent, [`Pod::kill`] without.
+//! A started [`Pod`] owns the VMM: [`Pod::watch`] reports its death and
+//! its processes' exits as events ([`PodEvent`]), [`Pod::poll_exit`]
+//! reaps it, [`Pod::shutdown`] stops it through the agent, [`Pod::kill`]
+//! without. A created container is driven through its
+//! [`ContainerHandle`] ([`Pod::container`]).
 //! Each of them tears the network and the host cgroup down once the VMM
 //! has exited. The VMM and the agent are behind traits ([`PodVm`],
 //! [`AgentClient`]), so the frontends' state machines run in unit tests
@@ -18,8 +21,10 @@
 
 mod container;
 mod dir;
+mod handle;
 mod options;
 mod vm;
+mod watch;
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -34,11 +39,13 @@ use crate::sandbox::{default_call_timeout, SandboxError};
 use crate::template::{mark_restored, start_sandbox, StartKind};
 use crate::vm::HostPlacement;
 
-pub use container::{CreateError, Joins};
+pub use container::{ContainerShare, CreateError, Joins};
 pub use dir::remove_sandbox_dir;
+pub use handle::ContainerHandle;
 pub use nacre_vmm_api::CacheMode;
 pub use options::{guest_identity, PodCgroup, PodNetworkOptions, PodOptions};
-pub use vm::{FakeVm, PodVm};
+pub use vm::{pidfd_open, FakeVm, PodVm};
+pub use watch::{EventSink, PodEvent, Watcher};
 
 /// The status a process gets when its VM went away under it: 128 + the
 /// signal that killed the VMM, else 255 (as runc reports a container

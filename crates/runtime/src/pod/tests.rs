@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
@@ -102,4 +102,102 @@ fn lost_status_is_128_plus_the_signal_else_255() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(lost_status(ExitStatus::from_raw(9)), 137);
     assert_eq!(lost_status(ExitStatus::from_raw(1 << 8)), VM_LOST_STATUS);
+}
+
+fn channel_sink() -> (EventSink, std::sync::mpsc::Receiver<PodEvent>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    let sink: EventSink = Arc::new(move |e| {
+        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(e);
+    });
+    (sink, rx)
+}
+
+fn blocking_pod() -> (Pod, FakeVm, Arc<FakeAgent>) {
+    let vm = FakeVm::new();
+    let agent = Arc::new(FakeAgent::blocking());
+    agent.create_container("c1", b"{}").unwrap();
+    let pod = Pod::from_parts(agent.clone(), Box::new(vm.clone()), started());
+    (pod, vm, agent)
+}
+
+#[test]
+fn the_watcher_sends_a_process_exit_as_an_event() {
+    let (pod, vm, agent) = blocking_pod();
+    pod.container("c1").start().unwrap();
+    let (sink, rx) = channel_sink();
+    let watcher = pod.watch(sink).unwrap();
+    watcher.process("c1", "");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "nothing yet"
+    );
+    agent.exit("c1", "", 3);
+    match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
+        PodEvent::Exited { cid, exec_id, exit } => {
+            assert_eq!((cid.as_str(), exec_id.as_str()), ("c1", ""));
+            assert_eq!(pod.exit_of(&cid, &exit, Duration::ZERO), 3);
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+    pod.shutdown(Duration::from_secs(1)).unwrap();
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        PodEvent::VmExited
+    ));
+    assert!(!vm.running());
+    agent.disconnect();
+}
+
+#[test]
+fn the_watcher_reports_the_vm_dying_under_a_process() {
+    let (pod, vm, agent) = blocking_pod();
+    pod.container("c1").start().unwrap();
+    let (sink, rx) = channel_sink();
+    pod.watch(sink).unwrap().process("c1", "");
+    vm.die(libc::SIGSEGV);
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        PodEvent::VmExited
+    ));
+    assert_eq!(pod.poll_exit(), Some(128 + libc::SIGSEGV));
+    // The agent connection goes with the VM: the wait fails, and the
+    // process gets the VM's status.
+    agent.disconnect();
+    match rx.recv_timeout(Duration::from_secs(5)).unwrap() {
+        PodEvent::Exited { cid, exit, .. } => {
+            assert!(exit.is_err());
+            assert_eq!(
+                pod.exit_of(&cid, &exit, Duration::ZERO),
+                128 + libc::SIGSEGV
+            );
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+}
+
+#[test]
+fn watching_a_pod_whose_vm_is_gone_reports_it_at_once() {
+    let (pod, _vm, _) = pod();
+    pod.kill();
+    let (sink, rx) = channel_sink();
+    pod.watch(sink).unwrap();
+    assert!(matches!(rx.try_recv().unwrap(), PodEvent::VmExited));
+}
+
+#[test]
+fn the_container_handle_drives_one_container() {
+    let (pod, _vm, agent) = pod();
+    agent.create_container("c1", b"{}").unwrap();
+    let c = pod.container("c1");
+    assert_eq!(c.id(), "c1");
+    c.start().unwrap();
+    c.pause().unwrap();
+    c.resume().unwrap();
+    c.update(b"{}").unwrap();
+    c.signal("", 9, false).unwrap();
+    assert!(c.stats().is_ok());
+    c.remove().unwrap();
+    assert!(pod.container("c1").start().is_err(), "removed");
+    assert!(pod.container("nope").stats().is_err());
 }

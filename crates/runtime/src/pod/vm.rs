@@ -1,6 +1,7 @@
 //! The pod's VM behind a trait: the real one is a [`Sandbox`] (a
 //! `nacre-vmm` process); [`FakeVm`] stands in for it in unit tests.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::{Arc, Condvar, Mutex};
@@ -13,6 +14,9 @@ use crate::vm::VmError;
 pub trait PodVm: Send + std::fmt::Debug {
     /// The VMM's pid.
     fn pid(&self) -> u32;
+    /// A descriptor that becomes readable once the VMM has exited (a
+    /// pidfd); opened while the VMM is not yet reaped.
+    fn exit_fd(&self) -> std::io::Result<OwnedFd>;
     /// The VMM's exit status once it has exited.
     fn try_wait(&mut self) -> Result<Option<ExitStatus>, VmError>;
     /// [`PodVm::try_wait`], waiting up to `timeout`.
@@ -25,6 +29,10 @@ pub trait PodVm: Send + std::fmt::Debug {
 impl PodVm for Sandbox {
     fn pid(&self) -> u32 {
         self.vm().pid()
+    }
+
+    fn exit_fd(&self) -> std::io::Result<OwnedFd> {
+        pidfd_open(self.vm().pid())
     }
 
     fn try_wait(&mut self) -> Result<Option<ExitStatus>, VmError> {
@@ -40,10 +48,42 @@ impl PodVm for Sandbox {
     }
 }
 
+/// A pidfd of process `pid` (readable once it exits).
+pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new
+    // descriptor or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by no one
+    // else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// A VM for unit tests: it "runs" until [`FakeVm::die`] (or a shutdown).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FakeVm {
     state: Arc<(Mutex<FakeVmState>, Condvar)>,
+    /// Readable once the VM "exited" (an eventfd).
+    exited: Arc<OwnedFd>,
+}
+
+impl Default for FakeVm {
+    fn default() -> Self {
+        // SAFETY: eventfd takes no pointers; it returns a new descriptor
+        // or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+        Self {
+            state: Arc::default(),
+            // SAFETY: `fd` is a new descriptor owned by no one else.
+            exited: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +104,19 @@ impl FakeVm {
         let (lock, cv) = &*self.state;
         lock.lock().unwrap_or_else(|e| e.into_inner()).exit = Some(ExitStatus::from_raw(signal));
         cv.notify_all();
+        self.signal_exit();
+    }
+
+    fn signal_exit(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of `one` to the eventfd.
+        let _ = unsafe {
+            libc::write(
+                self.exited.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
     }
 
     /// How often it was shut down through its agent, and killed.
@@ -88,6 +141,10 @@ impl PodVm for FakeVm {
         std::process::id()
     }
 
+    fn exit_fd(&self) -> std::io::Result<OwnedFd> {
+        self.exited.try_clone()
+    }
+
     fn try_wait(&mut self) -> Result<Option<ExitStatus>, VmError> {
         Ok(self.state.0.lock().unwrap_or_else(|e| e.into_inner()).exit)
     }
@@ -107,6 +164,8 @@ impl PodVm for FakeVm {
         s.shutdowns += 1;
         s.exit.get_or_insert(ExitStatus::from_raw(0));
         cv.notify_all();
+        drop(s);
+        self.signal_exit();
         Ok(())
     }
 }
@@ -121,6 +180,8 @@ impl Drop for FakeVm {
         if s.exit.is_none() {
             s.kills += 1;
             s.exit = Some(ExitStatus::from_raw(libc::SIGKILL));
+            drop(s);
+            self.signal_exit();
         }
     }
 }
