@@ -142,8 +142,21 @@ impl Runtime {
     /// Times `<runtime> run --bundle B <id>` in the foreground, from spawn
     /// to exit, and checks it exited 0.
     pub fn time_run(&self, bundle: &Path, id: &str) -> Result<f64, ContainerBenchError> {
+        self.time_run_traced(bundle, id, None)
+    }
+
+    /// [`Runtime::time_run`] with `NACRE_TRACE=<trace>` when given.
+    pub fn time_run_traced(
+        &self,
+        bundle: &Path,
+        id: &str,
+        trace: Option<&Path>,
+    ) -> Result<f64, ContainerBenchError> {
         let mut cmd = self.command();
         cmd.args(["run", "--bundle"]).arg(bundle).arg(id);
+        if let Some(t) = trace {
+            cmd.env(nacre_runtime::trace::TRACE_ENV, t);
+        }
         cmd.stdout(Stdio::null());
         let start = Instant::now();
         self.checked(cmd, "run")?;

@@ -9,6 +9,7 @@ pub mod container;
 pub mod ctr_run;
 pub mod harness;
 pub mod memory;
+pub mod phases;
 pub mod pods;
 pub mod pods_report;
 pub mod procs;

@@ -13,7 +13,7 @@ use nacre_bench::stats::median;
 use nacre_runtime::image::{locate_vmm, GuestImage};
 
 /// The report's sections, in order, as `--only` names them.
-const SECTIONS: [&str; 5] = ["boot", "containers", "templates", "ctr", "pods"];
+const SECTIONS: [&str; 6] = ["boot", "containers", "phases", "templates", "ctr", "pods"];
 
 #[derive(Parser)]
 #[command(version, about = "nacre benchmarks: writes report.md and report.json")]
@@ -43,7 +43,7 @@ struct Args {
     /// `pods` section (cold VMs started together on a small host are slow).
     #[arg(long, default_value_t = 1800)]
     pods_timeout: u64,
-    /// Run only these sections (boot, containers, templates, ctr, pods); all
+    /// Run only these sections (boot, containers, phases, templates, ctr, pods); all
     /// by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -118,6 +118,9 @@ fn main() -> Result<()> {
     }
     if args.wants("containers") {
         sections.push(container_section(args.runs).context("container benchmark")?);
+    }
+    if args.wants("phases") {
+        sections.push(phases_section(args.runs, &args.out).context("phase benchmark")?);
     }
     if args.wants("templates") {
         sections.push(template_section(&args, &image).context("template benchmark")?);
@@ -295,6 +298,51 @@ fn boot_section(samples: &[BootSample], vmms: &[Vmm], memory_mib: u32) -> Sectio
     }
 }
 
+/// `nacre run` of `true`, traced: the phase table, the host CPU per
+/// process and the timeline picture (`<out>/phases-timeline.svg`).
+fn phases_section(runs: usize, out: &std::path::Path) -> Result<Section> {
+    let scratch = std::env::temp_dir().join(format!("nacre-bench-phases-{}", std::process::id()));
+    let result = (|| {
+        let bundle = busybox_bundle(&scratch.join("bundle"), &["true"])?;
+        let rt = Runtime {
+            name: "nacre",
+            binary: nacre_binary(),
+            root: scratch.join("root"),
+        };
+        let mut phases = Vec::new();
+        for i in 0..runs.max(1) {
+            eprintln!("[nacre] traced run {}/{runs} of `true`...", i + 1);
+            let trace = scratch.join(format!("trace-{i}.json"));
+            let wall = rt.time_run_traced(&bundle, &format!("bench-phases-{i}"), Some(&trace))?;
+            let doc: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(&trace).with_context(|| format!("reading {}", trace.display()))?,
+            )
+            .with_context(|| format!("parsing {}", trace.display()))?;
+            if i == 0 {
+                std::fs::create_dir_all(out)?;
+                std::fs::write(
+                    out.join("phases-timeline.svg"),
+                    nacre_bench::phases::timeline_svg(&doc),
+                )?;
+                std::fs::write(out.join("phases-trace.json"), doc.to_string())?;
+            }
+            phases.push(nacre_bench::phases::analyse(&doc, wall));
+        }
+        Ok(nacre_bench::phases::section(&phases))
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// The `nacre` binary next to this one, else the installed one.
+fn nacre_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("nacre")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "/usr/local/bin/nacre".into())
+}
+
 /// `run` of the same busybox bundle (`true`) under runc, crun and nacre, and
 /// the host memory of one running nacre sandbox.
 fn container_section(runs: usize) -> Result<Section> {
@@ -307,11 +355,7 @@ fn container_section(runs: usize) -> Result<Section> {
 fn container_section_in(scratch: &std::path::Path, runs: usize) -> Result<Section> {
     let bundle = busybox_bundle(&scratch.join("bundle"), &["true"])?;
     let sleeper = busybox_bundle(&scratch.join("sleeper"), &["sleep", "100000"])?;
-    let nacre = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("nacre")))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| "/usr/local/bin/nacre".into());
+    let nacre = nacre_binary();
     let runtimes = [
         ("runc", PathBuf::from("runc")),
         ("crun", "crun".into()),

@@ -151,11 +151,47 @@ pub fn add_guest(spans: &[GuestSpan], vmm_pid: u32) {
     }
 }
 
+/// Records the CPU the VMM `vmm_pid` has used so far, split into its vCPU
+/// threads and the others (an instant event named `cpu.vmm`; the bench
+/// reads it). Nothing when the process is gone.
+pub fn add_vmm_cpu(vmm_pid: u32) {
+    if let Some(event) = vmm_cpu(vmm_pid) {
+        push(event);
+    }
+}
+
+fn vmm_cpu(vmm_pid: u32) -> Option<Value> {
+    let u = crate::metrics::ProcessUsage::of(vmm_pid)?;
+    Some(json!({
+        "name": "cpu.vmm", "cat": "cpu", "ph": "i", "s": "p",
+        "ts": micros(SystemTime::now()),
+        "pid": std::process::id(), "tid": thread_id(),
+        "args": {"vmm_pid": vmm_pid, "vcpu_s": u.vcpu_seconds, "other_s": u.other_seconds},
+    }))
+}
+
+/// This process's own CPU so far (user and system seconds), as an
+/// instant event named `cpu.self`.
+fn self_cpu() -> Value {
+    // SAFETY: getrusage writes one rusage into `ru`.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    json!({
+        "name": "cpu.self", "cat": "cpu", "ph": "i", "s": "p",
+        "ts": micros(SystemTime::now()),
+        "pid": std::process::id(), "tid": thread_id(),
+        "args": {"user_s": secs(ru.ru_utime), "sys_s": secs(ru.ru_stime)},
+    })
+}
+
 /// Merges this process's events (named `process` in the viewer) into the
 /// trace file `path` and forgets them. The file is created if missing;
 /// concurrent writers take turns (flock on `<path>.lock`).
 pub fn flush(path: &Path, process: &str) -> io::Result<()> {
     let mut events = std::mem::take(&mut *EVENTS.lock().unwrap_or_else(PoisonError::into_inner));
+    events.push(self_cpu());
     events.push(json!({
         "name": "process_name", "ph": "M", "pid": std::process::id(),
         "args": {"name": process},
@@ -233,6 +269,20 @@ mod tests {
             .unwrap();
         assert_eq!(guest["pid"].as_u64(), Some(GUEST_PID_BASE + 42));
         assert_eq!(names.iter().filter(|n| **n == "process_name").count(), 4);
+        // Each flush records its process's CPU.
+        let cpu: Vec<&Value> = events.iter().filter(|e| e["name"] == "cpu.self").collect();
+        assert_eq!(cpu.len(), 2);
+        assert!(cpu[0]["args"]["user_s"].as_f64().unwrap() >= 0.0);
+        assert!(cpu[0]["args"]["sys_s"].is_f64());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_cpu_of_a_vmm_is_split_into_vcpu_and_other_threads() {
+        // This process stands in for the VMM: no thread is a vCPU.
+        let e = vmm_cpu(std::process::id()).unwrap();
+        assert_eq!(e["name"], "cpu.vmm");
+        assert_eq!(e["args"]["vcpu_s"].as_f64(), Some(0.0));
+        assert!(e["args"]["other_s"].as_f64().unwrap() >= 0.0);
     }
 }
