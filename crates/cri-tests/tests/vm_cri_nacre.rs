@@ -510,6 +510,29 @@ fn nacre_pod_with_limits_oom_and_exit_races() {
         value("nacre_vmm_rss_bytes", &sb).is_some_and(|v| v > 0.0),
         "{samples:?}"
     );
+    // Template hits and misses: this pod's VM is counted under the kind
+    // its info line names.
+    let kind = samples
+        .iter()
+        .find(|s| s.metric == "nacre_sandbox_info" && s.labels.get("sandbox") == Some(pod.as_str()))
+        .and_then(|s| s.labels.get("start_kind").map(str::to_owned))
+        .unwrap_or_else(|| panic!("no nacre_sandbox_info for {pod}: {samples:?}"));
+    assert!(
+        value("nacre_sandbox_starts", &[("kind", kind.as_str())]).is_some_and(|v| v >= 1.0),
+        "{samples:?}"
+    );
+    // The sandbox's first container creation was timed.
+    let created = samples
+        .iter()
+        .find(|s| s.metric == "nacre_sandbox_create_duration_seconds")
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(h) => h
+                .iter()
+                .find(|b| b.less_than.is_infinite())
+                .map_or(0.0, |b| b.count),
+            _ => 0.0,
+        });
+    assert!(created.is_some_and(|n| n >= 1.0), "{samples:?}");
     assert!(
         value(
             "nacre_vmm_cpu_seconds_total",

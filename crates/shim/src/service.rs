@@ -60,6 +60,8 @@ struct Inner {
     vm: tokio::sync::Mutex<Option<Arc<Vm>>>,
     containers: Mutex<HashMap<String, Container>>,
     boot: Boot,
+    /// Seconds the VM's first container took to share and create.
+    first_create: std::sync::OnceLock<f64>,
 }
 
 /// How the sandbox's VM is started on its first container's create:
@@ -130,6 +132,7 @@ impl Service {
                 vm: tokio::sync::Mutex::new(None),
                 containers: Mutex::new(HashMap::new()),
                 boot,
+                first_create: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -186,7 +189,7 @@ impl Inner {
             memory_mib: started.memory_mib,
             start_kind: started.kind.to_owned(),
             start_seconds: started.seconds,
-            create_seconds: None,
+            create_seconds: self.first_create.get().copied(),
             containers,
         }
     }
@@ -420,6 +423,7 @@ impl Inner {
         let id = cid.to_string();
         let holder = self.ns_holder(cid, &vm)?;
         let (vm2, share2) = (vm.clone(), share.clone());
+        let creating = std::time::Instant::now();
         let result = blocking(move || {
             let joins = Joins {
                 // A container in the pod's network namespace shares the
@@ -437,6 +441,9 @@ impl Inner {
                 })
         })
         .await;
+        if result.is_ok() && booted_here {
+            let _ = self.first_create.set(creating.elapsed().as_secs_f64());
+        }
         let started = match result {
             Ok(pid) => {
                 let paths = StdioPaths {

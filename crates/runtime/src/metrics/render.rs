@@ -58,6 +58,24 @@ pub fn render(sandboxes: &[(SandboxReport, Option<ProcessUsage>)], node: NodeFac
         l.push(("start_kind", r.start_kind.clone()));
         out.sample("nacre_sandbox_info", &l, 1.0);
     }
+    // Template hits and misses among the running sandboxes: restored from
+    // a template, or cold-booted (templates off or unusable).
+    out.family(
+        "nacre_sandbox_starts",
+        "gauge",
+        "Running sandboxes by how their VM started (template: a template hit; cold: a miss or templates off).",
+    );
+    for kind in ["template", "cold"] {
+        let n = sandboxes
+            .iter()
+            .filter(|(r, _)| r.start_kind == kind)
+            .count();
+        out.sample(
+            "nacre_sandbox_starts",
+            &[("kind", kind.to_owned())],
+            n as f64,
+        );
+    }
     for (name, help, get) in [
         (
             "nacre_sandbox_vcpus",
@@ -301,6 +319,9 @@ mod tests {
             "nacre_sandbox_start_duration_seconds_bucket{le=\"0.5\"} 1".to_owned(),
             "nacre_sandbox_start_duration_seconds_bucket{le=\"0.25\"} 0".to_owned(),
             "nacre_sandbox_start_duration_seconds_count 1".to_owned(),
+            "nacre_sandbox_create_duration_seconds_bucket{le=\"2.5\"} 1".to_owned(),
+            "nacre_sandbox_starts{kind=\"template\"} 1".to_owned(),
+            "nacre_sandbox_starts{kind=\"cold\"} 0".to_owned(),
         ] {
             assert!(text.contains(&want), "{want} missing in\n{text}");
         }
