@@ -47,17 +47,22 @@ impl Drop for Guard {
         let duration_us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
         // SAFETY: gettid(2) has no arguments and no memory effects.
         let thread = u32::try_from(unsafe { libc::gettid() }).unwrap_or(0);
-        let mut spans = SPANS.lock().unwrap_or_else(PoisonError::into_inner);
-        if spans.len() >= KEPT {
-            spans.pop_front();
-        }
-        spans.push_back(Span {
+        add(Span {
             name: self.name,
             start_us,
             duration_us,
             thread,
         });
     }
+}
+
+/// Keeps a span timed elsewhere (a forked child's step).
+pub fn add(span: Span) {
+    let mut spans = SPANS.lock().unwrap_or_else(PoisonError::into_inner);
+    if spans.len() >= KEPT {
+        spans.pop_front();
+    }
+    spans.push_back(span);
 }
 
 /// The spans kept, oldest first.

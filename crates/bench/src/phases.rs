@@ -14,8 +14,9 @@ use crate::report::Section;
 use crate::stats::median;
 
 /// The host spans of a `run`, in the order they happen.
-pub const HOST_PHASES: [&str; 9] = [
-    "cli",
+pub const HOST_PHASES: [&str; 10] = [
+    "cli run",
+    "cli monitor",
     "monitor.setup",
     "sandbox.start",
     "agent.SetTime",
@@ -60,6 +61,11 @@ pub fn analyse(doc: &Value, wall_s: f64) -> RunPhases {
         match (e["ph"].as_str(), name) {
             (Some("X"), _) => {
                 let cat = e["cat"].as_str().unwrap_or("host");
+                // Each process has a `cli` span: named by its command.
+                let name = match e["args"]["command"].as_str() {
+                    Some(command) if name == "cli" => format!("cli {command}"),
+                    _ => name.to_owned(),
+                };
                 *out.spans_ms.entry(format!("{cat}:{name}")).or_default() += f(e, "dur") / 1000.0;
             }
             (Some("i"), "cpu.self") => {
@@ -135,7 +141,7 @@ pub fn section(runs: &[RunPhases]) -> Section {
         notes: vec![
             format!(
                 "`NACRE_TRACE=<file> nacre run` of the busybox bundle, median of {n}. Host spans \
-                 nest: `cli` is the whole command, `monitor.setup` holds `sandbox.start` \
+                 nest: `cli run` is the whole command (`cli monitor` its monitor's life), `monitor.setup` holds `sandbox.start` \
                  (template restore or cold boot, to the first agent answer), `agent.SetTime`, \
                  `agent.connect` and `agent.CreateContainer`; `container.wait` runs from the \
                  monitor's report to the init's exit (the CLI's `agent.StartContainer` inside \
@@ -261,7 +267,7 @@ mod tests {
         json!({"traceEvents": [
             {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "nacre run"}},
             {"name": "process_name", "ph": "M", "pid": 2, "args": {"name": "nacre monitor"}},
-            {"name": "cli", "cat": "host", "ph": "X", "ts": 1000, "dur": 4000, "pid": 1, "tid": 1},
+            {"name": "cli", "cat": "host", "ph": "X", "ts": 1000, "dur": 4000, "pid": 1, "tid": 1, "args": {"command": "run"}},
             {"name": "sandbox.start", "cat": "host", "ph": "X", "ts": 1200, "dur": 900, "pid": 2, "tid": 2},
             {"name": "agent.CreateContainer", "cat": "guest", "ph": "X", "ts": 2200, "dur": 1500, "pid": 99, "tid": 1},
             {"name": "cpu.self", "ph": "i", "pid": 1, "args": {"user_s": 0.01, "sys_s": 0.02}},
@@ -273,7 +279,7 @@ mod tests {
     #[test]
     fn a_trace_becomes_phases_and_cpu_per_process() {
         let r = analyse(&doc(), 4.2);
-        assert_eq!(r.spans_ms["host:cli"], 4.0);
+        assert_eq!(r.spans_ms["host:cli run"], 4.0);
         assert_eq!(r.spans_ms["guest:agent.CreateContainer"], 1.5);
         assert!((r.cpu_s["cli"] - 0.03).abs() < 1e-9);
         assert!((r.cpu_s["monitor"] - 0.1).abs() < 1e-9);

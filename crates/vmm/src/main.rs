@@ -55,6 +55,12 @@ fn main() -> ExitCode {
 }
 
 fn run(mut args: VmmArgs) -> ExitCode {
+    // The profiler's output (a developer's tool, NACRE_VMM_PROFILE) is
+    // opened before the jail hides the host's paths.
+    if let Err(e) = nacre_vmm::profile::init() {
+        eprintln!("nacre-vmm: opening the profile output: {e}");
+        return code(exit_code::FAILURE);
+    }
     // First: nothing the guest controls is read before the jail holds.
     match cli::jail_spec(&mut args) {
         Ok(None) => {}

@@ -19,7 +19,8 @@ pub const ENV: &str = "NACRE_VMM_PROFILE";
 
 static OUTPUT: OnceLock<Mutex<io::BufWriter<File>>> = OnceLock::new();
 
-/// Opens the output file if profiling was asked for; returns whether it was.
+/// Opens the output file if profiling was asked for (`nacre-vmm` does it
+/// first, before its jail); returns whether it was.
 pub fn init() -> io::Result<bool> {
     let Some(path) = std::env::var_os(ENV) else {
         return Ok(false);
@@ -61,4 +62,14 @@ pub fn spawn_ticker(kick: Arc<dyn Fn() + Send + Sync>) -> io::Result<()> {
         },
     )
     .map(|_| ())
+}
+
+/// Starts the ticker for the vCPUs of `control` when [`init`] opened an
+/// output (before the jail: the output's path is the host's).
+pub fn start(control: &Arc<crate::vcpu::VcpuControl>) -> io::Result<()> {
+    if !enabled() {
+        return Ok(());
+    }
+    let control = Arc::clone(control);
+    spawn_ticker(Arc::new(move || control.kick()))
 }

@@ -242,6 +242,7 @@ pub fn restore(config: &RestoreConfig) -> Result<ExitEvent, VmmError> {
         .map_err(io_err("starting a vCPU thread"))?;
         control.add_thread(handle);
     }
+    crate::profile::start(&control).map_err(io_err("starting the profiler"))?;
     if let Some(server) = api_server {
         server.spawn(Arc::new(VmHandle {
             control: control.clone(),

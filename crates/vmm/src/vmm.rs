@@ -196,11 +196,7 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
         .map_err(io_err("starting a vCPU thread"))?;
         control.add_thread(handle);
     }
-    if crate::profile::init().map_err(io_err("opening the profile output"))? {
-        let control = control.clone();
-        crate::profile::spawn_ticker(Arc::new(move || control.kick()))
-            .map_err(io_err("starting the profiler"))?;
-    }
+    crate::profile::start(&control).map_err(io_err("starting the profiler"))?;
 
     if let Some(server) = api_server {
         let snapshot = Snapshotter {

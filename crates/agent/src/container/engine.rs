@@ -412,17 +412,23 @@ impl<L: Launcher> Engine<L> {
             return Err(invalid(format!("rootfs {root} is not a directory")));
         }
         let seccomp = match spec.linux.as_ref().and_then(|l| l.seccomp.as_ref()) {
-            Some(profile) => super::seccomp::compile(profile).map_err(invalid)?,
+            Some(profile) => {
+                let _span = crate::trace::span("create.seccomp");
+                super::seccomp::compile(profile).map_err(invalid)?
+            }
             None => Vec::new(),
         };
         let mut devices = None;
         let cgroup = match &self.cgroups {
             Some(root) => {
+                let cg_span = crate::trace::span("create.cgroup");
                 let cg = root.create(id).map_err(|e| internal(e.to_string()))?;
                 if let Err(e) = cg.apply(&spec.resources()) {
                     let _ = cg.destroy();
                     return Err(cgroup_error(id, &e));
                 }
+                drop(cg_span);
+                let _span = crate::trace::span("create.devices");
                 match attach_devices(id, &cg, spec) {
                     Ok(d) => devices = Some(d),
                     Err(e) => {
@@ -442,7 +448,10 @@ impl<L: Launcher> Engine<L> {
             cgroup_procs: procs.as_deref(),
             seccomp: &seccomp,
         };
-        let launched = match self.launcher.create(&req) {
+        let launch_span = crate::trace::span("create.launch");
+        let launched = self.launcher.create(&req);
+        drop(launch_span);
+        let launched = match launched {
             Ok(l) => l,
             Err(e) => {
                 if let Some(cg) = &cgroup {

@@ -186,7 +186,17 @@ fn child_fds(io: &ChildStdio, start: Option<&OwnedFd>, sync: &OwnedFd) -> ChildF
 }
 
 /// The body of an init child: setup, report, wait for start, execve.
-fn init_child(fds: &ChildFds, req: &CreateRequest<'_>, console: Option<&str>) -> ! {
+fn init_child(
+    fds: &ChildFds,
+    req: &CreateRequest<'_>,
+    console: Option<&str>,
+    steps: Option<&super::steps::ChildSteps>,
+) -> ! {
+    // Times step `i` of `steps::NAMES` when there is a page to write to.
+    let timed = |i: usize, f: &mut dyn FnMut() -> Result<(), String>| match steps {
+        Some(s) => s.time(i, f),
+        None => f(),
+    };
     let placed = || -> Result<(), String> {
         ffi::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
         child::arrange_fds(fds)
@@ -198,14 +208,16 @@ fn init_child(fds: &ChildFds, req: &CreateRequest<'_>, console: Option<&str>) ->
     let process = req.spec.process();
     let setup = || -> Result<Vec<String>, String> {
         child::set_oom_score_adj(&process)?;
-        child::join_cgroup(req.cgroup_procs)?;
-        child::enter_namespaces(req.spec)?;
-        child::mount_rootfs(req.spec, req.rootfs, console)?;
-        child::switch_root(req.rootfs)?;
+        timed(0, &mut || child::join_cgroup(req.cgroup_procs))?;
+        timed(1, &mut || child::enter_namespaces(req.spec))?;
+        timed(2, &mut || {
+            child::mount_rootfs(req.spec, req.rootfs, console)
+        })?;
+        timed(3, &mut || child::switch_root(req.rootfs))?;
         child::create_cwd(&process)?;
         let env = child::process_env(&process);
-        child::finish_rootfs(req.spec)?;
-        child::apply_process(&process, req.seccomp)?;
+        timed(4, &mut || child::finish_rootfs(req.spec))?;
+        timed(5, &mut || child::apply_process(&process, req.seccomp))?;
         Ok(env)
     };
     let result = setup();
@@ -291,12 +303,22 @@ impl Launcher for LinuxLauncher {
         };
         let fds = child_fds(&child_io, Some(&start_r), &sync_w);
         let console = child_io.console.as_deref();
-        let pid = self.fork(&pidns, || init_child(&fds, req, console))?;
+        let steps = super::steps::ChildSteps::new();
+        let pid = self.fork(&pidns, || init_child(&fds, req, console, steps.as_ref()))?;
         // Only the child keeps its ends: EOF must follow its exit.
         drop((start_r, sync_w, child_io));
         let mut first = [0u8; 1];
         match ffi::read(sync_r.as_fd(), &mut first) {
-            Ok(1) if first[0] == READY => {}
+            Ok(1) if first[0] == READY => {
+                for (name, start_us, duration_us) in steps.iter().flat_map(|s| s.recorded()) {
+                    crate::trace::add(crate::trace::Span {
+                        name,
+                        start_us,
+                        duration_us,
+                        thread: u32::try_from(pid).unwrap_or(0),
+                    });
+                }
+            }
             Ok(1) if first[0] == FAILED => {
                 let rest = ffi::read_to_end(sync_r.as_fd()).unwrap_or_default();
                 self.reap(pid);

@@ -30,6 +30,7 @@ pub mod seccomp;
 pub mod securejoin;
 pub mod spec;
 pub mod stdio;
+pub mod steps;
 pub mod syscalls;
 
 pub use engine::Engine;
