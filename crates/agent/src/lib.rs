@@ -137,6 +137,10 @@ pub fn run(config: &Config, mode: Mode) -> Result<(), AgentError> {
         container::LinuxLauncher::new(reaper),
         Some(config.cgroup_root.clone().into()),
     );
+    if mode == Mode::Init {
+        // Before the ready line: a VM template is snapshotted with it done.
+        engine.prepare();
+    }
     let (events, requests) = mpsc::channel();
     let server = server::start(&config.listen, events, engine)?;
     println!(

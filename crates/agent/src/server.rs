@@ -17,8 +17,8 @@ use crate::service::{AgentService, Event, HealthService};
 /// `MAX` exit. So the pool grows with the calls that block (WaitProcess,
 /// ReadStdout/ReadStderr, WriteStdin): with `MIN` 2 there are always two
 /// idle workers for a signal or a state query while others are blocked.
-const WORKERS_DEFAULT: usize = 4;
-const WORKERS_MIN: usize = 2;
+const WORKERS_DEFAULT: usize = 2;
+const WORKERS_MIN: usize = 1;
 const WORKERS_MAX: usize = 16;
 
 /// The server could not start.

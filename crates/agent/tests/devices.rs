@@ -235,3 +235,54 @@ fn enforced_len() -> usize {
     };
     nacre_agent::container::devices::compile(&enforced_rules(&[deny_all], &[])).len()
 }
+
+#[test]
+fn one_loaded_program_confines_every_cgroup_with_the_same_rules() {
+    if !prereqs("one_loaded_program_confines_every_cgroup_with_the_same_rules") {
+        return;
+    }
+    let pid = std::process::id();
+    let scratch: Vec<Scratch> = (0..2)
+        .map(|i| Scratch {
+            cgroup: cgroup_root().join(format!("nacre-devices-shared-{pid}-{i}")),
+            dir: std::env::temp_dir().join(format!("nacre-devices-shared-{pid}-{i}")),
+        })
+        .collect();
+    for s in &scratch {
+        std::fs::create_dir(&s.cgroup).unwrap();
+        std::fs::create_dir(&s.dir).unwrap();
+    }
+    // The agent loads this program before a template is snapshotted.
+    let deny_all = Rule {
+        allow: false,
+        ..Rule::allow(DeviceType::All, None, None, ACC_ALL)
+    };
+    nacre_agent::container::devices::preload(&[deny_all], &[]).unwrap_or_else(|e| panic!("{e}"));
+    let loaded = nacre_agent::container::devices::loaded_programs();
+    let filters: Vec<DeviceFilter> = scratch
+        .iter()
+        .map(|s| {
+            DeviceFilter::attach(&s.cgroup, &[deny_all], Vec::new())
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    assert_eq!(
+        nacre_agent::container::devices::loaded_programs(),
+        loaded,
+        "the same rules load no second program"
+    );
+    // Each cgroup is confined by the shared program.
+    for s in &scratch {
+        let tty = c_path(&s.dir.join("ttyS0"));
+        let got = in_cgroup(
+            &s.cgroup,
+            &[
+                Op::Open(c"/dev/null".into(), libc::O_RDWR),
+                Op::Mknod(tty.clone(), 4, 64),
+                Op::Open(tty, libc::O_RDONLY),
+            ],
+        );
+        assert_eq!(got, [0, 0, libc::EPERM], "in {}", s.cgroup.display());
+    }
+    drop(filters);
+}

@@ -288,13 +288,36 @@ pub fn io_bytes(text: &str) -> (u64, u64) {
 #[derive(Debug, Clone)]
 pub struct CgroupRoot {
     root: PathBuf,
+    /// `<root>/nacre` exists with every controller enabled (see
+    /// [`CgroupRoot::prepare`]).
+    prepared: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CgroupRoot {
     /// A hierarchy mounted at `root`.
     #[must_use]
     pub fn new(root: impl Into<PathBuf>) -> CgroupRoot {
-        CgroupRoot { root: root.into() }
+        CgroupRoot {
+            root: root.into(),
+            prepared: std::sync::Arc::default(),
+        }
+    }
+
+    /// Creates `<root>/nacre` with every available controller enabled,
+    /// once: later creations skip it (the agent does it before a VM
+    /// template is snapshotted, so restored VMs start with it done).
+    pub fn prepare(&self) -> Result<(), CgroupError> {
+        use std::sync::atomic::Ordering;
+        if self.prepared.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let parent = self.parent();
+        fs::create_dir_all(&parent).map_err(err("creating", &parent))?;
+        let available = read_controllers(&self.root);
+        enable_controllers(&self.root, &available);
+        enable_controllers(&parent, &available);
+        self.prepared.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// The parent of the containers' cgroups.
@@ -313,12 +336,8 @@ impl CgroupRoot {
     /// Creates `<root>/nacre` with every available controller enabled,
     /// then the container's cgroup `<root>/nacre/<id>`.
     pub fn create(&self, id: &str) -> Result<Cgroup, CgroupError> {
-        let parent = self.parent();
-        fs::create_dir_all(&parent).map_err(err("creating", &parent))?;
-        let available = read_controllers(&self.root);
-        enable_controllers(&self.root, &available);
-        enable_controllers(&parent, &available);
-        let path = parent.join(id);
+        self.prepare()?;
+        let path = self.parent().join(id);
         match fs::create_dir(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}

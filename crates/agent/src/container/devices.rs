@@ -20,6 +20,7 @@ mod bpf;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub use bpf::DeviceError;
 
@@ -299,7 +300,7 @@ pub fn compile(rules: &[Rule]) -> Vec<Insn> {
 /// rules so an update can rebuild the whole list.
 #[derive(Debug)]
 pub struct DeviceFilter {
-    prog: OwnedFd,
+    prog: Arc<OwnedFd>,
     nodes: Vec<Rule>,
     len: usize,
 }
@@ -314,7 +315,7 @@ impl DeviceFilter {
         nodes: Vec<Rule>,
     ) -> Result<DeviceFilter, DeviceError> {
         let insns = compile(&enforced_rules(resources, &nodes));
-        let prog = bpf::load(&insns)?;
+        let prog = load_cached(&insns)?;
         bpf::attach(cgroup, &prog, None)?;
         Ok(DeviceFilter {
             prog,
@@ -327,7 +328,7 @@ impl DeviceFilter {
     /// (`UpdateContainer`), atomically (`BPF_F_REPLACE`).
     pub fn replace(&mut self, cgroup: &Path, resources: &[Rule]) -> Result<(), DeviceError> {
         let insns = compile(&enforced_rules(resources, &self.nodes));
-        let prog = bpf::load(&insns)?;
+        let prog = load_cached(&insns)?;
         bpf::attach(cgroup, &prog, Some(&self.prog))?;
         self.prog = prog;
         self.len = insns.len();
@@ -345,6 +346,46 @@ impl DeviceFilter {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// Programs loaded so far, by their instructions (most recent last): a
+/// program has no state, so containers with the same rules share one and
+/// the kernel's verifier runs once per rule set, not per container.
+static PROGRAMS: Mutex<Vec<(Vec<Insn>, Arc<OwnedFd>)>> = Mutex::new(Vec::new());
+
+/// The most programs [`PROGRAMS`] keeps (each holds a descriptor).
+const PROGRAMS_KEPT: usize = 8;
+
+/// The loaded program of `insns`, from [`PROGRAMS`] or loaded now.
+fn load_cached(insns: &[Insn]) -> Result<Arc<OwnedFd>, DeviceError> {
+    let mut cache = PROGRAMS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(i) = cache.iter().position(|(k, _)| k == insns) {
+        let entry = cache.remove(i);
+        let prog = Arc::clone(&entry.1);
+        cache.push(entry);
+        return Ok(prog);
+    }
+    let prog = Arc::new(bpf::load(insns)?);
+    if cache.len() >= PROGRAMS_KEPT {
+        cache.remove(0);
+    }
+    cache.push((insns.to_vec(), Arc::clone(&prog)));
+    Ok(prog)
+}
+
+/// Loads the program of `resources` and `nodes` ahead of any container
+/// (the agent does it for the usual deny-all rules before a VM template
+/// is snapshotted, so restored VMs skip the verifier).
+pub fn preload(resources: &[Rule], nodes: &[Rule]) -> Result<(), DeviceError> {
+    load_cached(&compile(&enforced_rules(resources, nodes))).map(drop)
+}
+
+/// How many programs are loaded and kept.
+pub fn loaded_programs() -> usize {
+    PROGRAMS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .len()
 }
 
 #[cfg(test)]

@@ -343,6 +343,37 @@ impl<L: Launcher> Engine<L> {
         }
     }
 
+    /// Does ahead of any container what every container needs (the
+    /// parent cgroup with its controllers, the device program of the
+    /// usual deny-all rules), so that a VM template holds it done.
+    pub fn prepare(&self) {
+        let Some(root) = &self.cgroups else {
+            return;
+        };
+        let _span = crate::trace::span("engine.prepare");
+        if let Err(e) = root.prepare() {
+            tracing::warn!("preparing the containers' cgroup: {e}");
+            return;
+        }
+        // What runc, crun and containerd's CRI write: deny every device,
+        // the default ones allowed on top.
+        let usual = br#"{"root":{"path":"/"},"process":{"args":["true"]},
+            "linux":{"resources":{"devices":[{"allow":false,"access":"rwm"}]}}}"#;
+        let rules = Spec::parse(usual).ok().and_then(|spec| {
+            Some((
+                spec.resources().device_rules().ok()?,
+                spec.device_node_rules().ok()?,
+            ))
+        });
+        let Some((rules, nodes)) = rules else {
+            tracing::warn!("the usual device rules did not parse");
+            return;
+        };
+        if let Err(e) = super::devices::preload(&rules, &nodes) {
+            tracing::warn!("loading the default device program: {e}");
+        }
+    }
+
     fn get(&self, id: &str) -> Result<Arc<Container>, ContainerError> {
         lock(&self.containers)
             .get(id)

@@ -201,23 +201,23 @@ fn init_child(
         ffi::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
         child::arrange_fds(fds)
     };
-    if let Err(e) = placed() {
+    if let Err(e) = timed(0, &mut || placed()) {
         child::report_to(fds.sync, &Err(e));
         ffi::exit_now(1);
     }
     let process = req.spec.process();
     let setup = || -> Result<Vec<String>, String> {
         child::set_oom_score_adj(&process)?;
-        timed(0, &mut || child::join_cgroup(req.cgroup_procs))?;
-        timed(1, &mut || child::enter_namespaces(req.spec))?;
-        timed(2, &mut || {
+        timed(1, &mut || child::join_cgroup(req.cgroup_procs))?;
+        timed(2, &mut || child::enter_namespaces(req.spec))?;
+        timed(3, &mut || {
             child::mount_rootfs(req.spec, req.rootfs, console)
         })?;
-        timed(3, &mut || child::switch_root(req.rootfs))?;
+        timed(4, &mut || child::switch_root(req.rootfs))?;
         child::create_cwd(&process)?;
         let env = child::process_env(&process);
-        timed(4, &mut || child::finish_rootfs(req.spec))?;
-        timed(5, &mut || child::apply_process(&process, req.seccomp))?;
+        timed(5, &mut || child::finish_rootfs(req.spec))?;
+        timed(6, &mut || child::apply_process(&process, req.seccomp))?;
         Ok(env)
     };
     let result = setup();
@@ -304,7 +304,9 @@ impl Launcher for LinuxLauncher {
         let fds = child_fds(&child_io, Some(&start_r), &sync_w);
         let console = child_io.console.as_deref();
         let steps = super::steps::ChildSteps::new();
+        let fork_span = crate::trace::span("launch.fork");
         let pid = self.fork(&pidns, || init_child(&fds, req, console, steps.as_ref()))?;
+        drop(fork_span);
         // Only the child keeps its ends: EOF must follow its exit.
         drop((start_r, sync_w, child_io));
         let mut first = [0u8; 1];

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The steps a child times, by index.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
+    "child.prepare",
     "child.cgroup",
     "child.namespaces",
     "child.mounts",
@@ -119,10 +120,10 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            steps.time(1, || {
+            steps.time(2, || {
                 std::thread::sleep(std::time::Duration::from_millis(5))
             });
-            steps.time(2, || ());
+            steps.time(3, || ());
             // SAFETY: leaves the forked child at once.
             unsafe { libc::_exit(0) };
         }
