@@ -14,13 +14,12 @@ use crate::report::Section;
 use crate::stats::median;
 
 /// The host spans of a `run`, in the order they happen.
-pub const HOST_PHASES: [&str; 10] = [
+pub const HOST_PHASES: [&str; 9] = [
     "cli run",
     "cli monitor",
     "monitor.setup",
     "sandbox.start",
     "agent.SetTime",
-    "agent.connect",
     "agent.CreateContainer",
     "agent.StartContainer",
     "container.wait",
@@ -108,7 +107,7 @@ pub fn section(runs: &[RunPhases]) -> Section {
         .into_iter()
         .collect();
     guest.sort_by(|a, b| b.1.total_cmp(&a.1));
-    keys.extend(guest.into_iter().take(8).map(|(k, _)| k));
+    keys.extend(guest.into_iter().take(12).map(|(k, _)| k));
     let mut rows: Vec<Vec<String>> = keys
         .iter()
         .filter_map(|k| {
@@ -142,10 +141,11 @@ pub fn section(runs: &[RunPhases]) -> Section {
             format!(
                 "`NACRE_TRACE=<file> nacre run` of the busybox bundle, median of {n}. Host spans \
                  nest: `cli run` is the whole command (`cli monitor` its monitor's life), `monitor.setup` holds `sandbox.start` \
-                 (template restore or cold boot, to the first agent answer), `agent.SetTime`, \
-                 `agent.connect` and `agent.CreateContainer`; `container.wait` runs from the \
+                 (template restore or cold boot, to the first agent answer), `agent.SetTime` \
+                 and `agent.CreateContainer`; `container.wait` runs from the \
                  monitor's report to the init's exit (the CLI's `agent.StartContainer` inside \
-                 it); guest spans are the agent's RPCs, timed in the guest (the 8 longest)."
+                 it); guest spans are the agent's, timed in the guest (RPCs, the creation's steps \
+                 `create.*`, the forked child's setup `child.*`; the 12 longest)."
             ),
             format!(
                 "Host CPU per start (median seconds, user + system): CLI {cli:.3}, monitor \

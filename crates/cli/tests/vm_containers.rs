@@ -313,12 +313,20 @@ fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
         ("host", "sandbox.start"),
         ("host", "agent.CreateContainer"),
         ("host", "container.wait"),
+        ("host", "agent.StartContainer"),
         ("guest", "agent.CreateContainer"),
+        ("guest", "agent.create.launch"),
+        ("guest", "agent.child.mounts"),
         ("guest", "agent.StartContainer"),
         ("guest", "agent.WaitProcess"),
     ] {
         assert!(has(cat, name), "no {cat} span {name} in {events:?}");
     }
+    // The host CPU of each process, and the VMM's split (what the bench's
+    // phase table reads).
+    let cpu = |name: &str| events.iter().filter(|e| e["name"] == name).count();
+    assert!(cpu("cpu.self") >= 2, "{events:?}");
+    assert_eq!(cpu("cpu.vmm"), 1, "{events:?}");
     for e in events.iter().filter(|e| e["ph"] == "X") {
         assert!(
             e["ts"].is_u64() && e["dur"].is_u64() && e["pid"].is_u64() && e["tid"].is_u64(),

@@ -113,6 +113,15 @@ impl TtrpcAgentClient {
         })
     }
 
+    /// A client on the same connection whose calls are bounded by
+    /// `call_timeout` instead.
+    #[must_use]
+    pub fn with_call_timeout(&self, call_timeout: Duration) -> Self {
+        let mut client = self.clone();
+        client.options.call_timeout = call_timeout;
+        client
+    }
+
     /// The endpoint this client is connected to.
     #[must_use]
     pub fn endpoint(&self) -> &Endpoint {

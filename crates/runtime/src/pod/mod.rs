@@ -4,9 +4,9 @@
 //! [`Pod::start`] does everything between "a sandbox is wanted" and "its
 //! agent answers container calls": the host cgroup the VMM runs in, the
 //! pod network (taps in the CNI namespace), the guest identity (host name
-//! and share tag), a template restore or a cold boot, the guest clock, a
-//! second agent connection for container calls, and the guest's network
-//! configuration. A step that fails undoes the ones before it (their
+//! and share tag), a template restore or a cold boot, the guest clock,
+//! the agent connection for container calls (the boot one, with a longer
+//! call timeout), and the guest's network configuration. A step that fails undoes the ones before it (their
 //! owners' `Drop`), so a half-built pod leaves nothing behind.
 //!
 //! A started [`Pod`] owns the VMM: [`Pod::watch`] reports its death and
@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use crate::agent::{AgentClient, AgentClientError, ClientOptions, Endpoint, TtrpcAgentClient};
+use crate::agent::{AgentClient, AgentClientError};
 use crate::host_cgroup::{HostCgroup, HostCgroupError};
 use crate::network::{NetworkError, PodNetwork};
 use crate::sandbox::{default_call_timeout, SandboxError};
@@ -165,24 +165,13 @@ impl Pod {
         {
             tracing::warn!("setting the guest clock: {e}");
         }
-        // Container calls get a connection of their own with more time
-        // than the boot probe's: a loaded host running emulated guests is
-        // slow.
+        // Container calls share the boot connection with more time than
+        // the boot probe's (a loaded host running emulated guests is
+        // slow). A second connection would cost the guest a server thread
+        // pool of its own: hundreds of milliseconds of emulated kernel
+        // work per start here.
         let agent: Arc<dyn AgentClient> =
-            Arc::new(tracing::info_span!("agent.connect").in_scope(|| {
-                TtrpcAgentClient::connect(
-                    Endpoint::agent_vsock(sandbox.vm().vsock_socket()),
-                    ClientOptions {
-                        connect_timeout: Duration::from_secs(10),
-                        call_timeout: default_call_timeout(),
-                        ..ClientOptions::default()
-                    },
-                )
-                .unwrap_or_else(|e| {
-                    tracing::warn!("second agent connection: {e}; using the boot one");
-                    sandbox.client()
-                })
-            }));
+            Arc::new(sandbox.client().with_call_timeout(default_call_timeout()));
         if let (Some(n), Some(o)) = (&net, &opts.network) {
             let mut guest = o.guest_network(n);
             if matches!(kind, StartKind::Template(_)) {
