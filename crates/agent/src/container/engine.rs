@@ -70,6 +70,13 @@ pub struct Launched {
     pub terminal: Option<OwnedFd>,
     /// For an init process: what lets it execve.
     pub gate: Option<Box<dyn Gate>>,
+    /// For an init process: its namespaces other than the agent's
+    /// (`/proc/<pid>/ns/*`), held until the container is removed, so that
+    /// they are not torn down (every mount unmounted, the network
+    /// namespace dismantled) in the init's exit path, before its exit is
+    /// reported: a VM shut down right after its container ended skips
+    /// that work.
+    pub namespaces: Vec<OwnedFd>,
 }
 
 /// The system side of the engine.
@@ -205,6 +212,8 @@ struct Container {
     has_pid_ns: bool,
     started: AtomicBool,
     paused: AtomicBool,
+    /// See [`Launched::namespaces`]; closed with the container.
+    _namespaces: Vec<OwnedFd>,
 }
 
 impl Container {
@@ -482,7 +491,7 @@ impl<L: Launcher> Engine<L> {
         let launch_span = crate::trace::span("create.launch");
         let launched = self.launcher.create(&req);
         drop(launch_span);
-        let launched = match launched {
+        let mut launched = match launched {
             Ok(l) => l,
             Err(e) => {
                 if let Some(cg) = &cgroup {
@@ -492,6 +501,7 @@ impl<L: Launcher> Engine<L> {
             }
         };
         let pid = launched.pid;
+        let namespaces = std::mem::take(&mut launched.namespaces);
         let init = Proc::new(id, "", launched).map_err(internal)?;
         self.watch(&init);
         let container = Arc::new(Container {
@@ -507,6 +517,7 @@ impl<L: Launcher> Engine<L> {
                 .is_some_and(|ns| ns.path.as_deref().is_none_or(str::is_empty)),
             started: AtomicBool::new(false),
             paused: AtomicBool::new(false),
+            _namespaces: namespaces,
         });
         lock(&self.containers).insert(id.to_owned(), container);
         tracing::debug!("container {id}: init pid {pid}");

@@ -169,7 +169,24 @@ fn launched(pid: libc::pid_t, io: AgentStdio, gate: Option<Box<dyn Gate>>) -> La
         stderr: io.stderr,
         terminal: io.terminal,
         gate,
+        namespaces: Vec::new(),
     }
+}
+
+/// The namespaces of `pid` that are not the agent's, opened (see
+/// [`Launched::namespaces`]). The pid namespace is left out: its end is
+/// the init's, whatever holds it.
+fn own_namespaces(pid: libc::pid_t) -> Vec<OwnedFd> {
+    ["mnt", "net", "ipc", "uts", "cgroup"]
+        .iter()
+        .filter(|name| !same_ns(pid, name))
+        .filter_map(|name| {
+            let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+            ffi::open(&path, libc::O_RDONLY)
+                .map_err(|e| tracing::debug!("holding {}: {e}", path.display()))
+                .ok()
+        })
+        .collect()
 }
 
 fn child_fds(io: &ChildStdio, start: Option<&OwnedFd>, sync: &OwnedFd) -> ChildFds {
@@ -339,7 +356,9 @@ impl Launcher for LinuxLauncher {
             start: start_w,
             sync: sync_r,
         };
-        Ok(launched(pid, io, Some(Box::new(gate))))
+        let mut l = launched(pid, io, Some(Box::new(gate)));
+        l.namespaces = own_namespaces(pid);
+        Ok(l)
     }
 
     fn exec(&self, req: &ExecRequest<'_>) -> Result<Launched, String> {

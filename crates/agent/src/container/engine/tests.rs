@@ -49,6 +49,7 @@ impl FakeLauncher {
         drop(in_r);
         st.outputs.insert(pid, out_w);
         Ok(Launched {
+            namespaces: Vec::new(),
             pid,
             stdin: Some(in_w),
             stdout: Some(out_r),
