@@ -90,10 +90,29 @@ impl ReapTable {
     }
 }
 
+/// What to run once a watched child has been reaped.
+pub struct ExitCallback(pub Box<dyn FnOnce(ExitStatus) + Send>);
+
+impl std::fmt::Debug for ExitCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExitCallback")
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     table: Mutex<ReapTable>,
     changed: Condvar,
+    /// Locked after `table`, never before it.
+    callbacks: Mutex<HashMap<libc::pid_t, ExitCallback>>,
+}
+
+impl Shared {
+    fn callbacks(&self) -> MutexGuard<'_, HashMap<libc::pid_t, ExitCallback>> {
+        self.callbacks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Shared {
@@ -143,6 +162,23 @@ impl Reaper {
         Ok(value)
     }
 
+    /// Runs `f` with the status of the watched `pid` once it ends, on the
+    /// reaper's thread (at once if it already has), instead of a thread
+    /// blocked in [`Reaper::wait`]: a thread costs the guest a clone, a
+    /// stack and its teardown. The status is then taken (as by `wait`).
+    /// `f` must be short and must not call back into the reaper.
+    pub fn on_exit(&self, pid: libc::pid_t, f: ExitCallback) {
+        let mut table = self.shared.lock();
+        if let Some(status) = table.take(pid) {
+            drop(table);
+            (f.0)(status);
+            return;
+        }
+        if table.is_watched(pid) {
+            self.shared.callbacks().insert(pid, f);
+        }
+    }
+
     /// Blocks until the watched `pid` ends and returns its status; `None` if
     /// `pid` is not watched.
     pub fn wait(&self, pid: libc::pid_t) -> Option<ExitStatus> {
@@ -173,10 +209,12 @@ fn reap_loop(shared: &Shared, poll_interval: Duration) {
     }
 }
 
-/// Reaps every child that has ended, recording watched ones.
+/// Reaps every child that has ended, recording watched ones; runs the
+/// callbacks of those that have one (see [`Reaper::on_exit`]).
 fn reap_all(shared: &Shared) {
     let mut table = shared.lock();
     let mut any = false;
+    let mut due = Vec::new();
     loop {
         match sys::reap_any() {
             Ok(Some((pid, raw))) => {
@@ -186,6 +224,10 @@ fn reap_all(shared: &Shared) {
                 if table.record(pid, status) {
                     any = true;
                     tracing::debug!(pid, ?status, "child exited");
+                    if let Some(f) = shared.callbacks().remove(&pid) {
+                        table.take(pid);
+                        due.push((f, status));
+                    }
                 } else {
                     tracing::debug!(pid, ?status, "reaped orphan");
                 }
@@ -196,6 +238,10 @@ fn reap_all(shared: &Shared) {
                 break;
             }
         }
+    }
+    drop(table);
+    for (f, status) in due {
+        (f.0)(status);
     }
     if any {
         shared.changed.notify_all();

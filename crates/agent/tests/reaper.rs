@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nacre_agent::reaper::{ExitStatus, Reaper};
+use nacre_agent::reaper::{ExitCallback, ExitStatus, Reaper};
 
 fn spawn(reaper: &Reaper, script: &str) -> libc::pid_t {
     reaper
@@ -32,6 +32,29 @@ fn records_watched_children_and_reaps_the_rest() {
         Some(ExitStatus::Signaled(libc::SIGKILL))
     );
     assert_eq!(reaper.wait(exits), None, "a status is taken once");
+
+    // An exit callback runs on the reaper's thread when the child ends,
+    // or at once for one that has already ended; the status is taken.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let later = spawn(&reaper, "sleep 0.3; exit 3");
+    let t = tx.clone();
+    reaper.on_exit(later, ExitCallback(Box::new(move |s| t.send(s).unwrap())));
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        ExitStatus::Exited(3)
+    );
+    assert_eq!(reaper.wait(later), None, "taken by the callback");
+    let done = spawn(&reaper, "exit 4");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{done}")).exists() {
+        assert!(Instant::now() < deadline, "child not reaped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    reaper.on_exit(done, ExitCallback(Box::new(move |s| tx.send(s).unwrap())));
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        ExitStatus::Exited(4)
+    );
 
     // A child nobody registered is reaped, not left a zombie.
     let stray = Command::new("true").spawn().unwrap();

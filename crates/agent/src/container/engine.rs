@@ -88,6 +88,12 @@ pub trait Launcher: Send + Sync + 'static {
     fn exec(&self, req: &ExecRequest<'_>) -> Result<Launched, String>;
     /// Blocks until `pid` exits; its status (128 + signal if killed).
     fn wait(&self, pid: libc::pid_t) -> i32;
+    /// Has `f` called with `pid`'s status (as [`Launcher::wait`] gives
+    /// it) once it exits, without a thread of its own; a launcher that
+    /// cannot hands `f` back and the engine waits on a thread.
+    fn on_exit(&self, _pid: libc::pid_t, f: ExitFn) -> Result<(), ExitFn> {
+        Err(f)
+    }
     /// Sends a signal.
     fn signal(&self, pid: libc::pid_t, signal: libc::c_int) -> io::Result<()>;
     /// Sets a terminal's window size.
@@ -96,6 +102,9 @@ pub trait Launcher: Send + Sync + 'static {
 
 /// How a process ended: status and time (ms since the epoch).
 pub type Exit = (i32, u64);
+
+/// What runs when a process exits, with its status.
+pub type ExitFn = Box<dyn FnOnce(i32) + Send>;
 
 /// One process of a container.
 #[derive(Debug)]
@@ -390,8 +399,17 @@ impl<L: Launcher> Engine<L> {
             .ok_or_else(|| ContainerError::new(ErrorKind::NotFound, id, "no such container"))
     }
 
-    /// Starts the thread that records the exit of `proc`.
+    /// Records the exit of `proc` when it comes: through the launcher's
+    /// exit callback, else on a thread of its own.
     fn watch(&self, proc: &Arc<Proc>) {
+        let p = Arc::clone(proc);
+        let record: ExitFn = Box::new(move |status| {
+            *lock(&p.exit) = Some((status, super::ffi::now_unix_ms()));
+            p.exited.notify_all();
+        });
+        if self.launcher.on_exit(proc.pid, record).is_ok() {
+            return;
+        }
         let launcher = Arc::clone(&self.launcher);
         let p = Arc::clone(proc);
         let spawned = thread::Builder::new()

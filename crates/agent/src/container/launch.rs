@@ -404,6 +404,18 @@ impl Launcher for LinuxLauncher {
         self.reaper.wait(pid).map_or(-1, |s| s.code())
     }
 
+    fn on_exit(
+        &self,
+        pid: libc::pid_t,
+        f: super::engine::ExitFn,
+    ) -> Result<(), super::engine::ExitFn> {
+        self.reaper.on_exit(
+            pid,
+            crate::reaper::ExitCallback(Box::new(move |status| f(status.code()))),
+        );
+        Ok(())
+    }
+
     fn signal(&self, pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
         ffi::kill(pid, signal)
     }
