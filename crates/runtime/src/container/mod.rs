@@ -10,6 +10,7 @@
 //! path outside the shared directory ([`spec`]).
 
 pub mod console;
+pub mod control;
 mod error;
 pub mod exec;
 pub mod launch;

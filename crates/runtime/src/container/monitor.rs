@@ -281,6 +281,10 @@ pub fn run_monitor(paths: &ContainerPaths, opts: &MonitorOptions, reporter: &mut
             return 1;
         }
     };
+    // Before the report: `nacre start` may follow at once.
+    if let Err(e) = super::control::serve(&paths.dir(), pod.container(paths.id())) {
+        tracing::warn!("serving the control socket of {}: {e}", paths.id());
+    }
     reporter.ok();
     let id = paths.id().to_string();
     let client = pod.agent();

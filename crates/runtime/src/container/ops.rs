@@ -124,7 +124,14 @@ pub fn start(paths: &ContainerPaths) -> Result<(), ContainerError> {
             "only a created container can be started",
         ));
     }
-    container(paths)?.start()?;
+    // Through the monitor's agent connection when it answers (see
+    // `control`), else a connection of this process's own.
+    let timeout = crate::sandbox::default_call_timeout() + Duration::from_secs(5);
+    match super::control::request_start(&paths.dir(), timeout) {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(ContainerError::Monitor(e)),
+        None => container(paths)?.start()?,
+    }
     state.status = Status::Running;
     state.save(&paths.state_file())
 }
