@@ -23,7 +23,7 @@ pub const HOST_PHASES: [&str; 9] = [
     "agent.CreateContainer",
     "agent.StartContainer",
     "container.wait",
-    "sandbox.shutdown",
+    "sandbox.stop",
 ];
 
 /// What one traced `run` shows.
