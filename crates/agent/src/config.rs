@@ -115,6 +115,9 @@ pub struct Config {
     /// [`nacre_protocol::DEBUG_CONSOLE_VSOCK_PORT`]) or `--debug-console
     /// ADDR`. Off by default.
     pub debug_console: Option<ListenAddr>,
+    /// Make and remove one container before the ready line, for a VM
+    /// template (`nacre.warm=1`: only the template's boot passes it).
+    pub warm_up: bool,
 }
 
 /// The default cgroup v2 mount point.
@@ -132,6 +135,7 @@ impl Default for Config {
             cgroup_root: DEFAULT_CGROUP_ROOT.to_owned(),
             shared_tag: None,
             debug_console: None,
+            warm_up: false,
         }
     }
 }
@@ -214,6 +218,7 @@ impl Config {
                 "nacre.log" => config.log_level = parse_level(value)?,
                 "nacre.listen" => config.listen = value.parse()?,
                 "nacre.shared" if !value.is_empty() => config.shared_tag = Some(value.to_owned()),
+                "nacre.warm" => config.warm_up = value == "1",
                 "nacre.debug_console" if value == "1" => {
                     config.debug_console = Some(ListenAddr::Vsock {
                         cid: libc::VMADDR_CID_ANY,
@@ -382,6 +387,10 @@ mod tests {
             Err(ConfigError::BadLogLevel("shout".into()))
         );
         assert!(Config::from_kernel_cmdline("nacre.unknown=1 other.log=x").is_ok());
+        // Only a template's boot warms up.
+        assert!(!Config::from_kernel_cmdline("quiet").unwrap().warm_up);
+        assert!(Config::from_kernel_cmdline("nacre.warm=1").unwrap().warm_up);
+        assert!(!Config::from_kernel_cmdline("nacre.warm=0").unwrap().warm_up);
         assert_eq!(
             Config::from_kernel_cmdline("quiet").unwrap().debug_console,
             None

@@ -140,6 +140,9 @@ pub fn run(config: &Config, mode: Mode) -> Result<(), AgentError> {
     if mode == Mode::Init {
         // Before the ready line: a VM template is snapshotted with it done.
         engine.prepare();
+        if config.warm_up {
+            engine.warm_up();
+        }
     }
     let (events, requests) = mpsc::channel();
     let server = server::start(&config.listen, events, engine)?;

@@ -49,11 +49,14 @@ use crate::vm::{VmError, VmSpec};
 
 /// Default template directory.
 pub const DEFAULT_DIR: &str = "/var/lib/nacre/templates";
+/// On a template's guest command line: the agent warms up (see the
+/// agent's `container::warm`).
+pub const WARM_UP_PARAM: &str = "nacre.warm=1";
 /// How long the template's guest gets to close the agent connection
 /// before the snapshot.
 const SETTLE: Duration = Duration::from_secs(3);
 /// Bumped when what a key covers changes.
-const KEY_VERSION: &str = "nacre-template-key-2";
+const KEY_VERSION: &str = "nacre-template-key-3";
 
 /// Errors managing templates.
 #[derive(Debug, thiserror::Error)]
@@ -351,6 +354,18 @@ impl TemplateStore {
             share.path = empty.clone();
         }
         template_spec.nets = net::template_nets(&spec.nets);
+        // The agent makes and removes one container before it is ready
+        // (the kernel's first-use work of a container, done once here
+        // instead of in every restored VM).
+        template_spec.extra_cmdline = Some(
+            template_spec
+                .extra_cmdline
+                .iter()
+                .map(String::as_str)
+                .chain(std::iter::once(WARM_UP_PARAM))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         // The template is shared by every pod: its VM is charged to no
         // pod's cgroup.
         template_spec.host = crate::vm::HostPlacement::default();
