@@ -95,6 +95,14 @@ pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
 }
 
+/// mknod(2) of a character device `rdev` at `path` with `mode`
+/// (permission bits; the umask applies).
+pub fn mknod_char(path: &Path, mode: libc::mode_t, rdev: libc::dev_t) -> io::Result<()> {
+    let c = path_c(path)?;
+    // SAFETY: a NUL-terminated path; mknod has no other memory effects.
+    check(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | mode, rdev) }).map(drop)
+}
+
 /// Opens `path` read-only with O_CLOEXEC.
 pub fn open(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     let c = path_c(path)?;

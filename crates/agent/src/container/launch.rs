@@ -228,7 +228,7 @@ fn init_child(
         timed(1, &mut || child::join_cgroup(req.cgroup_procs))?;
         timed(2, &mut || child::enter_namespaces(req.spec))?;
         timed(3, &mut || {
-            child::mount_rootfs(req.spec, req.rootfs, console)
+            child::mount_rootfs(req.spec, req.rootfs, console, steps)
         })?;
         timed(4, &mut || child::switch_root(req.rootfs))?;
         child::create_cwd(&process)?;

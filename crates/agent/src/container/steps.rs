@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The steps a child times, by index.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 10] = [
     "child.prepare",
     "child.cgroup",
     "child.namespaces",
@@ -18,9 +18,16 @@ pub const NAMES: [&str; 8] = [
     "child.finish_rootfs",
     "child.process",
     "child.other",
+    "child.mount",
+    "child.populate_dev",
 ];
 
-const SLOTS: usize = 32;
+/// Index in [`NAMES`] of one mount of the spec (inside `child.mounts`).
+pub const MOUNT: usize = 8;
+/// Index in [`NAMES`] of the device nodes (inside `child.mounts`).
+pub const POPULATE_DEV: usize = 9;
+
+const SLOTS: usize = 64;
 
 #[repr(C)]
 struct Page {
