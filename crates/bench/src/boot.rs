@@ -44,7 +44,8 @@ impl Vmm {
         }
     }
 
-    fn command(&self, image: &GuestImage, memory_mib: u32, scratch: &Path) -> Command {
+    /// The VMM's command line for `image` (console on stdout).
+    pub fn command(&self, image: &GuestImage, memory_mib: u32, scratch: &Path) -> Command {
         match self {
             Vmm::Nacre { binary } => {
                 let mut cmd = Command::new(binary);
@@ -162,13 +163,44 @@ fn boot_in(
     timeout: Duration,
     scratch: &Path,
 ) -> Result<BootSample, BootError> {
-    let mut cmd = vmm.command(image, memory_mib, scratch);
+    let cmd = vmm.command(image, memory_mib, scratch);
+    let mut ready = spawn_until_ready(cmd, vmm.name(), timeout)?;
+    let memory = memory::of_pid(ready.child.id()).unwrap_or_default();
+    let sample = BootSample {
+        vmm: vmm.name(),
+        ready_secs: (ready.ready_at - ready.start).as_secs_f64(),
+        first_output_secs: (ready.first_output - ready.start).as_secs_f64(),
+        memory,
+        guest_uptime: parse_guest_uptime(&ready.ready_line),
+    };
+    let _ = ready.child.kill();
+    let _ = ready.child.wait();
+    Ok(sample)
+}
+
+/// A VMM whose guest printed the agent's ready line; the caller kills it.
+pub struct Ready {
+    pub child: Child,
+    pub start: Instant,
+    pub first_output: Instant,
+    pub ready_at: Instant,
+    pub ready_line: String,
+}
+
+/// Spawns `cmd` (a VMM writing the guest console to its stdout) and
+/// waits until the guest prints [`READY_MARKER`]. On failure the VMM is
+/// killed.
+pub fn spawn_until_ready(
+    mut cmd: Command,
+    name: &'static str,
+    timeout: Duration,
+) -> Result<Ready, BootError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|source| BootError::Spawn {
-        vmm: vmm.name().into(),
+        vmm: name.into(),
         source,
     })?;
     let guard = KillOnDrop(&mut child);
@@ -185,40 +217,38 @@ fn boot_in(
     let mut console = String::new();
     let mut first_output = None;
     let deadline = start + timeout;
-    loop {
+    let (ready_at, ready_line) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok((at, line)) => {
                 first_output.get_or_insert(at);
-                let line = String::from_utf8_lossy(&line);
+                let line = String::from_utf8_lossy(&line).into_owned();
                 console.push_str(&line);
                 console.push('\n');
                 if line.contains(READY_MARKER) {
-                    let memory = memory::of_pid(guard.0.id()).unwrap_or_default();
-                    return Ok(BootSample {
-                        vmm: vmm.name(),
-                        ready_secs: (at - start).as_secs_f64(),
-                        first_output_secs: (first_output.unwrap_or(at) - start).as_secs_f64(),
-                        memory,
-                        guest_uptime: parse_guest_uptime(&line),
-                    });
+                    break (at, line);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 return Err(BootError::Timeout {
-                    vmm: vmm.name(),
+                    vmm: name,
                     timeout,
                     console,
                 })
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(BootError::Exited {
-                    vmm: vmm.name(),
-                    console,
-                })
+                return Err(BootError::Exited { vmm: name, console })
             }
         }
-    }
+    };
+    std::mem::forget(guard);
+    Ok(Ready {
+        child,
+        start,
+        first_output: first_output.unwrap_or(ready_at),
+        ready_at,
+        ready_line,
+    })
 }
 
 struct KillOnDrop<'a>(&'a mut Child);

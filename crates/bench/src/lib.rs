@@ -13,6 +13,7 @@ pub mod phases;
 pub mod pods;
 pub mod pods_report;
 pub mod procs;
+pub mod qemu_restore;
 pub mod report;
 pub mod stats;
 pub mod template;

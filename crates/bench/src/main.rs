@@ -123,7 +123,9 @@ fn main() -> Result<()> {
         sections.push(phases_section(args.runs, &args.out).context("phase benchmark")?);
     }
     if args.wants("templates") {
-        sections.push(template_section(&args, &image).context("template benchmark")?);
+        let (templates, restore) = template_section(&args, &image).context("template benchmark")?;
+        sections.push(templates);
+        sections.push(restore);
     }
     let mut leftovers = Vec::new();
     if args.wants("ctr") || args.wants("pods") {
@@ -170,8 +172,9 @@ fn containerd_sections(args: &Args, image: &GuestImage) -> Result<(Vec<Section>,
     Ok((sections, leftovers))
 }
 
-/// Cold boot vs. template restore, and the memory of N restored sandboxes.
-fn template_section(args: &Args, image: &GuestImage) -> Result<Section> {
+/// Cold boot vs. template restore, and the memory of N restored
+/// sandboxes; then nacre's template restore beside QEMU's own restore.
+fn template_section(args: &Args, image: &GuestImage) -> Result<(Section, Section)> {
     let scratch = std::env::temp_dir().join(format!("nacre-bench-tpl-{}", std::process::id()));
     let result = nacre_bench::template::run(
         &locate_vmm().context("nacre-vmm")?,
@@ -184,6 +187,18 @@ fn template_section(args: &Args, image: &GuestImage) -> Result<Section> {
     let _ = std::fs::remove_dir_all(&scratch);
     let s = result?;
     let restore = median(s.restore_ready_secs.clone());
+    eprintln!("[qemu] boot, save and restore of the same guest...");
+    let qemu_scratch =
+        std::env::temp_dir().join(format!("nacre-bench-qemu-restore-{}", std::process::id()));
+    let qemu = nacre_bench::qemu_restore::measure(
+        &args.qemu,
+        image,
+        args.memory_mib,
+        Duration::from_secs(args.timeout),
+        &qemu_scratch,
+    );
+    let _ = std::fs::remove_dir_all(&qemu_scratch);
+    let restore_section = restore_section(restore, &s.one, qemu);
     // Boot times swing widely on a shared host: compare with the faster of
     // the cold boot and the template's making (a cold boot plus ~5 s).
     let cold_ref = s.cold_ready_secs.min(s.template_create_secs);
@@ -203,7 +218,7 @@ fn template_section(args: &Args, image: &GuestImage) -> Result<Section> {
             format!("{:.2}", s.per_second),
         ],
     ];
-    Ok(Section {
+    let templates = Section {
         title: "Sandbox start: cold boot vs. VM template".into(),
         columns: [
             "start",
@@ -243,7 +258,76 @@ fn template_section(args: &Args, image: &GuestImage) -> Result<Section> {
             ),
         ],
         data: serde_json::to_value(&s).unwrap_or_default(),
-    })
+    };
+    Ok((templates, restore_section))
+}
+
+/// nacre's template restore (median `restore`, memory `one`) beside
+/// QEMU's restore from a migration file of the same guest.
+fn restore_section(
+    restore: f64,
+    one: &nacre_bench::memory::Memory,
+    qemu: std::result::Result<
+        nacre_bench::qemu_restore::QemuRestore,
+        nacre_bench::qemu_restore::QemuRestoreError,
+    >,
+) -> Section {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let mut rows = vec![vec![
+        "nacre-vmm (template)".into(),
+        format!("{restore:.3}"),
+        "spawn to the restored agent's first answer".into(),
+        format!("{:.1}", mib(one.pss_kib)),
+        format!("{:.1}", mib(one.rss_kib)),
+    ]];
+    let mut notes = vec![
+        "Same kernel, initrd and memory size. nacre maps the template's memory file \
+         copy-on-write (pages are read on first touch and shared between sandboxes); QEMU \
+         reads its whole migration stream into fresh memory. QEMU has no agent channel \
+         here (no vhost-vsock on this host), so its time stops when QMP reports the guest \
+         running: a lower bound of its time to an answering agent."
+            .to_owned(),
+    ];
+    let data = match qemu {
+        Ok(q) => {
+            rows.push(vec![
+                "QEMU microvm (-incoming exec:cat)".into(),
+                format!("{:.3}", q.restore_running_secs),
+                "spawn to QMP `running` (after `cont`)".into(),
+                format!("{:.1}", mib(q.memory.pss_kib)),
+                format!("{:.1}", mib(q.memory.rss_kib)),
+            ]);
+            notes.push(format!(
+                "QEMU's migration file: {:.1} MiB, written in {:.2} s (`stop`, `migrate`). \
+                 Ratio nacre/QEMU: restore {:.2}, PSS {:.2}.",
+                q.snapshot_bytes as f64 / 1048576.0,
+                q.save_secs,
+                restore / q.restore_running_secs.max(1e-9),
+                one.pss_kib as f64 / q.memory.pss_kib.max(1) as f64
+            ));
+            serde_json::to_value(&q).unwrap_or_default()
+        }
+        Err(e) => {
+            rows.push(vec![
+                "QEMU microvm".into(),
+                "failed".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+            notes.push(format!("QEMU's restore could not be measured here: {e}"));
+            serde_json::Value::Null
+        }
+    };
+    Section {
+        title: "Snapshot restore: nacre's template vs. QEMU's migration file".into(),
+        columns: ["VMM", "restore (s)", "timed", "PSS (MiB)", "RSS (MiB)"]
+            .map(String::from)
+            .to_vec(),
+        rows,
+        notes,
+        data,
+    }
 }
 
 fn boot_section(samples: &[BootSample], vmms: &[Vmm], memory_mib: u32) -> Section {
