@@ -17,6 +17,11 @@ use super::spec::Resources;
 /// The directory under the root that holds the containers' cgroups.
 pub const NACRE_DIR: &str = "nacre";
 
+/// Controllers enabled only once a container sets one of their files
+/// (see [`CgroupRoot::prepare`]); the others (memory, pids, io) give
+/// every container its usage figures and OOM events.
+const LAZY_CONTROLLERS: [&str; 5] = ["cpu", "cpuset", "hugetlb", "rdma", "misc"];
+
 /// A cgroup operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -313,7 +318,14 @@ impl CgroupRoot {
         }
         let parent = self.parent();
         fs::create_dir_all(&parent).map_err(err("creating", &parent))?;
-        let available = read_controllers(&self.root);
+        let mut available = read_controllers(&self.root);
+        // Enabled on first need (see `Cgroup::apply`): a cgroup is cheaper
+        // to make without them, and without `cpu` a container's tasks are
+        // scheduled without a group level of their own (no load tracking
+        // per level at every context switch).
+        for c in LAZY_CONTROLLERS {
+            available.remove(c);
+        }
         enable_controllers(&self.root, &available);
         enable_controllers(&parent, &available);
         self.prepared.store(true, Ordering::SeqCst);
@@ -407,16 +419,27 @@ impl Cgroup {
     /// controller is an error naming the setting, except where runc
     /// tolerates it (a swap limit of `max` or `0` without swap support).
     pub fn apply(&self, resources: &Resources) -> Result<(), CgroupError> {
-        for s in resource_files(resources)? {
+        let files = resource_files(resources)?;
+        let mut controllers = self.controllers.clone();
+        let wanted: BTreeSet<String> = files
+            .iter()
+            .filter_map(|s| controller_of(&s.file))
+            .filter(|c| LAZY_CONTROLLERS.contains(c) && !controllers.contains(*c))
+            .map(str::to_owned)
+            .collect();
+        if !wanted.is_empty() {
+            controllers = self.enable_lazy(&wanted);
+        }
+        for s in files {
             if let Some(c) = controller_of(&s.file) {
                 // runc refuses a unified key of a missing controller.
-                if !self.controllers.contains(c) && s.field == UNIFIED {
+                if !controllers.contains(c) && s.field == UNIFIED {
                     return Err(CgroupError::Unsupported {
                         field: s.field,
                         file: s.file,
                     });
                 }
-                if !self.controllers.contains(c) {
+                if !controllers.contains(c) {
                     tracing::warn!(
                         "cgroup controller {c} not available in {}: {} not set",
                         self.path.display(),
@@ -447,6 +470,21 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+
+    /// Enables the `wanted` [`LAZY_CONTROLLERS`] that the hierarchy
+    /// offers down to this cgroup; returns the controllers it has then.
+    fn enable_lazy(&self, wanted: &BTreeSet<String>) -> BTreeSet<String> {
+        let parent = self.path.parent();
+        if let (Some(parent), Some(root)) = (parent, parent.and_then(Path::parent)) {
+            let offered: BTreeSet<String> = read_controllers(root)
+                .intersection(wanted)
+                .cloned()
+                .collect();
+            enable_controllers(root, &offered);
+            enable_controllers(parent, &offered);
+        }
+        read_controllers(&self.path)
     }
 
     /// Moves `pid` into the cgroup (0: the caller).
