@@ -8,6 +8,12 @@ use nacre_agent::{Command, Config, Mode};
 
 fn main() -> ExitCode {
     nacre_agent::mark_start();
+    // One malloc arena for every thread: each extra arena is 64 MiB of
+    // address space with page tables that every fork copies and every
+    // container's execve tears down again (emulated kernel work here).
+    // SAFETY: mallopt before any other thread exists; it only sets a
+    // malloc parameter.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     // At the default level until the settings are read.
     ConsoleLogger::install();
     let mode = Mode::detect();
