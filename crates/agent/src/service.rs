@@ -205,6 +205,9 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: RestoredRequest,
     ) -> ttrpc::Result<RestoredResponse> {
+        // The spans kept so far are the template's (its boot, its
+        // warm-up), not this VM's.
+        crate::trace::clear();
         let _span = crate::trace::span("Restored");
         let identity = crate::restored::Identity {
             hostname: req.hostname,

@@ -65,6 +65,12 @@ pub fn add(span: Span) {
     spans.push_back(span);
 }
 
+/// Forgets every span kept (a VM restored from a template starts its
+/// own list).
+pub fn clear() {
+    SPANS.lock().unwrap_or_else(PoisonError::into_inner).clear();
+}
+
 /// The spans kept, oldest first.
 pub fn spans() -> Vec<Span> {
     SPANS

@@ -43,14 +43,29 @@ fn f(v: &Value, key: &str) -> f64 {
     v.get(key).and_then(Value::as_f64).unwrap_or(0.0)
 }
 
-/// Reads the trace document of one `run` that took `wall_s`.
-pub fn analyse(doc: &Value, wall_s: f64) -> RunPhases {
-    let events = doc["traceEvents"].as_array().cloned().unwrap_or_default();
-    let names: BTreeMap<u64, String> = events
+/// The events of a trace document and its process names by pid. Guest
+/// spans from before the host's first one are left out: a VM template's
+/// (its boot and warm-up, restored with its memory by older agents).
+fn events_and_names(doc: &Value) -> (Vec<Value>, BTreeMap<u64, String>) {
+    let mut events = doc["traceEvents"].as_array().cloned().unwrap_or_default();
+    let host_t0 = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["cat"] == "host")
+        .filter_map(|e| e["ts"].as_u64())
+        .min()
+        .unwrap_or(0);
+    events.retain(|e| !(e["cat"] == "guest" && e["ts"].as_u64().unwrap_or(0) < host_t0));
+    let names = events
         .iter()
         .filter(|e| e["ph"] == "M" && e["name"] == "process_name")
         .filter_map(|e| Some((e["pid"].as_u64()?, e["args"]["name"].as_str()?.to_owned())))
         .collect();
+    (events, names)
+}
+
+/// Reads the trace document of one `run` that took `wall_s`.
+pub fn analyse(doc: &Value, wall_s: f64) -> RunPhases {
+    let (events, names) = events_and_names(doc);
     let mut out = RunPhases {
         wall_s,
         ..RunPhases::default()
@@ -164,12 +179,7 @@ pub fn section(runs: &[RunPhases]) -> Section {
 /// An SVG picture of the spans of `doc`: one lane per process and thread,
 /// time left to right.
 pub fn timeline_svg(doc: &Value) -> String {
-    let events = doc["traceEvents"].as_array().cloned().unwrap_or_default();
-    let names: BTreeMap<u64, String> = events
-        .iter()
-        .filter(|e| e["ph"] == "M" && e["name"] == "process_name")
-        .filter_map(|e| Some((e["pid"].as_u64()?, e["args"]["name"].as_str()?.to_owned())))
-        .collect();
+    let (events, names) = events_and_names(doc);
     let spans: Vec<&Value> = events.iter().filter(|e| e["ph"] == "X").collect();
     let t0 = spans
         .iter()
@@ -270,6 +280,7 @@ mod tests {
             {"name": "cli", "cat": "host", "ph": "X", "ts": 1000, "dur": 4000, "pid": 1, "tid": 1, "args": {"command": "run"}},
             {"name": "sandbox.start", "cat": "host", "ph": "X", "ts": 1200, "dur": 900, "pid": 2, "tid": 2},
             {"name": "agent.CreateContainer", "cat": "guest", "ph": "X", "ts": 2200, "dur": 1500, "pid": 99, "tid": 1},
+            {"name": "agent.engine.warm_up", "cat": "guest", "ph": "X", "ts": 10, "dur": 900, "pid": 99, "tid": 1},
             {"name": "cpu.self", "ph": "i", "pid": 1, "args": {"user_s": 0.01, "sys_s": 0.02}},
             {"name": "cpu.self", "ph": "i", "pid": 2, "args": {"user_s": 0.05, "sys_s": 0.05}},
             {"name": "cpu.vmm", "ph": "i", "pid": 2, "args": {"vcpu_s": 3.5, "other_s": 0.2}},
@@ -281,6 +292,10 @@ mod tests {
         let r = analyse(&doc(), 4.2);
         assert_eq!(r.spans_ms["host:cli run"], 4.0);
         assert_eq!(r.spans_ms["guest:agent.CreateContainer"], 1.5);
+        assert!(
+            !r.spans_ms.contains_key("guest:agent.engine.warm_up"),
+            "the template's"
+        );
         assert!((r.cpu_s["cli"] - 0.03).abs() < 1e-9);
         assert!((r.cpu_s["monitor"] - 0.1).abs() < 1e-9);
         assert_eq!(r.cpu_s["vmm_vcpu"], 3.5);

@@ -322,6 +322,12 @@ fn vm_run_prints_guest_kernel_and_exits_with_the_container_status() {
     ] {
         assert!(has(cat, name), "no {cat} span {name} in {events:?}");
     }
+    // A VM restored from a template reports its own spans, not the
+    // template's boot and warm-up.
+    assert!(
+        !has("guest", "agent.engine.warm_up"),
+        "the template's spans in {events:?}"
+    );
     // The host CPU of each process, and the VMM's split (what the bench's
     // phase table reads).
     let cpu = |name: &str| events.iter().filter(|e| e["name"] == name).count();
