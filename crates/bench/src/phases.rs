@@ -170,7 +170,7 @@ pub fn section(runs: &[RunPhases]) -> Section {
                  {:.3} s.",
                 cli + monitor + other
             ),
-            "The timeline of the first run is `phases-timeline.svg` next to this report.".into(),
+            "The timeline of the last run is `phases-timeline.svg` next to this report (its trace `phases-trace.json`).".into(),
         ],
         data: serde_json::to_value(runs).unwrap_or_default(),
     }
