@@ -140,6 +140,66 @@ mod tests {
         assert!(answer.starts_with("err unknown request"), "{answer}");
     }
 
+    /// Attack: another local user reaches the socket (its directory made
+    /// world-searchable here; in a real state directory it is 0700) and
+    /// asks for a start: refused by the peer check, the container stays
+    /// created.
+    #[test]
+    fn another_user_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                !crate::testing::vm_tests_required(),
+                "another_user_is_refused needs root (required under CI)"
+            );
+            eprintln!("SKIPPED another_user_is_refused: not root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Arc::new(FakeAgent::default());
+        agent.create_container("c1", b"{}").unwrap();
+        serve(dir.path(), ContainerHandle::attach(agent.clone(), "c1")).unwrap();
+        let socket = dir.path().join(SOCKET);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (mut r, w) = UnixStream::pair().unwrap();
+        // SAFETY: the child only drops to nobody, talks over the socket
+        // and exits without unwinding.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let answer = (|| {
+                // SAFETY: setgid/setuid only change credentials.
+                if unsafe { libc::setgid(65534) } != 0 || unsafe { libc::setuid(65534) } != 0 {
+                    return "setuid failed".to_owned();
+                }
+                let mut s = match UnixStream::connect(&socket) {
+                    Ok(s) => s,
+                    Err(e) => return format!("connect: {e}"),
+                };
+                let _ = s.write_all(b"start\n");
+                let mut line = String::new();
+                let _ = BufReader::new(s).read_line(&mut line);
+                line
+            })();
+            let _ = (&w).write_all(answer.as_bytes());
+            // SAFETY: leaves the forked child at once.
+            unsafe { libc::_exit(0) };
+        }
+        drop(w);
+        let mut answer = String::new();
+        r.read_to_string(&mut answer).unwrap();
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(answer.contains("only its own user"), "{answer}");
+        assert_eq!(
+            agent.state_container("c1").unwrap().status,
+            crate::agent::ContainerStatus::Created,
+            "not started"
+        );
+    }
+
     #[test]
     fn no_monitor_means_none() {
         let dir = tempfile::tempdir().unwrap();
