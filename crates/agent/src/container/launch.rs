@@ -18,13 +18,21 @@ use crate::reaper::Reaper;
 #[derive(Debug, Clone)]
 pub struct LinuxLauncher {
     reaper: Reaper,
+    /// The agent's own pid namespace: a forking thread returns its
+    /// children's pid namespace to it (None if it could not be opened:
+    /// each fork then runs on a thread of its own).
+    own_pidns: Option<std::sync::Arc<OwnedFd>>,
 }
 
 impl LinuxLauncher {
     /// A launcher whose children are waited for through `reaper`.
     #[must_use]
     pub fn new(reaper: Reaper) -> LinuxLauncher {
-        LinuxLauncher { reaper }
+        let own_pidns = ffi::open(Path::new("/proc/self/ns/pid"), libc::O_RDONLY)
+            .map_err(|e| tracing::warn!("opening the agent's pid namespace: {e}"))
+            .ok()
+            .map(std::sync::Arc::new);
+        LinuxLauncher { reaper, own_pidns }
     }
 }
 
@@ -119,7 +127,11 @@ impl Gate for PipeGate {
 }
 
 impl LinuxLauncher {
-    /// Forks; the child runs `body` and never returns.
+    /// Forks; the child runs `body` and never returns. The pid namespace
+    /// of the child is set on the calling thread (unshare or setns) and
+    /// given back to the agent's own right after the fork: no thread is
+    /// made for it (a thread costs the guest a clone, a stack and its
+    /// teardown). Without the agent's own namespace at hand, on a thread.
     fn fork(&self, pidns: &PidNs<'_>, body: impl FnOnce() + Send) -> Result<libc::pid_t, String> {
         let ns_fd = match pidns {
             PidNs::Join(path) => Some(
@@ -128,30 +140,49 @@ impl LinuxLauncher {
             ),
             _ => None,
         };
-        std::thread::scope(|s| {
-            let forker = s.spawn(|| {
-                match (pidns, &ns_fd) {
-                    (PidNs::New, _) => ffi::unshare(libc::CLONE_NEWPID)
-                        .map_err(|e| format!("creating the pid namespace: {e}"))?,
-                    (PidNs::Join(path), Some(fd)) => ffi::setns(fd.as_fd(), libc::CLONE_NEWPID)
-                        .map_err(|e| format!("joining pid namespace {}: {e}", path.display()))?,
-                    _ => {}
-                }
-                self.reaper
-                    .spawn(|| {
-                        let pid = ffi::fork()?;
-                        if pid == 0 {
-                            body();
-                            ffi::exit_now(127);
-                        }
-                        Ok((pid, pid))
-                    })
-                    .map_err(|e| format!("fork: {e}"))
+        let Some(own) = &self.own_pidns else {
+            return std::thread::scope(|s| {
+                s.spawn(|| self.fork_here(pidns, ns_fd.as_ref(), body))
+                    .join()
+                    .unwrap_or_else(|_| Err("the fork thread panicked".into()))
             });
-            forker
-                .join()
-                .unwrap_or_else(|_| Err("the fork thread panicked".into()))
-        })
+        };
+        // This thread's children go to the agent's namespace unless set
+        // otherwise (a fork that failed half-way may have left it moved).
+        ffi::setns(own.as_fd(), libc::CLONE_NEWPID)
+            .map_err(|e| format!("resetting the pid namespace for children: {e}"))?;
+        let forked = self.fork_here(pidns, ns_fd.as_ref(), body);
+        if let Err(e) = ffi::setns(own.as_fd(), libc::CLONE_NEWPID) {
+            tracing::error!("resetting the pid namespace for children: {e}");
+        }
+        forked
+    }
+
+    /// Sets the calling thread's pid namespace for children as `pidns`
+    /// says, then forks.
+    fn fork_here(
+        &self,
+        pidns: &PidNs<'_>,
+        ns_fd: Option<&OwnedFd>,
+        body: impl FnOnce(),
+    ) -> Result<libc::pid_t, String> {
+        match (pidns, ns_fd) {
+            (PidNs::New, _) => ffi::unshare(libc::CLONE_NEWPID)
+                .map_err(|e| format!("creating the pid namespace: {e}"))?,
+            (PidNs::Join(path), Some(fd)) => ffi::setns(fd.as_fd(), libc::CLONE_NEWPID)
+                .map_err(|e| format!("joining pid namespace {}: {e}", path.display()))?,
+            _ => {}
+        }
+        self.reaper
+            .spawn(|| {
+                let pid = ffi::fork()?;
+                if pid == 0 {
+                    body();
+                    ffi::exit_now(127);
+                }
+                Ok((pid, pid))
+            })
+            .map_err(|e| format!("fork: {e}"))
     }
 
     /// After a failed setup: collect the child's exit status.
