@@ -521,6 +521,15 @@ fn nacre_pod_with_limits_oom_and_exit_races() {
         value("nacre_sandbox_starts", &[("kind", kind.as_str())]).is_some_and(|v| v >= 1.0),
         "{samples:?}"
     );
+    // The VMM's guest error counters, all zero for a guest that behaves.
+    assert_eq!(
+        value(
+            "nacre_vmm_guest_errors_total",
+            &[("sandbox", pod.as_str()), ("kind", "fs_dropped_request")]
+        ),
+        Some(0.0),
+        "{samples:?}"
+    );
     // The sandbox's first container creation was timed.
     let created = samples
         .iter()

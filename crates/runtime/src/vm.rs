@@ -6,7 +6,7 @@
 //! the directory, so no failure path leaves a VM or a socket behind.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
@@ -179,6 +179,9 @@ pub enum VmError {
     #[error("--net device: {0}")]
     Net(#[source] NetArgError),
 }
+
+/// The longest answer read from a VMM's control socket.
+pub const API_REPLY_MAX: u64 = 64 << 10;
 
 /// A running (or exited) `nacre-vmm` process.
 #[derive(Debug)]
@@ -435,6 +438,8 @@ impl VmProcess {
 
     /// Sends one request to the control socket and returns the reply
     /// (which may be a refusal: see [`Response::into_result`]).
+    /// Sends one control request and reads its answer (at most
+    /// [`API_REPLY_MAX`] bytes, 10 s).
     pub fn api(&self, request: &Request) -> Result<Response, VmError> {
         let path = self.api_socket();
         let api_err = |source| VmError::Api {
@@ -450,7 +455,8 @@ impl VmProcess {
             .map_err(|e| api_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         stream.write_all(line.as_bytes()).map_err(api_err)?;
         let mut line = String::new();
-        BufReader::new(stream)
+        // A VMM the guest took over may answer without end.
+        BufReader::new(stream.take(API_REPLY_MAX))
             .read_line(&mut line)
             .map_err(api_err)?;
         Response::parse(&line).map_err(|_| VmError::ApiReply {

@@ -190,6 +190,7 @@ impl Inner {
             start_kind: started.kind.to_owned(),
             start_seconds: started.seconds,
             create_seconds: self.first_create.get().copied(),
+            guest_errors: vm.pod().guest_errors().unwrap_or_default(),
             containers,
         }
     }

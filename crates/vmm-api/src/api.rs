@@ -2,7 +2,8 @@
 //! JSON [`Response`] per line out.
 //!
 //! ```text
-//! {"op":"status"}   -> {"ok":true,"state":"running"|"paused","pid":N,"vcpus":N,"memory_mib":N}
+//! {"op":"status"}   -> {"ok":true,"state":"running"|"paused","pid":N,"vcpus":N,"memory_mib":N,
+//!                        "guest_errors":{"<kind>":N,...}}
 //! {"op":"pause"}    -> {"ok":true,"state":"paused"}
 //! {"op":"resume"}   -> {"ok":true,"state":"running"}
 //! {"op":"shutdown"} -> {"ok":true}, then the VMM stops the VM and exits 0
@@ -73,6 +74,10 @@ pub struct Response {
     pub vcpus: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
+    /// With `status`: errors the guest caused in the VMM's devices, by
+    /// kind (see `nacre_vmm::devices::virtio::guest_errors`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_errors: Option<std::collections::BTreeMap<String, u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

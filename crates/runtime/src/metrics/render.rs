@@ -143,6 +143,18 @@ pub fn render(sandboxes: &[(SandboxReport, Option<ProcessUsage>)], node: NodeFac
         }
         out.sample("nacre_vmm_threads", &sb(r), u.threads as f64);
     }
+    out.family(
+        "nacre_vmm_guest_errors_total",
+        "counter",
+        "Errors the guest caused in the VMM's virtio devices (malformed requests, bad queues, credit violations), by kind.",
+    );
+    for (r, _) in sandboxes {
+        for (kind, n) in &r.guest_errors {
+            let mut l = sb(r);
+            l.push(("kind", kind.clone()));
+            out.sample("nacre_vmm_guest_errors_total", &l, *n as f64);
+        }
+    }
 
     out.family(
         "nacre_container_state",
@@ -278,6 +290,7 @@ mod tests {
             start_kind: "template".into(),
             start_seconds: 0.4,
             create_seconds: Some(2.0),
+            guest_errors: [("fs_dropped_request".to_owned(), 3)].into(),
             containers: vec![
                 ContainerReport {
                     id: "pause".into(),
@@ -322,6 +335,7 @@ mod tests {
             "nacre_sandbox_create_duration_seconds_bucket{le=\"2.5\"} 1".to_owned(),
             "nacre_sandbox_starts{kind=\"template\"} 1".to_owned(),
             "nacre_sandbox_starts{kind=\"cold\"} 0".to_owned(),
+            format!("nacre_vmm_guest_errors_total{{{l},kind=\"fs_dropped_request\"}} 3"),
         ] {
             assert!(text.contains(&want), "{want} missing in\n{text}");
         }

@@ -30,6 +30,10 @@ pub struct SandboxReport {
     pub start_seconds: f64,
     /// Seconds the first container's creation took in the guest.
     pub create_seconds: Option<f64>,
+    /// Errors the guest caused in the VMM's virtio devices, by kind (the
+    /// VMM's `status`); empty when the VMM did not answer.
+    #[serde(default)]
+    pub guest_errors: std::collections::BTreeMap<String, u64>,
     pub containers: Vec<ContainerReport>,
 }
 

@@ -252,6 +252,26 @@ impl Pod {
         self.exit.get().copied()
     }
 
+    /// The errors the guest caused in the VMM's virtio devices, by kind
+    /// (the VMM's `status`); None when it does not answer or has exited.
+    /// At most 16 kinds, each a short `[a-z_]` name: the VMM may be the
+    /// guest's.
+    pub fn guest_errors(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        let guard = self.vm.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = guard.as_ref()?.vmm_status()?.guest_errors?;
+        Some(
+            counts
+                .into_iter()
+                .filter(|(k, _)| {
+                    !k.is_empty()
+                        && k.len() <= 32
+                        && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                })
+                .take(16)
+                .collect(),
+        )
+    }
+
     /// Has the OOM kill of a process in the guest raised on the host
     /// cgroup once the VMM is gone (as runc's host cgroup would show it).
     pub fn raise_guest_oom(&self) {

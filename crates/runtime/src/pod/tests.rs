@@ -201,3 +201,29 @@ fn the_container_handle_drives_one_container() {
     assert!(pod.container("c1").start().is_err(), "removed");
     assert!(pod.container("nope").stats().is_err());
 }
+
+#[test]
+fn guest_errors_from_the_vmm_are_bounded_and_named_sanely() {
+    let (pod, vm, _) = pod();
+    assert_eq!(pod.guest_errors(), None, "a VMM that reports none");
+    let mut counts: std::collections::BTreeMap<String, u64> = (0..40)
+        .map(|i| {
+            (
+                format!("kind_{}", char::from(b'a' + (i % 26) as u8)).repeat(1 + i / 26),
+                1,
+            )
+        })
+        .collect();
+    counts.insert("fs_dropped_request".into(), 7);
+    counts.insert("bad\nlabel\"}".into(), 9);
+    counts.insert("x".repeat(100), 9);
+    vm.set_guest_errors(counts);
+    let got = pod.guest_errors().unwrap();
+    assert!(got.len() <= 16, "{got:?}");
+    assert!(got
+        .keys()
+        .all(|k| k.len() <= 32 && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+    assert_eq!(got.get("fs_dropped_request"), Some(&7));
+    pod.kill();
+    assert_eq!(pod.guest_errors(), None, "no VMM to ask");
+}

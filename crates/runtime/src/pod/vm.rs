@@ -24,6 +24,11 @@ pub trait PodVm: Send + std::fmt::Debug {
     /// Powers the guest off through its agent, killing the VMM after
     /// `timeout`.
     fn shutdown(self: Box<Self>, timeout: Duration) -> Result<(), SandboxError>;
+    /// The VMM's own `status` (its guest error counters included), if it
+    /// answers.
+    fn vmm_status(&self) -> Option<nacre_vmm_api::Response> {
+        None
+    }
 }
 
 impl PodVm for Sandbox {
@@ -45,6 +50,13 @@ impl PodVm for Sandbox {
 
     fn shutdown(self: Box<Self>, timeout: Duration) -> Result<(), SandboxError> {
         Sandbox::shutdown(*self, timeout).map(drop)
+    }
+
+    fn vmm_status(&self) -> Option<nacre_vmm_api::Response> {
+        self.vm()
+            .api(&nacre_vmm_api::Request::Status)
+            .map_err(|e| tracing::debug!("VMM status: {e}"))
+            .ok()
     }
 }
 
@@ -91,6 +103,7 @@ struct FakeVmState {
     exit: Option<ExitStatus>,
     shutdowns: u32,
     kills: u32,
+    guest_errors: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl FakeVm {
@@ -119,6 +132,15 @@ impl FakeVm {
         };
     }
 
+    /// What its VMM's `status` reports as guest errors from now on.
+    pub fn set_guest_errors(&self, counts: std::collections::BTreeMap<String, u64>) {
+        self.state
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .guest_errors = Some(counts);
+    }
+
     /// How often it was shut down through its agent, and killed.
     pub fn stops(&self) -> (u32, u32) {
         let s = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,6 +165,14 @@ impl PodVm for FakeVm {
 
     fn exit_fd(&self) -> std::io::Result<OwnedFd> {
         self.exited.try_clone()
+    }
+
+    fn vmm_status(&self) -> Option<nacre_vmm_api::Response> {
+        let s = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
+        Some(nacre_vmm_api::Response {
+            guest_errors: s.guest_errors.clone(),
+            ..nacre_vmm_api::Response::ok()
+        })
     }
 
     fn try_wait(&mut self) -> Result<Option<ExitStatus>, VmError> {

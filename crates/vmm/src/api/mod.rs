@@ -3,7 +3,8 @@
 //! [`nacre_vmm_api::api`]'s, shared with the runtime).
 //!
 //! ```text
-//! {"op":"status"}   -> {"ok":true,"state":"running"|"paused","pid":N,"vcpus":N,"memory_mib":N}
+//! {"op":"status"}   -> {"ok":true,"state":"running"|"paused","pid":N,"vcpus":N,"memory_mib":N,
+//!                        "guest_errors":{"<kind>":N,...}}
 //! {"op":"pause"}    -> {"ok":true,"state":"paused"}
 //! {"op":"resume"}   -> {"ok":true,"state":"running"}
 //! {"op":"shutdown"} -> {"ok":true}, then the VMM stops the VM and exits 0
@@ -69,6 +70,7 @@ pub fn dispatch(req: &Request, ctl: &dyn VmControl) -> Response {
                 pid: Some(s.pid),
                 vcpus: Some(s.vcpus),
                 memory_mib: Some(s.memory_mib),
+                guest_errors: Some(crate::devices::virtio::guest_errors::counts()),
                 ..Response::ok()
             }
         }
@@ -164,7 +166,9 @@ mod tests {
         assert!(!stop);
         assert_eq!(
             resp.to_line(),
-            "{\"ok\":true,\"state\":\"running\",\"pid\":42,\"vcpus\":2,\"memory_mib\":256}\n"
+            "{\"ok\":true,\"state\":\"running\",\"pid\":42,\"vcpus\":2,\"memory_mib\":256,\
+             \"guest_errors\":{\"activation_refused\":0,\"fs_dropped_request\":0,\
+             \"used_ring_failure\":0,\"vsock_credit_violation\":0}}\n"
         );
     }
 

@@ -228,7 +228,11 @@ mod tests {
         let mut lines = BufReader::new(client).lines().map_while(Result::ok);
         assert_eq!(
             lines.next().as_deref(),
-            Some("{\"ok\":true,\"state\":\"running\",\"pid\":1,\"vcpus\":1,\"memory_mib\":64}")
+            Some(
+                "{\"ok\":true,\"state\":\"running\",\"pid\":1,\"vcpus\":1,\"memory_mib\":64,\
+                 \"guest_errors\":{\"activation_refused\":0,\"fs_dropped_request\":0,\
+                 \"used_ring_failure\":0,\"vsock_credit_violation\":0}}"
+            )
         );
         assert!(lines.next().is_some_and(|l| l.starts_with("{\"ok\":false")));
         assert_eq!(lines.next().as_deref(), Some("{\"ok\":true}"));
