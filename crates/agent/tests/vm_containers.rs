@@ -162,8 +162,11 @@ fn containers_in_a_real_guest() {
             "-c",
             "p=$(cat /proc/self/cgroup); ls /sys/fs/cgroup${p#0::}",
         ],
+        // cpus/mems: the agent enables cpuset (like cpu) for a container
+        // cgroup only when it is asked for.
         &json!({"memory": {"limit": 33554432, "swap": 33554432},
-                "cpu": {"quota": 50000, "period": 100000, "shares": 512}}),
+                "cpu": {"quota": 50000, "period": 100000, "shares": 512,
+                        "cpus": "0", "mems": "0"}}),
     ))
     .unwrap();
     cg_spec["mounts"]

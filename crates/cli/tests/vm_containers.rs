@@ -380,11 +380,11 @@ fn debug_console(vm: &Vm, config: &Path, id: &str) -> String {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        c.stdin
-            .take()
-            .unwrap()
-            .write_all(b"cat /proc/1/comm; ls /sys/fs/cgroup/nacre | sed 's/^/cgroup-of:/'; exit\n")
-            .unwrap();
+        // It may have ended already (the container is not there yet):
+        // then the write fails and the loop tries again.
+        let _ = c.stdin.take().unwrap().write_all(
+            b"cat /proc/1/comm; ls /sys/fs/cgroup/nacre | sed 's/^/cgroup-of:/'; exit\n",
+        );
         let o = c.wait_with_output().unwrap();
         // The console answers as soon as the agent runs, which may be
         // before the container exists: until its cgroup is listed. (The
