@@ -437,9 +437,8 @@ impl VmProcess {
     }
 
     /// Sends one request to the control socket and returns the reply
-    /// (which may be a refusal: see [`Response::into_result`]).
-    /// Sends one control request and reads its answer (at most
-    /// [`API_REPLY_MAX`] bytes, 10 s).
+    /// (which may be a refusal: see [`Response::into_result`]), read to
+    /// at most [`API_REPLY_MAX`] bytes within 10 s.
     pub fn api(&self, request: &Request) -> Result<Response, VmError> {
         let path = self.api_socket();
         let api_err = |source| VmError::Api {

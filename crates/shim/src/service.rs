@@ -24,7 +24,6 @@ use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::protos::ttrpc::Result as TtrpcResult;
 use containerd_shim::protos::types::empty::Empty;
-use nacre_runtime::agent::AgentClient;
 use nacre_runtime::container::paths::validate_id;
 use nacre_runtime::container::pod_ns::{self, NsHolder};
 use nacre_runtime::container::share::SharedDir;
@@ -238,13 +237,13 @@ impl Inner {
             }))
     }
 
-    async fn client(&self) -> Result<(Arc<Vm>, Arc<dyn AgentClient>)> {
-        let vm =
-            self.vm.lock().await.clone().ok_or_else(|| {
-                ShimError::FailedPrecondition("the sandbox VM is not running".into())
-            })?;
-        let client = vm.client().clone();
-        Ok((vm, client))
+    /// The sandbox's VM, if it runs.
+    async fn running_vm(&self) -> Result<Arc<Vm>> {
+        self.vm
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| ShimError::FailedPrecondition("the sandbox VM is not running".into()))
     }
 
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
@@ -489,7 +488,7 @@ impl Inner {
         let (cid, exec_id) = (req.id.clone(), req.exec_id.clone());
         // An unknown task is NotFound whether or not a VM runs.
         self.with_process(&cid, &exec_id, |_| Ok(()))?;
-        let (vm, client) = self.client().await?;
+        let vm = self.running_vm().await?;
         if exec_id.is_empty() {
             let pid = self.with_process(&cid, "", |p| match p.status {
                 Status::CREATED => Ok(p.pid),
@@ -529,7 +528,7 @@ impl Inner {
             Ok((spec, p.stdio.clone()))
         })?;
         let (c, id, e, ns) = (
-            client.clone(),
+            vm.client(),
             cid.clone(),
             exec_id.clone(),
             self.namespace.clone(),
@@ -642,7 +641,7 @@ impl Inner {
                 req.exec_id, req.id
             )));
         }
-        let (vm, _) = self.client().await?;
+        let vm = self.running_vm().await?;
         let c = vm.pod().container(&req.id);
         blocking(move || {
             c.signal(&req.exec_id, req.signal, req.all)
@@ -813,7 +812,7 @@ impl Inner {
     }
 
     async fn pause_resume(&self, cid: String, pause: bool) -> Result<()> {
-        let (vm, _) = self.client().await?;
+        let vm = self.running_vm().await?;
         let c = vm.pod().container(&cid);
         blocking(move || {
             if pause { c.pause() } else { c.resume() }.map_err(ShimError::agent(format!(
@@ -866,7 +865,7 @@ impl Inner {
         if !self.containers()?.contains_key(cid) {
             return Err(ShimError::NotFound(format!("container {cid}")));
         }
-        let (vm, _) = self.client().await?;
+        let vm = self.running_vm().await?;
         let (c, what) = (
             vm.pod().container(cid),
             format!("{what} of container {cid}"),

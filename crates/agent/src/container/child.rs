@@ -19,6 +19,7 @@ use super::caps;
 use super::ffi;
 use super::mounts::{self, READONLY_REMOUNT};
 use super::spec::{Process, Spec};
+use super::steps::{self as step, timed};
 
 /// Descriptor numbers in the child after [`arrange_fds`].
 pub const START_FD: RawFd = 3;
@@ -199,10 +200,6 @@ pub fn mount_rootfs(
     console: Option<&str>,
     steps: Option<&super::steps::ChildSteps>,
 ) -> Step {
-    let timed = |i: usize, f: &mut dyn FnMut() -> Step| match steps {
-        Some(s) => s.time(i, f),
-        None => f(),
-    };
     let linux = spec.linux.clone().unwrap_or_default();
     let propagation = match linux.rootfs_propagation.as_deref() {
         Some("shared") | Some("rshared") => libc::MS_SHARED | libc::MS_REC,
@@ -239,9 +236,9 @@ pub fn mount_rootfs(
         .map_err(ctx(|| "mount tmpfs on /dev".into()))?;
     }
     for m in &spec.mounts {
-        timed(super::steps::MOUNT, &mut || mount_one(rootfs, m))?;
+        timed(steps, step::MOUNT, || mount_one(rootfs, m))?;
     }
-    timed(super::steps::POPULATE_DEV, &mut || {
+    timed(steps, step::POPULATE_DEV, || {
         populate_dev(rootfs, console, has("/dev/pts"), has("/dev/shm"), dev_nodes)
     })
 }

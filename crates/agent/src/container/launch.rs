@@ -9,6 +9,7 @@ use super::child::{self, ChildFds, FAILED, READY};
 use super::engine::{CreateRequest, ExecRequest, Gate, Launched, Launcher};
 use super::ffi;
 use super::spec::Process;
+use super::steps::{self as step, timed};
 use crate::reaper::Reaper;
 
 /// Forks with glibc's fork on a short-lived thread that first enters the
@@ -240,32 +241,33 @@ fn init_child(
     console: Option<&str>,
     steps: Option<&super::steps::ChildSteps>,
 ) -> ! {
-    // Times step `i` of `steps::NAMES` when there is a page to write to.
-    let timed = |i: usize, f: &mut dyn FnMut() -> Result<(), String>| match steps {
-        Some(s) => s.time(i, f),
-        None => f(),
-    };
     let placed = || -> Result<(), String> {
         ffi::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
         child::arrange_fds(fds)
     };
-    if let Err(e) = timed(0, &mut || placed()) {
+    if let Err(e) = timed(steps, step::PREPARE, placed) {
         child::report_to(fds.sync, &Err(e));
         ffi::exit_now(1);
     }
     let process = req.spec.process();
     let setup = || -> Result<Vec<String>, String> {
         child::set_oom_score_adj(&process)?;
-        timed(1, &mut || child::join_cgroup(req.cgroup_procs))?;
-        timed(2, &mut || child::enter_namespaces(req.spec))?;
-        timed(3, &mut || {
+        timed(steps, step::CGROUP, || child::join_cgroup(req.cgroup_procs))?;
+        timed(steps, step::NAMESPACES, || {
+            child::enter_namespaces(req.spec)
+        })?;
+        timed(steps, step::MOUNTS, || {
             child::mount_rootfs(req.spec, req.rootfs, console, steps)
         })?;
-        timed(4, &mut || child::switch_root(req.rootfs))?;
+        timed(steps, step::PIVOT_ROOT, || child::switch_root(req.rootfs))?;
         child::create_cwd(&process)?;
         let env = child::process_env(&process);
-        timed(5, &mut || child::finish_rootfs(req.spec))?;
-        timed(6, &mut || child::apply_process(&process, req.seccomp))?;
+        timed(steps, step::FINISH_ROOTFS, || {
+            child::finish_rootfs(req.spec)
+        })?;
+        timed(steps, step::PROCESS, || {
+            child::apply_process(&process, req.seccomp)
+        })?;
         Ok(env)
     };
     let result = setup();

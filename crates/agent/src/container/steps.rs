@@ -22,10 +22,26 @@ pub const NAMES: [&str; 10] = [
     "child.populate_dev",
 ];
 
-/// Index in [`NAMES`] of one mount of the spec (inside `child.mounts`).
+/// Indexes in [`NAMES`] of the steps an init child times.
+pub const PREPARE: usize = 0;
+pub const CGROUP: usize = 1;
+pub const NAMESPACES: usize = 2;
+pub const MOUNTS: usize = 3;
+pub const PIVOT_ROOT: usize = 4;
+pub const FINISH_ROOTFS: usize = 5;
+pub const PROCESS: usize = 6;
+/// One mount of the spec (inside `child.mounts`).
 pub const MOUNT: usize = 8;
-/// Index in [`NAMES`] of the device nodes (inside `child.mounts`).
+/// The device nodes (inside `child.mounts`).
 pub const POPULATE_DEV: usize = 9;
+
+/// Runs `f` as step `step`, timed into `steps` when there is a page.
+pub fn timed<T>(steps: Option<&ChildSteps>, step: usize, f: impl FnOnce() -> T) -> T {
+    match steps {
+        Some(s) => s.time(step, f),
+        None => f(),
+    }
+}
 
 const SLOTS: usize = 64;
 
@@ -127,10 +143,10 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            steps.time(2, || {
+            steps.time(NAMESPACES, || {
                 std::thread::sleep(std::time::Duration::from_millis(5))
             });
-            steps.time(3, || ());
+            steps.time(MOUNTS, || ());
             // SAFETY: leaves the forked child at once.
             unsafe { libc::_exit(0) };
         }

@@ -56,7 +56,7 @@ fn answer(stream: UnixStream, container: &ContainerHandle) -> std::io::Result<()
             Ok(()) => "ok".to_owned(),
             Err(e) => format!("err {}", crate::container::ContainerError::from(e)),
         },
-        other => format!("err unknown request {:?}", other.escape_debug().to_string()),
+        other => format!("err unknown request {other:?}"),
     };
     writer.write_all(format!("{}\n", reply.replace('\n', " ")).as_bytes())
 }

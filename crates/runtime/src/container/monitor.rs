@@ -8,7 +8,7 @@
 //! VMM that dies under it, and SIGTERM (from `nacre delete`) makes it kill
 //! the VM and clean up.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{mpsc, Arc};
@@ -108,20 +108,9 @@ fn install_signal_handlers() -> Option<OwnedFd> {
 fn forward_terminate(pipe: OwnedFd, tx: mpsc::Sender<Wake>) {
     let spawned = std::thread::Builder::new()
         .name("sigterm".into())
-        .spawn(move || loop {
-            let mut pfd = libc::pollfd {
-                fd: pipe.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call.
-            let r = unsafe { libc::poll(&mut pfd, 1, -1) };
-            if r > 0 {
+        .spawn(move || {
+            if crate::pod::wait_readable(&pipe) {
                 let _ = tx.send(Wake::Terminate);
-                return;
-            }
-            if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                return;
             }
         });
     if let Err(e) = spawned {

@@ -6,8 +6,9 @@
 //! pod network (taps in the CNI namespace), the guest identity (host name
 //! and share tag), a template restore or a cold boot, the guest clock,
 //! the agent connection for container calls (the boot one, with a longer
-//! call timeout), and the guest's network configuration. A step that fails undoes the ones before it (their
-//! owners' `Drop`), so a half-built pod leaves nothing behind.
+//! call timeout), and the guest's network configuration. A step that
+//! fails undoes the ones before it (their owners' `Drop`), so a
+//! half-built pod leaves nothing behind.
 //!
 //! A started [`Pod`] owns the VMM: [`Pod::watch`] reports its death and
 //! its processes' exits as events ([`PodEvent`]), [`Pod::poll_exit`]
@@ -44,7 +45,8 @@ pub use dir::remove_sandbox_dir;
 pub use handle::ContainerHandle;
 pub use nacre_vmm_api::CacheMode;
 pub use options::{guest_identity, PodCgroup, PodNetworkOptions, PodOptions};
-pub use vm::{pidfd_open, FakeVm, PodVm};
+pub use vm::{FakeVm, PodVm};
+pub(crate) use watch::wait_readable;
 pub use watch::{EventSink, PodEvent, Watcher};
 
 /// The status a process gets when its VM went away under it: 128 + the

@@ -61,7 +61,7 @@ impl PodVm for Sandbox {
 }
 
 /// A pidfd of process `pid` (readable once it exits).
-pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     let pid =
         libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
     // SAFETY: pidfd_open takes a pid and flags and returns a new

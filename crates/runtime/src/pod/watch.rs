@@ -84,7 +84,8 @@ impl Pod {
                 std::thread::Builder::new()
                     .name("pod-vm-watch".into())
                     .spawn(move || {
-                        wait_readable(&fd);
+                        // Readable or not pollable: the watch ends either way.
+                        let _ = wait_readable(&fd);
                         sink(PodEvent::VmExited);
                     })?;
             }
@@ -111,8 +112,9 @@ impl Pod {
     }
 }
 
-/// Blocks until `fd` is readable (or polling it fails for good).
-fn wait_readable(fd: &OwnedFd) {
+/// Blocks until `fd` is readable (true) or polling it fails for good
+/// (false); interrupted polls are retried.
+pub(crate) fn wait_readable(fd: &OwnedFd) -> bool {
     loop {
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
@@ -121,8 +123,11 @@ fn wait_readable(fd: &OwnedFd) {
         };
         // SAFETY: `pfd` is one valid pollfd for the duration of the call.
         let r = unsafe { libc::poll(&mut pfd, 1, -1) };
-        if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return;
+        if r > 0 {
+            return true;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return false;
         }
     }
 }

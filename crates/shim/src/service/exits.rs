@@ -114,7 +114,7 @@ impl Inner {
     /// Publishes TaskOOM if the OOM kill count of container `cid`'s
     /// cgroup grew since it was last read.
     pub(super) async fn check_oom(&self, cid: &str) {
-        let Ok((vm, _)) = self.client().await else {
+        let Ok(vm) = self.running_vm().await else {
             return;
         };
         let c = vm.pod().container(cid);
