@@ -2,7 +2,9 @@
 //!
 //! With `NACRE_VMM_PROFILE=<file>` in its environment, nacre-vmm kicks
 //! every vCPU out of KVM_RUN every [`INTERVAL`] and appends the guest's
-//! instruction pointer to `<file>` (one hex address per line). Resolve
+//! instruction pointer to `<file>` (one hex address per line, then the
+//! time of the sample in microseconds since the Unix epoch, to line it
+//! up with a `NACRE_TRACE` timeline). Resolve
 //! them against `vmlinux`'s symbols (`nm -n vmlinux`) to see where a boot
 //! spends its time; `guest/kernel/profile.sh` does that.
 
@@ -39,7 +41,10 @@ pub fn enabled() -> bool {
 pub fn record(rip: u64) {
     if let Some(out) = OUTPUT.get() {
         let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(out, "{rip:016x}");
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let _ = writeln!(out, "{rip:016x} {at}");
     }
 }
 
