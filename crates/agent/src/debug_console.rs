@@ -11,8 +11,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -33,12 +32,12 @@ const HANGUP_GRACE_STEPS: u32 = 20;
 
 /// Binds `addr` and serves sessions from a background thread.
 pub fn start(addr: &ListenAddr, reaper: Reaper) -> io::Result<()> {
-    let listener = listen(addr)?;
+    let listener = crate::listen::listen(addr)?;
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("debug-console".into())
         .spawn(move || loop {
-            let conn = match accept(&listener) {
+            let conn = match crate::listen::accept(&listener) {
                 Ok(conn) => conn,
                 Err(e) => {
                     tracing::warn!("debug console: accept: {e}");
@@ -172,62 +171,4 @@ fn copy(from: &mut File, to: &mut File) -> io::Result<()> {
         };
         to.write_all(&buf[..n])?;
     }
-}
-
-fn listen(addr: &ListenAddr) -> io::Result<OwnedFd> {
-    match addr {
-        ListenAddr::Unix(path) => {
-            let _ = std::fs::remove_file(path);
-            Ok(OwnedFd::from(UnixListener::bind(path)?))
-        }
-        ListenAddr::Vsock { cid, port } => vsock_listen(*cid, *port),
-    }
-}
-
-fn vsock_listen(cid: u32, port: u32) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) returns a new descriptor or -1.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: all-zero is a valid sockaddr_vm.
-    let mut sa: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    sa.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    sa.svm_cid = cid;
-    sa.svm_port = port;
-    // SAFETY: bind(2) reads `sa`, which lives for the call, with its size.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            std::ptr::from_ref(&sa).cast(),
-            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: listen(2) on a bound socket we own.
-    if unsafe { libc::listen(fd.as_raw_fd(), 4) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
-fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
-    // SAFETY: accept4(2) without an address; returns a new descriptor.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by accept4 and is owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -8,7 +8,6 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread;
 use std::time::Duration;
 
 use seccompiler::BpfProgram;
@@ -125,11 +124,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Proc {
-    fn new(id: &str, exec_id: &str, l: Launched) -> Result<Arc<Proc>, String> {
-        let name = |s: &str| format!("{s}-{id}-{exec_id}");
+    fn new(l: Launched) -> Result<Arc<Proc>, String> {
         let reader = |fd: Option<OwnedFd>, stream: &str| match fd {
-            Some(fd) => Output::spawn_reader(&name(stream), fd)
-                .map_err(|e| format!("starting the {stream} reader: {e}")),
+            Some(fd) => {
+                Output::spawn_reader(fd).map_err(|e| format!("starting the {stream} reader: {e}"))
+            }
             None => Ok(Output::closed()),
         };
         Ok(Arc::new(Proc {
@@ -412,13 +411,11 @@ impl<L: Launcher> Engine<L> {
         }
         let launcher = Arc::clone(&self.launcher);
         let p = Arc::clone(proc);
-        let spawned = thread::Builder::new()
-            .name(format!("wait-{}", proc.pid))
-            .spawn(move || {
-                let status = launcher.wait(p.pid);
-                *lock(&p.exit) = Some((status, super::ffi::now_unix_ms()));
-                p.exited.notify_all();
-            });
+        let spawned = crate::pool::spawn(move || {
+            let status = launcher.wait(p.pid);
+            *lock(&p.exit) = Some((status, super::ffi::now_unix_ms()));
+            p.exited.notify_all();
+        });
         if let Err(e) = spawned {
             tracing::error!("starting the waiter of pid {}: {e}", proc.pid);
         }
@@ -520,7 +517,7 @@ impl<L: Launcher> Engine<L> {
         };
         let pid = launched.pid;
         let namespaces = std::mem::take(&mut launched.namespaces);
-        let init = Proc::new(id, "", launched).map_err(internal)?;
+        let init = Proc::new(launched).map_err(internal)?;
         self.watch(&init);
         let container = Arc::new(Container {
             id: id.to_owned(),
@@ -611,7 +608,7 @@ impl<L: Launcher> Engine<L> {
             .exec(&req)
             .map_err(|e| internal(format!("exec {exec_id}: {e}")))?;
         let pid = launched.pid;
-        let proc = Proc::new(id, exec_id, launched).map_err(internal)?;
+        let proc = Proc::new(launched).map_err(internal)?;
         self.watch(&proc);
         execs.insert(exec_id.to_owned(), proc);
         Ok(pid)

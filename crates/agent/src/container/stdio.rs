@@ -7,7 +7,6 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread;
 
 /// Output kept per stream before the reader stops reading (the process
 /// then blocks on its full pipe until the host reads).
@@ -45,14 +44,12 @@ impl Output {
         out
     }
 
-    /// Starts a thread that reads `source` until EOF (or EIO, a closed
-    /// terminal) into a new buffer.
-    pub fn spawn_reader(name: &str, source: OwnedFd) -> io::Result<Arc<Output>> {
+    /// Reads `source` until EOF (or EIO, a closed terminal) into a new
+    /// buffer, on a thread of the agent's pool.
+    pub fn spawn_reader(source: OwnedFd) -> io::Result<Arc<Output>> {
         let out = Arc::new(Output::default());
         let sink = Arc::clone(&out);
-        thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || sink.fill(File::from(source)))?;
+        crate::pool::spawn(move || sink.fill(File::from(source)))?;
         Ok(out)
     }
 
@@ -181,7 +178,7 @@ mod tests {
     #[test]
     fn buffers_output_until_read_then_eof() {
         let (r, w) = pipe();
-        let out = Output::spawn_reader("test-out", r).unwrap();
+        let out = Output::spawn_reader(r).unwrap();
         let stdin = Stdin::new(Some(w));
         assert_eq!(stdin.write(b"hello ").unwrap(), 6);
         assert_eq!(stdin.write(b"world").unwrap(), 5);
