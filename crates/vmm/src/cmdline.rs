@@ -8,7 +8,8 @@ use std::path::Path;
 /// first chunk's size instead of 2 MiB atoms, whose 512 block descriptors
 /// the allocator rescans on mounts, cgroups and namespaces
 /// (guest/kernel/README.md).
-pub const BASE: &str = "console=ttyS0 reboot=k panic=-1 nokaslr pty.legacy_count=0 quiet percpu_alloc=page";
+pub const BASE: &str =
+    "console=ttyS0 reboot=k panic=-1 nokaslr pty.legacy_count=0 quiet percpu_alloc=page";
 
 /// What PVM hosts with emulated guest kernel mode need (see HOST.md): the
 /// emulator cannot execute XSAVE, CMPXCHG16B, CLAC/STAC or POPCNT in kernel

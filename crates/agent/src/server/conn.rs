@@ -20,9 +20,11 @@ use ttrpc::{get_status, Code};
 pub type Methods = HashMap<String, Box<dyn MethodHandler + Send + Sync>>;
 
 /// Calls of one connection running at once; the reader waits for one to
-/// end before it reads the next request (calls that block, such as
-/// WaitProcess, hold one each).
-const MAX_IN_FLIGHT: usize = 64;
+/// end before it reads the next request. Calls that block hold one each
+/// (WaitProcess, ReadStdout and ReadStderr of every running process), so
+/// the bound is far above what a pod's processes keep waiting; it only
+/// keeps a runaway client from making threads without end.
+const MAX_IN_FLIGHT: usize = 1024;
 
 /// Accepts connections on `listener` and serves each from the pool.
 pub fn accept_loop(listener: &OwnedFd, methods: &Arc<Methods>) {
