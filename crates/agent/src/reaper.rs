@@ -56,7 +56,16 @@ impl ExitStatus {
 #[derive(Debug, Default)]
 pub struct ReapTable {
     watched: HashMap<libc::pid_t, Option<ExitStatus>>,
+    /// Children being started whose pid is not known yet (see
+    /// [`Reaper::expect`]): while there are any, the statuses of pids
+    /// nobody watches are kept in `unclaimed`.
+    expecting: usize,
+    unclaimed: HashMap<libc::pid_t, ExitStatus>,
 }
+
+/// Statuses of unwatched pids kept while children are being started; an
+/// orphan flood beyond it only costs those orphans' statuses.
+const MAX_UNCLAIMED: usize = 256;
 
 impl ReapTable {
     /// Registers `pid`, whose status will be kept until taken.
@@ -64,15 +73,35 @@ impl ReapTable {
         self.watched.insert(pid, None);
     }
 
-    /// Records a reaped child. Returns false (and keeps nothing) for a pid
-    /// nobody watches, e.g. an orphan reparented to PID 1.
+    /// Records a reaped child. Returns false for a pid nobody watches, e.g.
+    /// an orphan reparented to PID 1, whose status is dropped unless a
+    /// child is being started (it may be that child's).
     pub fn record(&mut self, pid: libc::pid_t, status: ExitStatus) -> bool {
         match self.watched.get_mut(&pid) {
             Some(slot) => {
                 *slot = Some(status);
                 true
             }
-            None => false,
+            None => {
+                if self.expecting > 0 && self.unclaimed.len() < MAX_UNCLAIMED {
+                    self.unclaimed.insert(pid, status);
+                }
+                false
+            }
+        }
+    }
+
+    /// Watches `pid`, a child started while [`ReapTable::expecting`] was
+    /// counted, with the status it already has if it was reaped meanwhile.
+    fn claim(&mut self, pid: libc::pid_t) {
+        let status = self.unclaimed.remove(&pid);
+        self.watched.insert(pid, status);
+    }
+
+    fn end_expecting(&mut self) {
+        self.expecting = self.expecting.saturating_sub(1);
+        if self.expecting == 0 {
+            self.unclaimed.clear();
         }
     }
 
@@ -81,6 +110,12 @@ impl ReapTable {
         let status = (*self.watched.get(&pid)?)?;
         self.watched.remove(&pid);
         Some(status)
+    }
+
+    /// Whether the just claimed `pid` has a status already (waiters are
+    /// then woken).
+    fn take_if_claimed_exited(&self, pid: libc::pid_t) -> bool {
+        matches!(self.watched.get(&pid), Some(Some(_)))
     }
 
     /// Whether `pid` is watched.
@@ -162,6 +197,17 @@ impl Reaper {
         Ok(value)
     }
 
+    /// For a child whose pid is known only after it may have run (one
+    /// started with `clone(CLONE_VFORK)` on another thread): the statuses
+    /// the reaper collects meanwhile are kept until [`Expecting::claim`]
+    /// or the drop of what this returns.
+    pub fn expect(&self) -> Expecting {
+        self.shared.lock().expecting += 1;
+        Expecting {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Runs `f` with the status of the watched `pid` once it ends, on the
     /// reaper's thread (at once if it already has), instead of a thread
     /// blocked in [`Reaper::wait`]: a thread costs the guest a clone, a
@@ -196,6 +242,30 @@ impl Reaper {
                 .wait(table)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+    }
+}
+
+/// See [`Reaper::expect`].
+#[derive(Debug)]
+pub struct Expecting {
+    shared: Arc<Shared>,
+}
+
+impl Expecting {
+    /// Watches `pid` (as [`Reaper::spawn`] does), with its status if it
+    /// has already been reaped.
+    pub fn claim(self, pid: libc::pid_t) {
+        let mut table = self.shared.lock();
+        table.claim(pid);
+        if table.take_if_claimed_exited(pid) {
+            self.shared.changed.notify_all();
+        }
+    }
+}
+
+impl Drop for Expecting {
+    fn drop(&mut self) {
+        self.shared.lock().end_expecting();
     }
 }
 
@@ -279,5 +349,33 @@ mod tests {
         assert_eq!(table.take(10), Some(ExitStatus::Exited(5)));
         assert!(!table.is_watched(10), "taken once");
         assert_eq!(table.take(10), None);
+    }
+
+    #[test]
+    fn keeps_statuses_for_children_being_started() {
+        let mut table = ReapTable {
+            expecting: 1,
+            ..ReapTable::default()
+        };
+        assert!(!table.record(12, ExitStatus::Exited(3)));
+        assert!(!table.record(13, ExitStatus::Exited(0)));
+        table.claim(12);
+        assert_eq!(table.take(12), Some(ExitStatus::Exited(3)));
+        table.end_expecting();
+        assert!(table.unclaimed.is_empty(), "orphans forgotten");
+        assert!(!table.record(14, ExitStatus::Exited(0)));
+        assert!(table.unclaimed.is_empty(), "nothing kept without a start");
+    }
+
+    #[test]
+    fn a_claim_of_an_exited_child_wakes_waiters() {
+        let reaper = Reaper {
+            shared: Arc::new(Shared::default()),
+        };
+        let expecting = reaper.expect();
+        reaper.shared.lock().record(21, ExitStatus::Signaled(9));
+        expecting.claim(21);
+        assert_eq!(reaper.wait(21), Some(ExitStatus::Signaled(9)));
+        assert_eq!(reaper.shared.lock().expecting, 0);
     }
 }

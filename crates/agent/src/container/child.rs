@@ -12,6 +12,7 @@ use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::fs::{symlink, DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
 
 use seccompiler::BpfProgram;
 
@@ -629,8 +630,9 @@ pub fn find_executable(command: &str, env: &[String]) -> Step<PathBuf> {
 }
 
 /// execve of the process with `env` (see [`process_env`]); returns the
-/// error message on failure.
-pub fn exec(p: &Process, env: &[String]) -> String {
+/// error message on failure. What execve needs is built into `slot`
+/// first: in a child sharing the agent's memory the agent frees it.
+pub fn exec(p: &Process, env: &[String], slot: &OnceLock<ffi::ExecArgs>) -> String {
     let Some(command) = p.args.first() else {
         return "no command (process.args is empty)".into();
     };
@@ -652,8 +654,10 @@ pub fn exec(p: &Process, env: &[String]) -> String {
         (Err(e), _, _) | (_, Err(e), _) => return e,
         (_, _, Err(e)) => return format!("exec path: {e}"),
     };
-    let err = ffi::execve(&c_path, &args, &env);
-    format!("exec: {:?}: {err}", path.display().to_string())
+    drop(path);
+    let exec = slot.get_or_init(|| ffi::ExecArgs::new(c_path, args, env));
+    let err = exec.execve();
+    format!("exec: {:?}: {err}", exec.path().to_string_lossy())
 }
 
 #[cfg(test)]

@@ -227,14 +227,6 @@ pub fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::kill(pid, signal) }).map(drop)
 }
 
-/// fork(2) through glibc (its fork handlers keep malloc usable in the
-/// child). Returns 0 in the child.
-pub fn fork() -> io::Result<libc::pid_t> {
-    // SAFETY: the child only runs code that does not rely on other threads
-    // (see `child`), and ends with execve or _exit.
-    check(unsafe { libc::fork() })
-}
-
 /// _exit(2): ends the forked child without running destructors.
 pub fn exit_now(code: libc::c_int) -> ! {
     // SAFETY: _exit never returns and has no preconditions.
@@ -440,14 +432,57 @@ pub fn umask(mask: u32) {
 
 /// execve(2); returns only on failure.
 pub fn execve(path: &CStr, args: &[CString], env: &[CString]) -> io::Error {
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    // SAFETY: path, argv and envp are NUL-terminated strings and
-    // null-terminated arrays that outlive the call.
-    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    io::Error::last_os_error()
+    ExecArgs::new(path.to_owned(), args.to_vec(), env.to_vec()).execve()
+}
+
+/// What execve needs, built before the call: a child sharing the agent's
+/// memory (see `vfork`) leaves it to the agent, which frees it, instead of
+/// leaking what it allocated.
+#[derive(Debug)]
+pub struct ExecArgs {
+    path: CString,
+    _args: Vec<CString>,
+    _env: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers point into the CStrings owned alongside them, which
+// never change; the value is only read after it is made.
+unsafe impl Send for ExecArgs {}
+// SAFETY: as above.
+unsafe impl Sync for ExecArgs {}
+
+impl ExecArgs {
+    /// The program at `path` with `args` and environment `env`.
+    #[must_use]
+    pub fn new(path: CString, args: Vec<CString>, env: Vec<CString>) -> ExecArgs {
+        let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        ExecArgs {
+            path,
+            _args: args,
+            _env: env,
+            argv,
+            envp,
+        }
+    }
+
+    /// The program's path.
+    #[must_use]
+    pub fn path(&self) -> &CStr {
+        &self.path
+    }
+
+    /// execve(2); returns only on failure.
+    pub fn execve(&self) -> io::Error {
+        // SAFETY: path, argv and envp are NUL-terminated strings and
+        // null-terminated arrays owned by `self`, which outlives the call.
+        unsafe { libc::execve(self.path.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr()) };
+        io::Error::last_os_error()
+    }
 }
 
 /// The current time in milliseconds since the Unix epoch.

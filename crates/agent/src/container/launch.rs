@@ -9,13 +9,16 @@ use super::child::{self, ChildFds, FAILED, READY};
 use super::engine::{CreateRequest, ExecRequest, Gate, Launched, Launcher};
 use super::ffi;
 use super::spec::Process;
-use super::steps::{self as step, timed};
-use crate::reaper::Reaper;
+use super::steps::{self as step, timed, ChildSteps};
+use super::vfork::{self, Started};
+use crate::reaper::{Expecting, Reaper};
+use seccompiler::BpfProgram;
+use std::sync::{Arc, OnceLock};
 
-/// Forks with glibc's fork on a short-lived thread that first enters the
-/// pid namespace the child must be in (a pid namespace applies to the
-/// children of the thread that enters it, and a multi-threaded process may
-/// do that per thread).
+/// Starts children with `clone(CLONE_VM | CLONE_VFORK)` (see [`vfork`])
+/// on a thread of the agent's pool that first enters the pid namespace the
+/// child must be in (a pid namespace applies to the children of the thread
+/// that enters it, and a multi-threaded process may do that per thread).
 #[derive(Debug, Clone)]
 pub struct LinuxLauncher {
     reaper: Reaper,
@@ -38,13 +41,42 @@ impl LinuxLauncher {
 }
 
 /// Where the child's pid namespace comes from.
-enum PidNs<'a> {
+enum PidNs {
     /// The agent's own.
     Inherit,
     /// A new one.
     New,
-    /// This namespace file.
-    Join(&'a Path),
+    /// This namespace (opened), at this path.
+    Join(OwnedFd, PathBuf),
+}
+
+impl PidNs {
+    fn of(spec: &super::spec::Spec) -> Result<PidNs, String> {
+        Ok(match spec.namespace("pid") {
+            None => PidNs::Inherit,
+            Some(ns) => match ns.path.as_deref().filter(|p| !p.is_empty()) {
+                Some(path) => PidNs::join(Path::new(path))?,
+                None => PidNs::New,
+            },
+        })
+    }
+
+    fn join(path: &Path) -> Result<PidNs, String> {
+        let fd = ffi::open(path, libc::O_RDONLY)
+            .map_err(|e| format!("opening pid namespace {}: {e}", path.display()))?;
+        Ok(PidNs::Join(fd, path.to_path_buf()))
+    }
+
+    /// Sets the calling thread's pid namespace for children.
+    fn enter(&self) -> Result<(), String> {
+        match self {
+            PidNs::Inherit => Ok(()),
+            PidNs::New => ffi::unshare(libc::CLONE_NEWPID)
+                .map_err(|e| format!("creating the pid namespace: {e}")),
+            PidNs::Join(fd, path) => ffi::setns(fd.as_fd(), libc::CLONE_NEWPID)
+                .map_err(|e| format!("joining pid namespace {}: {e}", path.display())),
+        }
+    }
 }
 
 /// The child's ends of its stdio.
@@ -128,68 +160,64 @@ impl Gate for PipeGate {
 }
 
 impl LinuxLauncher {
-    /// Forks; the child runs `body` and never returns. The pid namespace
-    /// of the child is set on the calling thread (unshare or setns) and
-    /// given back to the agent's own right after the fork: no thread is
-    /// made for it (a thread costs the guest a clone, a stack and its
-    /// teardown). Without the agent's own namespace at hand, on a thread.
-    fn fork(&self, pidns: &PidNs<'_>, body: impl FnOnce() + Send) -> Result<libc::pid_t, String> {
-        let ns_fd = match pidns {
-            PidNs::Join(path) => Some(
-                ffi::open(path, libc::O_RDONLY)
-                    .map_err(|e| format!("opening pid namespace {}: {e}", path.display()))?,
-            ),
-            _ => None,
+    /// Starts `body(&keep)` in a new process whose pid namespace is as
+    /// `pidns` says; `keep` is dropped once it exec'd or exited. The
+    /// starting thread's namespace for children goes back to the agent's
+    /// afterwards (without the agent's own namespace at hand, a thread is
+    /// made for the child instead of a pool thread).
+    fn spawn<K: vfork::Keep>(
+        &self,
+        pidns: PidNs,
+        body: fn(&K) -> !,
+        keep: K,
+    ) -> Result<(Started, Expecting), String> {
+        let expecting = self.reaper.expect();
+        let fresh = self.own_pidns.is_none() && !matches!(pidns, PidNs::Inherit);
+        let own = self.own_pidns.clone();
+        let back = self.own_pidns.clone();
+        let prepare = move || {
+            if let Some(own) = &own {
+                // A start that failed half-way may have left it moved.
+                ffi::setns(own.as_fd(), libc::CLONE_NEWPID)
+                    .map_err(|e| format!("resetting the pid namespace for children: {e}"))?;
+            }
+            pidns.enter()
         };
-        let Some(own) = &self.own_pidns else {
-            return std::thread::scope(|s| {
-                s.spawn(|| self.fork_here(pidns, ns_fd.as_ref(), body))
-                    .join()
-                    .unwrap_or_else(|_| Err("the fork thread panicked".into()))
-            });
+        let finish = move || {
+            if let Some(own) = &back {
+                if let Err(e) = ffi::setns(own.as_fd(), libc::CLONE_NEWPID) {
+                    tracing::error!("resetting the pid namespace for children: {e}");
+                }
+            }
         };
-        // This thread's children go to the agent's namespace unless set
-        // otherwise (a fork that failed half-way may have left it moved).
-        ffi::setns(own.as_fd(), libc::CLONE_NEWPID)
-            .map_err(|e| format!("resetting the pid namespace for children: {e}"))?;
-        let forked = self.fork_here(pidns, ns_fd.as_ref(), body);
-        if let Err(e) = ffi::setns(own.as_fd(), libc::CLONE_NEWPID) {
-            tracing::error!("resetting the pid namespace for children: {e}");
-        }
-        forked
+        let started = vfork::start(body, keep, prepare, finish, fresh)?;
+        Ok((started, expecting))
     }
 
-    /// Sets the calling thread's pid namespace for children as `pidns`
-    /// says, then forks.
-    fn fork_here(
-        &self,
-        pidns: &PidNs<'_>,
-        ns_fd: Option<&OwnedFd>,
-        body: impl FnOnce(),
-    ) -> Result<libc::pid_t, String> {
-        match (pidns, ns_fd) {
-            (PidNs::New, _) => ffi::unshare(libc::CLONE_NEWPID)
-                .map_err(|e| format!("creating the pid namespace: {e}"))?,
-            (PidNs::Join(path), Some(fd)) => ffi::setns(fd.as_fd(), libc::CLONE_NEWPID)
-                .map_err(|e| format!("joining pid namespace {}: {e}", path.display()))?,
-            _ => {}
-        }
-        self.reaper
-            .spawn(|| {
-                let pid = ffi::fork()?;
-                if pid == 0 {
-                    body();
-                    ffi::exit_now(127);
-                }
-                Ok((pid, pid))
-            })
-            .map_err(|e| format!("fork: {e}"))
+    /// The pid of a child that reported (or whose pipe reached EOF),
+    /// watched by the reaper from now on.
+    fn claim(started: &Started, expecting: Expecting) -> Result<libc::pid_t, String> {
+        let pid = started.pid()?;
+        expecting.claim(pid);
+        Ok(pid)
     }
 
     /// After a failed setup: collect the child's exit status.
     fn reap(&self, pid: libc::pid_t) {
         let _ = ffi::kill(pid, libc::SIGKILL);
         let _ = self.reaper.wait(pid);
+    }
+
+    /// A child that reported a failure or exited: its message (or
+    /// `otherwise`), the child reaped.
+    fn failed(&self, started: &Started, expecting: Expecting, message: String) -> String {
+        match Self::claim(started, expecting) {
+            Ok(pid) => {
+                self.reap(pid);
+                message
+            }
+            Err(e) => e,
+        }
     }
 }
 
@@ -234,70 +262,99 @@ fn child_fds(io: &ChildStdio, start: Option<&OwnedFd>, sync: &OwnedFd) -> ChildF
     }
 }
 
+/// What an init child uses, owned by the job that started it (see
+/// [`vfork`]): the agent's call returns while the child waits for start.
+struct InitPlan {
+    spec: super::spec::Spec,
+    process: Process,
+    rootfs: PathBuf,
+    cgroup_procs: Option<PathBuf>,
+    seccomp: Vec<BpfProgram>,
+    io: ChildStdio,
+    start: OwnedFd,
+    sync: OwnedFd,
+    steps: Option<Arc<ChildSteps>>,
+    env: OnceLock<Vec<String>>,
+    exec: OnceLock<ffi::ExecArgs>,
+}
+
 /// The body of an init child: setup, report, wait for start, execve.
-fn init_child(
-    fds: &ChildFds,
-    req: &CreateRequest<'_>,
-    console: Option<&str>,
-    steps: Option<&super::steps::ChildSteps>,
-) -> ! {
+fn init_child(plan: &InitPlan) -> ! {
+    let fds = child_fds(&plan.io, Some(&plan.start), &plan.sync);
+    let steps = plan.steps.as_deref();
     let placed = || -> Result<(), String> {
         ffi::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
-        child::arrange_fds(fds)
+        child::arrange_fds(&fds)
     };
     if let Err(e) = timed(steps, step::PREPARE, placed) {
         child::report_to(fds.sync, &Err(e));
         ffi::exit_now(1);
     }
-    let process = req.spec.process();
+    let process = &plan.process;
     let setup = || -> Result<Vec<String>, String> {
-        child::set_oom_score_adj(&process)?;
-        timed(steps, step::CGROUP, || child::join_cgroup(req.cgroup_procs))?;
+        child::set_oom_score_adj(process)?;
+        timed(steps, step::CGROUP, || {
+            child::join_cgroup(plan.cgroup_procs.as_deref())
+        })?;
         timed(steps, step::NAMESPACES, || {
-            child::enter_namespaces(req.spec)
+            child::enter_namespaces(&plan.spec)
         })?;
         timed(steps, step::MOUNTS, || {
-            child::mount_rootfs(req.spec, req.rootfs, console, steps)
+            child::mount_rootfs(&plan.spec, &plan.rootfs, plan.io.console.as_deref(), steps)
         })?;
-        timed(steps, step::PIVOT_ROOT, || child::switch_root(req.rootfs))?;
-        child::create_cwd(&process)?;
-        let env = child::process_env(&process);
+        timed(steps, step::PIVOT_ROOT, || child::switch_root(&plan.rootfs))?;
+        child::create_cwd(process)?;
+        let env = child::process_env(process);
         timed(steps, step::FINISH_ROOTFS, || {
-            child::finish_rootfs(req.spec)
+            child::finish_rootfs(&plan.spec)
         })?;
         timed(steps, step::PROCESS, || {
-            child::apply_process(&process, req.seccomp)
+            child::apply_process(process, &plan.seccomp)
         })?;
         Ok(env)
     };
-    let result = setup();
-    let env = match result {
+    // What is still allocated at execve stays in the agent's memory: the
+    // environment goes into the plan, errors are dropped before _exit.
+    match setup() {
         Ok(env) => {
+            let _ = plan.env.set(env);
             child::report(&Ok(()));
-            env
         }
         Err(e) => {
             child::report(&Err(e));
             ffi::exit_now(1);
         }
-    };
+    }
     if !child::wait_for_start() {
         ffi::exit_now(1);
     }
-    let msg = child::exec(&process, &env);
-    child::report(&Err(msg));
+    let env = plan.env.get().map_or(&[][..], Vec::as_slice);
+    child::report(&Err(child::exec(process, env, &plan.exec)));
     ffi::exit_now(127)
 }
 
+/// What an exec child uses, owned by the job that started it.
+struct ExecPlan {
+    process: Process,
+    cgroup_procs: Option<PathBuf>,
+    seccomp: Vec<BpfProgram>,
+    namespaces: Vec<(OwnedFd, libc::c_int)>,
+    io: ChildStdio,
+    sync: OwnedFd,
+    env: OnceLock<Vec<String>>,
+    exec: OnceLock<ffi::ExecArgs>,
+}
+
 /// The body of an exec child: join the container, apply, execve.
-fn exec_child(fds: &ChildFds, req: &ExecRequest<'_>, namespaces: &[(OwnedFd, libc::c_int)]) -> ! {
+fn exec_child(plan: &ExecPlan) -> ! {
+    let fds = child_fds(&plan.io, None, &plan.sync);
     // Before the mount namespace changes the view of /sys/fs/cgroup, and
     // before arrange_fds closes the namespace descriptors.
     let join = || -> Result<(), String> {
         ffi::reset_signals().map_err(|e| format!("resetting signals: {e}"))?;
-        child::set_oom_score_adj(req.process)?;
-        child::join_cgroup(req.cgroup_procs)?;
-        for (fd, kind) in namespaces {
+        child::set_oom_score_adj(&plan.process)?;
+        child::join_cgroup(plan.cgroup_procs.as_deref())?;
+        for (fd, kind) in &plan.namespaces {
             ffi::setns(fd.as_fd(), *kind).map_err(|e| format!("setns({kind:#x}): {e}"))?;
         }
         Ok(())
@@ -306,13 +363,13 @@ fn exec_child(fds: &ChildFds, req: &ExecRequest<'_>, namespaces: &[(OwnedFd, lib
         child::report_to(fds.sync, &Err(e));
         ffi::exit_now(127);
     }
-    if let Err(e) = child::arrange_fds(fds) {
+    if let Err(e) = child::arrange_fds(&fds) {
         child::report_to(fds.sync, &Err(e));
         ffi::exit_now(127);
     }
-    let env = child::process_env(req.process);
-    let msg = match child::apply_process(req.process, req.seccomp) {
-        Ok(()) => child::exec(req.process, &env),
+    let env = plan.env.get_or_init(|| child::process_env(&plan.process));
+    let msg = match child::apply_process(&plan.process, &plan.seccomp) {
+        Ok(()) => child::exec(&plan.process, env, &plan.exec),
         Err(e) => e,
     };
     child::report(&Err(msg));
@@ -340,50 +397,52 @@ impl Launcher for LinuxLauncher {
         // The pod's tmpfs volumes, in the agent's mount namespace so that
         // every container of the pod binds the same one.
         super::ephemeral::prepare(req.spec)?;
-        let (child_io, io) =
-            stdio(&req.spec.process(), None).map_err(|e| format!("creating stdio: {e}"))?;
+        let process = req.spec.process();
+        let (child_io, io) = stdio(&process, None).map_err(|e| format!("creating stdio: {e}"))?;
         let (start_r, start_w) = ffi::pipe().map_err(|e| format!("creating start pipe: {e}"))?;
         let (sync_r, sync_w) = ffi::pipe().map_err(|e| format!("creating sync pipe: {e}"))?;
-        let pidns = match req.spec.namespace("pid") {
-            None => PidNs::Inherit,
-            Some(ns) => match ns.path.as_deref().filter(|p| !p.is_empty()) {
-                Some(path) => PidNs::Join(Path::new(path)),
-                None => PidNs::New,
-            },
+        let pidns = PidNs::of(req.spec)?;
+        let steps = ChildSteps::new().map(Arc::new);
+        let plan = InitPlan {
+            spec: req.spec.clone(),
+            process,
+            rootfs: req.rootfs.to_path_buf(),
+            cgroup_procs: req.cgroup_procs.map(Path::to_path_buf),
+            seccomp: req.seccomp.to_vec(),
+            io: child_io,
+            start: start_r,
+            sync: sync_w,
+            steps: steps.clone(),
+            env: OnceLock::new(),
+            exec: OnceLock::new(),
         };
-        let fds = child_fds(&child_io, Some(&start_r), &sync_w);
-        let console = child_io.console.as_deref();
-        let steps = super::steps::ChildSteps::new();
         let fork_span = crate::trace::span("launch.fork");
-        let pid = self.fork(&pidns, || init_child(&fds, req, console, steps.as_ref()))?;
+        let (started, expecting) = self.spawn(pidns, init_child, plan)?;
         drop(fork_span);
-        // Only the child keeps its ends: EOF must follow its exit.
-        drop((start_r, sync_w, child_io));
         let mut first = [0u8; 1];
-        match ffi::read(sync_r.as_fd(), &mut first) {
-            Ok(1) if first[0] == READY => {
-                for (name, start_us, duration_us) in steps.iter().flat_map(|s| s.recorded()) {
-                    crate::trace::add(crate::trace::Span {
-                        name,
-                        start_us,
-                        duration_us,
-                        thread: u32::try_from(pid).unwrap_or(0),
-                    });
-                }
-            }
+        let pid = match ffi::read(sync_r.as_fd(), &mut first) {
+            Ok(1) if first[0] == READY => Self::claim(&started, expecting)?,
             Ok(1) if first[0] == FAILED => {
                 let rest = ffi::read_to_end(sync_r.as_fd()).unwrap_or_default();
-                self.reap(pid);
-                return Err(String::from_utf8_lossy(&rest).into_owned());
+                let msg = String::from_utf8_lossy(&rest).into_owned();
+                return Err(self.failed(&started, expecting, msg));
             }
             Ok(_) => {
-                self.reap(pid);
-                return Err("the init process exited during setup".into());
+                let msg = "the init process exited during setup".to_owned();
+                return Err(self.failed(&started, expecting, msg));
             }
             Err(e) => {
-                self.reap(pid);
-                return Err(format!("reading the setup result: {e}"));
+                let msg = format!("reading the setup result: {e}");
+                return Err(self.failed(&started, expecting, msg));
             }
+        };
+        for (name, start_us, duration_us) in steps.iter().flat_map(|s| s.recorded()) {
+            crate::trace::add(crate::trace::Span {
+                name,
+                start_us,
+                duration_us,
+                thread: u32::try_from(pid).unwrap_or(0),
+            });
         }
         let gate = PipeGate {
             start: start_w,
@@ -410,26 +469,34 @@ impl Launcher for LinuxLauncher {
                 .map_err(|e| format!("opening {}: {e}", path.display()))?;
             namespaces.push((fd, *kind));
         }
-        let pid_path = PathBuf::from(format!("/proc/{init}/ns/pid"));
         let pidns = if same_ns(init, "pid") {
             PidNs::Inherit
         } else {
-            PidNs::Join(&pid_path)
+            PidNs::join(&PathBuf::from(format!("/proc/{init}/ns/pid")))?
         };
-        let fds = child_fds(&child_io, None, &sync_w);
-        let pid = self.fork(&pidns, || exec_child(&fds, req, &namespaces))?;
-        drop((sync_w, namespaces, child_io));
-        let msg = ffi::read_to_end(sync_r.as_fd()).map_err(|e| format!("reading exec result: {e}"));
-        match msg {
-            Ok(m) if m.is_empty() => Ok(launched(pid, io, None)),
+        let plan = ExecPlan {
+            process: req.process.clone(),
+            cgroup_procs: req.cgroup_procs.map(Path::to_path_buf),
+            seccomp: req.seccomp.to_vec(),
+            namespaces,
+            io: child_io,
+            sync: sync_w,
+            env: OnceLock::new(),
+            exec: OnceLock::new(),
+        };
+        let (started, expecting) = self.spawn(pidns, exec_child, plan)?;
+        // EOF once the child exec'd (its end is close-on-exec, the plan's
+        // is dropped then); a message if it failed.
+        match ffi::read_to_end(sync_r.as_fd()) {
+            Ok(m) if m.is_empty() => {
+                let pid = Self::claim(&started, expecting)?;
+                Ok(launched(pid, io, None))
+            }
             Ok(m) => {
-                self.reap(pid);
-                Err(String::from_utf8_lossy(m.get(1..).unwrap_or_default()).into_owned())
+                let msg = String::from_utf8_lossy(m.get(1..).unwrap_or_default()).into_owned();
+                Err(self.failed(&started, expecting, msg))
             }
-            Err(e) => {
-                self.reap(pid);
-                Err(e)
-            }
+            Err(e) => Err(self.failed(&started, expecting, format!("reading exec result: {e}"))),
         }
     }
 

@@ -32,6 +32,7 @@ pub mod spec;
 pub mod stdio;
 pub mod steps;
 pub mod syscalls;
+mod vfork;
 mod warm;
 
 pub use engine::Engine;
