@@ -161,7 +161,7 @@ static GLOBAL: OnceLock<Pool> = OnceLock::new();
 /// Idle threads the agent's pool keeps: a connection's reader, the calls
 /// that block (WaitProcess, ReadStdout, ReadStderr) and a process's two
 /// output readers, with room for a second container.
-pub const KEEP: usize = 12;
+pub const KEEP: usize = 16;
 
 /// The agent's pool.
 pub fn global() -> &'static Pool {

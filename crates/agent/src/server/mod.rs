@@ -27,7 +27,7 @@ pub use conn::Methods;
 
 /// Threads made before the agent is ready: the template's connection
 /// and a container's calls and output readers find them made.
-const PRESTART: usize = 8;
+const PRESTART: usize = 12;
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
