@@ -9,8 +9,8 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
-use std::os::unix::fs::{symlink, DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -316,6 +316,29 @@ fn mount_one(rootfs: &Path, m: &super::spec::Mount) -> Step {
 /// without CAP_MKNOD. Either way with the guest's own numbering.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
+/// The device numbers of [`DEVICES`] in the agent's /dev, read once (a
+/// VM restored from a template has them): each stat is a path walk in
+/// the guest per container otherwise.
+fn device_numbers() -> &'static [Option<u64>; 6] {
+    static NUMBERS: OnceLock<[Option<u64>; 6]> = OnceLock::new();
+    NUMBERS.get_or_init(|| {
+        let mut out = [None; 6];
+        for (slot, name) in out.iter_mut().zip(DEVICES) {
+            *slot = fs::metadata(Path::new("/dev").join(name))
+                .ok()
+                .filter(|m| m.file_type().is_char_device())
+                .map(|m| m.rdev());
+        }
+        out
+    })
+}
+
+/// Reads the device numbers now (the agent does it before a template is
+/// snapshotted).
+pub fn prepare_devices() {
+    let _ = device_numbers();
+}
+
 fn populate_dev(
     rootfs: &Path,
     console: Option<&str>,
@@ -324,21 +347,14 @@ fn populate_dev(
     nodes: bool,
 ) -> Step {
     let dev = rootfs.join("dev");
-    for name in DEVICES {
-        let target = dev.join(name);
-        let source = Path::new("/dev").join(name);
-        let Ok(meta) = fs::metadata(&source) else {
-            continue;
-        };
-        // A bind mount makes a new mount per device: in an emulated guest
-        // kernel that is most of a container's /dev (tens of ms each).
-        if nodes && meta.file_type().is_char_device() && make_node(&target, meta.rdev()).is_ok() {
-            continue;
-        }
-        create_mount_point(&target, true)?;
-        ffi::mount(Some(&source), &target, None, libc::MS_BIND, None)
-            .map_err(ctx(|| format!("bind-mounting /dev/{name}")))?;
-    }
+    // Names are made relative to /dev (no path walk each, nothing in the
+    // rootfs followed), with mode 0666 whatever the umask.
+    let dir = ffi::open(&dev, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .map_err(ctx(|| format!("opening {}", dev.display())))?;
+    let umask = ffi::swap_umask(0);
+    let made = make_nodes(&dir, &dev, nodes);
+    ffi::swap_umask(umask);
+    made?;
     if !has_pts {
         let pts = dev.join("pts");
         create_mount_point(&pts, false)?;
@@ -364,15 +380,17 @@ fn populate_dev(
         .map_err(ctx(|| "mount tmpfs on /dev/shm".into()))?;
     }
     for (link, to) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
+        (c"ptmx", c"pts/ptmx"),
+        (c"fd", c"/proc/self/fd"),
+        (c"stdin", c"/proc/self/fd/0"),
+        (c"stdout", c"/proc/self/fd/1"),
+        (c"stderr", c"/proc/self/fd/2"),
     ] {
-        let path = dev.join(link);
-        if path.symlink_metadata().is_err() {
-            symlink(to, &path).map_err(ctx(|| format!("creating /dev/{link}")))?;
+        match ffi::symlinkat(to, dir.as_fd(), link) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                return Err(format!("creating /dev/{}: {e}", link.to_string_lossy()))
+            }
+            _ => {}
         }
     }
     if let Some(console) = console {
@@ -384,13 +402,28 @@ fn populate_dev(
     Ok(())
 }
 
-/// A character device node `rdev` at `target`, mode 0666 whatever the
-/// umask; nothing is left if it cannot be made.
-fn make_node(target: &Path, rdev: u64) -> io::Result<()> {
-    ffi::mknod_char(target, 0o666, rdev)?;
-    if let Err(e) = fs::set_permissions(target, fs::Permissions::from_mode(0o666)) {
-        let _ = fs::remove_file(target);
-        return Err(e);
+/// The nodes of [`DEVICES`] in `dir` (`dev`), with the umask cleared.
+fn make_nodes(dir: &OwnedFd, dev: &Path, nodes: bool) -> Step {
+    for (name, rdev) in DEVICES.iter().zip(device_numbers()) {
+        let Some(rdev) = *rdev else {
+            continue;
+        };
+        let c_name = ffi::cstr(name).map_err(|e| format!("/dev/{name}: {e}"))?;
+        if nodes {
+            match ffi::mknodat_char(dir.as_fd(), &c_name, 0o666, rdev) {
+                Ok(()) => continue,
+                // runc leaves what the image has.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                Err(_) => {}
+            }
+        }
+        // A bind mount makes a new mount per device: in an emulated guest
+        // kernel that is most of a container's /dev (tens of ms each).
+        let target = dev.join(name);
+        create_mount_point(&target, true)?;
+        let source = Path::new("/dev").join(name);
+        ffi::mount(Some(&source), &target, None, libc::MS_BIND, None)
+            .map_err(ctx(|| format!("bind-mounting /dev/{name}")))?;
     }
     Ok(())
 }

@@ -364,6 +364,8 @@ impl<L: Launcher> Engine<L> {
     /// parent cgroup with its controllers, the device program of the
     /// usual deny-all rules), so that a VM template holds it done.
     pub fn prepare(&self) {
+        super::child::prepare_devices();
+        super::ffi::non_default_signals();
         let Some(root) = &self.cgroups else {
             return;
         };

@@ -95,12 +95,31 @@ pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
 }
 
-/// mknod(2) of a character device `rdev` at `path` with `mode`
-/// (permission bits; the umask applies).
-pub fn mknod_char(path: &Path, mode: libc::mode_t, rdev: libc::dev_t) -> io::Result<()> {
-    let c = path_c(path)?;
-    // SAFETY: a NUL-terminated path; mknod has no other memory effects.
-    check(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | mode, rdev) }).map(drop)
+/// mknodat(2) of a character device `rdev` named `name` in `dir`, with
+/// `mode` (permission bits; the umask applies). An existing name (even a
+/// symlink) is EEXIST, never followed.
+pub fn mknodat_char(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: libc::mode_t,
+    rdev: libc::dev_t,
+) -> io::Result<()> {
+    // SAFETY: a NUL-terminated name relative to a descriptor we borrow.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), libc::S_IFCHR | mode, rdev) })
+        .map(drop)
+}
+
+/// symlinkat(2): `name` in `dir` pointing to `target`; EEXIST if the name
+/// exists (never followed).
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: NUL-terminated strings and a descriptor we borrow.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// umask(2); returns the previous mask.
+pub fn swap_umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask has no memory effects and cannot fail.
+    unsafe { libc::umask(mask) }
 }
 
 /// Opens `path` read-only with O_CLOEXEC.
@@ -313,12 +332,8 @@ pub fn close_from(first: RawFd) -> io::Result<()> {
 /// Unblocks every signal and resets every handled or ignored signal to its
 /// default (the agent ignores SIGPIPE and blocks SIGCHLD).
 pub fn reset_signals() -> io::Result<()> {
-    for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: resetting a disposition to SIG_DFL has no memory effects;
-        // invalid numbers (the glibc-reserved RT signals) return EINVAL.
+    for sig in (1..64).filter(|s| non_default_signals() & (1u64 << s) != 0) {
+        // SAFETY: resetting a disposition to SIG_DFL has no memory effects.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
@@ -331,6 +346,31 @@ pub fn reset_signals() -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(ret));
     }
     Ok(())
+}
+
+/// The signals (bit n for signal n) whose disposition is not the default
+/// in the agent, read once (64 system calls; the agent does it before a
+/// template is snapshotted): a child resets only those. Handlers set
+/// later are reset by execve anyway; only ignored signals would survive
+/// it, and the agent ignores none after it starts.
+pub fn non_default_signals() -> u64 {
+    static MASK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MASK.get_or_init(|| {
+        let mut mask = 0u64;
+        for sig in 1..64 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+            // SAFETY: queries the disposition into `old`, which we own.
+            let rc = unsafe { libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) };
+            // SAFETY: sigaction filled `old` when it returned 0.
+            if rc == 0 && unsafe { old.assume_init() }.sa_sigaction != libc::SIG_DFL {
+                mask |= 1u64 << sig;
+            }
+        }
+        mask
+    })
 }
 
 /// setsid(2).

@@ -233,14 +233,32 @@ fn launched(pid: libc::pid_t, io: AgentStdio, gate: Option<Box<dyn Gate>>) -> La
     }
 }
 
-/// The namespaces of `pid` that are not the agent's, opened (see
-/// [`Launched::namespaces`]). The pid namespace is left out: its end is
-/// the init's, whatever holds it.
-fn own_namespaces(pid: libc::pid_t) -> Vec<OwnedFd> {
-    ["mnt", "net", "ipc", "uts", "cgroup"]
+/// The namespaces the init `pid` made for itself as `spec` asks (a
+/// mount namespace unless it joins one; cgroup, ipc and uts when asked
+/// without a path; the network is the VM's unless joined), opened (see
+/// [`Launched::namespaces`]). Told by the spec, not by comparing
+/// `/proc/*/ns` links: ten fewer path walks in the guest per container.
+/// The pid namespace is left out: its end is the init's, whatever holds
+/// it.
+fn own_namespaces(pid: libc::pid_t, spec: &super::spec::Spec) -> Vec<OwnedFd> {
+    let made = |kind: &str| {
+        spec.namespace(kind)
+            .is_some_and(|ns| ns.path.as_deref().is_none_or(str::is_empty))
+    };
+    let joins_mount = spec
+        .namespace("mount")
+        .and_then(|ns| ns.path.as_deref())
+        .is_some_and(|p| !p.is_empty());
+    let names = [
+        ("mnt", !joins_mount),
+        ("ipc", made("ipc")),
+        ("uts", made("uts")),
+        ("cgroup", made("cgroup")),
+    ];
+    names
         .iter()
-        .filter(|name| !same_ns(pid, name))
-        .filter_map(|name| {
+        .filter(|(_, own)| *own)
+        .filter_map(|(name, _)| {
             let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
             ffi::open(&path, libc::O_RDONLY)
                 .map_err(|e| tracing::debug!("holding {}: {e}", path.display()))
@@ -449,7 +467,7 @@ impl Launcher for LinuxLauncher {
             sync: sync_r,
         };
         let mut l = launched(pid, io, Some(Box::new(gate)));
-        l.namespaces = own_namespaces(pid);
+        l.namespaces = own_namespaces(pid, req.spec);
         Ok(l)
     }
 
