@@ -101,6 +101,9 @@ pub enum AgentError {
     /// The reaper thread could not start.
     #[error("starting the reaper: {0}")]
     Reaper(#[source] std::io::Error),
+    /// The agent could not make itself non-dumpable.
+    #[error("making the agent non-dumpable: {0}")]
+    NonDumpable(#[source] std::io::Error),
     /// The ttRPC server could not start.
     #[error(transparent)]
     Serve(#[from] server::ServeError),
@@ -123,6 +126,7 @@ pub fn run(config: &Config, mode: Mode) -> Result<(), AgentError> {
     if mode == Mode::Init {
         init::setup(config.hostname.as_deref(), config.shared_tag.as_deref())?;
     }
+    sys::set_non_dumpable().map_err(AgentError::NonDumpable)?;
     // Before any other thread: it blocks SIGCHLD for all threads to come.
     let reaper = Reaper::start().map_err(AgentError::Reaper)?;
     if mode == Mode::Process {

@@ -231,3 +231,19 @@ pub fn set_child_subreaper() {
         tracing::warn!("PR_SET_CHILD_SUBREAPER: {}", io::Error::last_os_error());
     }
 }
+
+/// Makes the agent's memory unreadable through /proc and ptrace to
+/// processes without CAP_SYS_PTRACE (PR_SET_DUMPABLE 0). A container's
+/// process runs in the agent's memory until its execve (see the
+/// container launcher's `vfork`) and is visible in the container's pid
+/// namespace meanwhile: without this, another process of the container
+/// could read the agent's memory (`/proc/PID/environ`, `mem`) or write it.
+/// runc does the same for its init (CVE-2016-9962). execve makes the
+/// container's program dumpable again as usual.
+pub fn set_non_dumpable() -> std::io::Result<()> {
+    // SAFETY: prctl(PR_SET_DUMPABLE) takes integers only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -316,6 +316,36 @@ fn sigkill_while_waiting_and_reading() {
     remove_and_check(&client, "kill", &spec);
 }
 
+/// Attack: a process of a container reads the memory of the container's
+/// init while it waits for start (it runs in the agent's memory until its
+/// execve). The agent is not dumpable: without CAP_SYS_PTRACE the read is
+/// refused.
+#[test]
+fn a_starting_init_is_not_readable_from_its_container() {
+    let agent = Agent::start("dump");
+    let client = agent.client();
+    let spec = spec(&agent.rootfs("r"), &["sleep", "1000"]);
+    client.create_container("dump", &bytes(&spec)).unwrap();
+    let process = json!({"args": ["sh", "-c",
+        "grep -q nacre-agent /proc/1/cmdline && echo found-init; cat /proc/1/environ"],
+        "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+        "capabilities": caps()});
+    client.exec_process("dump", "a", &bytes(&process)).unwrap();
+    let out = read_all(&client, "dump", "a", false);
+    let err = read_all(&client, "dump", "a", true);
+    client.wait_process("dump", "a").unwrap();
+    assert!(
+        out.starts_with("found-init"),
+        "not the waiting init: {out:?} {err:?}"
+    );
+    assert_eq!(out, "found-init\n", "the agent's memory was read: {err:?}");
+    assert!(
+        err.contains("/proc/1/environ") && err.contains("denied"),
+        "{err:?}"
+    );
+    remove_and_check(&client, "dump", &spec);
+}
+
 #[test]
 fn exec_into_a_running_container() {
     let agent = Agent::start("exec");
