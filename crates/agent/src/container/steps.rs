@@ -1,9 +1,10 @@
-//! Timings of a forked init child's setup steps, for `Agent.GetTrace`:
-//! the child cannot add to the agent's span list (its memory is a copy),
-//! so it writes each step's start and duration into one shared anonymous
-//! page mapped before the fork, and the parent turns them into spans once
-//! the child reported. The child only reads the clock and stores atomics:
-//! no allocation after the fork.
+//! Timings of an init child's setup steps, for `Agent.GetTrace`: the
+//! child writes each step's start and duration into one shared anonymous
+//! page mapped before it is made, and the parent turns them into spans
+//! once the child reported. The child only reads the clock and stores
+//! atomics: no lock, no allocation. (The page is shared, so this works
+//! for a forked child as well as for one sharing the agent's memory,
+//! `vfork`.)
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

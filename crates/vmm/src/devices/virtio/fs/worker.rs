@@ -195,7 +195,9 @@ fn handle_chain(
         let mut c = chain.clone();
         if let Some(d) = c.next() {
             use vm_memory::Bytes;
-            let op: u32 = mem.read_obj(vm_memory::GuestAddress(d.addr().0.wrapping_add(4))).unwrap_or(0);
+            let op: u32 = mem
+                .read_obj(vm_memory::GuestAddress(d.addr().0.wrapping_add(4)))
+                .unwrap_or(0);
             crate::profile::record(0xeeee_0000_0000_0000 | u64::from(op));
         }
     }
