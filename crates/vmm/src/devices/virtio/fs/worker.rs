@@ -191,16 +191,6 @@ fn handle_chain(
     chain: DescriptorChain<&GuestMemory>,
     server: &FuseServer,
 ) -> Result<u32, String> {
-    if crate::profile::enabled() {
-        let mut c = chain.clone();
-        if let Some(d) = c.next() {
-            use vm_memory::Bytes;
-            let op: u32 = mem
-                .read_obj(vm_memory::GuestAddress(d.addr().0.wrapping_add(4)))
-                .unwrap_or(0);
-            crate::profile::record(0xeeee_0000_0000_0000 | u64::from(op));
-        }
-    }
     let reader = Reader::from_descriptor_chain(mem, chain.clone())
         .map_err(|e| format!("request buffers: {e}"))?;
     let writer = VirtioFsWriter::new(mem, chain).map_err(|e| format!("reply buffers: {e}"))?;
