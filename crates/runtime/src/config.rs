@@ -725,7 +725,8 @@ mod tests {
     #[test]
     fn the_trace_file_is_off_unless_configured_and_absolute() {
         assert_eq!(Config::default().trace.file, None);
-        let on = Config::parse("[trace]\nfile = \"/var/log/t.json\"\n", Path::new("c.toml")).unwrap();
+        let on =
+            Config::parse("[trace]\nfile = \"/var/log/t.json\"\n", Path::new("c.toml")).unwrap();
         assert_eq!(on.trace.file.as_deref(), Some(Path::new("/var/log/t.json")));
         for bad in ["t.json", "/"] {
             let err = Config::parse(&format!("[trace]\nfile = {bad:?}\n"), Path::new("c.toml"))

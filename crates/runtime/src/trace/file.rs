@@ -47,7 +47,8 @@ pub fn flush(path: &Path, process: &str) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let written = open_private(&tmp, true).and_then(|mut f| f.write_all(doc.to_string().as_bytes()));
+    let written =
+        open_private(&tmp, true).and_then(|mut f| f.write_all(doc.to_string().as_bytes()));
     match written.and_then(|()| std::fs::rename(&tmp, path)) {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -131,7 +132,10 @@ pub fn merge(old: Vec<Value>, new: Vec<Value>, max: usize) -> Vec<Value> {
     keep.sort_unstable();
     let mut out: Vec<Value> = Vec::with_capacity(keep.len() + events.len());
     let mut meta: Vec<Option<Value>> = meta.into_iter().map(Some).collect();
-    out.extend(keep.into_iter().filter_map(|i| meta.get_mut(i).and_then(Option::take)));
+    out.extend(
+        keep.into_iter()
+            .filter_map(|i| meta.get_mut(i).and_then(Option::take)),
+    );
     out.extend(events);
     out
 }
@@ -172,7 +176,9 @@ mod tests {
 
     #[test]
     fn the_file_stays_bounded_over_many_flushes() {
-        let _serial = super::super::TEST_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _serial = super::super::TEST_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.json");
         let old: Vec<Value> = (0..FILE_EVENTS_MAX as u64 + 10)
@@ -194,7 +200,9 @@ mod tests {
     /// no link is followed, and the file is 0600.
     #[test]
     fn no_symbolic_link_is_followed_and_the_file_is_private() {
-        let _serial = super::super::TEST_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _serial = super::super::TEST_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         use std::os::unix::fs::{symlink, PermissionsExt};
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");
@@ -224,7 +232,9 @@ mod tests {
 
     #[test]
     fn a_file_that_is_not_a_trace_is_replaced() {
-        let _serial = super::super::TEST_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _serial = super::super::TEST_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.json");
         std::fs::write(&path, "not json").unwrap();

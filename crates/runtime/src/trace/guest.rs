@@ -78,7 +78,11 @@ mod tests {
         let mut second = first;
         second.push(span("WaitProcess", 40, 100));
         second.push(span("RemoveContainer", 141, 2));
-        let names: Vec<String> = cursor.take_new(second.clone()).into_iter().map(|s| s.name).collect();
+        let names: Vec<String> = cursor
+            .take_new(second.clone())
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
         assert_eq!(names, ["WaitProcess", "RemoveContainer"]);
         assert!(cursor.take_new(second).is_empty());
         assert!(cursor.take_new(Vec::new()).is_empty());
