@@ -53,6 +53,17 @@ impl Harness {
     /// Starts containerd (the bench's own directory leads its PATH, so the
     /// shim built next to the bench is the one containerd runs).
     pub fn start(name: &str, image: &GuestImage, vmm: &Path) -> Result<Self, SetupError> {
+        Self::start_with(name, image, vmm, Vec::new())
+    }
+
+    /// [`Harness::start`] with more environment for containerd and so its
+    /// shims (`NACRE_TRACE`, say).
+    pub fn start_with(
+        name: &str,
+        image: &GuestImage,
+        vmm: &Path,
+        extra: Vec<(String, String)>,
+    ) -> Result<Self, SetupError> {
         let bin = target_bin_dir().unwrap_or_default();
         if !bin.join(SHIM).is_file() && !on_path(SHIM) {
             return Err(SetupError::NoShim(bin.display().to_string()));
@@ -70,6 +81,7 @@ impl Harness {
                 env.push((key.into(), value));
             }
         }
+        env.extend(extra);
         let ctd = CriContainerd::start_with_env(name, env)?;
         Ok(Self {
             ctd,

@@ -15,5 +15,6 @@ pub mod pods_report;
 pub mod procs;
 pub mod qemu_restore;
 pub mod report;
+pub mod shim_phases;
 pub mod stats;
 pub mod template;

@@ -169,7 +169,48 @@ fn containerd_sections(args: &Args, image: &GuestImage) -> Result<(Vec<Section>,
         leftovers = r.leftovers.clone();
         sections.push(nacre_bench::pods_report::section(&r));
     }
+    drop(h);
+    sections.extend(traced_sections(args, image, &vmm)?);
     Ok((sections, leftovers))
+}
+
+/// The phase tables of `ctr run` and of a CRI pod, from the traces of
+/// shims on a second private containerd with `NACRE_TRACE` set (so the
+/// untraced figures stay untraced).
+fn traced_sections(args: &Args, image: &GuestImage, vmm: &std::path::Path) -> Result<Vec<Section>> {
+    use nacre_bench::shim_phases;
+    let scratch =
+        std::env::temp_dir().join(format!("nacre-bench-shim-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let trace = shim_phases::trace_file(&scratch);
+    eprintln!("starting a private containerd whose shims trace...");
+    let env = vec![(
+        nacre_runtime::trace::TRACE_ENV.to_string(),
+        trace.display().to_string(),
+    )];
+    let result = Harness::start_with("bench-trace", image, vmm, env).map(|h| {
+        let mut sections = Vec::new();
+        if args.wants("ctr") {
+            let t = shim_phases::measure_ctr(&h, &trace, args.runs);
+            sections.push(shim_phases::section(
+                "`ctr run --rm` of `true`",
+                "`ctr run` spawn to exit",
+                &t,
+            ));
+        }
+        if args.wants("pods") {
+            let timeout = Duration::from_secs(args.pods_timeout);
+            let t = shim_phases::measure_pod(&h, &trace, args.runs, timeout);
+            sections.push(shim_phases::section(
+                "a CRI pod start",
+                "RunPodSandbox to the container reported running",
+                &t,
+            ));
+        }
+        sections
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    result.context("private containerd for the traces")
 }
 
 /// Cold boot vs. template restore, and the memory of N restored

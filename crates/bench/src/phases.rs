@@ -86,10 +86,7 @@ pub fn analyse(doc: &Value, wall_s: f64) -> RunPhases {
                 let process = e["pid"]
                     .as_u64()
                     .and_then(|p| names.get(&p))
-                    .map_or("other", |n| match n.as_str() {
-                        "nacre monitor" => "monitor",
-                        _ => "cli",
-                    });
+                    .map_or("other", |n| process_kind(n));
                 *out.cpu_s.entry(process.into()).or_default() +=
                     f(&e["args"], "user_s") + f(&e["args"], "sys_s");
             }
@@ -103,14 +100,30 @@ pub fn analyse(doc: &Value, wall_s: f64) -> RunPhases {
     out
 }
 
-/// The report section of `runs` (one `run` of `true` each).
-pub fn section(runs: &[RunPhases]) -> Section {
-    let n = runs.len();
-    let med = |get: &dyn Fn(&RunPhases) -> Option<f64>| -> Option<f64> {
-        let v: Vec<f64> = runs.iter().filter_map(get).collect();
-        (!v.is_empty()).then(|| median(v))
-    };
-    let mut keys: Vec<String> = HOST_PHASES.iter().map(|p| format!("host:{p}")).collect();
+/// Who a traced process is, for the CPU split: `monitor`, `shim` or
+/// `cli` (any other `nacre` command).
+fn process_kind(name: &str) -> &'static str {
+    if name == "nacre monitor" {
+        "monitor"
+    } else if name.starts_with("containerd-shim") {
+        "shim"
+    } else {
+        "cli"
+    }
+}
+
+/// The median of what `get` finds in `runs`, if any has it.
+pub fn median_of(runs: &[RunPhases], get: &dyn Fn(&RunPhases) -> Option<f64>) -> Option<f64> {
+    let v: Vec<f64> = runs.iter().filter_map(get).collect();
+    (!v.is_empty()).then(|| median(v))
+}
+
+/// The rows of a phase table: the bench's wall time, the host spans
+/// `host_phases` in their order, then the 12 longest guest spans; median
+/// milliseconds of `runs`, a span missing in every run left out.
+pub fn phase_rows(runs: &[RunPhases], host_phases: &[&str]) -> Vec<Vec<String>> {
+    let med = |get: &dyn Fn(&RunPhases) -> Option<f64>| median_of(runs, get);
+    let mut keys: Vec<String> = host_phases.iter().map(|p| format!("host:{p}")).collect();
     let mut guest: Vec<(String, f64)> = runs
         .iter()
         .flat_map(|r| r.spans_ms.iter())
@@ -141,6 +154,14 @@ pub fn section(runs: &[RunPhases]) -> Section {
             ],
         );
     }
+    rows
+}
+
+/// The report section of `runs` (one `run` of `true` each).
+pub fn section(runs: &[RunPhases]) -> Section {
+    let n = runs.len();
+    let med = |get: &dyn Fn(&RunPhases) -> Option<f64>| median_of(runs, get);
+    let rows = phase_rows(runs, &HOST_PHASES);
     let cpu = |k: &str| med(&|r| r.cpu_s.get(k).copied()).unwrap_or(f64::NAN);
     let (cli, monitor, vcpu, other) = (
         cpu("cli"),

@@ -71,7 +71,7 @@ pub struct PodResults {
     pub leftovers: Vec<String>,
 }
 
-fn pod_config(h: &Harness, name: &str) -> PodSandboxConfig {
+pub(crate) fn pod_config(h: &Harness, name: &str) -> PodSandboxConfig {
     let logs = h.ctd.dir.join("logs").join(name);
     let _ = std::fs::create_dir_all(&logs);
     PodSandboxConfig {
@@ -108,7 +108,7 @@ fn container_config() -> ContainerConfig {
 }
 
 /// Starts one pod with one `sleep` container and times it.
-fn start_pod(
+pub(crate) fn start_pod(
     cri: &CriClient,
     cfg: &PodSandboxConfig,
     handler: &str,

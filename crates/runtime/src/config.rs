@@ -19,6 +19,8 @@
 //! annotations_may_grow = false # io.nacre.vm.* may only shrink the VM
 //! [debug]
 //! console = false             # `nacre debug-console`: a root shell in the VM
+//! [trace]
+//! file = "/var/log/nacre/trace.json" # the shim's trace (as NACRE_TRACE), absolute
 //! ```
 
 pub mod kernel_params;
@@ -92,6 +94,18 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Operators' access to the guest.
     pub debug: DebugConfig,
+    /// The shim's trace (see [`crate::trace`]).
+    pub trace: TraceConfig,
+}
+
+/// Tracing of the containerd shim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TraceConfig {
+    /// Where shims write their trace (what `NACRE_TRACE` in containerd's
+    /// environment does; the variable wins). An absolute path; unset: no
+    /// trace.
+    pub file: Option<PathBuf>,
 }
 
 /// Operators' access to the guest.
@@ -162,6 +176,7 @@ impl Default for Config {
             vm: VmConfig::default(),
             network: NetworkConfig::default(),
             debug: DebugConfig::default(),
+            trace: TraceConfig::default(),
         }
     }
 }
@@ -268,6 +283,14 @@ impl Config {
         }
         if let Err(reason) = config.network.model.parse::<NetworkModel>() {
             return Err(invalid(format!("network.model: {reason}")));
+        }
+        if let Some(file) = &config.trace.file {
+            if !file.is_absolute() || file.file_name().is_none() {
+                return Err(invalid(format!(
+                    "trace.file = {:?} must be an absolute path to a file",
+                    file.display()
+                )));
+            }
         }
         if !LOG_LEVELS.contains(&config.log_level.to_ascii_lowercase().as_str()) {
             return Err(invalid(format!(
@@ -697,6 +720,20 @@ mod tests {
             debug_initrd(Path::new("/usr/share/nacre/initrd.cpio")),
             Path::new("/usr/share/nacre/initrd-debug.cpio")
         );
+    }
+
+    #[test]
+    fn the_trace_file_is_off_unless_configured_and_absolute() {
+        assert_eq!(Config::default().trace.file, None);
+        let on =
+            Config::parse("[trace]\nfile = \"/var/log/t.json\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(on.trace.file.as_deref(), Some(Path::new("/var/log/t.json")));
+        for bad in ["t.json", "/"] {
+            let err = Config::parse(&format!("[trace]\nfile = {bad:?}\n"), Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("trace.file"), "{bad}: {err}");
+        }
     }
 
     /// A pod may tune its guest kernel, not take its boot from the node.

@@ -214,6 +214,7 @@ async fn serve(flags: &Flags) -> Result<(), BootstrapError> {
     if let Err(e) = &config {
         tracing::error!("configuration: {e}");
     }
+    crate::trace::init(config.as_ref().ok());
     let ttrpc_address = std::env::var("TTRPC_ADDRESS")
         .map_err(|_| BootstrapError::Shim("TTRPC_ADDRESS is not set".into()))?;
     let publisher = crate::events::Publisher::connect(&ttrpc_address)
@@ -246,6 +247,7 @@ async fn serve(flags: &Flags) -> Result<(), BootstrapError> {
     exit.wait().await;
     let _ = server.shutdown().await;
     let _ = std::fs::remove_file(&path);
+    crate::trace::flush(&flags.id);
     Ok(())
 }
 

@@ -21,4 +21,5 @@ pub mod podnet;
 pub mod service;
 pub mod stdio;
 pub mod task;
+pub mod trace;
 pub mod vm;

@@ -29,6 +29,7 @@ use nacre_runtime::container::pod_ns::{self, NsHolder};
 use nacre_runtime::container::share::SharedDir;
 use nacre_runtime::container::spec::Bundle;
 use nacre_runtime::pod::{ContainerHandle, CreateError, Joins};
+use tracing::{info_span, Instrument};
 
 use crate::config::Config;
 use crate::error::ShimError;
@@ -283,7 +284,11 @@ impl Inner {
                 .map(|m| (m.type_.clone(), m.source.clone(), m.options.clone()))
                 .collect();
             let target = rootfs.clone();
-            blocking(move || mount_rootfs(&list, &target)).await?;
+            blocking(move || {
+                let _span = info_span!("task.mount_rootfs").entered();
+                mount_rootfs(&list, &target)
+            })
+            .await?;
             Some(rootfs.clone())
         };
         // The bundle is checked (rootfs, bind sources, spec) before a VM
@@ -397,7 +402,13 @@ impl Inner {
                 let pod = crate::podnet::PodSpec::load(bundle);
                 let id = cid.to_string();
                 let boot = self.boot.clone();
-                let vm = Arc::new(blocking(move || boot(&id, &dir, &config, &shape, &pod)).await?);
+                let vm = Arc::new(
+                    blocking(move || {
+                        let _span = info_span!("sandbox.boot", id = id.as_str()).entered();
+                        boot(&id, &dir, &config, &shape, &pod)
+                    })
+                    .await?,
+                );
                 if let Err(e) = self.watch(&vm) {
                     let v = vm.clone();
                     let _ = blocking(move || {
@@ -452,7 +463,8 @@ impl Inner {
                     stderr: req.stderr.clone(),
                     terminal: req.terminal,
                 };
-                let io = stdio::start(&vm.client(), cid, "", &paths, &self.namespace);
+                let io = info_span!("task.stdio")
+                    .in_scope(|| stdio::start(&vm.client(), cid, "", &paths, &self.namespace));
                 match io {
                     Ok(io) => Ok((pid, io)),
                     Err(e) => {
@@ -718,6 +730,10 @@ impl Inner {
                     if let Err(e) = vm.pod().container(&id).remove() {
                         tracing::warn!(cid = id, "removing the container in the VM: {e}");
                     }
+                    // This container's spans in the guest, while it
+                    // answers.
+                    vm.trace_guest(false);
+                    let _span = info_span!("task.cleanup").entered();
                     if let Err(e) = vm.share().remove_container(&id) {
                         tracing::warn!(cid = id, "removing the container's share: {e}");
                     }
@@ -740,6 +756,7 @@ impl Inner {
             let mut guard = self.vm.lock().await;
             if let Some(vm) = guard.take() {
                 let _ = blocking(move || {
+                    vm.trace_guest(true);
                     vm.shutdown();
                     Ok(())
                 })
@@ -919,6 +936,25 @@ fn mount_rootfs(list: &[(String, String, Vec<String>)], target: &Path) -> Result
     Ok(())
 }
 
+impl Service {
+    /// Wait: until process `exec_id` of `id` has exited.
+    async fn wait_exit(&self, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        let mut rx = self
+            .inner
+            .with_process(&req.id, &req.exec_id, |p| Ok(p.exit.subscribe()))?;
+        let exit = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| ShimError::Internal("the process record went away".into()))?
+            .ok_or_else(|| ShimError::Internal("no exit recorded".into()))?;
+        Ok(WaitResponse {
+            exit_status: exit.status,
+            exited_at: Some(timestamp(exit.at)).into(),
+            ..Default::default()
+        })
+    }
+}
+
 /// How long a Delete waits for the exit record of a process that already
 /// exited in the guest (its output drains for at most 10 s first).
 const EXIT_RECORD_WAIT: Duration = Duration::from_secs(15);
@@ -935,15 +971,30 @@ impl containerd_shim::Task for Service {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         tracing::info!(id = req.id, bundle = req.bundle, "create");
-        Ok(self.inner.create(req).await?)
+        let span = info_span!("task.create", id = req.id.as_str());
+        Ok(self.inner.create(req).instrument(span).await?)
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        Ok(self.inner.start(req).await?)
+        let span = info_span!(
+            "task.start",
+            id = req.id.as_str(),
+            exec_id = req.exec_id.as_str()
+        );
+        Ok(self.inner.start(req).instrument(span).await?)
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        Ok(self.inner.delete(req).await?)
+        let span = info_span!(
+            "task.delete",
+            id = req.id.as_str(),
+            exec_id = req.exec_id.as_str()
+        );
+        let deleted = self.inner.delete(req).instrument(span).await;
+        // Each task's spans reach the file once it is gone (a shim may
+        // serve its sandbox for long).
+        crate::trace::flush_async(&self.inner.sandbox_id).await;
+        Ok(deleted?)
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
@@ -982,12 +1033,23 @@ impl containerd_shim::Task for Service {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        self.inner.kill(req).await?;
+        let span = info_span!(
+            "task.kill",
+            id = req.id.as_str(),
+            exec_id = req.exec_id.as_str(),
+            signal = req.signal
+        );
+        self.inner.kill(req).instrument(span).await?;
         Ok(Empty::new())
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        self.inner.exec(req).await?;
+        let span = info_span!(
+            "task.exec",
+            id = req.id.as_str(),
+            exec_id = req.exec_id.as_str()
+        );
+        self.inner.exec(req).instrument(span).await?;
         Ok(Empty::new())
     }
 
@@ -1032,19 +1094,12 @@ impl containerd_shim::Task for Service {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        let mut rx = self
-            .inner
-            .with_process(&req.id, &req.exec_id, |p| Ok(p.exit.subscribe()))?;
-        let exit = rx
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| ShimError::Internal("the process record went away".into()))?
-            .ok_or_else(|| ShimError::Internal("no exit recorded".into()))?;
-        Ok(WaitResponse {
-            exit_status: exit.status,
-            exited_at: Some(timestamp(exit.at)).into(),
-            ..Default::default()
-        })
+        let span = info_span!(
+            "task.wait",
+            id = req.id.as_str(),
+            exec_id = req.exec_id.as_str()
+        );
+        self.wait_exit(req).instrument(span).await
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {

@@ -3,7 +3,7 @@
 //! directory it is served from.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use nacre_runtime::agent::AgentClient;
@@ -16,6 +16,7 @@ use nacre_runtime::pod::{
 };
 use nacre_runtime::sandbox::default_boot_timeout;
 use nacre_runtime::template::TemplateStore;
+use nacre_runtime::trace::{self, GuestCursor};
 
 use crate::config::{Config, VmShape};
 use crate::error::ShimError;
@@ -28,6 +29,8 @@ pub struct Vm {
     dir: PathBuf,
     share: Arc<dyn ContainerShare>,
     watcher: OnceLock<Watcher>,
+    /// The guest spans already in the trace.
+    traced: Mutex<GuestCursor>,
 }
 
 impl Vm {
@@ -111,6 +114,7 @@ impl Vm {
             dir: dir.to_path_buf(),
             share,
             watcher: OnceLock::new(),
+            traced: Mutex::new(GuestCursor::default()),
         }
     }
 
@@ -173,6 +177,29 @@ impl Vm {
     /// get.
     pub fn poll_exit(&self) -> Option<u32> {
         self.pod.poll_exit().map(status_u32)
+    }
+
+    /// With tracing on, adds the guest agent's spans not traced yet to
+    /// this process's trace, and with `vmm_cpu` the VMM's CPU so far (once
+    /// per VM, before its shutdown: the figures add up). Blocking.
+    pub fn trace_guest(&self, vmm_cpu: bool) {
+        if !crate::trace::enabled() || self.exit_status().is_some() {
+            return;
+        }
+        match self.client().trace() {
+            Ok(spans) => {
+                let fresh = self
+                    .traced
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take_new(spans);
+                trace::add_guest(&fresh, self.pid());
+            }
+            Err(e) => tracing::warn!("reading the guest's trace: {e}"),
+        }
+        if vmm_cpu {
+            trace::add_vmm_cpu(self.pid());
+        }
     }
 
     /// Shuts the VM down (agent Shutdown, kill after a timeout), unmounts

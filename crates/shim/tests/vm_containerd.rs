@@ -104,7 +104,13 @@ fn assert_sandbox_gone(ctd: &Containerd, id: &str) {
 #[test]
 fn ctr_run_rm_prints_the_guest_kernel_and_propagates_exit_stdin_output() {
     let _serial = serial();
-    let Some((ctd, host_release)) = setup("run-rm") else {
+    // Traced as a user would: NACRE_TRACE in containerd's environment.
+    let trace = Containerd::dir_of("run-rm").join("trace.json");
+    let env = vec![(
+        nacre_runtime::trace::TRACE_ENV.to_string(),
+        trace.display().to_string(),
+    )];
+    let Some((ctd, host_release)) = setup_with("run-rm", env) else {
         return;
     };
     // Bad input first (no boot): an unknown nacre annotation and an
@@ -214,6 +220,7 @@ fn ctr_run_rm_prints_the_guest_kernel_and_propagates_exit_stdin_output() {
     );
     assert_sandbox_gone(&ctd, "once");
     assert!(ctd.task_status("once").is_none());
+    assert_traced(&ctd, &trace, "once");
 
     // The first sandbox of this shape made the VM template (unless one
     // existed); the next one is restored from it.
@@ -256,6 +263,95 @@ fn ctr_run_rm_prints_the_guest_kernel_and_propagates_exit_stdin_output() {
     {
         eprintln!("{line}");
     }
+}
+
+/// The trace file holds, in Chrome's Trace Event Format, the shim's spans
+/// of task `id` (create, start, wait, exit, delete and the sandbox's
+/// start and shutdown) and its guest agent's; it is the shim's user's
+/// alone. Most spans are written before the delete answers, the last ones
+/// when the shim exits: waits a little for those.
+fn assert_traced(ctd: &Containerd, trace: &Path, id: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut last = String::new();
+    ctd.wait_until(
+        "the shim's spans in the trace",
+        Duration::from_secs(30),
+        || match traced(trace, id) {
+            Ok(()) => true,
+            Err(e) => {
+                last = e;
+                false
+            }
+        },
+    );
+    traced(trace, id).unwrap_or_else(|e| panic!("{e} (before: {last})"));
+    let mode = std::fs::metadata(trace).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "trace file mode {mode:o}");
+}
+
+/// What [`assert_traced`] checks in the file.
+fn traced(trace: &Path, id: &str) -> Result<(), String> {
+    use serde_json::Value;
+    let bytes = std::fs::read(trace).map_err(|e| format!("reading {}: {e}", trace.display()))?;
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let events = doc["traceEvents"]
+        .as_array()
+        .ok_or("no traceEvents array")?;
+    for e in events {
+        let ph = e["ph"].as_str().ok_or(format!("no ph: {e}"))?;
+        let ok = e["name"].is_string()
+            && e["pid"].is_u64()
+            && (ph != "X" || (e["ts"].is_u64() && e["dur"].is_u64() && e["tid"].is_u64()));
+        if !ok {
+            return Err(format!("not a trace event: {e}"));
+        }
+    }
+    let shim = format!("containerd-shim-nacre-v2 {id}");
+    let shim_pids: Vec<u64> = events
+        .iter()
+        .filter(|e| e["ph"] == "M" && e["args"]["name"] == shim.as_str())
+        .filter_map(|e| e["pid"].as_u64())
+        .collect();
+    if shim_pids.is_empty() {
+        return Err(format!("no process named {shim:?}"));
+    }
+    let names = |cat: &str, shim_only: bool| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["cat"] == cat)
+            .filter(|e| !shim_only || e["pid"].as_u64().is_some_and(|p| shim_pids.contains(&p)))
+            .filter_map(|e| e["name"].as_str())
+            .collect()
+    };
+    let host = names("host", true);
+    for want in [
+        "task.create",
+        "sandbox.boot",
+        "sandbox.start",
+        "agent.CreateContainer",
+        "task.start",
+        "task.wait",
+        "task.exit",
+        "task.delete",
+        "sandbox.shutdown",
+    ] {
+        if !host.contains(&want) {
+            return Err(format!("no shim span {want}: {host:?}"));
+        }
+    }
+    if !events
+        .iter()
+        .any(|e| e["name"] == "task.create" && e["args"]["id"] == id)
+    {
+        return Err(format!("no task.create of {id}"));
+    }
+    let guest = names("guest", false);
+    for want in ["agent.CreateContainer", "agent.StartContainer"] {
+        if !guest.contains(&want) {
+            return Err(format!("no guest span {want}: {guest:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// Sends the shim of task `id` an `Update` with OCI `LinuxResources`

@@ -122,7 +122,8 @@ impl Pod {
         }
         let net = match &opts.network {
             Some(n) => {
-                let net = crate::network::attach_with(&n.netns, n.model)?;
+                let net = tracing::info_span!("network.attach")
+                    .in_scope(|| crate::network::attach_with(&n.netns, n.model))?;
                 tracing::info!(netns = %n.netns.display(), taps = net.endpoints().len(), "pod network attached");
                 Some(net)
             }
@@ -180,7 +181,9 @@ impl Pod {
                 // The NICs still have the template's MACs.
                 mark_restored(&mut guest);
             }
-            if let Err(e) = agent.configure_network(&guest) {
+            let configured = tracing::info_span!("agent.ConfigureNetwork")
+                .in_scope(|| agent.configure_network(&guest));
+            if let Err(e) = configured {
                 if let Err(e) = sandbox.shutdown(Duration::from_secs(10)) {
                     tracing::warn!("sandbox VM shutdown: {e}");
                 }

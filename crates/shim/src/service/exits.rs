@@ -11,6 +11,7 @@ use containerd_shim::protos::topics;
 use nacre_runtime::agent::AgentClientError;
 use nacre_runtime::container::mounts;
 use nacre_runtime::pod::{EventSink, PodEvent};
+use tracing::Instrument;
 
 use super::{blocking, timestamp, Inner, Result};
 use crate::error::ShimError;
@@ -49,9 +50,17 @@ impl Inner {
                     PodEvent::VmExited => inner.vm_exited(vm).await,
                     PodEvent::Exited { cid, exec_id, exit } => {
                         let inner = Arc::clone(&inner);
-                        tokio::spawn(async move {
-                            inner.process_exited(vm, cid, exec_id, exit).await;
-                        });
+                        let span = tracing::info_span!(
+                            "task.exit",
+                            id = cid.as_str(),
+                            exec_id = exec_id.as_str()
+                        );
+                        tokio::spawn(
+                            async move {
+                                inner.process_exited(vm, cid, exec_id, exit).await;
+                            }
+                            .instrument(span),
+                        );
                     }
                 }
             }

@@ -32,7 +32,7 @@ impl Containerd {
     /// Starts containerd with `PATH` leading to the shim binary and the
     /// given extra environment (guest image, VMM).
     pub fn start(name: &str, env: Vec<(String, String)>) -> Self {
-        let dir = PathBuf::from(format!("/tmp/nacre-ctd-{name}-{}", std::process::id()));
+        let dir = Self::dir_of(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("config.toml");
@@ -60,6 +60,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         };
         c.spawn();
         c
+    }
+
+    /// The directory of the containerd `name` (made afresh by
+    /// [`Containerd::start`], removed on drop).
+    pub fn dir_of(name: &str) -> PathBuf {
+        PathBuf::from(format!("/tmp/nacre-ctd-{name}-{}", std::process::id()))
     }
 
     fn spawn(&mut self) {

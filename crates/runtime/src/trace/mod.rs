@@ -1,21 +1,33 @@
-//! Traces: with `NACRE_TRACE=<file>`, the spans of a create, start, exec
-//! and delete (the host's, from `tracing` spans, and the guest agent's,
-//! from `Agent.GetTrace`) are written to `<file>` in the Trace Event
-//! Format's JSON object form (`{"traceEvents": [...]}`), which Perfetto
-//! and chrome://tracing load. Each process (the CLI command, its monitor)
-//! merges its own events into the file when it ends, under a lock, so
-//! one `nacre run` gives one file with every process on one timeline.
+//! Traces: with `NACRE_TRACE=<file>` (or, for the containerd shim,
+//! `[trace] file` in the configuration, see [`configure`]), the spans of a
+//! create, start, exec and delete (the host's, from `tracing` spans, and
+//! the guest agent's, from `Agent.GetTrace`) are written to `<file>` in
+//! the Trace Event Format's JSON object form (`{"traceEvents": [...]}`),
+//! which Perfetto and chrome://tracing load. Each process (the CLI
+//! command, its monitor, a shim) merges its own events into the file
+//! under a lock ([`flush`]: when a CLI process ends, when a shim deletes a
+//! task or exits), so one `nacre run` gives one file with every process on
+//! one timeline.
+//!
+//! Bounded: a process keeps at most [`MEMORY_EVENTS_MAX`] events between
+//! flushes and the file at most [`FILE_EVENTS_MAX`] (the oldest go first).
+//! The file is the writer's alone: 0600, never reached through a symbolic
+//! link (see [`flush`]).
 //!
 //! Guest spans use the guest's wall clock, which the host sets when the
 //! VM starts (so they line up with the host's to a few milliseconds);
 //! their names are the guest's, cut to [`NAME_MAX`] printable characters,
 //! and at most [`GUEST_SPANS_MAX`] are taken.
 
-use std::fs::OpenOptions;
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+mod file;
+mod guest;
+
+pub use file::{flush, merge, FILE_BYTES_MAX, FILE_EVENTS_MAX};
+pub use guest::{add_guest, GuestCursor};
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -43,20 +55,40 @@ pub struct GuestSpan {
     pub thread: u32,
 }
 
-/// The trace file, when tracing is on.
+/// The most events a process keeps between two flushes; older ones are
+/// dropped first.
+pub const MEMORY_EVENTS_MAX: usize = 50_000;
+
+static CONFIGURED: OnceLock<PathBuf> = OnceLock::new();
+
+/// The trace file, when tracing is on: `NACRE_TRACE`, else the file given
+/// to [`configure`].
 pub fn file() -> Option<PathBuf> {
     std::env::var_os(TRACE_ENV)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
+        .or_else(|| CONFIGURED.get().cloned())
 }
 
-static EVENTS: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+/// Turns tracing on for this process with `path` as the trace file
+/// (`NACRE_TRACE`, when set, still wins). Once; later calls are ignored.
+pub fn configure(path: PathBuf) {
+    let _ = CONFIGURED.set(path);
+}
+
+static EVENTS: Mutex<VecDeque<Value>> = Mutex::new(VecDeque::new());
 
 fn push(event: Value) {
-    EVENTS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(event);
+    let mut events = EVENTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if events.len() >= MEMORY_EVENTS_MAX {
+        events.pop_front();
+    }
+    events.push_back(event);
+}
+
+/// This process's events since the last call.
+fn take() -> Vec<Value> {
+    std::mem::take(&mut *EVENTS.lock().unwrap_or_else(PoisonError::into_inner)).into()
 }
 
 fn micros(t: SystemTime) -> u64 {
@@ -125,32 +157,6 @@ where
     }
 }
 
-/// Adds the spans of the guest of the VMM `vmm_pid`.
-pub fn add_guest(spans: &[GuestSpan], vmm_pid: u32) {
-    let pid = GUEST_PID_BASE + u64::from(vmm_pid);
-    push(json!({
-        "name": "process_name", "ph": "M", "pid": pid,
-        "args": {"name": format!("guest agent (VM of nacre-vmm {vmm_pid})")},
-    }));
-    for s in spans.iter().take(GUEST_SPANS_MAX) {
-        let name: String = s
-            .name
-            .chars()
-            .filter(|c| c.is_ascii_graphic() || *c == ' ')
-            .take(NAME_MAX)
-            .collect();
-        push(json!({
-            "name": format!("agent.{name}"),
-            "cat": "guest",
-            "ph": "X",
-            "ts": s.start_us,
-            "dur": s.duration_us,
-            "pid": pid,
-            "tid": s.thread,
-        }));
-    }
-}
-
 /// Records the CPU the VMM `vmm_pid` has used so far, split into its vCPU
 /// threads and the others (an instant event named `cpu.vmm`; the bench
 /// reads it). Nothing when the process is gone.
@@ -186,44 +192,10 @@ fn self_cpu() -> Value {
     })
 }
 
-/// Merges this process's events (named `process` in the viewer) into the
-/// trace file `path` and forgets them. The file is created if missing;
-/// concurrent writers take turns (flock on `<path>.lock`).
-pub fn flush(path: &Path, process: &str) -> io::Result<()> {
-    let mut events = std::mem::take(&mut *EVENTS.lock().unwrap_or_else(PoisonError::into_inner));
-    events.push(self_cpu());
-    events.push(json!({
-        "name": "process_name", "ph": "M", "pid": std::process::id(),
-        "args": {"name": process},
-    }));
-    let lock_path = path.with_extension("lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)?;
-    // SAFETY: flock(2) on a descriptor this function owns; released when
-    // `lock` is closed.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut all = match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("traceEvents").and_then(Value::as_array).cloned())
-            .unwrap_or_default(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    all.extend(events);
-    let doc = json!({"traceEvents": all, "displayTimeUnit": "ms"});
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(doc.to_string().as_bytes())?;
-    }
-    std::fs::rename(&tmp, path)
-}
+/// The tests that record events or flush them, one at a time (the events
+/// are the process's).
+#[cfg(test)]
+static TEST_LOCK: Mutex<()> = Mutex::new(());
 
 #[cfg(test)]
 mod tests {
@@ -232,6 +204,7 @@ mod tests {
 
     #[test]
     fn host_and_guest_spans_merge_into_one_file() {
+        let _serial = TEST_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
         let dir = std::env::temp_dir().join(format!("nacre-trace-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("trace.json");
@@ -268,7 +241,14 @@ mod tests {
             .find(|e| e["name"] == "agent.CreateContainer[31m")
             .unwrap();
         assert_eq!(guest["pid"].as_u64(), Some(GUEST_PID_BASE + 42));
-        assert_eq!(names.iter().filter(|n| **n == "process_name").count(), 4);
+        // One name per process left: the guest of 43 has no span, both
+        // flushes came from this process (the latest name stands).
+        assert_eq!(names.iter().filter(|n| **n == "process_name").count(), 2);
+        let own = events
+            .iter()
+            .find(|e| e["name"] == "process_name" && e["pid"] == std::process::id())
+            .unwrap();
+        assert_eq!(own["args"]["name"], "second");
         // Each flush records its process's CPU.
         let cpu: Vec<&Value> = events.iter().filter(|e| e["name"] == "cpu.self").collect();
         assert_eq!(cpu.len(), 2);
