@@ -530,6 +530,63 @@ fn nacre_pod_with_limits_oom_and_exit_races() {
         Some(0.0),
         "{samples:?}"
     );
+    // The VMM's device counters: the guest read the containers' files
+    // through the share and spoke to its agent over vsock, each device
+    // kicked and interrupted.
+    let total = |metric: &str, want: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .filter(|s| {
+                s.metric == metric
+                    && s.labels.get("sandbox") == Some(pod.as_str())
+                    && want.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) => v,
+                _ => f64::NAN,
+            })
+            .sum()
+    };
+    for (metric, want) in [
+        (
+            "nacre_vmm_device_requests_total",
+            &[("device", "fs"), ("op", "lookup")][..],
+        ),
+        (
+            "nacre_vmm_device_requests_total",
+            &[("device", "fs"), ("op", "read")],
+        ),
+        (
+            "nacre_vmm_device_bytes_total",
+            &[("device", "fs"), ("direction", "read")],
+        ),
+        (
+            "nacre_vmm_device_packets_total",
+            &[("device", "vsock"), ("direction", "rx")],
+        ),
+        (
+            "nacre_vmm_device_packets_total",
+            &[("device", "vsock"), ("direction", "tx")],
+        ),
+        (
+            "nacre_vmm_device_bytes_total",
+            &[("device", "vsock"), ("direction", "rx")],
+        ),
+        (
+            "nacre_vmm_device_bytes_total",
+            &[("device", "vsock"), ("direction", "tx")],
+        ),
+        ("nacre_vmm_device_notifications_total", &[("device", "fs")]),
+        (
+            "nacre_vmm_device_notifications_total",
+            &[("device", "vsock")],
+        ),
+        ("nacre_vmm_device_interrupts_total", &[("device", "fs")]),
+        ("nacre_vmm_device_interrupts_total", &[("device", "vsock")]),
+    ] {
+        let v = total(metric, want);
+        assert!(v > 0.0, "{metric}{want:?} = {v}: {samples:?}");
+    }
     // The sandbox's first container creation was timed.
     let created = samples
         .iter()

@@ -181,6 +181,7 @@ impl Inner {
             })
             .collect();
         let started = vm.started();
+        let vmm = vm.pod().vmm_counters().unwrap_or_default();
         SandboxReport {
             sandbox: self.sandbox_id.clone(),
             namespace: self.namespace.clone(),
@@ -190,7 +191,8 @@ impl Inner {
             start_kind: started.kind.to_owned(),
             start_seconds: started.seconds,
             create_seconds: self.first_create.get().copied(),
-            guest_errors: vm.pod().guest_errors().unwrap_or_default(),
+            guest_errors: vmm.guest_errors,
+            devices: vmm.devices,
             containers,
         }
     }

@@ -3,7 +3,10 @@
 //!
 //! ```text
 //! {"op":"status"}   -> {"ok":true,"state":"running"|"paused","pid":N,"vcpus":N,"memory_mib":N,
-//!                        "guest_errors":{"<kind>":N,...}}
+//!                        "guest_errors":{"<kind>":N,...},
+//!                        "devices":[{"device":"fs","name":"<tag>","notifications":N,
+//!                                    "interrupts":N,"requests":{"<op>":N,...},
+//!                                    "packets":{"rx":N,"tx":N},"bytes":{"<dir>":N,...}},...]}
 //! {"op":"pause"}    -> {"ok":true,"state":"paused"}
 //! {"op":"resume"}   -> {"ok":true,"state":"running"}
 //! {"op":"shutdown"} -> {"ok":true}, then the VMM stops the VM and exits 0
@@ -78,6 +81,10 @@ pub struct Response {
     /// kind (see `nacre_vmm::devices::virtio::guest_errors`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_errors: Option<std::collections::BTreeMap<String, u64>>,
+    /// With `status`: each virtio device's request, byte, notification
+    /// and interrupt counters (see [`crate::counters`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<crate::counters::DeviceCounters>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -172,6 +179,13 @@ mod tests {
                 pid: Some(42),
                 vcpus: Some(2),
                 memory_mib: Some(256),
+                guest_errors: Some([("fs_dropped_request".to_owned(), 1)].into()),
+                devices: Some(vec![crate::counters::DeviceCounters {
+                    device: "vsock".into(),
+                    name: "vsock".into(),
+                    notifications: 7,
+                    ..Default::default()
+                }]),
                 ..Response::ok()
             },
         ];

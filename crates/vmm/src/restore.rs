@@ -25,7 +25,7 @@ use crate::snapshot::state::SerialSnapshot;
 use crate::snapshot::{format, memory, DeviceState, MEMORY_FILE};
 use crate::vcpu::{self, Vcpu, VcpuControl};
 use crate::vm;
-use crate::vmm::{add_virtio_device, wait_for_exit, VmHandle};
+use crate::vmm::{add_virtio_device, device_counters, wait_for_exit, VmHandle};
 
 /// What `--restore` needs besides the template: the host-side paths of
 /// the new VM.
@@ -249,6 +249,7 @@ pub fn restore(config: &RestoreConfig) -> Result<ExitEvent, VmmError> {
             exit: exit_tx.clone(),
             vcpus: shape.vcpus,
             memory_mib: shape.memory_mib,
+            devices: device_counters(&transports),
             snapshot: None,
         }))?;
     }

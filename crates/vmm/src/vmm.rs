@@ -20,6 +20,7 @@ use crate::cleanup::Cleanup;
 use crate::cmdline::{self, MmioDeviceDecl};
 use crate::config::{host_memory_bytes, VmConfig};
 use crate::devices::legacy::{cmos, i8042, serial, Cmos, SerialDevice, SerialOutput, I8042};
+use crate::devices::virtio::counters::DeviceCounters;
 use crate::devices::virtio::fs::VirtioFs;
 use crate::devices::virtio::mmio::REG_QUEUE_NOTIFY;
 use crate::devices::virtio::net::VirtioNet;
@@ -199,6 +200,7 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
     crate::profile::start(&control).map_err(io_err("starting the profiler"))?;
 
     if let Some(server) = api_server {
+        let counters = device_counters(&transports);
         let snapshot = Snapshotter {
             vm: vm.clone(),
             ram: GuestRam {
@@ -226,6 +228,7 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
             exit: exit_tx.clone(),
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
+            devices: counters,
             snapshot: Some(snapshot),
         });
         server.spawn(handle)?;
@@ -351,6 +354,16 @@ pub(crate) fn add_virtio_device(
     })
 }
 
+/// The counters of every device behind `transports`, in slot order.
+pub(crate) fn device_counters(
+    transports: &[Arc<Mutex<MmioTransport>>],
+) -> Vec<Arc<DeviceCounters>> {
+    transports
+        .iter()
+        .filter_map(|t| t.lock().unwrap_or_else(|p| p.into_inner()).counters())
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments, reason = "one-shot setup helper")]
 fn create_vcpus(
     kvm: &Kvm,
@@ -398,6 +411,8 @@ pub(crate) struct VmHandle {
     pub(crate) exit: ExitSender,
     pub(crate) vcpus: u8,
     pub(crate) memory_mib: u64,
+    /// Every virtio device's counters, for `status`.
+    pub(crate) devices: Vec<Arc<DeviceCounters>>,
     pub(crate) snapshot: Option<Snapshotter>,
 }
 
@@ -412,6 +427,10 @@ impl VmControl for VmHandle {
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
         }
+    }
+
+    fn devices(&self) -> Vec<nacre_vmm_api::DeviceCounters> {
+        self.devices.iter().map(|c| c.snapshot()).collect()
     }
 
     fn pause(&self) -> Result<(), String> {

@@ -6,6 +6,11 @@
 //! ([`ProcessUsage`]: RSS, PSS, CPU split into vCPU and other threads)
 //! and renders one exposition ([`render`]).
 //!
+//! The VMM's own counters (errors the guest caused in its devices, each
+//! device's requests, packets, bytes, notifications and interrupts) come
+//! through the shim from the VMM's `status` ([`VmmCounters`], bounded:
+//! the VMM may be the guest's).
+//!
 //! Figures the guest reports (memory use, CPU, pids, OOM kills of a
 //! container) are the guest's word, as containerd's stats are: bounded
 //! numbers, never labels. Labels come from the host (sandbox and
@@ -14,7 +19,9 @@
 mod proc;
 mod render;
 mod report;
+mod vmm;
 
 pub use proc::ProcessUsage;
 pub use render::{render, NodeFacts};
 pub use report::{ContainerReport, GuestStats, SandboxReport, METRICS_SOCKET, REPORT_MAX};
+pub use vmm::{VmmCounters, DEVICES_MAX, GUEST_ERROR_KINDS_MAX, GUEST_ERROR_KIND_LEN_MAX};

@@ -5,6 +5,8 @@ use std::fmt::Write;
 
 use super::{ProcessUsage, SandboxReport};
 
+mod devices;
+
 /// What the collector knows of the node itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeFacts {
@@ -41,12 +43,7 @@ pub fn render(sandboxes: &[(SandboxReport, Option<ProcessUsage>)], node: NodeFac
         );
         out.sample("nacre_template_bytes", &[], bytes as f64);
     }
-    let sb = |r: &SandboxReport| {
-        vec![
-            ("sandbox", r.sandbox.clone()),
-            ("namespace", r.namespace.clone()),
-        ]
-    };
+    let sb = sandbox_labels;
 
     out.family(
         "nacre_sandbox_info",
@@ -143,18 +140,7 @@ pub fn render(sandboxes: &[(SandboxReport, Option<ProcessUsage>)], node: NodeFac
         }
         out.sample("nacre_vmm_threads", &sb(r), u.threads as f64);
     }
-    out.family(
-        "nacre_vmm_guest_errors_total",
-        "counter",
-        "Errors the guest caused in the VMM's virtio devices (malformed requests, bad queues, credit violations), by kind.",
-    );
-    for (r, _) in sandboxes {
-        for (kind, n) in &r.guest_errors {
-            let mut l = sb(r);
-            l.push(("kind", kind.clone()));
-            out.sample("nacre_vmm_guest_errors_total", &l, *n as f64);
-        }
-    }
+    devices::render(&mut out, sandboxes);
 
     out.family(
         "nacre_container_state",
@@ -215,6 +201,14 @@ pub fn render(sandboxes: &[(SandboxReport, Option<ProcessUsage>)], node: NodeFac
         }
     }
     out.text
+}
+
+/// The labels naming a sandbox.
+fn sandbox_labels(r: &SandboxReport) -> Vec<(&'static str, String)> {
+    vec![
+        ("sandbox", r.sandbox.clone()),
+        ("namespace", r.namespace.clone()),
+    ]
 }
 
 #[derive(Default)]
@@ -280,7 +274,7 @@ mod tests {
     use super::super::report::{ContainerReport, GuestStats};
     use super::*;
 
-    fn report() -> SandboxReport {
+    pub(super) fn report() -> SandboxReport {
         SandboxReport {
             sandbox: "pod\"1\n".into(),
             namespace: "k8s.io".into(),
@@ -291,6 +285,7 @@ mod tests {
             start_seconds: 0.4,
             create_seconds: Some(2.0),
             guest_errors: [("fs_dropped_request".to_owned(), 3)].into(),
+            devices: vec![],
             containers: vec![
                 ContainerReport {
                     id: "pause".into(),

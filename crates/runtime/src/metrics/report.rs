@@ -34,6 +34,10 @@ pub struct SandboxReport {
     /// VMM's `status`); empty when the VMM did not answer.
     #[serde(default)]
     pub guest_errors: std::collections::BTreeMap<String, u64>,
+    /// Each virtio device's counters (the VMM's `status`, bounded by
+    /// [`super::VmmCounters`]); empty when the VMM did not answer.
+    #[serde(default)]
+    pub devices: Vec<nacre_vmm_api::DeviceCounters>,
     pub containers: Vec<ContainerReport>,
 }
 

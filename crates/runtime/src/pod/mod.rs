@@ -257,24 +257,14 @@ impl Pod {
         self.exit.get().copied()
     }
 
-    /// The errors the guest caused in the VMM's virtio devices, by kind
-    /// (the VMM's `status`); None when it does not answer or has exited.
-    /// At most 16 kinds, each a short `[a-z_]` name: the VMM may be the
-    /// guest's.
-    pub fn guest_errors(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+    /// The VMM's own counters (its `status`): the errors the guest caused
+    /// in its virtio devices and each device's traffic, bounded (see
+    /// [`crate::metrics::VmmCounters`]: the VMM may be the guest's). None
+    /// when it does not answer or has exited.
+    pub fn vmm_counters(&self) -> Option<crate::metrics::VmmCounters> {
         let guard = self.vm.lock().unwrap_or_else(|e| e.into_inner());
-        let counts = guard.as_ref()?.vmm_status()?.guest_errors?;
-        Some(
-            counts
-                .into_iter()
-                .filter(|(k, _)| {
-                    !k.is_empty()
-                        && k.len() <= 32
-                        && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-                })
-                .take(16)
-                .collect(),
-        )
+        let status = guard.as_ref()?.vmm_status()?;
+        Some(crate::metrics::VmmCounters::from_status(status))
     }
 
     /// Has the OOM kill of a process in the guest raised on the host

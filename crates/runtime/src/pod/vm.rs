@@ -103,7 +103,8 @@ struct FakeVmState {
     exit: Option<ExitStatus>,
     shutdowns: u32,
     kills: u32,
-    guest_errors: Option<std::collections::BTreeMap<String, u64>>,
+    /// What its VMM's `status` answers beyond `ok`.
+    status: nacre_vmm_api::Response,
 }
 
 impl FakeVm {
@@ -132,13 +133,13 @@ impl FakeVm {
         };
     }
 
-    /// What its VMM's `status` reports as guest errors from now on.
-    pub fn set_guest_errors(&self, counts: std::collections::BTreeMap<String, u64>) {
+    /// What its VMM's `status` answers from now on (counters included).
+    pub fn set_vmm_status(&self, status: nacre_vmm_api::Response) {
         self.state
             .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .guest_errors = Some(counts);
+            .status = status;
     }
 
     /// How often it was shut down through its agent, and killed.
@@ -170,8 +171,8 @@ impl PodVm for FakeVm {
     fn vmm_status(&self) -> Option<nacre_vmm_api::Response> {
         let s = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
         Some(nacre_vmm_api::Response {
-            guest_errors: s.guest_errors.clone(),
-            ..nacre_vmm_api::Response::ok()
+            ok: true,
+            ..s.status.clone()
         })
     }
 

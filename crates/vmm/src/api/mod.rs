@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! {"op":"status"}   -> {"ok":true,"state":"running"|"paused","pid":N,"vcpus":N,"memory_mib":N,
-//!                        "guest_errors":{"<kind>":N,...}}
+//!                        "guest_errors":{"<kind>":N,...},"devices":[{...},...]}
 //! {"op":"pause"}    -> {"ok":true,"state":"paused"}
 //! {"op":"resume"}   -> {"ok":true,"state":"running"}
 //! {"op":"shutdown"} -> {"ok":true}, then the VMM stops the VM and exits 0
@@ -39,6 +39,10 @@ pub struct VmStatus {
 /// What the API can do to the VM.
 pub trait VmControl: Send + Sync {
     fn status(&self) -> VmStatus;
+    /// Each virtio device's counters (`status`'s `devices`), in slot order.
+    fn devices(&self) -> Vec<nacre_vmm_api::DeviceCounters> {
+        Vec::new()
+    }
     fn pause(&self) -> Result<(), String>;
     fn resume(&self) -> Result<(), String>;
     /// Asks the VMM to stop the VM and exit. Returns at once.
@@ -71,6 +75,7 @@ pub fn dispatch(req: &Request, ctl: &dyn VmControl) -> Response {
                 vcpus: Some(s.vcpus),
                 memory_mib: Some(s.memory_mib),
                 guest_errors: Some(crate::devices::virtio::guest_errors::counts()),
+                devices: Some(ctl.devices()),
                 ..Response::ok()
             }
         }
@@ -168,7 +173,7 @@ mod tests {
             resp.to_line(),
             "{\"ok\":true,\"state\":\"running\",\"pid\":42,\"vcpus\":2,\"memory_mib\":256,\
              \"guest_errors\":{\"activation_refused\":0,\"fs_dropped_request\":0,\
-             \"used_ring_failure\":0,\"vsock_credit_violation\":0}}\n"
+             \"used_ring_failure\":0,\"vsock_credit_violation\":0},\"devices\":[]}\n"
         );
     }
 
@@ -210,5 +215,42 @@ mod tests {
         assert!(v["error"]
             .as_str()
             .is_some_and(|e| e.starts_with("bad request")));
+    }
+
+    #[test]
+    fn status_carries_each_devices_counters() {
+        struct WithDevices(Fake);
+        impl VmControl for WithDevices {
+            fn status(&self) -> VmStatus {
+                self.0.status()
+            }
+            fn devices(&self) -> Vec<nacre_vmm_api::DeviceCounters> {
+                vec![nacre_vmm_api::DeviceCounters {
+                    device: "vsock".into(),
+                    name: "vsock".into(),
+                    notifications: 5,
+                    ..Default::default()
+                }]
+            }
+            fn pause(&self) -> Result<(), String> {
+                self.0.pause()
+            }
+            fn resume(&self) -> Result<(), String> {
+                self.0.resume()
+            }
+            fn shutdown(&self) {
+                self.0.shutdown()
+            }
+        }
+        let (resp, _) = handle_line(r#"{"op":"status"}"#, &WithDevices(Fake::default()));
+        let line = resp.to_line();
+        assert!(
+            line.contains(
+                r#""devices":[{"device":"vsock","name":"vsock","notifications":5,"interrupts":0}]"#
+            ),
+            "{line}"
+        );
+        let back = Response::parse(&line).unwrap();
+        assert_eq!(back.devices.unwrap()[0].notifications, 5);
     }
 }

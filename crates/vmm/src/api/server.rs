@@ -231,7 +231,7 @@ mod tests {
             Some(
                 "{\"ok\":true,\"state\":\"running\",\"pid\":1,\"vcpus\":1,\"memory_mib\":64,\
                  \"guest_errors\":{\"activation_refused\":0,\"fs_dropped_request\":0,\
-                 \"used_ring_failure\":0,\"vsock_credit_violation\":0}}"
+                 \"used_ring_failure\":0,\"vsock_credit_violation\":0},\"devices\":[]}"
             )
         );
         assert!(lines.next().is_some_and(|l| l.starts_with("{\"ok\":false")));

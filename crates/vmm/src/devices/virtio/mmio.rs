@@ -96,7 +96,8 @@ impl MmioTransport {
         irq_evt: EventFd,
     ) -> Result<Self, MmioError> {
         let interrupt_status = Arc::new(AtomicU32::new(0));
-        let interrupt = Arc::new(Interrupt::new(interrupt_status.clone(), irq_evt));
+        let interrupt =
+            Arc::new(Interrupt::new(interrupt_status.clone(), irq_evt).counted(device.counters()));
         let mut queues = Vec::new();
         let mut queue_evts = Vec::new();
         for (index, &max) in device.queue_max_sizes().iter().enumerate() {
@@ -123,6 +124,11 @@ impl MmioTransport {
     /// The virtio device ID of the device behind the transport.
     pub fn device_type(&self) -> u32 {
         self.device.device_type()
+    }
+
+    /// The counters of the device behind the transport, if it counts.
+    pub fn counters(&self) -> Option<Arc<super::counters::DeviceCounters>> {
+        self.device.counters()
     }
 
     /// The notification eventfds, by queue index: register each as a KVM

@@ -19,6 +19,7 @@ struct FakeDevice {
     seen: Arc<Mutex<Seen>>,
     resettable: bool,
     config: [u8; 8],
+    counters: Arc<super::super::counters::DeviceCounters>,
 }
 
 impl VirtioDevice for FakeDevice {
@@ -35,6 +36,9 @@ impl VirtioDevice for FakeDevice {
         if let Ok(mut s) = self.seen.lock() {
             s.acked = acked;
         }
+    }
+    fn counters(&self) -> Option<Arc<super::super::counters::DeviceCounters>> {
+        Some(self.counters.clone())
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
@@ -67,6 +71,10 @@ fn transport(resettable: bool) -> (MmioTransport, Arc<Mutex<Seen>>, EventFd) {
         seen: seen.clone(),
         resettable,
         config: [1, 2, 3, 4, 5, 6, 7, 8],
+        counters: Arc::new(super::super::counters::DeviceCounters::new(
+            super::super::counters::DeviceKind::Vsock,
+            "vsock",
+        )),
     };
     let Ok(mem) = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]) else {
         panic!("guest memory");
@@ -216,6 +224,9 @@ fn interrupt_status_and_ack() {
     assert!(interrupt.signal_used_queue().is_ok());
     assert!(interrupt.signal_config_change().is_ok());
     assert_eq!(irq.read().ok(), Some(2));
+    // The transport's interrupt counts in the device's counters.
+    let counted = t.counters().map(|c| c.snapshot().interrupts);
+    assert_eq!(counted, Some(2));
     assert_eq!(rd(&mut t, REG_INTERRUPT_STATUS), 3);
     wr(&mut t, REG_INTERRUPT_ACK, 1);
     assert_eq!(rd(&mut t, REG_INTERRUPT_STATUS), 2);

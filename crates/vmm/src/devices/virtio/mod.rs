@@ -5,8 +5,10 @@
 //! transport owns the registers, negotiates features and hands the device
 //! its ready queues on [`VirtioDevice::activate`]. Devices do their work on
 //! threads of their own, woken by the queue notification eventfds (KVM
-//! ioeventfds), and raise interrupts through [`Interrupt`].
+//! ioeventfds), and raise interrupts through [`Interrupt`]. Each device
+//! counts the guest's use of it in its [`counters::DeviceCounters`].
 
+pub mod counters;
 pub mod fs;
 pub mod guest_errors;
 pub mod mmio;
@@ -37,13 +39,25 @@ pub type GuestMemory = GuestMemoryMmap<()>;
 pub struct Interrupt {
     status: Arc<AtomicU32>,
     irq_evt: EventFd,
+    /// Where the interrupts raised are counted (the device's counters).
+    counters: Option<Arc<counters::DeviceCounters>>,
 }
 
 impl Interrupt {
     /// Creates an interrupt from the transport's status word and an eventfd
     /// registered as a KVM irqfd.
     pub fn new(status: Arc<AtomicU32>, irq_evt: EventFd) -> Self {
-        Self { status, irq_evt }
+        Self {
+            status,
+            irq_evt,
+            counters: None,
+        }
+    }
+
+    /// The same, counting each interrupt raised in `counters`.
+    pub fn counted(mut self, counters: Option<Arc<counters::DeviceCounters>>) -> Self {
+        self.counters = counters;
+        self
     }
 
     /// Tells the guest that used buffers were added to a queue.
@@ -58,6 +72,9 @@ impl Interrupt {
 
     fn signal(&self, bit: u32) -> std::io::Result<()> {
         self.status.fetch_or(bit, Ordering::SeqCst);
+        if let Some(c) = &self.counters {
+            c.interrupt();
+        }
         self.irq_evt.write(1)
     }
 }
@@ -107,6 +124,10 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device configuration space at `offset`.
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The device's counters (shared with its workers), if it counts.
+    fn counters(&self) -> Option<Arc<counters::DeviceCounters>> {
+        None
+    }
     /// Starts the device once the driver set DRIVER_OK.
     fn activate(
         &mut self,

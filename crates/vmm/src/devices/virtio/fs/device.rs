@@ -9,6 +9,7 @@ use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig};
 use tracing::debug;
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 
+use super::super::counters::{DeviceCounters, DeviceKind};
 use super::super::{ActivateError, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
 use super::config::{config_space, validate_tag, CacheMode, SharedDir, SharedDirError, CONFIG_LEN};
 use super::worker::Worker;
@@ -53,6 +54,7 @@ pub struct VirtioFs {
     config: [u8; CONFIG_LEN],
     acked_features: u64,
     worker: Option<WorkerHandle>,
+    counters: Arc<DeviceCounters>,
 }
 
 impl VirtioFs {
@@ -86,6 +88,7 @@ impl VirtioFs {
             cache: dir.cache,
             acked_features: 0,
             worker: None,
+            counters: Arc::new(DeviceCounters::new(DeviceKind::Fs, &dir.tag)),
         })
     }
 
@@ -193,6 +196,10 @@ impl VirtioDevice for VirtioFs {
         read_config_bytes(&self.config, offset, data);
     }
 
+    fn counters(&self) -> Option<Arc<DeviceCounters>> {
+        Some(self.counters.clone())
+    }
+
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         debug!(
             offset,
@@ -212,7 +219,8 @@ impl VirtioDevice for VirtioFs {
             .try_into()
             .map_err(|_| ActivateError::QueueCount { expected: 2, got })?;
         self.stop_worker();
-        let worker = Worker::new(mem, interrupt, queues).map_err(ActivateError::Worker)?;
+        let worker = Worker::new(mem, interrupt, queues, self.counters.clone())
+            .map_err(ActivateError::Worker)?;
         let handle = worker
             .spawn(&self.tag, passthrough_config(&self.root, self.cache))
             .map_err(ActivateError::Worker)?;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use virtio_queue::Queue;
 
+use super::super::counters::{DeviceCounters, DeviceKind};
 use super::super::GuestMemory;
 use super::device::passthrough_config;
 use super::worker::{new_server, serve_queue, FuseServer};
@@ -15,6 +16,7 @@ use super::CacheMode;
 /// The device's FUSE server over one shared directory.
 pub struct Server {
     server: FuseServer,
+    counters: DeviceCounters,
 }
 
 impl Server {
@@ -24,11 +26,12 @@ impl Server {
     pub fn new(root: &Path) -> std::io::Result<Self> {
         Ok(Self {
             server: new_server(passthrough_config(root, CacheMode::Never))?,
+            counters: DeviceCounters::new(DeviceKind::Fs, "fuzz"),
         })
     }
 
     /// Serves every available chain of `queue`; returns how many were used.
     pub fn serve_queue(&self, queue: &mut Queue, mem: &GuestMemory) -> usize {
-        serve_queue(queue, mem, &self.server)
+        serve_queue(queue, mem, &self.server, &self.counters)
     }
 }

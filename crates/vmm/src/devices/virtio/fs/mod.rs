@@ -11,9 +11,11 @@
 //! options and why.
 //!
 //! Files: `config` (tag, `TAG=PATH`, configuration space), `guard`
-//! (the `FileSystem` wrapper that refuses device nodes), `worker` (the device thread), `device` (the [`VirtioDevice`](super::VirtioDevice)).
+//! (the `FileSystem` wrapper that refuses device nodes), `worker` (the device thread), `counting` (what a served request adds to the
+//! device's counters), `device` (the [`VirtioDevice`](super::VirtioDevice)).
 
 mod config;
+mod counting;
 mod device;
 mod guard;
 mod worker;

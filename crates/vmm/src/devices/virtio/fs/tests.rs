@@ -195,7 +195,8 @@ impl<'a> Driver<'a> {
         let hiprio_kick = queues[0].notify.try_clone().unwrap();
         let request_kick = queues[1].notify.try_clone().unwrap();
         let irq_status = Arc::new(AtomicU32::new(0));
-        let interrupt = Arc::new(Interrupt::new(irq_status.clone(), notify()));
+        let interrupt =
+            Arc::new(Interrupt::new(irq_status.clone(), notify()).counted(device.counters()));
         device.set_acked_features(device.avail_features());
         device.activate(mem.clone(), interrupt, queues).unwrap();
         Self {
@@ -207,6 +208,25 @@ impl<'a> Driver<'a> {
             irq_status,
             unique: 0,
             device,
+        }
+    }
+
+    /// The device's counters now.
+    fn counters(&self) -> nacre_vmm_api::DeviceCounters {
+        self.device.counters().unwrap().snapshot()
+    }
+
+    /// The device's counters once the worker has taken `kicks` queue
+    /// notifications (the last one may be read after its request was
+    /// served).
+    fn counters_after(&self, kicks: u64) -> nacre_vmm_api::DeviceCounters {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let c = self.counters();
+            if c.notifications >= kicks || Instant::now() > deadline {
+                return c;
+            }
+            thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -415,7 +435,31 @@ fn init_lookup_getattr_read_write() {
         .permissions();
     assert_eq!(mode.mode() & 0o777, 0o644);
 
+    // Ten requests, each kicked and answered with an interrupt; the file
+    // data both ways is counted, not the FUSE headers around it.
+    let c = d.counters_after(10);
+    assert_eq!((c.device.as_str(), c.name.as_str()), ("fs", "nacre"));
+    assert_eq!(c.notifications, 10, "{c:?}");
+    assert_eq!(c.interrupts, 10, "{c:?}");
+    let want = [
+        ("other", 1),  // INIT
+        ("lookup", 2), // LOOKUP twice
+        ("stat", 1),   // GETATTR
+        ("open", 4),   // OPEN, RELEASE, CREATE, RELEASE
+        ("read", 1),
+        ("write", 1),
+        ("readdir", 0),
+        ("modify", 0),
+        ("sync", 0),
+    ];
+    for (op, n) in want {
+        assert_eq!(c.requests.get(op), Some(&n), "{op}: {c:?}");
+    }
+    assert_eq!(c.bytes, [("read".into(), 20), ("write".into(), 5)].into());
+
     assert!(d.device.reset());
+    // Counters outlive a reset: they count since the VMM started.
+    assert_eq!(d.counters().requests["read"], 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -685,6 +729,13 @@ fn malformed_requests_do_not_stop_the_device() {
     // Still serving.
     let node = d.lookup_ok(ROOT, "f");
     assert_eq!(d.call(OP_GETATTR, node, &[0; 16]).error, 0);
+    // The failed READ and the WRITE that claimed 1 GiB moved no data.
+    let c = d.counters();
+    assert_eq!(c.bytes, [("read".into(), 0), ("write".into(), 0)].into());
+    assert!(
+        c.requests["lookup"] >= 1 && c.requests["stat"] >= 2,
+        "{c:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

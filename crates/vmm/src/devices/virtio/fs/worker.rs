@@ -17,7 +17,9 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::super::counters::DeviceCounters;
 use super::super::{ActiveQueue, GuestMemory, Interrupt};
+use super::counting::RequestHook;
 use super::guard::NoDeviceNodes;
 use crate::devices::virtio::guest_errors::{FS_DROPPED_REQUESTS, USED_RING_FAILURES};
 
@@ -34,14 +36,17 @@ pub struct Worker {
     request: ActiveQueue,
     kill: EventFd,
     epoll: Epoll,
+    counters: Arc<DeviceCounters>,
 }
 
 impl Worker {
-    /// Builds a worker over the hiprio and request queues (in that order).
+    /// Builds a worker over the hiprio and request queues (in that order),
+    /// counting in `counters`.
     pub fn new(
         mem: GuestMemory,
         interrupt: Arc<Interrupt>,
         queues: [ActiveQueue; 2],
+        counters: Arc<DeviceCounters>,
     ) -> std::io::Result<Self> {
         let [hiprio, request] = queues;
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -64,6 +69,7 @@ impl Worker {
             request,
             kill,
             epoll,
+            counters,
         })
     }
 
@@ -121,8 +127,8 @@ impl Worker {
                         debug!("virtio-fs: worker stopping");
                         return;
                     }
-                    HIPRIO_TOKEN => drain(&self.hiprio.notify),
-                    REQUEST_TOKEN => drain(&self.request.notify),
+                    HIPRIO_TOKEN => self.counters.take_notifications(&self.hiprio.notify),
+                    REQUEST_TOKEN => self.counters.take_notifications(&self.request.notify),
                     _ => {}
                 }
             }
@@ -135,7 +141,7 @@ impl Worker {
     fn process(&mut self, server: &FuseServer) {
         let mut used = 0;
         for queue in [&mut self.hiprio.queue, &mut self.request.queue] {
-            used += serve_queue(queue, &self.mem, server);
+            used += serve_queue(queue, &self.mem, server, &self.counters);
         }
         if used > 0 {
             if let Err(e) = self.interrupt.signal_used_queue() {
@@ -159,12 +165,18 @@ pub(super) fn new_server(config: PassthroughConfig) -> std::io::Result<FuseServe
     Ok(Server::new(NoDeviceNodes(fs)))
 }
 
-/// Handles every available chain of `queue`; returns how many were used.
-pub(super) fn serve_queue(queue: &mut Queue, mem: &GuestMemory, server: &FuseServer) -> usize {
+/// Handles every available chain of `queue`, counting the requests
+/// served in `counters`; returns how many chains were used.
+pub(super) fn serve_queue(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    server: &FuseServer,
+    counters: &DeviceCounters,
+) -> usize {
     let mut count = 0;
     while let Some(chain) = queue.pop_descriptor_chain(mem) {
         let head = chain.head_index();
-        let written = match handle_chain(mem, chain, server) {
+        let written = match handle_chain(mem, chain, server, counters) {
             Ok(n) => n,
             Err(e) => {
                 if FS_DROPPED_REQUESTS.record() {
@@ -190,25 +202,19 @@ fn handle_chain(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
     server: &FuseServer,
+    counters: &DeviceCounters,
 ) -> Result<u32, String> {
     let reader = Reader::from_descriptor_chain(mem, chain.clone())
         .map_err(|e| format!("request buffers: {e}"))?;
     let writer = VirtioFsWriter::new(mem, chain).map_err(|e| format!("reply buffers: {e}"))?;
     // The FUSE server is third-party code fed with guest input: a panic in
     // it costs this request, not the device.
+    let hook = RequestHook::default();
     let result = catch_unwind(AssertUnwindSafe(|| {
-        server.handle_message(reader, writer.into(), None, None)
+        server.handle_message(reader, writer.into(), None, Some(&hook))
     }))
     .map_err(|_| "the FUSE server panicked".to_string())?;
     let written = result.map_err(|e| format!("FUSE: {e}"))?;
+    hook.count(written, counters);
     u32::try_from(written).map_err(|_| "reply longer than 4 GiB".to_string())
-}
-
-/// Clears a queue notification eventfd.
-fn drain(evt: &EventFd) {
-    match evt.read() {
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-        Err(e) => warn!("virtio-fs: reading a queue notification: {e}"),
-    }
 }

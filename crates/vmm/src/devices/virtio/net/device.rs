@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tracing::debug;
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 
+use super::super::counters::{DeviceCounters, DeviceKind};
 use super::super::worker::WorkerHandle;
 use super::super::VirtioDevice;
 use super::super::{read_config_bytes, ActivateError, ActiveQueue, GuestMemory, Interrupt};
@@ -36,6 +37,7 @@ pub struct VirtioNet {
     config: [u8; CONFIG_LEN],
     acked_features: u64,
     worker: Option<WorkerHandle>,
+    counters: Arc<DeviceCounters>,
 }
 
 impl VirtioNet {
@@ -65,6 +67,7 @@ impl VirtioNet {
             config: config_space(mac, mtu),
             acked_features: 0,
             worker: None,
+            counters: Arc::new(DeviceCounters::new(DeviceKind::Net, "detached")),
         }
     }
 
@@ -73,6 +76,7 @@ impl VirtioNet {
     pub fn with_tap(tap_name: String, tap: File, mac: MacAddr, mtu: Option<u16>) -> Self {
         Self {
             tap: Some(Arc::new(tap)),
+            counters: Arc::new(DeviceCounters::new(DeviceKind::Net, &tap_name)),
             tap_name,
             mac,
             mtu,
@@ -130,6 +134,10 @@ impl VirtioDevice for VirtioNet {
         read_config_bytes(&self.config, offset, data);
     }
 
+    fn counters(&self) -> Option<Arc<DeviceCounters>> {
+        Some(self.counters.clone())
+    }
+
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only legacy drivers write the MAC here; it stays as configured.
         debug!(
@@ -150,8 +158,14 @@ impl VirtioDevice for VirtioNet {
             .try_into()
             .map_err(|_| ActivateError::QueueCount { expected: 2, got })?;
         self.stop_worker();
-        let worker =
-            Worker::new(mem, interrupt, queues, self.tap.clone()).map_err(ActivateError::Worker)?;
+        let worker = Worker::new(
+            mem,
+            interrupt,
+            queues,
+            self.tap.clone(),
+            self.counters.clone(),
+        )
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(
             worker
                 .spawn(&self.tap_name)

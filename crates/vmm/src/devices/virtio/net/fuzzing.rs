@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::sync::Arc;
 
+use super::super::counters::{DeviceCounters, DeviceKind};
 use super::super::{ActiveQueue, GuestMemory, Interrupt};
 use super::worker::Worker;
 
@@ -27,7 +28,13 @@ impl QueueDriver {
         tap: Option<Arc<File>>,
     ) -> std::io::Result<Self> {
         Ok(Self {
-            worker: Worker::new(mem, interrupt, queues, tap)?,
+            worker: Worker::new(
+                mem,
+                interrupt,
+                queues,
+                tap,
+                Arc::new(DeviceCounters::new(DeviceKind::Net, "fuzz")),
+            )?,
         })
     }
 

@@ -131,6 +131,24 @@ struct Harness {
     wire: UnixDatagram,
 }
 
+impl Harness {
+    /// The device's counters once `done` holds for them (or the wait ran
+    /// out: the caller's assertions then say what is missing).
+    fn counters_when(
+        &self,
+        done: impl Fn(&nacre_vmm_api::DeviceCounters) -> bool,
+    ) -> nacre_vmm_api::DeviceCounters {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let c = self.device.counters().unwrap().snapshot();
+            if done(&c) || Instant::now() > deadline {
+                return c;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 pub(super) fn frame(payload_len: usize, fill: u8) -> Vec<u8> {
     let mut f = vec![0u8; VNET_HDR_LEN];
     f.extend(std::iter::repeat_n(fill, payload_len));
@@ -148,7 +166,7 @@ impl Harness {
         let mut device = VirtioNet::with_tap("test0".into(), tap, MAC, Some(1500));
         let status = Arc::new(AtomicU32::new(0));
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let interrupt = Arc::new(Interrupt::new(status.clone(), irq));
+        let interrupt = Arc::new(Interrupt::new(status.clone(), irq).counted(device.counters()));
         let rx_kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let tx_kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let queues = vec![
@@ -230,6 +248,15 @@ fn guest_frames_reach_the_tap() {
     h.tx_kick.write(1).unwrap();
     let n = h.wire.recv(&mut got).unwrap();
     assert_eq!(&got[..n], &good[..], "the short chain was dropped");
+    // Two frames of 60 and 20 bytes sent (headers not counted), the short
+    // chain not; two kicks, an interrupt per batch.
+    let c = h.counters_when(|c| c.packets["tx"] == 2 && c.notifications == 2);
+    assert_eq!((c.device.as_str(), c.name.as_str()), ("net", "test0"));
+    assert_eq!(c.packets, [("rx".into(), 0), ("tx".into(), 2)].into());
+    assert_eq!(c.bytes, [("rx".into(), 0), ("tx".into(), 80)].into());
+    assert_eq!(c.notifications, 2);
+    assert!((1..=2).contains(&c.interrupts), "{c:?}");
+    assert!(c.requests.is_empty());
     drop(h.device);
 }
 
@@ -287,6 +314,12 @@ fn tap_frames_fill_guest_buffers() {
         .unwrap();
     assert!(tail.iter().all(|&b| b == 2));
     assert_ne!(h.status.load(Ordering::SeqCst) & VIRTIO_MMIO_INT_VRING, 0);
+    // The frames of 100 and 200 bytes arrived; the dropped one is not
+    // counted.
+    let c = h.counters_when(|c| c.packets["rx"] == 2);
+    assert_eq!(c.packets["rx"], 2, "{c:?}");
+    assert_eq!(c.bytes["rx"], 300, "{c:?}");
+    assert_eq!(c.packets["tx"], 0, "{c:?}");
 
     // A reset stops the worker; the device can be dropped cleanly.
     let mut device = h.device;
@@ -307,6 +340,7 @@ fn suppressed_interrupts_are_not_sent() {
     assert_eq!(h.wire.recv(&mut got).unwrap(), sent.len());
     assert_eq!(tx.wait_used(), (0, 0));
     assert_eq!(h.status.load(Ordering::SeqCst), 0, "an interrupt was sent");
+    assert_eq!(h.device.counters().unwrap().snapshot().interrupts, 0);
 
     // The receive ring still wants interrupts.
     let mut rx = Ring::at(&h.mem, RX_RING);
@@ -322,4 +356,5 @@ fn suppressed_interrupts_are_not_sent() {
         );
         thread::sleep(Duration::from_millis(1));
     }
+    assert_eq!(h.device.counters().unwrap().snapshot().interrupts, 1);
 }

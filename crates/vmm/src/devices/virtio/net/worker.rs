@@ -17,9 +17,10 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::super::counters::DeviceCounters;
 use super::super::worker::WorkerHandle;
 use super::super::{ActiveQueue, GuestMemory, Interrupt};
-use super::frame::{read_tx, write_rx, MAX_FRAME_LEN};
+use super::frame::{read_tx, write_rx, MAX_FRAME_LEN, VNET_HDR_LEN};
 
 const KILL_TOKEN: u64 = 0;
 const RX_TOKEN: u64 = 1;
@@ -46,17 +47,20 @@ pub struct Worker {
     pending: Option<usize>,
     tx_buf: Vec<u8>,
     warnings_left: u32,
+    counters: Arc<DeviceCounters>,
 }
 
 impl Worker {
     /// Builds a worker over the receive and transmit queues (in that
     /// order) and `tap`, a non-blocking descriptor that reads and writes
-    /// one frame (with its vnet header) per call (None: detached).
+    /// one frame (with its vnet header) per call (None: detached),
+    /// counting in `counters`.
     pub fn new(
         mem: GuestMemory,
         interrupt: Arc<Interrupt>,
         queues: [ActiveQueue; 2],
         tap: Option<Arc<File>>,
+        counters: Arc<DeviceCounters>,
     ) -> std::io::Result<Self> {
         let [rx, tx] = queues;
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -89,6 +93,7 @@ impl Worker {
             pending: None,
             tx_buf: Vec::with_capacity(MAX_FRAME_LEN),
             warnings_left: WARN_BUDGET,
+            counters,
         })
     }
 
@@ -122,8 +127,8 @@ impl Worker {
                         debug!("virtio-net: worker stopping");
                         return;
                     }
-                    RX_TOKEN => drain(&self.rx.notify),
-                    TX_TOKEN => drain(&self.tx.notify),
+                    RX_TOKEN => self.counters.take_notifications(&self.rx.notify),
+                    TX_TOKEN => self.counters.take_notifications(&self.tx.notify),
                     _ => {}
                 }
             }
@@ -156,9 +161,11 @@ impl Worker {
             match read_tx(&self.mem, chain, &mut self.tx_buf) {
                 Ok(()) => {
                     let written = self.tap.as_deref().map(|mut tap| tap.write(&self.tx_buf));
-                    if let Some(Err(e)) = written {
+                    match written {
                         // A full tap queue drops the frame, as a wire would.
-                        self.warn(format_args!("dropping a transmit frame: {e}"));
+                        Some(Err(e)) => self.warn(format_args!("dropping a transmit frame: {e}")),
+                        // Sent (or dropped by a detached device, as unplugged).
+                        _ => self.counters.sent(payload_len(self.tx_buf.len())),
                     }
                 }
                 Err(e) => self.warn(format_args!("dropping a transmit chain: {e}")),
@@ -203,7 +210,10 @@ impl Worker {
             };
             let head = chain.head_index();
             let written = match write_rx(&self.mem, chain, &self.rx_buf[..len]) {
-                Ok(n) => n,
+                Ok(n) => {
+                    self.counters.received(payload_len(len));
+                    n
+                }
                 Err(e) => {
                     self.warn(format_args!("dropping a receive frame: {e}"));
                     0
@@ -260,11 +270,7 @@ fn wants_interrupt(queue: &Queue, mem: &GuestMemory) -> bool {
         .unwrap_or(true)
 }
 
-/// Clears a queue notification eventfd.
-fn drain(evt: &EventFd) {
-    match evt.read() {
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-        Err(e) => warn!("virtio-net: reading a queue notification: {e}"),
-    }
+/// The Ethernet frame's length in a tap frame of `len` bytes.
+fn payload_len(len: usize) -> u64 {
+    len.saturating_sub(VNET_HDR_LEN) as u64
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 
+use super::super::counters::{DeviceCounters, DeviceKind};
 use super::super::{ActivateError, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
 use super::muxer::Muxer;
 use super::worker::Worker;
@@ -49,6 +50,7 @@ pub struct Vsock {
     acked_features: u64,
     worker: Option<WorkerHandle>,
     transport_reset: bool,
+    counters: Arc<DeviceCounters>,
 }
 
 impl Vsock {
@@ -82,6 +84,7 @@ impl Vsock {
             acked_features: 0,
             worker: None,
             transport_reset: false,
+            counters: Arc::new(DeviceCounters::new(DeviceKind::Vsock, "vsock")),
         })
     }
 
@@ -135,6 +138,10 @@ impl VirtioDevice for Vsock {
         debug!(offset, len = data.len(), "vsock: ignoring a config write");
     }
 
+    fn counters(&self) -> Option<Arc<DeviceCounters>> {
+        Some(self.counters.clone())
+    }
+
     fn activate(
         &mut self,
         mem: GuestMemory,
@@ -150,8 +157,15 @@ impl VirtioDevice for Vsock {
         let muxer = Muxer::new(self.guest_cid, self.uds_path.clone(), listener)
             .map_err(ActivateError::Worker)?;
         let transport_reset = std::mem::take(&mut self.transport_reset);
-        let worker = Worker::new(mem, interrupt, queues, muxer, transport_reset)
-            .map_err(ActivateError::Worker)?;
+        let worker = Worker::new(
+            mem,
+            interrupt,
+            queues,
+            muxer,
+            transport_reset,
+            self.counters.clone(),
+        )
+        .map_err(ActivateError::Worker)?;
         self.worker = Some(worker.spawn().map_err(ActivateError::Worker)?);
         debug!(guest_cid = self.guest_cid, "vsock: activated");
         Ok(())

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use vmm_sys_util::epoll::EpollEvent;
 
+use super::super::counters::{DeviceCounters, DeviceKind};
 use super::super::{ActiveQueue, GuestMemory, Interrupt};
 use super::muxer::Muxer;
 use super::packet::{read_packet, RxBuffer};
@@ -124,7 +125,14 @@ impl QueueDriver {
     ) -> std::io::Result<Self> {
         let muxer = Muxer::new(guest_cid, uds_path, listener)?;
         Ok(Self {
-            worker: Worker::new(mem, interrupt, queues, muxer, false)?,
+            worker: Worker::new(
+                mem,
+                interrupt,
+                queues,
+                muxer,
+                false,
+                Arc::new(DeviceCounters::new(DeviceKind::Vsock, "fuzz")),
+            )?,
         })
     }
 

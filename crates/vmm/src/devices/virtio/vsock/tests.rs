@@ -163,7 +163,8 @@ impl<'a> Guest<'a> {
         let tx_kick = queues[1].notify.try_clone().unwrap();
         let ev_kick = queues[2].notify.try_clone().unwrap();
         let irq_status = Arc::new(AtomicU32::new(0));
-        let interrupt = Arc::new(Interrupt::new(irq_status.clone(), notify()));
+        let interrupt =
+            Arc::new(Interrupt::new(irq_status.clone(), notify()).counted(device.counters()));
         device.set_acked_features(device.avail_features());
         device.activate(mem.clone(), interrupt, queues).unwrap();
         let mut guest = Self {
@@ -583,6 +584,16 @@ fn host_connect_ping_pong_and_disconnect() {
     g.send(pkt(OP_RW, 1024, hport), b"late");
     let (rst, _) = g.recv_one();
     assert_eq!(rst.op, OP_RST);
+
+    // Payload bytes only: "ping" to the guest, "pong" and "late" from it;
+    // each packet either way (request, ping, credit update, shutdown, two
+    // RSTs; response, pong, credit request, late), the guest's kicks and
+    // the interrupts for them.
+    let c = g.device.counters().unwrap().snapshot();
+    assert_eq!((c.device.as_str(), c.name.as_str()), ("vsock", "vsock"));
+    assert_eq!(c.bytes, [("rx".into(), 4), ("tx".into(), 8)].into());
+    assert!(c.packets["rx"] >= 6 && c.packets["tx"] >= 4, "{c:?}");
+    assert!(c.notifications >= 4 && c.interrupts >= 1, "{c:?}");
 }
 
 #[test]

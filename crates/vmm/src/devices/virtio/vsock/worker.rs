@@ -13,9 +13,10 @@ use virtio_queue::{QueueOwnedT, QueueT, Writer};
 use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::super::counters::DeviceCounters;
 use super::super::{ActiveQueue, GuestMemory, Interrupt};
 use super::muxer::Muxer;
-use super::packet::{read_packet, RxBuffer, MAX_PAYLOAD};
+use super::packet::{read_packet, Header, RxBuffer, MAX_PAYLOAD};
 
 const KILL_TOKEN: u64 = 0;
 const RX_TOKEN: u64 = 1;
@@ -46,6 +47,7 @@ pub struct Worker {
     reset_ack_deadline: Option<Instant>,
     /// When the guest is interrupted again while the reset is unhandled.
     reset_nudge_at: Option<Instant>,
+    counters: Arc<DeviceCounters>,
 }
 
 /// How often the guest is interrupted again while it has not handled a
@@ -57,13 +59,15 @@ const RESET_NUDGE_INTERVAL: Duration = Duration::from_millis(200);
 const RESET_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Worker {
-    /// Builds a worker over the rx, tx and event queues (in that order).
+    /// Builds a worker over the rx, tx and event queues (in that order),
+    /// counting in `counters`.
     pub fn new(
         mem: GuestMemory,
         interrupt: Arc<Interrupt>,
         queues: [ActiveQueue; 3],
         muxer: Muxer,
         transport_reset: bool,
+        counters: Arc<DeviceCounters>,
     ) -> std::io::Result<Self> {
         let [rx, tx, event] = queues;
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -97,6 +101,7 @@ impl Worker {
             pending_reset_event: transport_reset,
             reset_ack_deadline: None,
             reset_nudge_at: None,
+            counters,
         })
     }
 
@@ -117,7 +122,7 @@ impl Worker {
             // A kick already pending came before the event exists: it is
             // not the guest's answer to it (the test saw clients served
             // before the guest had handled the reset).
-            drain(&self.event.notify);
+            self.counters.take_notifications(&self.event.notify);
             self.send_reset_event();
         }
         // The driver may have queued packets before the device started.
@@ -154,10 +159,10 @@ impl Worker {
                         debug!("vsock: worker stopping");
                         return;
                     }
-                    RX_TOKEN => drain(&self.rx.notify),
-                    TX_TOKEN => drain(&self.tx.notify),
+                    RX_TOKEN => self.counters.take_notifications(&self.rx.notify),
+                    TX_TOKEN => self.counters.take_notifications(&self.tx.notify),
                     EVENT_TOKEN => {
-                        drain(&self.event.notify);
+                        self.counters.take_notifications(&self.event.notify);
                         if self.pending_reset_event {
                             self.send_reset_event();
                         } else if self.reset_ack_deadline.is_some() {
@@ -212,7 +217,10 @@ impl Worker {
             };
             let head = chain.head_index();
             match read_packet(&self.mem, chain, &mut self.payload) {
-                Ok(hdr) => self.muxer.handle_guest_packet(&hdr, &self.payload),
+                Ok(hdr) => {
+                    self.counters.sent(self.payload.len() as u64);
+                    self.muxer.handle_guest_packet(&hdr, &self.payload);
+                }
                 Err(e) => {
                     if self.warnings_left > 0 {
                         self.warnings_left -= 1;
@@ -240,7 +248,13 @@ impl Worker {
             let head = chain.head_index();
             let written = match RxBuffer::new(&self.mem, chain) {
                 Ok(buf) => match self.muxer.fill_rx(buf) {
-                    Some(n) => n,
+                    Some(n) => {
+                        if n > 0 {
+                            let payload = (n as usize).saturating_sub(Header::SIZE);
+                            self.counters.received(payload as u64);
+                        }
+                        n
+                    }
                     None => {
                         self.rx.queue.go_to_previous_position();
                         break;
@@ -304,14 +318,5 @@ impl Worker {
         if let Err(e) = self.muxer.set_accepting(true) {
             error!("vsock: watching the host socket again: {e}");
         }
-    }
-}
-
-/// Clears a queue notification eventfd.
-fn drain(evt: &EventFd) {
-    match evt.read() {
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-        Err(e) => warn!("vsock: reading a queue notification: {e}"),
     }
 }
