@@ -177,11 +177,11 @@ pub fn section(runs: &[RunPhases]) -> Section {
             format!(
                 "`NACRE_TRACE=<file> nacre run` of the busybox bundle, median of {n}. Host spans \
                  nest: `cli run` is the whole command (`cli monitor` its monitor's life), `monitor.setup` holds `sandbox.start` \
-                 (template restore or cold boot, to the first agent answer), `agent.SetTime` \
-                 and `agent.CreateContainer`; `container.wait` runs from the \
+                 (template restore or cold boot, to the first agent answer; a cold boot's \
+                 `agent.SetTime`) and `agent.CreateContainer`; `container.wait` runs from the \
                  monitor's report to the init's exit (the CLI's `agent.StartContainer` inside \
                  it); guest spans are the agent's, timed in the guest (RPCs, the creation's steps \
-                 `create.*`, the forked child's setup `child.*`; the 12 longest)."
+                 `create.*`, the container child's setup `child.*`; the 12 longest)."
             ),
             format!(
                 "Host CPU per start (median seconds, user + system): CLI {cli:.3}, monitor \

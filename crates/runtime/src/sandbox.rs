@@ -140,7 +140,14 @@ impl Sandbox {
             }
             other => other?,
         };
-        sandbox.agent.restored(identity)?;
+        // The guest's clock is set from the time of this call (the
+        // identity was made before the VMM started), so no SetTime need
+        // follow.
+        let now = RestoredIdentity {
+            time: std::time::SystemTime::now(),
+            ..identity.clone()
+        };
+        sandbox.agent.restored(&now)?;
         sandbox.boot_time = start.elapsed();
         tracing::info!(pid = sandbox.vm.pid(), boot_time = ?sandbox.boot_time, "sandbox restored");
         Ok(sandbox)

@@ -163,10 +163,14 @@ impl Pod {
                 "sandbox VM ready (cold boot)"
             ),
         }
-        if let Err(e) = tracing::info_span!("agent.SetTime")
-            .in_scope(|| sandbox.agent().set_time(SystemTime::now()))
-        {
-            tracing::warn!("setting the guest clock: {e}");
+        // A restored guest got the time with `Agent.Restored` just now; a
+        // cold one has its RTC's (whole seconds) and gets it here.
+        if matches!(kind, StartKind::Cold(_)) {
+            if let Err(e) = tracing::info_span!("agent.SetTime")
+                .in_scope(|| sandbox.agent().set_time(SystemTime::now()))
+            {
+                tracing::warn!("setting the guest clock: {e}");
+            }
         }
         // Container calls share the boot connection with more time than
         // the boot probe's (a loaded host running emulated guests is
