@@ -186,6 +186,20 @@ impl Fixture {
         self.inner.publisher.recorded()
     }
 
+    /// The events once `topic` is among them: an exit is recorded (and
+    /// Wait answers) just before its TaskExit is published, as in
+    /// containerd's runc shim.
+    async fn events_with(&self, topic: &str) -> Vec<String> {
+        for _ in 0..500 {
+            let events = self.events();
+            if events.iter().any(|t| t == topic) {
+                return events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.events()
+    }
+
     fn boots(&self) -> u32 {
         *self.boots.lock().unwrap()
     }
@@ -331,7 +345,7 @@ async fn an_oom_kill_in_the_guest_is_published_before_its_exit() {
     f.start("sb", "").await.unwrap();
     f.agent.oom_kill("sb", "");
     assert_eq!(f.wait("sb", "").await, 137);
-    let events = f.events();
+    let events = f.events_with(topics::TASK_EXIT_EVENT_TOPIC).await;
     let oom = events
         .iter()
         .position(|t| t == topics::TASK_OOM_EVENT_TOPIC)
