@@ -36,7 +36,7 @@ pub const SHIM_PHASES: [&str; 18] = [
     "task.delete",
     "agent.RemoveContainer",
     "task.cleanup",
-    "sandbox.shutdown",
+    "sandbox.stop",
 ];
 
 /// The traced starts of one kind, and why they stopped early if they did.
@@ -157,7 +157,7 @@ pub fn section(what: &str, wall: &str, traced: &Traced) -> Section {
              the pod's taps, `sandbox.start` the template restore or cold boot to the first \
              agent answer, `agent.ConfigureNetwork` the guest's interfaces), \
              `agent.CreateContainer` the rootfs share and the guest's creation, \
-             `task.cleanup` the share's removal, `sandbox.shutdown` the VM's stop. A pod's \
+             `task.cleanup` the share's removal, `sandbox.stop` the VM's stop (the VMM killed once the last container is deleted; the guest is not asked to remove that container). A pod's \
              two containers (pause and `sleep`) are summed. Guest spans are the agent's, \
              timed in the guest (the 12 longest). No span marks a first output: these \
              starts print nothing.",

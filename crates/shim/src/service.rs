@@ -724,13 +724,21 @@ impl Inner {
                 .ok_or_else(|| ShimError::NotFound(format!("container {cid}")))?;
             (c.share.clone(), c.mounted_rootfs.clone())
         };
+        // The last container: the VM is stopped right after, so the guest
+        // is not asked to take the container apart first.
+        let last = {
+            let table = self.containers()?;
+            table.len() == 1 && table.contains_key(&cid)
+        };
         let id = cid.clone();
         let vm2 = vm.clone();
         blocking(move || {
             match vm2 {
                 Some(vm) if vm.exit_status().is_none() => {
-                    if let Err(e) = vm.pod().container(&id).remove() {
-                        tracing::warn!(cid = id, "removing the container in the VM: {e}");
+                    if !last {
+                        if let Err(e) = vm.pod().container(&id).remove() {
+                            tracing::warn!(cid = id, "removing the container in the VM: {e}");
+                        }
                     }
                     // This container's spans in the guest, while it
                     // answers.
@@ -759,7 +767,7 @@ impl Inner {
             if let Some(vm) = guard.take() {
                 let _ = blocking(move || {
                     vm.trace_guest(true);
-                    vm.shutdown();
+                    vm.stop();
                     Ok(())
                 })
                 .await;

@@ -202,6 +202,17 @@ impl Vm {
         }
     }
 
+    /// Stops the VM once its last container is deleted: every process in
+    /// it has exited and nothing in the guest needs flushing (the share is
+    /// write-through, there is no block device), so the VMM is killed
+    /// without a guest shutdown (as the CLI's monitor does); then the
+    /// sandbox directory is removed. Blocking.
+    pub fn stop(&self) {
+        let _span = tracing::info_span!("sandbox.stop").entered();
+        self.pod.kill();
+        pod::remove_sandbox_dir(&self.dir);
+    }
+
     /// Shuts the VM down (agent Shutdown, kill after a timeout), unmounts
     /// the shared directory and removes the sandbox directory. Blocking.
     pub fn shutdown(&self) {

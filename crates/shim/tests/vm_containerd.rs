@@ -333,7 +333,7 @@ fn traced(trace: &Path, id: &str) -> Result<(), String> {
         "task.wait",
         "task.exit",
         "task.delete",
-        "sandbox.shutdown",
+        "sandbox.stop",
     ] {
         if !host.contains(&want) {
             return Err(format!("no shim span {want}: {host:?}"));

@@ -338,6 +338,32 @@ pub fn validate_signal(id: &str, signal: u32) -> Result<libc::c_int, ContainerEr
     }
 }
 
+/// Device rules the usual clients write, whose programs the agent loads
+/// before a template is snapshotted (the kernel's verifier costs about
+/// half a second of emulated guest time per new program): deny all (runc,
+/// crun, podman, containerd's CRI), and deny all with containerd's default
+/// Unix devices allowed (`ctr run`, containerd 1.6's
+/// `oci.WithDefaultUnixDevices`, in its order).
+const USUAL_DEVICE_RULES: &[(&str, &str)] = &[
+    (
+        "runc's default spec",
+        r#"{"devices":[{"allow":false,"access":"rwm"}]}"#,
+    ),
+    (
+        "containerd's default Unix devices",
+        r#"{"devices":[{"allow":false,"access":"rwm"},
+            {"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"},
+            {"allow":true,"type":"c","major":1,"minor":8,"access":"rwm"},
+            {"allow":true,"type":"c","major":1,"minor":7,"access":"rwm"},
+            {"allow":true,"type":"c","major":5,"minor":0,"access":"rwm"},
+            {"allow":true,"type":"c","major":1,"minor":5,"access":"rwm"},
+            {"allow":true,"type":"c","major":1,"minor":9,"access":"rwm"},
+            {"allow":true,"type":"c","major":5,"minor":1,"access":"rwm"},
+            {"allow":true,"type":"c","major":136,"access":"rwm"},
+            {"allow":true,"type":"c","major":5,"minor":2,"access":"rwm"}]}"#,
+    ),
+];
+
 impl<L: Launcher> Engine<L> {
     /// An engine starting processes through `launcher`, with container
     /// cgroups under `cgroup_root` (none if it has no cgroup v2 there).
@@ -374,22 +400,23 @@ impl<L: Launcher> Engine<L> {
             tracing::warn!("preparing the containers' cgroup: {e}");
             return;
         }
-        // What runc, crun and containerd's CRI write: deny every device,
-        // the default ones allowed on top.
-        let usual = br#"{"root":{"path":"/"},"process":{"args":["true"]},
-            "linux":{"resources":{"devices":[{"allow":false,"access":"rwm"}]}}}"#;
-        let rules = Spec::parse(usual).ok().and_then(|spec| {
-            Some((
-                spec.resources().device_rules().ok()?,
-                spec.device_node_rules().ok()?,
-            ))
-        });
-        let Some((rules, nodes)) = rules else {
-            tracing::warn!("the usual device rules did not parse");
-            return;
-        };
-        if let Err(e) = super::devices::preload(&rules, &nodes) {
-            tracing::warn!("loading the default device program: {e}");
+        for (what, resources) in USUAL_DEVICE_RULES {
+            let spec = format!(
+                r#"{{"root":{{"path":"/"}},"process":{{"args":["true"]}},"linux":{{"resources":{resources}}}}}"#
+            );
+            let rules = Spec::parse(spec.as_bytes()).ok().and_then(|spec| {
+                Some((
+                    spec.resources().device_rules().ok()?,
+                    spec.device_node_rules().ok()?,
+                ))
+            });
+            let Some((rules, nodes)) = rules else {
+                tracing::warn!("the device rules of {what} did not parse");
+                continue;
+            };
+            if let Err(e) = super::devices::preload(&rules, &nodes) {
+                tracing::warn!("loading the device program of {what}: {e}");
+            }
         }
     }
 
