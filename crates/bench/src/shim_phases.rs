@@ -73,12 +73,8 @@ pub fn measure_ctr(h: &Harness, trace: &Path, runs: usize) -> Traced {
             out.error = Some(e.to_string());
             break;
         }
-        match take_trace(h, trace) {
-            Ok(doc) => out.runs.push(analyse(&doc, wall)),
-            Err(e) => {
-                out.error = Some(e);
-                break;
-            }
+        if !record(&mut out, h, trace, wall) {
+            break;
         }
     }
     out
@@ -114,15 +110,26 @@ pub fn measure_pod(h: &Harness, trace: &Path, runs: usize, timeout: Duration) ->
                 break;
             }
         };
-        match take_trace(h, trace) {
-            Ok(doc) => out.runs.push(analyse(&doc, wall)),
-            Err(e) => {
-                out.error = Some(e);
-                break;
-            }
+        if !record(&mut out, h, trace, wall) {
+            break;
         }
     }
     out
+}
+
+/// Adds the trace of the start just timed (`wall` seconds); false, with
+/// the error kept, when it cannot be read.
+fn record(out: &mut Traced, h: &Harness, trace: &Path, wall: f64) -> bool {
+    match take_trace(h, trace) {
+        Ok(doc) => {
+            out.runs.push(analyse(&doc, wall));
+            true
+        }
+        Err(e) => {
+            out.error = Some(e);
+            false
+        }
+    }
 }
 
 /// Waits until the harness's shims are gone (each writes its last events
