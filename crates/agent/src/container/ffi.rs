@@ -470,11 +470,6 @@ pub fn umask(mask: u32) {
     unsafe { libc::umask(mask) };
 }
 
-/// execve(2); returns only on failure.
-pub fn execve(path: &CStr, args: &[CString], env: &[CString]) -> io::Error {
-    ExecArgs::new(path.to_owned(), args.to_vec(), env.to_vec()).execve()
-}
-
 /// What execve needs, built before the call: a child sharing the agent's
 /// memory (see `vfork`) leaves it to the agent, which frees it, instead of
 /// leaking what it allocated.
