@@ -92,10 +92,12 @@ impl ReapTable {
     }
 
     /// Watches `pid`, a child started while [`ReapTable::expecting`] was
-    /// counted, with the status it already has if it was reaped meanwhile.
-    fn claim(&mut self, pid: libc::pid_t) {
+    /// counted, with the status it already has if it was reaped meanwhile;
+    /// returns whether it had one.
+    fn claim(&mut self, pid: libc::pid_t) -> bool {
         let status = self.unclaimed.remove(&pid);
         self.watched.insert(pid, status);
+        status.is_some()
     }
 
     fn end_expecting(&mut self) {
@@ -110,12 +112,6 @@ impl ReapTable {
         let status = (*self.watched.get(&pid)?)?;
         self.watched.remove(&pid);
         Some(status)
-    }
-
-    /// Whether the just claimed `pid` has a status already (waiters are
-    /// then woken).
-    fn take_if_claimed_exited(&self, pid: libc::pid_t) -> bool {
-        matches!(self.watched.get(&pid), Some(Some(_)))
     }
 
     /// Whether `pid` is watched.
@@ -255,9 +251,8 @@ impl Expecting {
     /// Watches `pid` (as [`Reaper::spawn`] does), with its status if it
     /// has already been reaped.
     pub fn claim(self, pid: libc::pid_t) {
-        let mut table = self.shared.lock();
-        table.claim(pid);
-        if table.take_if_claimed_exited(pid) {
+        // Waiters are woken when the child has already been reaped.
+        if self.shared.lock().claim(pid) {
             self.shared.changed.notify_all();
         }
     }
@@ -359,7 +354,7 @@ mod tests {
         };
         assert!(!table.record(12, ExitStatus::Exited(3)));
         assert!(!table.record(13, ExitStatus::Exited(0)));
-        table.claim(12);
+        assert!(table.claim(12), "reaped before it was claimed");
         assert_eq!(table.take(12), Some(ExitStatus::Exited(3)));
         table.end_expecting();
         assert!(table.unclaimed.is_empty(), "orphans forgotten");

@@ -351,9 +351,9 @@ fn populate_dev(
     // rootfs followed), with mode 0666 whatever the umask.
     let dir = ffi::open(&dev, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
         .map_err(ctx(|| format!("opening {}", dev.display())))?;
-    let umask = ffi::swap_umask(0);
+    let umask = ffi::umask(0);
     let made = make_nodes(&dir, &dev, nodes);
-    ffi::swap_umask(umask);
+    ffi::umask(umask);
     made?;
     if !has_pts {
         let pts = dev.join("pts");

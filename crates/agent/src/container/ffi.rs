@@ -116,12 +116,6 @@ pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<
     check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
 }
 
-/// umask(2); returns the previous mask.
-pub fn swap_umask(mask: libc::mode_t) -> libc::mode_t {
-    // SAFETY: umask has no memory effects and cannot fail.
-    unsafe { libc::umask(mask) }
-}
-
 /// Opens `path` read-only with O_CLOEXEC.
 pub fn open(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     let c = path_c(path)?;
@@ -464,10 +458,10 @@ pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()
     check_long(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) }).map(drop)
 }
 
-/// umask(2).
-pub fn umask(mask: u32) {
+/// umask(2); returns the previous mask.
+pub fn umask(mask: libc::mode_t) -> libc::mode_t {
     // SAFETY: umask has no memory effects and cannot fail.
-    unsafe { libc::umask(mask) };
+    unsafe { libc::umask(mask) }
 }
 
 /// What execve needs, built before the call: a child sharing the agent's

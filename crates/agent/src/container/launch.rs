@@ -208,8 +208,8 @@ impl LinuxLauncher {
         let _ = self.reaper.wait(pid);
     }
 
-    /// A child that reported a failure or exited: its message (or
-    /// `otherwise`), the child reaped.
+    /// A child that reported a failure or exited: `message`, the child
+    /// reaped; the start's own error when the child was never made.
     fn failed(&self, started: &Started, expecting: Expecting, message: String) -> String {
         match Self::claim(started, expecting) {
             Ok(pid) => {
