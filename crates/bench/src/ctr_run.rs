@@ -25,6 +25,30 @@ pub struct CtrTimes {
     pub error: Option<String>,
 }
 
+/// `ctr run --rm <image> <id> true` under `runtime_type`: its wall
+/// seconds, spawn to exit. A failed run's container (which `--rm` can
+/// leave) is removed.
+pub fn run_true(h: &Harness, runtime_type: &str, id: &str) -> Result<f64, String> {
+    let start = Instant::now();
+    let r = h.ctd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime_type,
+        TEST_IMAGE,
+        id,
+        "true",
+    ]);
+    let elapsed = start.elapsed().as_secs_f64();
+    match r {
+        Ok(_) => Ok(elapsed),
+        Err(e) => {
+            let _ = h.ctd.ctr(&["containers", "rm", id]);
+            Err(e.to_string())
+        }
+    }
+}
+
 /// Runs `true` `runs` times under each runtime; a failed run ends that
 /// runtime's series (recorded in its `error`).
 pub fn measure(h: &Harness, runs: usize) -> Vec<CtrTimes> {
@@ -38,28 +62,14 @@ pub fn measure(h: &Harness, runs: usize) -> Vec<CtrTimes> {
             };
             for i in 0..runs {
                 eprintln!("[ctr {name}] run {}/{runs} of `true`...", i + 1);
-                let id = format!("bench-ctr-{name}-{i}");
-                let start = Instant::now();
-                let r = h.ctd.ctr(&[
-                    "run",
-                    "--rm",
-                    "--runtime",
-                    runtime_type,
-                    TEST_IMAGE,
-                    &id,
-                    "true",
-                ]);
-                let elapsed = start.elapsed().as_secs_f64();
-                match r {
-                    Ok(_) => {
+                match run_true(h, runtime_type, &format!("bench-ctr-{name}-{i}")) {
+                    Ok(elapsed) => {
                         eprintln!("    {elapsed:.3} s");
                         t.secs.push(elapsed);
                     }
                     Err(e) => {
                         eprintln!("    failed: {e}");
-                        // A failed `--rm` run can leave the container.
-                        let _ = h.ctd.ctr(&["containers", "rm", &id]);
-                        t.error = Some(e.to_string());
+                        t.error = Some(e);
                         break;
                     }
                 }

@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nacre_cri_tests::containerd::TEST_IMAGE;
 use serde_json::Value;
 
 use crate::harness::{Harness, SHIM};
@@ -57,22 +56,13 @@ pub fn measure_ctr(h: &Harness, trace: &Path, runs: usize) -> Traced {
     for i in 0..runs {
         eprintln!("[ctr nacre] traced run {}/{runs} of `true`...", i + 1);
         let id = format!("bench-ctr-traced-{i}");
-        let start = Instant::now();
-        let r = h.ctd.ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            "io.containerd.nacre.v2",
-            TEST_IMAGE,
-            &id,
-            "true",
-        ]);
-        let wall = start.elapsed().as_secs_f64();
-        if let Err(e) = r {
-            let _ = h.ctd.ctr(&["containers", "rm", &id]);
-            out.error = Some(e.to_string());
-            break;
-        }
+        let wall = match crate::ctr_run::run_true(h, "io.containerd.nacre.v2", &id) {
+            Ok(wall) => wall,
+            Err(e) => {
+                out.error = Some(e);
+                break;
+            }
+        };
         if !record(&mut out, h, trace, wall) {
             break;
         }
