@@ -19,7 +19,9 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 
 #[derive(Default)]
 struct State {
-    jobs: VecDeque<Job>,
+    /// Queued jobs, each with its number (see `Pool::spawn`).
+    jobs: VecDeque<(u64, Job)>,
+    next: u64,
     /// Threads waiting for a job.
     idle: usize,
     /// Threads alive.
@@ -68,12 +70,6 @@ impl Pool {
         }
     }
 
-    /// How many idle threads it keeps.
-    #[must_use]
-    pub fn keep(&self) -> usize {
-        self.shared.keep
-    }
-
     /// Makes threads until `n` are alive (new ones wait for jobs).
     pub fn prestart(&self, n: usize) -> io::Result<()> {
         loop {
@@ -93,31 +89,38 @@ impl Pool {
 
     /// Runs `job` on an idle thread, or on a new one when none is idle.
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> io::Result<()> {
-        let grow = {
+        let (number, grow) = {
             let mut s = self.shared.lock();
-            s.jobs.push_back(Box::new(job));
+            let number = s.next;
+            s.next = s.next.wrapping_add(1);
+            s.jobs.push_back((number, Box::new(job)));
             // Each queued job needs an idle thread of its own.
             let grow = s.jobs.len() > s.idle;
             if grow {
                 s.threads += 1;
             }
-            grow
+            (number, grow)
         };
-        if grow {
-            if let Err(e) = self.start_thread() {
+        if !grow {
+            self.shared.ready.notify_one();
+            return Ok(());
+        }
+        match self.start_thread() {
+            Ok(()) => Ok(()),
+            Err(e) => {
                 let mut s = self.shared.lock();
                 s.threads -= 1;
-                // Nobody will run it: take it back (the last one queued
-                // is ours unless an idle thread took it meanwhile).
-                if s.jobs.len() > s.idle {
-                    s.jobs.pop_back();
+                // Nobody may run it: take it back, unless a thread that
+                // became idle meanwhile took it (then it runs).
+                match s.jobs.iter().position(|(n, _)| *n == number) {
+                    Some(i) => {
+                        s.jobs.remove(i);
+                        Err(e)
+                    }
+                    None => Ok(()),
                 }
-                return Err(e);
             }
-        } else {
-            self.shared.ready.notify_one();
         }
-        Ok(())
     }
 
     fn start_thread(&self) -> io::Result<()> {
@@ -139,7 +142,7 @@ impl Pool {
 fn work(shared: &Shared) {
     let mut s = shared.lock();
     loop {
-        if let Some(job) = s.jobs.pop_front() {
+        if let Some((_, job)) = s.jobs.pop_front() {
             drop(s);
             // A panicking job costs its own work, not the thread count.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));

@@ -736,9 +736,7 @@ impl Inner {
             match vm2 {
                 Some(vm) if vm.exit_status().is_none() => {
                     if !last {
-                        if let Err(e) = vm.pod().container(&id).remove() {
-                            tracing::warn!(cid = id, "removing the container in the VM: {e}");
-                        }
+                        vm.remove_container(&id);
                     }
                     // This container's spans in the guest, while it
                     // answers.
@@ -772,6 +770,15 @@ impl Inner {
                 })
                 .await;
             }
+        } else if let (true, Some(vm)) = (last, vm) {
+            // A container was created meanwhile: the VM stays, so this one
+            // is taken apart in the guest after all.
+            let id = cid.clone();
+            let _ = blocking(move || {
+                vm.remove_container(&id);
+                Ok(())
+            })
+            .await;
         }
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,

@@ -202,6 +202,14 @@ impl Vm {
         }
     }
 
+    /// Takes container `cid` apart in the guest (a failure is logged: the
+    /// VM's end takes it anyway). Blocking.
+    pub fn remove_container(&self, cid: &str) {
+        if let Err(e) = self.pod.container(cid).remove() {
+            tracing::warn!(cid, "removing the container in the VM: {e}");
+        }
+    }
+
     /// Stops the VM once its last container is deleted: every process in
     /// it has exited and nothing in the guest needs flushing (the share is
     /// write-through, there is no block device), so the VMM is killed

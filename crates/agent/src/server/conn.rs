@@ -175,10 +175,8 @@ impl Connection {
 
     fn answer(&self, stream_id: u32, res: &Response) {
         match res.encode() {
-            Ok(payload) => {
-                let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-                self.write_frame(MessageHeader::new_response(stream_id, len), &payload);
-            }
+            // The frame's length is set by `write_frame`.
+            Ok(payload) => self.write_frame(MessageHeader::new_response(stream_id, 0), &payload),
             Err(e) => tracing::warn!("ttRPC: encoding an answer: {e:?}"),
         }
     }
