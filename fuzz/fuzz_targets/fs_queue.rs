@@ -337,7 +337,7 @@ fuzz_target!(|input: Input| {
     let planted = nacre_fuzz::contains(before.data(), SECRET)
         || nacre_fuzz::contains(before.data(), SECRET_NAME.as_bytes());
 
-    let server = Server::new(&s.share).unwrap();
+    let mut server = Server::new(&s.share).unwrap();
     server.serve_queue(&mut hiprio, &mem);
     server.serve_queue(&mut request_q, &mem);
     drop(server);

@@ -147,7 +147,10 @@ pub fn set_path() {
 }
 
 /// Mounts the host's shared directory (virtio-fs `tag`) at
-/// [`crate::config::SHARED_DIR`].
+/// [`crate::config::SHARED_DIR`], with its files mapped from the host's
+/// page cache through the device's DAX window (`dax=always`); where the
+/// device has no window (the kernel refuses the option), as before,
+/// read into the guest's own page cache.
 pub fn mount_shared(tag: &str) -> Result<(), MountError> {
     let target = Path::new(crate::config::SHARED_DIR);
     let err = |source| MountError {
@@ -156,7 +159,14 @@ pub fn mount_shared(tag: &str) -> Result<(), MountError> {
         source,
     };
     std::fs::create_dir_all(target).map_err(err)?;
-    sys::mount(tag, target, "virtiofs", 0, None).map_err(err)
+    match sys::mount(tag, target, "virtiofs", 0, Some("dax=always")) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::info!("virtio-fs {tag}: no DAX window ({e}), mounting without");
+            sys::mount(tag, target, "virtiofs", 0, None).map_err(err)
+        }
+        Err(e) => Err(err(e)),
+    }
 }
 
 /// The PID 1 duties that follow reading the settings: PATH, host name,

@@ -26,9 +26,10 @@ pub const DEVICE_KINDS: [&str; 3] = [FS, NET, VSOCK];
 /// OPENDIR, CREATE, FLUSH, RELEASE, RELEASEDIR), `read`, `write`,
 /// `readdir` (READDIR, READDIRPLUS), `modify` (SETATTR, MKNOD, MKDIR,
 /// SYMLINK, LINK, UNLINK, RMDIR, RENAME, RENAME2, SETXATTR, REMOVEXATTR,
-/// FALLOCATE), `sync` (FSYNC, FSYNCDIR), `other` (INIT and the rest).
-pub const FS_OPS: [&str; 9] = [
-    "lookup", "stat", "open", "read", "write", "readdir", "modify", "sync", "other",
+/// FALLOCATE), `sync` (FSYNC, FSYNCDIR), `map` (SETUPMAPPING and
+/// REMOVEMAPPING of the DAX window), `other` (INIT and the rest).
+pub const FS_OPS: [&str; 10] = [
+    "lookup", "stat", "open", "read", "write", "readdir", "modify", "sync", "map", "other",
 ];
 
 /// The directions of `packets` (`rx`, `tx`) and `bytes` (those, and

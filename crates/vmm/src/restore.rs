@@ -25,7 +25,9 @@ use crate::snapshot::state::SerialSnapshot;
 use crate::snapshot::{format, memory, DeviceState, MEMORY_FILE};
 use crate::vcpu::{self, Vcpu, VcpuControl};
 use crate::vm;
-use crate::vmm::{add_virtio_device, device_counters, wait_for_exit, VmHandle};
+use crate::vmm::{
+    add_virtio_device, dax_window, device_counters, map_dax_windows, wait_for_exit, VmHandle,
+};
 
 /// What `--restore` needs besides the template: the host-side paths of
 /// the new VM.
@@ -83,6 +85,7 @@ pub fn restore(config: &RestoreConfig) -> Result<ExitEvent, VmmError> {
     check_nets(&state.devices.virtio, &config.nets)?;
     let mut nets = config.nets.iter().enumerate();
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut windows = Vec::new();
     let mut cleanup = Cleanup::default();
     for saved in &state.devices.virtio {
         match &saved.device {
@@ -101,10 +104,11 @@ pub fn restore(config: &RestoreConfig) -> Result<ExitEvent, VmmError> {
                         "the template has a virtio-fs device {tag:?}: --shared-dir {tag}=PATH is required"
                     ))
                 })?;
-                let fs = VirtioFs::new(dir).map_err(|source| VmmError::Fs {
+                let mut fs = VirtioFs::new(dir).map_err(|source| VmmError::Fs {
                     tag: tag.clone(),
                     source,
                 })?;
+                windows.push(dax_window(&mut fs, header.memory_size, windows.len())?);
                 devices.push(Box::new(fs));
             }
             DeviceState::Net { .. } => {
@@ -134,6 +138,7 @@ pub fn restore(config: &RestoreConfig) -> Result<ExitEvent, VmmError> {
     let ram = memory::map_private(&memory_path, header.memory_size)
         .map_err(format::TemplateError::from)?;
     let vm = Arc::new(vm::create_vm(&kvm, &ram)?);
+    map_dax_windows(&vm, &ram, &windows)?;
     crate::snapshot::vm::restore(&vm, &state.vm)
         .map_err(|e| restore_err("VM state")(e.to_string()))?;
 

@@ -115,6 +115,28 @@ pub fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, VmError> {
     Ok(vm)
 }
 
+/// Maps `window` (a virtio-fs DAX window) into the VM as memory slot
+/// `slot`, at its guest address.
+pub fn map_window(
+    vm: &VmFd,
+    slot: u32,
+    window: &crate::devices::virtio::fs::DaxWindow,
+) -> Result<(), VmError> {
+    let region = kvm_userspace_memory_region {
+        slot,
+        flags: 0,
+        guest_phys_addr: window.guest_addr(),
+        memory_size: window.len(),
+        userspace_addr: window.host_addr(),
+    };
+    // SAFETY: the reservation behind the window lives as long as its
+    // device, which the VMM keeps until the process exits; the guest
+    // range lies above RAM (layout::dax_window_addr) and apart from the
+    // other windows. What is mapped in it changes only by MAP_FIXED over
+    // the reservation, which KVM follows through its MMU notifier.
+    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (DAX window)"))
+}
+
 /// Turns off KVM's halt polling for this VM: an idle vCPU sleeps at once
 /// instead of spinning up to `halt_poll_ns` (200 us by default) on the host.
 /// On a small host running many VMs (and, under PVM, slow emulated guest

@@ -21,7 +21,7 @@ use crate::cmdline::{self, MmioDeviceDecl};
 use crate::config::{host_memory_bytes, VmConfig};
 use crate::devices::legacy::{cmos, i8042, serial, Cmos, SerialDevice, SerialOutput, I8042};
 use crate::devices::virtio::counters::DeviceCounters;
-use crate::devices::virtio::fs::VirtioFs;
+use crate::devices::virtio::fs::{DaxWindow, VirtioFs, DAX_WINDOW_SIZE};
 use crate::devices::virtio::mmio::REG_QUEUE_NOTIFY;
 use crate::devices::virtio::net::VirtioNet;
 use crate::devices::virtio::vsock::Vsock;
@@ -61,6 +61,12 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut fs_devices = fs_devices;
+    let windows = fs_devices
+        .iter_mut()
+        .enumerate()
+        .map(|(index, fs)| dax_window(fs, config.memory_bytes(), index))
+        .collect::<Result<Vec<_>, _>>()?;
     // Also before KVM: an inherited tap descriptor is checked (and owned)
     // at once, so a bad one is reported as bad input.
     let net_devices = config
@@ -81,6 +87,7 @@ pub fn run(config: &VmConfig) -> Result<ExitEvent, VmmError> {
 
     let ram = memory::create(config.memory_bytes())?;
     let vm = Arc::new(vm::create_vm(&kvm, &ram)?);
+    map_dax_windows(&vm, &ram, &windows)?;
     let kernel = boot::load_kernel(&ram.mem, &config.kernel)?;
     let initrd = match &config.initrd {
         Some(path) => Some(boot::load_initrd(
@@ -310,6 +317,35 @@ pub(crate) fn msr_index(kvm: &Kvm) -> Vec<u32> {
             Vec::new()
         }
     }
+}
+
+/// Gives `fs`, the `index`th share of a VM of `mem_size` bytes of RAM,
+/// its DAX window; returns it for [`map_dax_windows`].
+pub(crate) fn dax_window(
+    fs: &mut VirtioFs,
+    mem_size: u64,
+    index: usize,
+) -> Result<Arc<DaxWindow>, VmmError> {
+    let addr = crate::arch::x86_64::layout::dax_window_addr(mem_size, index as u64, DAX_WINDOW_SIZE);
+    let window = Arc::new(
+        DaxWindow::new(addr, DAX_WINDOW_SIZE).map_err(io_err("reserving a DAX window"))?,
+    );
+    fs.set_window(window.clone());
+    Ok(window)
+}
+
+/// Maps the shares' DAX windows into the VM, in the memory slots after
+/// RAM's.
+pub(crate) fn map_dax_windows(
+    vm: &VmFd,
+    ram: &GuestRam,
+    windows: &[Arc<DaxWindow>],
+) -> Result<(), VmmError> {
+    for (i, window) in windows.iter().enumerate() {
+        let slot = (vm_memory::GuestMemory::num_regions(&ram.mem) + i) as u32;
+        vm::map_window(vm, slot, window)?;
+    }
+    Ok(())
 }
 
 /// Puts `device` behind a virtio-mmio transport in slot `slot`, with its

@@ -91,6 +91,19 @@ pub fn ram_regions(mem_size: u64) -> Vec<RamRegion> {
     }
 }
 
+/// The guest physical address of DAX window `index` (virtio-fs shared
+/// memory) of `size` bytes each, in a VM of `mem_size` bytes of RAM:
+/// above RAM and above 4 GiB, 1 GiB-aligned, one after another. Not in
+/// the e820 map: the guest's driver claims it as device memory.
+pub fn dax_window_addr(mem_size: u64, index: u64, size: u64) -> u64 {
+    const GIB: u64 = 1 << 30;
+    let ram_end = ram_regions(mem_size)
+        .last()
+        .map_or(0, |(addr, len)| addr.0 + len)
+        .max(FIRST_ADDR_PAST_32BITS);
+    ram_end.div_ceil(GIB) * GIB + index * size
+}
+
 /// The end (exclusive) of RAM below the 32-bit gap.
 pub fn low_ram_end(mem_size: u64) -> u64 {
     mem_size.min(MEM_32BIT_GAP_START)
@@ -154,6 +167,16 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn dax_windows_sit_above_ram_and_apart() {
+        let w = 64 << 20;
+        assert_eq!(dax_window_addr(512 << 20, 0, w), 1 << 32);
+        assert_eq!(dax_window_addr(512 << 20, 1, w), (1 << 32) + w);
+        // 4 GiB of RAM: 1 GiB of it above 4 GiB, the window after it.
+        assert_eq!(dax_window_addr(4 << 30, 0, w), 5 << 30);
+        assert_eq!(dax_window_addr((4 << 30) + 1, 0, w), 6 << 30);
+    }
 
     #[test]
     fn small_guest_has_one_region() {

@@ -43,6 +43,7 @@ pub enum FsOp {
     Readdir,
     Modify,
     Sync,
+    Map,
     Other,
 }
 
@@ -88,6 +89,7 @@ impl FsOp {
             op(O::Rename2),
         ];
         const SYNC: [u32; 2] = [op(O::Fsync), op(O::Fsyncdir)];
+        const MAP: [u32; 2] = [op(O::SetupMapping), op(O::RemoveMapping)];
         match opcode {
             o if o == op(O::Read) => Self::Read,
             o if o == op(O::Write) => Self::Write,
@@ -97,6 +99,7 @@ impl FsOp {
             o if READDIR.contains(&o) => Self::Readdir,
             o if MODIFY.contains(&o) => Self::Modify,
             o if SYNC.contains(&o) => Self::Sync,
+            o if MAP.contains(&o) => Self::Map,
             _ => Self::Other,
         }
     }
@@ -240,6 +243,7 @@ mod tests {
             (FsOp::Readdir, "readdir"),
             (FsOp::Modify, "modify"),
             (FsOp::Sync, "sync"),
+            (FsOp::Map, "map"),
             (FsOp::Other, "other"),
         ] {
             assert_eq!(FS_OPS[op.index()], name);
@@ -250,6 +254,8 @@ mod tests {
         assert_eq!(FsOp::of(44), FsOp::Readdir);
         assert_eq!(FsOp::of(11), FsOp::Modify, "RMDIR");
         assert_eq!(FsOp::of(35), FsOp::Open, "CREATE");
+        assert_eq!(FsOp::of(48), FsOp::Map, "SETUPMAPPING");
+        assert_eq!(FsOp::of(49), FsOp::Map, "REMOVEMAPPING");
         assert_eq!(FsOp::of(7), FsOp::Other, "a gap in the ABI");
         assert_eq!(FsOp::of(26), FsOp::Other, "INIT");
         assert_eq!(FsOp::of(u32::MAX), FsOp::Other);

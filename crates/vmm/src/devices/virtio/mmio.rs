@@ -45,8 +45,11 @@ const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
 const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
 const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
 const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const REG_SHM_SEL: u64 = 0x0ac;
 const REG_SHM_LEN_LOW: u64 = 0x0b0;
 const REG_SHM_LEN_HIGH: u64 = 0x0b4;
+const REG_SHM_BASE_LOW: u64 = 0x0b8;
+const REG_SHM_BASE_HIGH: u64 = 0x0bc;
 const REG_CONFIG_GENERATION: u64 = 0x0fc;
 const CONFIG_SPACE: u64 = 0x100;
 
@@ -73,6 +76,7 @@ pub struct MmioTransport {
     driver_features_sel: u32,
     acked_features: u64,
     queue_select: u32,
+    shm_select: u32,
     status: u32,
     activated: bool,
     broken: bool,
@@ -115,6 +119,7 @@ impl MmioTransport {
             driver_features_sel: 0,
             acked_features: 0,
             queue_select: 0,
+            shm_select: 0,
             status: 0,
             activated: false,
             broken: false,
@@ -269,8 +274,19 @@ impl MmioTransport {
             REG_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             REG_INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
             REG_STATUS => self.status,
-            // No shared memory regions: a length of all ones says so.
-            REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX,
+            // The selected shared memory region; a length of all ones
+            // says there is none.
+            REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH | REG_SHM_BASE_LOW | REG_SHM_BASE_HIGH => {
+                let region = self.device.shared_memory(self.shm_select);
+                let value = match (offset, region) {
+                    (REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH, None) => u64::MAX,
+                    (REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH, Some((_, len))) => len,
+                    (_, Some((base, _))) => base,
+                    (_, None) => 0,
+                };
+                let high = matches!(offset, REG_SHM_LEN_HIGH | REG_SHM_BASE_HIGH);
+                (if high { value >> 32 } else { value }) as u32
+            }
             REG_CONFIG_GENERATION => 0,
             _ => {
                 tracing::debug!("virtio-mmio: read of register {offset:#x}");
@@ -285,6 +301,7 @@ impl MmioTransport {
             REG_DRIVER_FEATURES => self.ack_features_word(value),
             REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
             REG_QUEUE_SEL => self.queue_select = value,
+            REG_SHM_SEL => self.shm_select = value,
             REG_QUEUE_NUM => self.with_queue(|q| q.set_size(value as u16)),
             REG_QUEUE_READY => self.with_queue(|q| q.set_ready(value == 1)),
             REG_QUEUE_DESC_LOW => self.with_queue(|q| q.set_desc_table_address(Some(value), None)),

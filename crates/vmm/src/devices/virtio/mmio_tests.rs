@@ -63,6 +63,9 @@ impl VirtioDevice for FakeDevice {
         }
         self.resettable
     }
+    fn shared_memory(&self, id: u32) -> Option<(u64, u64)> {
+        (id == 0).then_some((0x1_2345_6000, 0x4000_0000))
+    }
 }
 
 fn transport(resettable: bool) -> (MmioTransport, Arc<Mutex<Seen>>, EventFd) {
@@ -138,6 +141,21 @@ fn identification_registers() {
     assert_eq!(rd(&mut t, REG_QUEUE_NUM_MAX), 64);
     wr(&mut t, REG_QUEUE_SEL, 3);
     assert_eq!(rd(&mut t, REG_QUEUE_NUM_MAX), 0);
+}
+
+#[test]
+fn shared_memory_regions_read_back_by_selector() {
+    let (mut t, _, _) = transport(true);
+    wr(&mut t, 0x0ac, 0);
+    assert_eq!(rd(&mut t, 0x0b0), 0x4000_0000, "length, low");
+    assert_eq!(rd(&mut t, 0x0b4), 0, "length, high");
+    assert_eq!(rd(&mut t, 0x0b8), 0x2345_6000, "base, low");
+    assert_eq!(rd(&mut t, 0x0bc), 1, "base, high");
+    // No region 1: a length of all ones.
+    wr(&mut t, 0x0ac, 1);
+    assert_eq!(rd(&mut t, 0x0b0), u32::MAX);
+    assert_eq!(rd(&mut t, 0x0b4), u32::MAX);
+    assert_eq!(rd(&mut t, 0x0b8), 0);
 }
 
 #[test]

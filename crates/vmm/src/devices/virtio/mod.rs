@@ -128,6 +128,11 @@ pub trait VirtioDevice: Send {
     fn counters(&self) -> Option<Arc<counters::DeviceCounters>> {
         None
     }
+    /// Shared memory region `id` (virtio 1.2, 2.10): its guest physical
+    /// address and length, if the device has one.
+    fn shared_memory(&self, _id: u32) -> Option<(u64, u64)> {
+        None
+    }
     /// Starts the device once the driver set DRIVER_OK.
     fn activate(
         &mut self,

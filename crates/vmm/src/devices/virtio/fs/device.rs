@@ -11,6 +11,7 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 
 use super::super::counters::{DeviceCounters, DeviceKind};
 use super::super::{ActivateError, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
+use super::dax::DaxWindow;
 use super::config::{config_space, validate_tag, CacheMode, SharedDir, SharedDirError, CONFIG_LEN};
 use super::worker::Worker;
 use crate::devices::virtio::read_config_bytes;
@@ -55,6 +56,8 @@ pub struct VirtioFs {
     acked_features: u64,
     worker: Option<WorkerHandle>,
     counters: Arc<DeviceCounters>,
+    /// The DAX window (shared memory region 0), once the VM has one.
+    window: Option<Arc<DaxWindow>>,
 }
 
 impl VirtioFs {
@@ -89,6 +92,7 @@ impl VirtioFs {
             acked_features: 0,
             worker: None,
             counters: Arc::new(DeviceCounters::new(DeviceKind::Fs, &dir.tag)),
+            window: None,
         })
     }
 
@@ -100,6 +104,12 @@ impl VirtioFs {
     /// The shared directory, resolved.
     pub fn root(&self) -> &std::path::Path {
         &self.root
+    }
+
+    /// Offers `window` to the guest as the device's DAX window (the VM
+    /// maps it first: a KVM memory slot at its guest address).
+    pub fn set_window(&mut self, window: Arc<DaxWindow>) {
+        self.window = Some(window);
     }
 
     fn stop_worker(&mut self) {
@@ -200,6 +210,12 @@ impl VirtioDevice for VirtioFs {
         Some(self.counters.clone())
     }
 
+    /// Region 0 (VIRTIO_FS_SHMCAP_ID_CACHE) is the DAX window.
+    fn shared_memory(&self, id: u32) -> Option<(u64, u64)> {
+        let w = self.window.as_ref().filter(|_| id == 0)?;
+        Some((w.guest_addr(), w.len()))
+    }
+
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         debug!(
             offset,
@@ -219,7 +235,13 @@ impl VirtioDevice for VirtioFs {
             .try_into()
             .map_err(|_| ActivateError::QueueCount { expected: 2, got })?;
         self.stop_worker();
-        let worker = Worker::new(mem, interrupt, queues, self.counters.clone())
+        let worker = Worker::new(
+            mem,
+            interrupt,
+            queues,
+            self.counters.clone(),
+            self.window.clone(),
+        )
             .map_err(ActivateError::Worker)?;
         let handle = worker
             .spawn(&self.tag, passthrough_config(&self.root, self.cache))

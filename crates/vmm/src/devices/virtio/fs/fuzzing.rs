@@ -9,6 +9,7 @@ use virtio_queue::Queue;
 
 use super::super::counters::{DeviceCounters, DeviceKind};
 use super::super::GuestMemory;
+use super::dax::{DaxWindow, WindowMapper};
 use super::device::passthrough_config;
 use super::worker::{new_server, serve_queue, FuseServer};
 use super::CacheMode;
@@ -17,6 +18,7 @@ use super::CacheMode;
 pub struct Server {
     server: FuseServer,
     counters: DeviceCounters,
+    mapper: WindowMapper,
 }
 
 impl Server {
@@ -27,11 +29,22 @@ impl Server {
         Ok(Self {
             server: new_server(passthrough_config(root, CacheMode::Never))?,
             counters: DeviceCounters::new(DeviceKind::Fs, "fuzz"),
+            // A small window: SETUPMAPPING and REMOVEMAPPING are served
+            // as the device serves them.
+            mapper: WindowMapper(std::sync::Arc::new(
+                DaxWindow::new(1 << 32, 16 << 12)?,
+            )),
         })
     }
 
     /// Serves every available chain of `queue`; returns how many were used.
-    pub fn serve_queue(&self, queue: &mut Queue, mem: &GuestMemory) -> usize {
-        serve_queue(queue, mem, &self.server, &self.counters)
+    pub fn serve_queue(&mut self, queue: &mut Queue, mem: &GuestMemory) -> usize {
+        serve_queue(
+            queue,
+            mem,
+            &self.server,
+            &self.counters,
+            Some(&mut self.mapper),
+        )
     }
 }

@@ -12,10 +12,11 @@
 //!
 //! Files: `config` (tag, `TAG=PATH`, configuration space), `guard`
 //! (the `FileSystem` wrapper that refuses device nodes), `worker` (the device thread), `counting` (what a served request adds to the
-//! device's counters), `device` (the [`VirtioDevice`](super::VirtioDevice)).
+//! device's counters), `dax` (the window files are mapped in), `device` (the [`VirtioDevice`](super::VirtioDevice)).
 
 mod config;
 mod counting;
+mod dax;
 mod device;
 mod guard;
 mod worker;
@@ -30,6 +31,7 @@ mod tests;
 pub use config::{
     validate_all, validate_tag, CacheMode, SharedDir, SharedDirError, CONFIG_LEN, TAG_LEN,
 };
+pub use dax::{DaxWindow, WINDOW_SIZE as DAX_WINDOW_SIZE};
 pub use device::{
     passthrough_config, FsError, VirtioFs, FS_DEVICE_TYPE, NUM_REQUEST_QUEUES, QUEUE_SIZE,
 };

@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::{ActiveQueue, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING};
-use super::{CacheMode, SharedDir, VirtioFs};
+use super::{CacheMode, DaxWindow, SharedDir, VirtioFs};
 
 const QSIZE: u16 = 16;
 const MEM_SIZE: usize = 8 << 20;
@@ -38,6 +38,8 @@ const OP_WRITE: u32 = 16;
 const OP_RELEASE: u32 = 18;
 const OP_INIT: u32 = 26;
 const OP_CREATE: u32 = 35;
+const OP_SETUPMAPPING: u32 = 48;
+const OP_REMOVEMAPPING: u32 = 49;
 const ROOT: u64 = 1;
 const FATTR_SIZE: u32 = 0x8;
 
@@ -173,12 +175,24 @@ impl<'a> Driver<'a> {
     }
 
     fn start_with(mem: &'a GuestMemory, root: &Path, cache: CacheMode) -> Self {
+        Self::start_full(mem, root, cache, None)
+    }
+
+    fn start_full(
+        mem: &'a GuestMemory,
+        root: &Path,
+        cache: CacheMode,
+        window: Option<Arc<DaxWindow>>,
+    ) -> Self {
         let dir = SharedDir {
             tag: "nacre".into(),
             path: root.to_path_buf(),
             cache,
         };
         let mut device = VirtioFs::new(&dir).unwrap();
+        if let Some(w) = window {
+            device.set_window(w);
+        }
         let hiprio = Ring::at(mem, HIPRIO_RING);
         let request = Ring::at(mem, REQUEST_RING);
         let notify = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
@@ -892,4 +906,87 @@ fn a_huge_malformed_lookup_logs_a_bounded_line() {
     );
     assert!(text.contains("40 messages from fuse_backend_rs"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// fuse_setupmapping_in: fh, foffset, len, flags (2: read), moffset.
+fn setupmapping(fh: u64, foffset: u64, len: u64, moffset: u64) -> Vec<u8> {
+    [fh, foffset, len, 2, moffset]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+}
+
+/// fuse_removemapping_in (count) and its fuse_removemapping_one entries.
+fn removemapping(count: u32, ranges: &[(u64, u64)]) -> Vec<u8> {
+    let mut args = count.to_le_bytes().to_vec();
+    for (moffset, len) in ranges {
+        args.extend_from_slice(&moffset.to_le_bytes());
+        args.extend_from_slice(&len.to_le_bytes());
+    }
+    args
+}
+
+/// The attack: a guest asks the device to map a file outside its DAX
+/// window (past the end, wrapping around, unaligned), or to remove a
+/// huge list of ranges it did not send. The safe outcome: an error
+/// reply, and the window alone changes: a mapping inside it shows the
+/// file, a removal hides it again; without a window nothing is mapped.
+#[test]
+fn mappings_stay_inside_the_dax_window() {
+    const PAGE: u64 = 4096;
+    let dir = temp_dir("dax");
+    let mut data = vec![b'a'; PAGE as usize];
+    data.extend(vec![b'b'; PAGE as usize]);
+    std::fs::write(dir.join("bin"), &data).unwrap();
+    let window = Arc::new(DaxWindow::new(1 << 32, 16 * PAGE).unwrap());
+    let mem = guest_memory();
+    let mut d = Driver::start_full(&mem, &dir, CacheMode::Auto, Some(window.clone()));
+    d.init();
+    let node = d.lookup_ok(ROOT, "bin");
+    let r = d.open(node, libc::O_RDONLY);
+    assert_eq!(r.error, 0, "{r:?}");
+    let fh = r.u64_at(0);
+
+    let r = d.call(OP_SETUPMAPPING, node, &setupmapping(fh, 0, 2 * PAGE, PAGE));
+    assert_eq!(r.error, 0, "{r:?}");
+    let at = |offset: u64| (window.host_addr() + offset) as *const u8;
+    // SAFETY: window pages 1 and 2 map the file's two pages (read-only).
+    assert_eq!(unsafe { (*at(PAGE), *at(2 * PAGE)) }, (b'a', b'b'));
+
+    for (what, args) in [
+        ("past the end", setupmapping(fh, 0, PAGE, 16 * PAGE)),
+        ("across the end", setupmapping(fh, 0, 2 * PAGE, 15 * PAGE)),
+        ("wrapping", setupmapping(fh, 0, 2 * PAGE, u64::MAX - PAGE + 1)),
+        ("unaligned", setupmapping(fh, 1, PAGE, 0)),
+        ("huge", setupmapping(fh, 0, u64::MAX & !(PAGE - 1), 0)),
+    ] {
+        let r = d.call(OP_SETUPMAPPING, node, &args);
+        assert_eq!(r.error, -libc::EINVAL, "{what}: {r:?}");
+    }
+    d.call_malformed(OP_REMOVEMAPPING, node, &removemapping(u32::MAX, &[]));
+    d.call_malformed(OP_REMOVEMAPPING, node, &removemapping(1 << 20, &[(0, PAGE)]));
+    let r = d.call(OP_REMOVEMAPPING, node, &removemapping(1, &[(16 * PAGE, PAGE)]));
+    assert_eq!(r.error, -libc::EINVAL, "{r:?}");
+    // SAFETY: as above: the refused requests left the mapping alone.
+    assert_eq!(unsafe { *at(PAGE) }, b'a');
+
+    let r = d.call(OP_REMOVEMAPPING, node, &removemapping(1, &[(PAGE, 2 * PAGE)]));
+    assert_eq!(r.error, 0, "{r:?}");
+    let mut resident = [0u8; 1];
+    // SAFETY: mincore only reports on the range.
+    let rc = unsafe { libc::mincore(at(PAGE) as *mut _, PAGE as usize, resident.as_mut_ptr()) };
+    assert_eq!((rc, resident[0] & 1), (0, 0), "the page is reserved again");
+    let c = d.counters();
+    assert_eq!(c.requests.get("map"), Some(&10), "{c:?}");
+
+    // A device the VM gave no window maps nothing.
+    let dir2 = temp_dir("nodax");
+    std::fs::write(dir2.join("bin"), &data).unwrap();
+    let mem2 = guest_memory();
+    let mut d2 = Driver::start(&mem2, &dir2);
+    d2.init();
+    let node = d2.lookup_ok(ROOT, "bin");
+    let fh = d2.open(node, libc::O_RDONLY).u64_at(0);
+    let r = d2.call(OP_SETUPMAPPING, node, &setupmapping(fh, 0, PAGE, 0));
+    assert_eq!(r.error, -libc::EINVAL, "{r:?}");
 }

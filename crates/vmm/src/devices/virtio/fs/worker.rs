@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{Config as PassthroughConfig, PassthroughFs};
-use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, VirtioFsWriter};
 use tracing::{debug, error, warn};
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::super::counters::DeviceCounters;
 use super::super::{ActiveQueue, GuestMemory, Interrupt};
 use super::counting::RequestHook;
+use super::dax::{DaxWindow, WindowMapper};
 use super::guard::NoDeviceNodes;
 use crate::devices::virtio::guest_errors::{FS_DROPPED_REQUESTS, USED_RING_FAILURES};
 
@@ -37,16 +38,18 @@ pub struct Worker {
     kill: EventFd,
     epoll: Epoll,
     counters: Arc<DeviceCounters>,
+    mapper: Option<WindowMapper>,
 }
 
 impl Worker {
     /// Builds a worker over the hiprio and request queues (in that order),
-    /// counting in `counters`.
+    /// counting in `counters`, mapping files into `window` if there is one.
     pub fn new(
         mem: GuestMemory,
         interrupt: Arc<Interrupt>,
         queues: [ActiveQueue; 2],
         counters: Arc<DeviceCounters>,
+        window: Option<Arc<DaxWindow>>,
     ) -> std::io::Result<Self> {
         let [hiprio, request] = queues;
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -70,6 +73,7 @@ impl Worker {
             kill,
             epoll,
             counters,
+            mapper: window.map(WindowMapper),
         })
     }
 
@@ -141,7 +145,13 @@ impl Worker {
     fn process(&mut self, server: &FuseServer) {
         let mut used = 0;
         for queue in [&mut self.hiprio.queue, &mut self.request.queue] {
-            used += serve_queue(queue, &self.mem, server, &self.counters);
+            used += serve_queue(
+                queue,
+                &self.mem,
+                server,
+                &self.counters,
+                self.mapper.as_mut(),
+            );
         }
         if used > 0 {
             if let Err(e) = self.interrupt.signal_used_queue() {
@@ -166,17 +176,19 @@ pub(super) fn new_server(config: PassthroughConfig) -> std::io::Result<FuseServe
 }
 
 /// Handles every available chain of `queue`, counting the requests
-/// served in `counters`; returns how many chains were used.
+/// served in `counters`, mapping files with `mapper` (without one, a
+/// SETUPMAPPING is refused); returns how many chains were used.
 pub(super) fn serve_queue(
     queue: &mut Queue,
     mem: &GuestMemory,
     server: &FuseServer,
     counters: &DeviceCounters,
+    mut mapper: Option<&mut WindowMapper>,
 ) -> usize {
     let mut count = 0;
     while let Some(chain) = queue.pop_descriptor_chain(mem) {
         let head = chain.head_index();
-        let written = match handle_chain(mem, chain, server, counters) {
+        let written = match handle_chain(mem, chain, server, counters, mapper.as_deref_mut()) {
             Ok(n) => n,
             Err(e) => {
                 if FS_DROPPED_REQUESTS.record() {
@@ -203,6 +215,7 @@ fn handle_chain(
     chain: DescriptorChain<&GuestMemory>,
     server: &FuseServer,
     counters: &DeviceCounters,
+    mapper: Option<&mut WindowMapper>,
 ) -> Result<u32, String> {
     let reader = Reader::from_descriptor_chain(mem, chain.clone())
         .map_err(|e| format!("request buffers: {e}"))?;
@@ -211,7 +224,8 @@ fn handle_chain(
     // it costs this request, not the device.
     let hook = RequestHook::default();
     let result = catch_unwind(AssertUnwindSafe(|| {
-        server.handle_message(reader, writer.into(), None, Some(&hook))
+        let mapper = mapper.map(|m| m as &mut dyn FsCacheReqHandler);
+        server.handle_message(reader, writer.into(), mapper, Some(&hook))
     }))
     .map_err(|_| "the FUSE server panicked".to_string())?;
     let written = result.map_err(|e| format!("FUSE: {e}"))?;
