@@ -134,7 +134,8 @@ pub fn map_window(
     // range lies above RAM (layout::dax_window_addr) and apart from the
     // other windows. What is mapped in it changes only by MAP_FIXED over
     // the reservation, which KVM follows through its MMU notifier.
-    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (DAX window)"))
+    unsafe { vm.set_user_memory_region(region) }
+        .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (DAX window)"))
 }
 
 /// Turns off KVM's halt polling for this VM: an idle vCPU sleeps at once

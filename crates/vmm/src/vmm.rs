@@ -326,10 +326,10 @@ pub(crate) fn dax_window(
     mem_size: u64,
     index: usize,
 ) -> Result<Arc<DaxWindow>, VmmError> {
-    let addr = crate::arch::x86_64::layout::dax_window_addr(mem_size, index as u64, DAX_WINDOW_SIZE);
-    let window = Arc::new(
-        DaxWindow::new(addr, DAX_WINDOW_SIZE).map_err(io_err("reserving a DAX window"))?,
-    );
+    let addr =
+        crate::arch::x86_64::layout::dax_window_addr(mem_size, index as u64, DAX_WINDOW_SIZE);
+    let window =
+        Arc::new(DaxWindow::new(addr, DAX_WINDOW_SIZE).map_err(io_err("reserving a DAX window"))?);
     fs.set_window(window.clone());
     Ok(window)
 }

@@ -103,7 +103,14 @@ impl DaxWindow {
     }
 
     /// Maps `len` bytes of `fd` from `foffset` at `moffset` in the window.
-    pub fn map(&self, foffset: u64, moffset: u64, len: u64, flags: u64, fd: RawFd) -> io::Result<()> {
+    pub fn map(
+        &self,
+        foffset: u64,
+        moffset: u64,
+        len: u64,
+        flags: u64,
+        fd: RawFd,
+    ) -> io::Result<()> {
         let addr = self.range(moffset, len)?;
         if foffset % PAGE != 0 {
             return Err(einval());
@@ -190,7 +197,14 @@ fn einval() -> io::Error {
 pub struct WindowMapper(pub Arc<DaxWindow>);
 
 impl FsCacheReqHandler for WindowMapper {
-    fn map(&mut self, foffset: u64, moffset: u64, len: u64, flags: u64, fd: RawFd) -> io::Result<()> {
+    fn map(
+        &mut self,
+        foffset: u64,
+        moffset: u64,
+        len: u64,
+        flags: u64,
+        fd: RawFd,
+    ) -> io::Result<()> {
         self.0.map(foffset, moffset, len, flags, fd)
     }
 
@@ -251,7 +265,8 @@ mod tests {
     fn a_mapping_shows_the_file_and_a_removal_hides_it_again() {
         let w = window();
         let f = file(4);
-        w.map(2 * PAGE, 3 * PAGE, 2 * PAGE, R, f.as_raw_fd()).unwrap();
+        w.map(2 * PAGE, 3 * PAGE, 2 * PAGE, R, f.as_raw_fd())
+            .unwrap();
         // SAFETY: the window's pages 3 and 4 map file pages 2 and 3.
         let (a, b) = unsafe { (*at(&w, 3 * PAGE), *at(&w, 4 * PAGE)) };
         assert_eq!((a, b), (3, 4));
@@ -264,7 +279,13 @@ mod tests {
         let mut vec = [0u8; 1];
         // SAFETY: mincore only reports on the range; a reserved (not
         // mapped) page reports not resident.
-        let r = unsafe { libc::mincore(at(&m.0, 3 * PAGE) as *mut _, PAGE as usize, vec.as_mut_ptr()) };
+        let r = unsafe {
+            libc::mincore(
+                at(&m.0, 3 * PAGE) as *mut _,
+                PAGE as usize,
+                vec.as_mut_ptr(),
+            )
+        };
         assert_eq!(r, 0);
         assert_eq!(vec[0] & 1, 0);
     }
@@ -289,8 +310,14 @@ mod tests {
         let fd = f.as_raw_fd();
         let einval = |r: io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::EINVAL);
         assert!(einval(w.map(0, 16 * PAGE, PAGE, R, fd)), "past the end");
-        assert!(einval(w.map(0, 15 * PAGE, 2 * PAGE, R, fd)), "across the end");
-        assert!(einval(w.map(0, u64::MAX - PAGE + 1, PAGE, R, fd)), "wrapping");
+        assert!(
+            einval(w.map(0, 15 * PAGE, 2 * PAGE, R, fd)),
+            "across the end"
+        );
+        assert!(
+            einval(w.map(0, u64::MAX - PAGE + 1, PAGE, R, fd)),
+            "wrapping"
+        );
         assert!(einval(w.map(0, 1, PAGE, R, fd)), "unaligned window offset");
         assert!(einval(w.map(1, 0, PAGE, R, fd)), "unaligned file offset");
         assert!(einval(w.map(0, 0, 100, R, fd)), "unaligned length");
@@ -301,14 +328,24 @@ mod tests {
         // One bad range of two: nothing is removed.
         m.0.map(0, 0, PAGE, R, fd).unwrap();
         let bad = vec![
-            RemovemappingOne { moffset: 0, len: PAGE },
-            RemovemappingOne { moffset: 15 * PAGE, len: 2 * PAGE },
+            RemovemappingOne {
+                moffset: 0,
+                len: PAGE,
+            },
+            RemovemappingOne {
+                moffset: 15 * PAGE,
+                len: 2 * PAGE,
+            },
         ];
         assert!(einval(m.unmap(bad)));
         // SAFETY: page 0 is still mapped to the file's first page.
         assert_eq!(unsafe { *at(&m.0, 0) }, 1);
         // All ones: the rest of the window.
-        m.unmap(vec![RemovemappingOne { moffset: 0, len: u64::MAX }]).unwrap();
+        m.unmap(vec![RemovemappingOne {
+            moffset: 0,
+            len: u64::MAX,
+        }])
+        .unwrap();
     }
 
     #[test]

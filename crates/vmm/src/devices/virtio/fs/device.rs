@@ -11,8 +11,8 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 
 use super::super::counters::{DeviceCounters, DeviceKind};
 use super::super::{ActivateError, ActiveQueue, GuestMemory, Interrupt, VirtioDevice};
-use super::dax::DaxWindow;
 use super::config::{config_space, validate_tag, CacheMode, SharedDir, SharedDirError, CONFIG_LEN};
+use super::dax::DaxWindow;
 use super::worker::Worker;
 use crate::devices::virtio::read_config_bytes;
 use crate::devices::virtio::worker::WorkerHandle;
@@ -242,7 +242,7 @@ impl VirtioDevice for VirtioFs {
             self.counters.clone(),
             self.window.clone(),
         )
-            .map_err(ActivateError::Worker)?;
+        .map_err(ActivateError::Worker)?;
         let handle = worker
             .spawn(&self.tag, passthrough_config(&self.root, self.cache))
             .map_err(ActivateError::Worker)?;

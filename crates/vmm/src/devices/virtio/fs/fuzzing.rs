@@ -31,9 +31,7 @@ impl Server {
             counters: DeviceCounters::new(DeviceKind::Fs, "fuzz"),
             // A small window: SETUPMAPPING and REMOVEMAPPING are served
             // as the device serves them.
-            mapper: WindowMapper(std::sync::Arc::new(
-                DaxWindow::new(1 << 32, 16 << 12)?,
-            )),
+            mapper: WindowMapper(std::sync::Arc::new(DaxWindow::new(1 << 32, 16 << 12)?)),
         })
     }
 

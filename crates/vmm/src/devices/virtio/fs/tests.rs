@@ -956,21 +956,36 @@ fn mappings_stay_inside_the_dax_window() {
     for (what, args) in [
         ("past the end", setupmapping(fh, 0, PAGE, 16 * PAGE)),
         ("across the end", setupmapping(fh, 0, 2 * PAGE, 15 * PAGE)),
-        ("wrapping", setupmapping(fh, 0, 2 * PAGE, u64::MAX - PAGE + 1)),
+        (
+            "wrapping",
+            setupmapping(fh, 0, 2 * PAGE, u64::MAX - PAGE + 1),
+        ),
         ("unaligned", setupmapping(fh, 1, PAGE, 0)),
-        ("huge", setupmapping(fh, 0, u64::MAX & !(PAGE - 1), 0)),
+        ("huge", setupmapping(fh, 0, !(PAGE - 1), 0)),
     ] {
         let r = d.call(OP_SETUPMAPPING, node, &args);
         assert_eq!(r.error, -libc::EINVAL, "{what}: {r:?}");
     }
     d.call_malformed(OP_REMOVEMAPPING, node, &removemapping(u32::MAX, &[]));
-    d.call_malformed(OP_REMOVEMAPPING, node, &removemapping(1 << 20, &[(0, PAGE)]));
-    let r = d.call(OP_REMOVEMAPPING, node, &removemapping(1, &[(16 * PAGE, PAGE)]));
+    d.call_malformed(
+        OP_REMOVEMAPPING,
+        node,
+        &removemapping(1 << 20, &[(0, PAGE)]),
+    );
+    let r = d.call(
+        OP_REMOVEMAPPING,
+        node,
+        &removemapping(1, &[(16 * PAGE, PAGE)]),
+    );
     assert_eq!(r.error, -libc::EINVAL, "{r:?}");
     // SAFETY: as above: the refused requests left the mapping alone.
     assert_eq!(unsafe { *at(PAGE) }, b'a');
 
-    let r = d.call(OP_REMOVEMAPPING, node, &removemapping(1, &[(PAGE, 2 * PAGE)]));
+    let r = d.call(
+        OP_REMOVEMAPPING,
+        node,
+        &removemapping(1, &[(PAGE, 2 * PAGE)]),
+    );
     assert_eq!(r.error, 0, "{r:?}");
     let mut resident = [0u8; 1];
     // SAFETY: mincore only reports on the range.
