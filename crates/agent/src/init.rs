@@ -147,10 +147,10 @@ pub fn set_path() {
 }
 
 /// Mounts the host's shared directory (virtio-fs `tag`) at
-/// [`crate::config::SHARED_DIR`], with its files mapped from the host's
-/// page cache through the device's DAX window (`dax=always`); where the
-/// device has no window (the kernel refuses the option), as before,
-/// read into the guest's own page cache.
+/// [`crate::config::SHARED_DIR`], with the files the host allows (a
+/// container's rootfs, not its volumes) mapped from the host's page cache
+/// through the device's DAX window (`dax=inode`); the others, or all where
+/// the device has no window, read into the guest's own page cache.
 pub fn mount_shared(tag: &str) -> Result<(), MountError> {
     let target = Path::new(crate::config::SHARED_DIR);
     let err = |source| MountError {
@@ -159,7 +159,7 @@ pub fn mount_shared(tag: &str) -> Result<(), MountError> {
         source,
     };
     std::fs::create_dir_all(target).map_err(err)?;
-    match sys::mount(tag, target, "virtiofs", 0, Some("dax=always")) {
+    match sys::mount(tag, target, "virtiofs", 0, Some("dax=inode")) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             tracing::info!("virtio-fs {tag}: no DAX window ({e}), mounting without");

@@ -140,6 +140,7 @@ impl VirtioFs {
 ///   for trees only the guest changes, such as a container rootfs, where
 ///   re-reading every binary on each exec is costly).
 /// - `no_open`/`no_opendir`/`killpriv_v2` off, `seal_size` off.
+/// - `dax_file_size` 0: see `dax_scope`.
 pub fn passthrough_config(root: &std::path::Path, cache: CacheMode) -> PassthroughConfig {
     PassthroughConfig {
         root_dir: root.to_string_lossy().into_owned(),
@@ -158,6 +159,10 @@ pub fn passthrough_config(root: &std::path::Path, cache: CacheMode) -> Passthrou
         no_open: false,
         no_opendir: false,
         killpriv_v2: false,
+        // Every entry says the guest may map the file (FUSE_ATTR_DAX, with
+        // the guest's `dax=inode`); the guard keeps that for rootfs files
+        // only (`dax_scope`).
+        dax_file_size: Some(0),
         ..PassthroughConfig::default()
     }
 }

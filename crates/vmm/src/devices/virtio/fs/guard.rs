@@ -1,5 +1,6 @@
 //! The file system the FUSE server serves: `PassthroughFs` wrapped in
-//! [`NoDeviceNodes`], which refuses to create device nodes.
+//! [`NoDeviceNodes`], which refuses to create device nodes and lets the
+//! guest map only rootfs files through the DAX window (`dax_scope`).
 //!
 //! `PassthroughFs` lets guest root create character and block device nodes
 //! in the shared directory. The guest itself never needs them there (its
@@ -29,9 +30,22 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
-/// A `FileSystem` that refuses `mknod` of device nodes and otherwise is
-/// `FS`.
-pub struct NoDeviceNodes<FS>(pub FS);
+use super::dax_scope::DaxScope;
+
+/// A `FileSystem` that refuses `mknod` of device nodes, keeps the DAX
+/// flag of entries only within [`DaxScope`], and otherwise is `FS`.
+pub struct NoDeviceNodes<FS>(pub FS, pub DaxScope);
+
+impl<FS> NoDeviceNodes<FS> {
+    /// Passes an entry the guest gets for `name` in `parent` through the
+    /// DAX scope.
+    fn scoped(&self, parent: u64, name: &CStr, entry: io::Result<Entry>) -> io::Result<Entry> {
+        entry.map(|mut e| {
+            self.1.entry(parent, name.to_bytes(), &mut e);
+            e
+        })
+    }
+}
 
 /// The node types `mknod` may create: regular files (also type 0), FIFOs
 /// and sockets.
@@ -42,12 +56,15 @@ pub fn node_type_allowed(mode: u32) -> bool {
     )
 }
 
-impl<FS: FileSystem> FileSystem for NoDeviceNodes<FS> {
+impl<FS: FileSystem<Inode = u64>> FileSystem for NoDeviceNodes<FS> {
     type Inode = FS::Inode;
     type Handle = FS::Handle;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.0.init(capable)
+        // The flags past the first 32 (FUSE_HAS_INODE_DAX among them)
+        // reach the guest only with INIT_EXT in the reply as well.
+        let want = self.0.init(capable)?;
+        Ok(want | (capable & FsOptions::INIT_EXT))
     }
 
     fn destroy(&self) {
@@ -55,14 +72,18 @@ impl<FS: FileSystem> FileSystem for NoDeviceNodes<FS> {
     }
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
-        self.0.lookup(ctx, parent, name)
+        self.scoped(parent, name, self.0.lookup(ctx, parent, name))
     }
 
     fn forget(&self, ctx: &Context, inode: Self::Inode, count: u64) {
+        self.1.forget(inode, count);
         self.0.forget(ctx, inode, count)
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(Self::Inode, u64)>) {
+        for (inode, count) in &requests {
+            self.1.forget(*inode, *count);
+        }
         self.0.batch_forget(ctx, requests)
     }
 
@@ -97,7 +118,7 @@ impl<FS: FileSystem> FileSystem for NoDeviceNodes<FS> {
         parent: Self::Inode,
         name: &CStr,
     ) -> io::Result<Entry> {
-        self.0.symlink(ctx, linkname, parent, name)
+        self.scoped(parent, name, self.0.symlink(ctx, linkname, parent, name))
     }
 
     fn mknod(
@@ -114,7 +135,11 @@ impl<FS: FileSystem> FileSystem for NoDeviceNodes<FS> {
         if !node_type_allowed(mode) {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
-        self.0.mknod(ctx, inode, name, mode, rdev, umask)
+        self.scoped(
+            inode,
+            name,
+            self.0.mknod(ctx, inode, name, mode, rdev, umask),
+        )
     }
 
     fn mkdir(
@@ -125,7 +150,7 @@ impl<FS: FileSystem> FileSystem for NoDeviceNodes<FS> {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.0.mkdir(ctx, parent, name, mode, umask)
+        self.scoped(parent, name, self.0.mkdir(ctx, parent, name, mode, umask))
     }
 
     fn unlink(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<()> {
@@ -155,7 +180,11 @@ impl<FS: FileSystem> FileSystem for NoDeviceNodes<FS> {
         newparent: Self::Inode,
         newname: &CStr,
     ) -> io::Result<Entry> {
-        self.0.link(ctx, inode, newparent, newname)
+        self.scoped(
+            newparent,
+            newname,
+            self.0.link(ctx, inode, newparent, newname),
+        )
     }
 
     fn open(
@@ -175,7 +204,9 @@ impl<FS: FileSystem> FileSystem for NoDeviceNodes<FS> {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
-        self.0.create(ctx, parent, name, args)
+        let (mut entry, handle, opts, passthrough) = self.0.create(ctx, parent, name, args)?;
+        self.1.entry(parent, name.to_bytes(), &mut entry);
+        Ok((entry, handle, opts, passthrough))
     }
 
     fn read(
@@ -336,8 +367,21 @@ impl<FS: FileSystem> FileSystem for NoDeviceNodes<FS> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        // Each entry is a lookup for the guest, unless it did not fit
+        // (`add_entry` gives 0 and the server takes the lookup back; `.`
+        // and `..` are never counted, by the kernel nor the scope).
+        let mut scoped = |dir: DirEntry, mut entry: Entry| {
+            let noted = self.1.entry(inode, dir.name, &mut entry);
+            let added = add_entry(dir, entry);
+            if matches!(added, Ok(0)) {
+                if let Some(n) = noted {
+                    self.1.undo(n);
+                }
+            }
+            added
+        };
         self.0
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+            .readdirplus(ctx, inode, handle, size, offset, &mut scoped)
     }
 
     fn fsyncdir(

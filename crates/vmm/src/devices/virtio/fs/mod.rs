@@ -17,6 +17,7 @@
 mod config;
 mod counting;
 mod dax;
+mod dax_scope;
 mod device;
 mod guard;
 mod worker;

@@ -1005,3 +1005,51 @@ fn mappings_stay_inside_the_dax_window() {
     let r = d2.call(OP_SETUPMAPPING, node, &setupmapping(fh, 0, PAGE, 0));
     assert_eq!(r.error, -libc::EINVAL, "{r:?}");
 }
+
+/// The guest maps only a container rootfs's files through the DAX window
+/// (a volume may shrink under it from the host). With per-file DAX
+/// negotiated, an entry inside `<cid>/rootfs` carries FUSE_ATTR_DAX; one
+/// in a volume (`<cid>/mounts/<n>`), at the top or of a directory does not.
+#[test]
+fn only_rootfs_files_may_be_mapped() {
+    const FLAGS: usize = 40 + 84; // fuse_entry_out.attr.flags
+    const DAX: u32 = 1 << 1; // FUSE_ATTR_DAX
+    let dir = temp_dir("daxscope");
+    std::fs::create_dir_all(dir.join("c1/rootfs/bin")).unwrap();
+    std::fs::create_dir_all(dir.join("c1/mounts/0")).unwrap();
+    std::fs::write(dir.join("c1/rootfs/bin/sh"), b"x").unwrap();
+    std::fs::write(dir.join("c1/mounts/0/app.log"), b"x").unwrap();
+    std::fs::write(dir.join("top.txt"), b"x").unwrap();
+    let mem = guest_memory();
+    let mut d = Driver::start(&mem, &dir);
+    // fuse_init_in: 7.31, 128 KiB readahead, INIT_EXT; flags2:
+    // FUSE_HAS_INODE_DAX (bit 33).
+    let mut args = Vec::new();
+    for v in [7u32, 31, 128 << 10, 0x4000_0000, 2] {
+        args.extend_from_slice(&v.to_le_bytes());
+    }
+    args.extend_from_slice(&[0; 44]);
+    let r = d.call(OP_INIT, 0, &args);
+    assert_eq!(r.error, 0, "{r:?}");
+    // fuse_init_out: flags (INIT_EXT, so the guest reads flags2) at 12,
+    // flags2 (FUSE_HAS_INODE_DAX) at 32.
+    assert_ne!(r.u32_at(12) & 0x4000_0000, 0, "INIT_EXT");
+    assert_ne!(r.u32_at(32) & 2, 0, "FUSE_HAS_INODE_DAX");
+    let flags = |r: &Reply| {
+        assert_eq!(r.error, 0, "{r:?}");
+        r.u32_at(FLAGS) & DAX
+    };
+    let c1 = d.lookup_ok(ROOT, "c1");
+    let rootfs = d.lookup(c1, "rootfs");
+    assert_eq!(flags(&rootfs), 0, "a directory");
+    let bin = d.lookup_ok(rootfs.u64_at(ENTRY_NODEID), "bin");
+    assert_eq!(flags(&d.lookup(bin, "sh")), DAX, "a rootfs file");
+    let mounts = d.lookup_ok(c1, "mounts");
+    let vol = d.lookup_ok(mounts, "0");
+    assert_eq!(flags(&d.lookup(vol, "app.log")), 0, "a volume file");
+    assert_eq!(
+        flags(&d.lookup(ROOT, "top.txt")),
+        0,
+        "outside any container"
+    );
+}

@@ -21,6 +21,7 @@ use super::super::counters::DeviceCounters;
 use super::super::{ActiveQueue, GuestMemory, Interrupt};
 use super::counting::RequestHook;
 use super::dax::{DaxWindow, WindowMapper};
+use super::dax_scope::DaxScope;
 use super::guard::NoDeviceNodes;
 use crate::devices::virtio::guest_errors::{FS_DROPPED_REQUESTS, USED_RING_FAILURES};
 
@@ -172,7 +173,7 @@ pub(super) fn new_server(config: PassthroughConfig) -> std::io::Result<FuseServe
         return Err(std::io::Error::last_os_error());
     }
     let fs = PassthroughFs::<()>::new(config)?;
-    Ok(Server::new(NoDeviceNodes(fs)))
+    Ok(Server::new(NoDeviceNodes(fs, DaxScope::default())))
 }
 
 /// Handles every available chain of `queue`, counting the requests
