@@ -11,8 +11,11 @@
 //! options and why.
 //!
 //! Files: `config` (tag, `TAG=PATH`, configuration space), `guard`
-//! (the `FileSystem` wrapper that refuses device nodes), `worker` (the device thread), `counting` (what a served request adds to the
-//! device's counters), `dax` (the window files are mapped in), `device` (the [`VirtioDevice`](super::VirtioDevice)).
+//! (the `FileSystem` wrapper that refuses device nodes), `worker` (the
+//! device thread), `counting` (what a served request adds to the device's
+//! counters), `dax` (the window files are mapped in), `dax_scope` (which
+//! files may be: a rootfs's), `device` (the
+//! [`VirtioDevice`](super::VirtioDevice)).
 
 mod config;
 mod counting;
