@@ -66,7 +66,17 @@ fn nacre_pod_next_to_a_runc_pod() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let test = "vm_cri_nacre::nacre_pod_next_to_a_runc_pod";
     let netns_before = cni_netns();
-    let Some(ctd) = setup(test) else { return };
+    // Traced as an operator would: NACRE_TRACE in containerd's
+    // environment, which its shims inherit.
+    let trace = std::env::temp_dir().join(format!("nacre-cri-trace-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&trace);
+    let traced = vec![(
+        nacre_runtime::trace::TRACE_ENV.to_string(),
+        trace.display().to_string(),
+    )];
+    let Some(ctd) = setup_with(test, traced) else {
+        return;
+    };
     let cri = client(&ctd);
     let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
 
@@ -285,6 +295,63 @@ fn nacre_pod_next_to_a_runc_pod() {
     drop(memory_dir);
     // Empty once every sandbox is gone (remove_dir refuses otherwise).
     std::fs::remove_dir(shim_root()).unwrap();
+    // Issue 17: the nacre pod's shim wrote its spans and its guest's.
+    assert_cri_traced(&trace);
+    let _ = std::fs::remove_file(&trace);
+}
+
+/// The trace file of a CRI pod's life (Chrome's Trace Event Format, the
+/// operator's alone): the nacre shim's spans of the sandbox's start, its
+/// network, each container's creation, start and delete, the VM's stop,
+/// and the guest agent's own spans of the creations.
+fn assert_cri_traced(trace: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(trace).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "trace file mode {mode:o}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(trace).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", trace.display()));
+    let events = doc["traceEvents"].as_array().expect("traceEvents");
+    let shims: Vec<u64> = events
+        .iter()
+        .filter(|e| {
+            e["ph"] == "M"
+                && e["args"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("containerd-shim-nacre-v2 "))
+        })
+        .filter_map(|e| e["pid"].as_u64())
+        .collect();
+    assert!(!shims.is_empty(), "no nacre shim in {events:?}");
+    let spans = |cat: &str| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["cat"] == cat)
+            .filter(|e| cat == "guest" || e["pid"].as_u64().is_some_and(|p| shims.contains(&p)))
+            .filter_map(|e| e["name"].as_str())
+            .collect()
+    };
+    let host = spans("host");
+    for want in [
+        "task.create",
+        "sandbox.boot",
+        "sandbox.start",
+        "network.attach",
+        "agent.ConfigureNetwork",
+        "agent.CreateContainer",
+        "task.start",
+        "task.delete",
+        "sandbox.stop",
+    ] {
+        assert!(host.contains(&want), "no shim span {want}: {host:?}");
+    }
+    let guest = spans("guest");
+    for want in [
+        "agent.CreateContainer",
+        "agent.create.launch",
+        "agent.StartContainer",
+    ] {
+        assert!(guest.contains(&want), "no guest span {want}: {guest:?}");
+    }
 }
 
 /// Pod-to-pod traffic across runtimes, and localhost between the two

@@ -17,6 +17,11 @@ pub fn shim_root() -> std::path::PathBuf {
 /// The private containerd with the guest image for the shim, or `None`
 /// (skipped outside CI) when a prerequisite lacks.
 pub fn setup(test: &str) -> Option<CriContainerd> {
+    setup_with(test, Vec::new())
+}
+
+/// [`setup`] with `extra` in containerd's environment (and so its shims').
+pub fn setup_with(test: &str, extra: Vec<(String, String)>) -> Option<CriContainerd> {
     if !nacre_runtime::testing::root_prereqs(test) {
         return None;
     }
@@ -51,6 +56,7 @@ pub fn setup(test: &str) -> Option<CriContainerd> {
             env.push((key.into(), value));
         }
     }
+    env.extend(extra);
     Some(CriContainerd::start_with_env(test, env).unwrap_or_else(|e| panic!("{e}")))
 }
 
