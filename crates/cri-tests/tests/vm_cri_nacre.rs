@@ -257,6 +257,16 @@ fn nacre_pod_next_to_a_runc_pod() {
         .unwrap();
     assert_ne!(denied.exit_code, 0, "wrote into a read-only file bind");
 
+    // The execs' guest spans reached the trace when each exec was deleted,
+    // while their containers still run.
+    let events = trace_events(&trace);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["cat"] == "guest" && e["name"] == "agent.ExecProcess"),
+        "no guest exec span in the trace before the containers' deletes"
+    );
+
     // Status, stats, listing.
     let mut listed = cri.list_containers(&vm_pod).unwrap();
     listed.sort();
@@ -300,6 +310,13 @@ fn nacre_pod_next_to_a_runc_pod() {
     let _ = std::fs::remove_file(&trace);
 }
 
+/// The events of a trace file.
+fn trace_events(trace: &std::path::Path) -> Vec<serde_json::Value> {
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(trace).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", trace.display()));
+    doc["traceEvents"].as_array().expect("traceEvents").clone()
+}
+
 /// The trace file of a CRI pod's life (Chrome's Trace Event Format, the
 /// operator's alone): the nacre shim's spans of the sandbox's start, its
 /// network, each container's creation, start and delete, the VM's stop,
@@ -308,9 +325,7 @@ fn assert_cri_traced(trace: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(trace).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "trace file mode {mode:o}");
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(trace).unwrap())
-        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", trace.display()));
-    let events = doc["traceEvents"].as_array().expect("traceEvents");
+    let events = trace_events(trace);
     let shims: Vec<u64> = events
         .iter()
         .filter(|e| {

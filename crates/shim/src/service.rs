@@ -667,33 +667,9 @@ impl Inner {
     async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
         let (cid, exec_id) = (req.id.clone(), req.exec_id.clone());
         if !exec_id.is_empty() {
-            let finished = 'finished: {
-                let mut table = self.containers()?;
-                let c = table
-                    .get_mut(&cid)
-                    .ok_or_else(|| ShimError::NotFound(format!("container {cid}")))?;
-                let p = c
-                    .processes
-                    .get(&exec_id)
-                    .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id}")))?;
-                let exit = match (p.exited(), &p.pending_spec, p.finished) {
-                    (Some(e), _, _) => e,
-                    (None, Some(_), _) => Exit {
-                        status: 0,
-                        at: SystemTime::now(),
-                    },
-                    (None, None, true) => break 'finished p.exit.subscribe(),
-                    (None, None, false) => {
-                        return Err(ShimError::FailedPrecondition(format!(
-                            "exec {exec_id} is still running"
-                        )))
-                    }
-                };
-                let pid = p.pid;
-                c.processes.remove(&exec_id);
-                return Ok(delete_response(pid, exit));
-            };
-            return self.delete_finished(&cid, &exec_id, finished).await;
+            let deleted = self.delete_exec(&cid, &exec_id).await;
+            self.trace_guest().await;
+            return deleted;
         }
         // The init exited but its exit is not recorded yet (its output
         // drains): wait for the record.
@@ -797,6 +773,52 @@ impl Inner {
 
     /// Deletes exec `exec_id` of `cid` that exited in the guest once its
     /// exit is recorded (bounded wait).
+    /// Deletes exec `exec_id` of container `cid` once it has exited.
+    async fn delete_exec(&self, cid: &str, exec_id: &str) -> Result<DeleteResponse> {
+        let finished = 'finished: {
+            let mut table = self.containers()?;
+            let c = table
+                .get_mut(cid)
+                .ok_or_else(|| ShimError::NotFound(format!("container {cid}")))?;
+            let p = c
+                .processes
+                .get(exec_id)
+                .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id}")))?;
+            let exit = match (p.exited(), &p.pending_spec, p.finished) {
+                (Some(e), _, _) => e,
+                (None, Some(_), _) => Exit {
+                    status: 0,
+                    at: SystemTime::now(),
+                },
+                (None, None, true) => break 'finished p.exit.subscribe(),
+                (None, None, false) => {
+                    return Err(ShimError::FailedPrecondition(format!(
+                        "exec {exec_id} is still running"
+                    )))
+                }
+            };
+            let pid = p.pid;
+            c.processes.remove(exec_id);
+            return Ok(delete_response(pid, exit));
+        };
+        self.delete_finished(cid, exec_id, finished).await
+    }
+
+    /// With tracing on, adds the guest's spans not traced yet (an exec's,
+    /// whose container may live on for long) to this shim's trace.
+    async fn trace_guest(&self) {
+        if !crate::trace::enabled() {
+            return;
+        }
+        if let Some(vm) = self.vm.lock().await.clone() {
+            let _ = blocking(move || {
+                vm.trace_guest(false);
+                Ok(())
+            })
+            .await;
+        }
+    }
+
     async fn delete_finished(
         &self,
         cid: &str,
