@@ -431,6 +431,30 @@ fn nacre_and_runc_pods_reach_each_other() {
     assert_serves_the_page(&cri, &runc_c, &vm_ip, 8081);
     // The host reaches the nacre pod.
     assert!(http_get(&vm_ip, 8081).contains("hello from a pod"));
+    // The node endpoint counts that traffic on the pod's virtio-net
+    // device, both ways, frames and bytes.
+    let samples = scrape_node_metrics();
+    for metric in [
+        "nacre_vmm_device_packets_total",
+        "nacre_vmm_device_bytes_total",
+    ] {
+        for direction in ["rx", "tx"] {
+            let v: f64 = samples
+                .iter()
+                .filter(|s| {
+                    s.metric == metric
+                        && s.labels.get("sandbox") == Some(vm_pod.as_str())
+                        && s.labels.get("device") == Some("net")
+                        && s.labels.get("direction") == Some(direction)
+                })
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) => v,
+                    _ => f64::NAN,
+                })
+                .sum();
+            assert!(v > 0.0, "{metric} net {direction} = {v}: {samples:?}");
+        }
+    }
 
     // A nacre pod on the macvtap network model (handler nacre-macvtap:
     // the shim's configuration comes in the runtime options) reaches and
