@@ -771,8 +771,6 @@ impl Inner {
         Ok(delete_response(pid, exit))
     }
 
-    /// Deletes exec `exec_id` of `cid` that exited in the guest once its
-    /// exit is recorded (bounded wait).
     /// Deletes exec `exec_id` of container `cid` once it has exited.
     async fn delete_exec(&self, cid: &str, exec_id: &str) -> Result<DeleteResponse> {
         let finished = 'finished: {
@@ -819,6 +817,8 @@ impl Inner {
         }
     }
 
+    /// Deletes exec `exec_id` of `cid` that exited in the guest once its
+    /// exit is recorded (bounded wait).
     async fn delete_finished(
         &self,
         cid: &str,
