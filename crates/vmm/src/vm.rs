@@ -126,7 +126,7 @@ pub fn map_window(
         slot,
         flags: 0,
         guest_phys_addr: window.guest_addr(),
-        memory_size: window.len(),
+        memory_size: window.size(),
         userspace_addr: window.host_addr(),
     };
     // SAFETY: the reservation behind the window lives as long as its

@@ -74,14 +74,9 @@ impl DaxWindow {
         self.host as u64
     }
 
-    /// The window's length in bytes.
-    pub fn len(&self) -> u64 {
+    /// The window's size in bytes.
+    pub fn size(&self) -> u64 {
         self.len
-    }
-
-    /// Whether the window is empty (never: [`WINDOW_SIZE`] is not 0).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The guest physical address of the window.
@@ -151,14 +146,21 @@ impl DaxWindow {
 
     /// Puts the reservation back over `[moffset, moffset + len)`.
     pub fn unmap(&self, moffset: u64, len: u64) -> io::Result<()> {
-        // All ones: from moffset to the end of the window.
+        let (addr, size) = self.removal(moffset, len)?;
+        self.reserve(addr, size)
+    }
+
+    /// The VMM address and size of a removal of `[moffset, moffset +
+    /// len)`, checked as [`DaxWindow::range`] does; a length of all ones
+    /// means to the end of the window.
+    fn removal(&self, moffset: u64, len: u64) -> io::Result<(usize, usize)> {
         let len = if len == u64::MAX {
             self.len.checked_sub(moffset).ok_or_else(einval)?
         } else {
             len
         };
-        let addr = self.range(moffset, len)?;
-        self.reserve(addr, len as usize)
+        // `range` checked len fits the window, so it fits a usize.
+        Ok((self.range(moffset, len)?, len as usize))
     }
 
     fn reserve(&self, addr: usize, size: usize) -> io::Result<()> {
@@ -210,14 +212,13 @@ impl FsCacheReqHandler for WindowMapper {
 
     fn unmap(&mut self, requests: Vec<RemovemappingOne>) -> io::Result<()> {
         // Every range is checked before any is unmapped.
-        for r in &requests {
-            if r.len != u64::MAX {
-                self.0.range(r.moffset, r.len)?;
-            }
-        }
-        requests
+        let removals = requests
             .iter()
-            .try_for_each(|r| self.0.unmap(r.moffset, r.len))
+            .map(|r| self.0.removal(r.moffset, r.len))
+            .collect::<io::Result<Vec<_>>>()?;
+        removals
+            .into_iter()
+            .try_for_each(|(addr, size)| self.0.reserve(addr, size))
     }
 }
 
@@ -335,6 +336,18 @@ mod tests {
             RemovemappingOne {
                 moffset: 15 * PAGE,
                 len: 2 * PAGE,
+            },
+        ];
+        assert!(einval(m.unmap(bad)));
+        // The same when the bad one runs "to the end" from past the end.
+        let bad = vec![
+            RemovemappingOne {
+                moffset: 0,
+                len: PAGE,
+            },
+            RemovemappingOne {
+                moffset: 17 * PAGE,
+                len: u64::MAX,
             },
         ];
         assert!(einval(m.unmap(bad)));

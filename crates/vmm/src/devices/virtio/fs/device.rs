@@ -218,7 +218,7 @@ impl VirtioDevice for VirtioFs {
     /// Region 0 (VIRTIO_FS_SHMCAP_ID_CACHE) is the DAX window.
     fn shared_memory(&self, id: u32) -> Option<(u64, u64)> {
         let w = self.window.as_ref().filter(|_| id == 0)?;
-        Some((w.guest_addr(), w.len()))
+        Some((w.guest_addr(), w.size()))
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
